@@ -1,0 +1,56 @@
+# Harmonia's two commands, `make demo` and `make test`, each set up everything they need
+# from a fresh clone: a .venv with the pinned packages of requirements.lock, then run.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export HARMONIA_ROOT := $(CURDIR)
+
+.PHONY: setup demo test lint format bench lock hooks clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Harmonia needs Python 3.11 or newer"'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@
+
+# The main job: build a tiny MusicGen snapshot, verify it, list the workbench's models.
+demo: setup
+	@echo "== harmonia models tiny musicgen   (a tiny random MusicGen, saved as a checksummed snapshot)"
+	@$(BIN)/harmonia models tiny musicgen --seed 0
+	@echo "== harmonia models verify --full tiny-musicgen"
+	@$(BIN)/harmonia models verify --full tiny-musicgen
+	@echo "== harmonia models verify tiny-musicgen   (fast: unchanged files are not re-hashed)"
+	@$(BIN)/harmonia models verify tiny-musicgen
+	@echo "== harmonia models list"
+	@$(BIN)/harmonia models list
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: setup
+	$(BIN)/python benchmarks/bench_verify.py
+
+# Re-resolve requirements.in into requirements.lock and environment.yml.
+lock:
+	$(PYTHON) tools/lock.py
+
+hooks: setup
+	$(BIN)/pre-commit install
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,87 @@
+"""Every exception Harmonia raises on purpose, in one place.
+
+Each class subclasses a built-in type (so callers can catch what they already know) and
+:class:`HarmoniaError` (so the CLI can tell a user mistake from a bug). Each message names
+the thing that is wrong, the value received, and says what to do next. Messages never
+contain a token.
+"""
+
+from __future__ import annotations
+
+
+class HarmoniaError(Exception):
+    """Base of every error Harmonia raises on purpose; the CLI prints these without a traceback."""
+
+
+class WorkbenchNotFoundError(HarmoniaError, FileNotFoundError):
+    """No workbench root was found.
+
+    Example message:
+        No Harmonia workbench found: no params.yaml in /home/me/x or any folder above it, and
+        HARMONIA_ROOT is not set. Run the command inside a workbench (a folder with params.yaml)
+        or set HARMONIA_ROOT=/path/to/workbench.
+    """
+
+
+class ParamsError(HarmoniaError, ValueError):
+    """params.yaml is malformed or declares something impossible.
+
+    Example message:
+        params.yaml: models.musicgen-small.repo must be 'owner/name', got 'musicgen'.
+        Fix the entry in /work/params.yaml.
+    """
+
+
+class UnknownSnapshotError(HarmoniaError, LookupError):
+    """A model or dataset name that params.yaml does not declare.
+
+    Example message:
+        Unknown model 'musicgen-tiny'. Known models: musicgen-melody, musicgen-small,
+        tiny-musicgen. Add it under 'models:' in params.yaml or pick one of those.
+    """
+
+
+class SnapshotMissingError(HarmoniaError, FileNotFoundError):
+    """A declared snapshot has not been fetched or built yet.
+
+    Example message:
+        Model 'musicgen-small' has no snapshot in /work/models/musicgen-small.
+        Run: harmonia models fetch musicgen-small
+    """
+
+
+class InventoryError(HarmoniaError, ValueError):
+    """An inventory.json that cannot be trusted: malformed, unknown schema, unsafe paths.
+
+    Example message:
+        /work/models/x/inventory.json: files[2].path '../etc/passwd' leaves the snapshot
+        folder. The inventory is corrupt or was tampered with: fetch the snapshot again.
+    """
+
+
+class VerificationError(HarmoniaError, ValueError):
+    """A snapshot whose files do not match its inventory.
+
+    Example message:
+        Model 'musicgen-small' failed verification: 1 modified (model.safetensors).
+        Run 'harmonia models verify musicgen-small' for details, then fetch it again.
+    """
+
+
+class FetchError(HarmoniaError, OSError):
+    """A download from the Hugging Face hub that could not be completed.
+
+    Nothing is left in models/ or datasets/ when this is raised.
+
+    Example message:
+        facebook/musicgen-small is gated or private and no token was sent. Put
+        HF_TOKEN=... in .env (or the environment) with a token that can read it, then fetch again.
+    """
+
+
+class BuilderError(HarmoniaError, ValueError):
+    """A tiny-model builder asked for something it cannot build.
+
+    Example message:
+        Unknown tiny builder 'musicgne'. Known builders: musicgen, musicgen-melody.
+    """

@@ -1,0 +1,269 @@
+"""Tiny models built in code: the real architectures, randomly initialised, saved as snapshots.
+
+No test, CI notebook or offline demo may need the network or real weights. Each builder
+here makes a model of an engine's architecture family with a few thousand parameters, from
+a fixed seed, and saves it the way the hub would serve it (config, safetensors, tokenizer,
+preprocessor config). The same seed and the same library versions give the same bytes.
+
+A random-init EnCodec has all-zero codebooks, so every code would decode to the same audio;
+the builders fill the codebooks so that generated audio depends on the generated tokens.
+
+This module knows how to build models; snapshots.py knows how to store them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import string
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+
+from harmonia.errors import BuilderError
+from harmonia.hashing import hash_files
+from harmonia.inventory import FileEntry, Inventory, Source, write_inventory
+from harmonia.snapshots import install, record_hashed, scan_tree, staging_dir
+from harmonia.workbench import Workbench, check_name
+
+# MusicGen's audio side at its real rates (32 kHz, 50 frames/s, 4 codebooks) with tiny widths.
+SAMPLE_RATE = 32_000
+UPSAMPLING = (8, 5, 4, 4)  # hop 640 samples -> 50 frames/s
+CODEBOOK_SIZE = 64  # 6 bits; 4 quantizers need 1000 * bw // (50 * 6) = 4 -> bw = 1.2 kbps
+NUM_CODEBOOKS = 4
+MAX_POSITIONS = 256  # 5.12 s of tokens: short enough that long-form code paths get exercised
+_VOCAB_CHARS = string.ascii_lowercase + string.digits + " .,;:!?'-/#&()"
+
+
+@dataclass(frozen=True)
+class TinyBuild:
+    """What `build_tiny` produced."""
+
+    name: str
+    path: Path
+    inventory: Inventory
+
+
+@contextmanager
+def _quiet_transformers():
+    """Silence transformers' warnings (MusicGen's pad id is outside the codebook by design) and bars."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _versions() -> dict[str, str]:
+    return {pkg: version(pkg) for pkg in ("torch", "transformers", "safetensors", "tokenizers")}
+
+
+def _t5_tokenizer():
+    """A T5 (Unigram) tokenizer over single characters, built offline from an in-memory vocabulary."""
+    from transformers import T5Tokenizer
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    vocab += [(c, -3.0) for c in _VOCAB_CHARS if c != " "]
+    vocab += [(f"▁{c}", -2.5) for c in string.ascii_lowercase]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
+
+
+def _encodec_config():
+    from transformers import EncodecConfig
+
+    return EncodecConfig(
+        sampling_rate=SAMPLE_RATE,
+        audio_channels=1,
+        target_bandwidths=[1.2],
+        upsampling_ratios=list(UPSAMPLING),
+        codebook_size=CODEBOOK_SIZE,
+        hidden_size=16,
+        num_filters=4,
+        num_residual_layers=1,
+        num_lstm_layers=1,
+        use_causal_conv=False,
+        normalize=False,
+    )
+
+
+def _t5_config(vocab_size: int):
+    from transformers import T5Config
+
+    return T5Config(
+        vocab_size=vocab_size,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=32,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+
+
+def _decoder_kwargs() -> dict:
+    return dict(
+        vocab_size=CODEBOOK_SIZE,
+        pad_token_id=CODEBOOK_SIZE,
+        bos_token_id=CODEBOOK_SIZE,
+        max_position_embeddings=MAX_POSITIONS,
+        num_hidden_layers=2,
+        ffn_dim=64,
+        num_attention_heads=4,
+        hidden_size=32,
+        num_codebooks=NUM_CODEBOOKS,
+        audio_channels=1,
+    )
+
+
+def _fill_codebooks(model: torch.nn.Module) -> None:
+    """Give every EnCodec codebook distinct random vectors (random init leaves them all zero)."""
+    for layer in model.audio_encoder.quantizer.layers:
+        codebook = layer.codebook
+        codebook.embed.copy_(torch.randn_like(codebook.embed))
+        codebook.embed_avg.copy_(codebook.embed)
+        codebook.cluster_size.fill_(1.0)
+
+
+def _generation_config(model, max_length: int) -> None:
+    gc = model.generation_config
+    gc.decoder_start_token_id = CODEBOOK_SIZE
+    gc.pad_token_id = CODEBOOK_SIZE
+    gc.bos_token_id = CODEBOOK_SIZE
+    gc.do_sample = True
+    gc.guidance_scale = 3.0
+    gc.max_length = max_length
+    gc.top_k = 50
+
+
+def build_musicgen(out: Path) -> None:
+    """transformers MusicGen (text-to-music): tiny T5 + tiny EnCodec + tiny decoder, mono."""
+    from transformers import (
+        EncodecFeatureExtractor,
+        MusicgenConfig,
+        MusicgenDecoderConfig,
+        MusicgenForConditionalGeneration,
+        MusicgenProcessor,
+    )
+
+    tokenizer = _t5_tokenizer()
+    config = MusicgenConfig(
+        text_encoder=_t5_config(len(tokenizer)),
+        audio_encoder=_encodec_config(),
+        decoder=MusicgenDecoderConfig(**_decoder_kwargs()),
+    )
+    model = MusicgenForConditionalGeneration(config).eval()
+    _fill_codebooks(model)
+    _generation_config(model, max_length=MAX_POSITIONS)
+    model.save_pretrained(out)
+    feature_extractor = EncodecFeatureExtractor(feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0)
+    MusicgenProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(out)
+
+
+def build_musicgen_melody(out: Path) -> None:
+    """transformers MusicGen-Melody: MusicGen plus a chroma of the melody as a conditioning prefix.
+
+    transformers' own MusicgenMelodyFeatureExtractor needs torchaudio, which has no CPU wheel
+    here; the preprocessor config is written as the hub ships it, and the engine computes
+    the chroma itself from those settings.
+    """
+    from transformers import (
+        MusicgenMelodyConfig,
+        MusicgenMelodyDecoderConfig,
+        MusicgenMelodyForConditionalGeneration,
+    )
+
+    tokenizer = _t5_tokenizer()
+    config = MusicgenMelodyConfig(
+        text_encoder=_t5_config(len(tokenizer)),
+        audio_encoder=_encodec_config(),
+        decoder=MusicgenMelodyDecoderConfig(**_decoder_kwargs()),
+        num_chroma=12,
+        chroma_length=235,
+    )
+    model = MusicgenMelodyForConditionalGeneration(config).eval()
+    _fill_codebooks(model)
+    _generation_config(model, max_length=MAX_POSITIONS)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    preprocessor = {
+        "chunk_length": 30,
+        "feature_extractor_type": "MusicgenMelodyFeatureExtractor",
+        "feature_size": 12,
+        "hop_length": 4096,
+        "n_fft": 16384,
+        "num_chroma": 12,
+        "padding_side": "right",
+        "padding_value": 0.0,
+        "processor_class": "MusicgenMelodyProcessor",
+        "return_attention_mask": True,
+        "sampling_rate": SAMPLE_RATE,
+        "stem_indices": [3, 2],
+    }
+    (out / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2, sort_keys=True) + "\n")
+
+
+BUILDERS: dict[str, Callable[[Path], None]] = {
+    "musicgen": build_musicgen,
+    "musicgen-melody": build_musicgen_melody,
+}
+DEFAULT_NAMES = {"musicgen": "tiny-musicgen", "musicgen-melody": "tiny-musicgen-melody"}
+
+
+def build_tiny(wb: Workbench, builder: str, name: str | None = None, seed: int = 0) -> TinyBuild:
+    """Build a tiny model and install it as ``models/NAME`` with an inventory (source: synthetic).
+
+    Args:
+        wb: the workbench.
+        builder: one of :data:`BUILDERS` ("musicgen", "musicgen-melody").
+        name: the snapshot name (default: "tiny-" + builder).
+        seed: the seed of every random weight; the same seed gives the same bytes.
+
+    Example:
+        >>> build_tiny(Workbench.open(), "musicgen", seed=0).path  # doctest: +SKIP
+        PosixPath('/work/models/tiny-musicgen')
+    """
+    # 1. Check inputs.
+    if builder not in BUILDERS:
+        raise BuilderError(f"Unknown tiny builder '{builder}'. Known builders: {', '.join(BUILDERS)}.")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise BuilderError(f"seed must be an integer in [0, 2**63), got {seed!r}.")
+    name = check_name("model", name or DEFAULT_NAMES[builder])
+
+    # 2. Build into a staging folder from a private RNG stream (the caller's RNG is untouched).
+    staging = staging_dir(wb, "model", name)
+    try:
+        with torch.random.fork_rng(devices=[]), _quiet_transformers():
+            torch.manual_seed(seed)
+            BUILDERS[builder](staging)
+        # 3. Hash, write the inventory, move into place.
+        files = sorted(scan_tree(staging))
+        digests = hash_files(staging / f for f in files)
+        inventory = Inventory(
+            name=name,
+            kind="model",
+            source=Source(type="synthetic", builder=builder, seed=seed, versions=_versions()),
+            license="mit",
+            files=tuple(FileEntry(f, (staging / f).stat().st_size, digests[str(staging / f)]) for f in files),
+        )
+        write_inventory(staging, inventory)
+        final = wb.snapshot_dir("model", name)
+        install(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    record_hashed(wb, "model", name, inventory)
+    return TinyBuild(name, final, inventory)

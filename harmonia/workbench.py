@@ -1,0 +1,215 @@
+"""The workbench: its root folder, its params.yaml, and where snapshots and artifacts live.
+
+A workbench is the nearest folder, from the working directory upward, that holds
+``params.yaml`` (or the folder named by ``HARMONIA_ROOT``). ``models/``, ``datasets/``,
+``artifacts/`` and Harmonia's private state (``.harmonia/``) are resolved from it, so a
+notebook in ``notebooks/`` and the CLI at the root see the same files.
+
+This module knows the shape of params.yaml; it knows nothing about the hub or hashing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from harmonia.errors import ParamsError, UnknownSnapshotError, WorkbenchNotFoundError
+
+Kind = Literal["model", "dataset"]
+KINDS: tuple[Kind, ...] = ("model", "dataset")
+PARAMS_FILE = "params.yaml"
+ROOT_ENV = "HARMONIA_ROOT"
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SPEC_KEYS = {
+    "repo",
+    "revision",
+    "allow_patterns",
+    "ignore_patterns",
+    "engine",
+    "license",
+    "builder",
+    "seed",
+    "description",
+}
+
+
+def plural(kind: Kind) -> str:
+    """'model' -> 'models', the folder and params.yaml section of that kind."""
+    return f"{kind}s"
+
+
+@dataclass(frozen=True)
+class SnapshotSpec:
+    """One entry of params.yaml's ``models:`` or ``datasets:`` section."""
+
+    # identity
+    name: str
+    kind: Kind
+    # where it comes from: a hub repo at a revision, or a tiny builder with a seed
+    repo: str | None = None
+    revision: str | None = None
+    builder: str | None = None
+    seed: int | None = None
+    # which files of the repo to take (huggingface_hub glob patterns)
+    allow_patterns: tuple[str, ...] | None = None
+    ignore_patterns: tuple[str, ...] = ()
+    # what it is for
+    engine: str | None = None
+    license: str | None = None
+
+    @property
+    def synthetic(self) -> bool:
+        """True for snapshots built in code by a tiny builder rather than fetched."""
+        return self.builder is not None
+
+
+@dataclass(frozen=True)
+class Workbench:
+    """A workbench root and its parsed params.yaml.
+
+    Example:
+        >>> wb = Workbench.open()  # doctest: +SKIP
+        >>> wb.snapshot_dir("model", "musicgen-small")  # doctest: +SKIP
+        PosixPath('/work/models/musicgen-small')
+    """
+
+    root: Path
+    params: dict[str, Any]
+
+    @classmethod
+    def open(cls, start: str | os.PathLike[str] | None = None) -> Workbench:
+        """Find the workbench root from ``start`` (default: the working directory) and load it."""
+        root = find_root(start)
+        return cls(root=root, params=load_params(root / PARAMS_FILE))
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def state_dir(self) -> Path:
+        """Harmonia's private, git- and DVC-ignored state (verification records)."""
+        return self.root / ".harmonia"
+
+    def kind_dir(self, kind: Kind) -> Path:
+        return self.root / plural(kind)
+
+    def snapshot_dir(self, kind: Kind, name: str) -> Path:
+        return self.kind_dir(kind) / check_name(kind, name)
+
+    def specs(self, kind: Kind) -> dict[str, SnapshotSpec]:
+        """Every snapshot of this kind that params.yaml declares, by name."""
+        section = self.params.get(plural(kind)) or {}
+        return {name: _parse_spec(kind, name, entry) for name, entry in section.items()}
+
+    def spec(self, kind: Kind, name: str) -> SnapshotSpec:
+        """The declared snapshot ``name``; an error listing the known names if there is none."""
+        specs = self.specs(kind)
+        if name not in specs:
+            known = ", ".join(sorted(specs)) or "(none)"
+            raise UnknownSnapshotError(
+                f"Unknown {kind} '{name}'. Known {plural(kind)}: {known}. "
+                f"Add it under '{plural(kind)}:' in {self.root / PARAMS_FILE} or pick one of those."
+            )
+        return specs[name]
+
+
+def find_root(start: str | os.PathLike[str] | None = None) -> Path:
+    """The workbench root: ``HARMONIA_ROOT`` if set, else the nearest folder up with params.yaml."""
+    env = os.environ.get(ROOT_ENV)
+    if env:
+        root = Path(env).expanduser().resolve()
+        if not (root / PARAMS_FILE).is_file():
+            raise WorkbenchNotFoundError(
+                f"{ROOT_ENV}={env} has no {PARAMS_FILE}. Point {ROOT_ENV} at a workbench "
+                f"(a folder with {PARAMS_FILE}) or unset it."
+            )
+        return root
+    here = Path(start if start is not None else os.getcwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / PARAMS_FILE).is_file():
+            return folder
+    raise WorkbenchNotFoundError(
+        f"No Harmonia workbench found: no {PARAMS_FILE} in {here} or any folder above it, and "
+        f"{ROOT_ENV} is not set. Run the command inside a workbench (a folder with "
+        f"{PARAMS_FILE}) or set {ROOT_ENV}=/path/to/workbench."
+    )
+
+
+def load_params(path: Path) -> dict[str, Any]:
+    """Parse params.yaml and check its models/datasets sections."""
+    try:
+        params = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path} is not valid YAML ({exc}). Fix the file.") from None
+    if not isinstance(params, dict):
+        raise ParamsError(f"{path} must be a mapping at the top level, got {type(params).__name__}.")
+    for kind in KINDS:
+        section = params.get(plural(kind))
+        if section is not None and not isinstance(section, dict):
+            raise ParamsError(
+                f"{path}: '{plural(kind)}' must map names to entries, got {type(section).__name__}."
+            )
+        for name, entry in (section or {}).items():
+            _parse_spec(kind, str(name), entry)
+    return params
+
+
+def check_name(kind: Kind, name: str) -> str:
+    """A snapshot name is a plain folder name: letters, digits, '.', '_' and '-'."""
+    if not isinstance(name, str) or not _NAME.match(name) or name in {".", ".."}:
+        raise ParamsError(
+            f"{kind} name must be 1-100 letters, digits, '.', '_' or '-' and start with a letter "
+            f"or digit, got {name!r}."
+        )
+    return name
+
+
+def _parse_spec(kind: Kind, name: str, entry: Any) -> SnapshotSpec:
+    where = f"params.yaml: {plural(kind)}.{name}"
+    check_name(kind, name)
+    if not isinstance(entry, dict):
+        raise ParamsError(f"{where} must be a mapping, got {type(entry).__name__}.")
+    unknown = set(entry) - _SPEC_KEYS
+    if unknown:
+        raise ParamsError(f"{where} has unknown keys {sorted(unknown)}; allowed: {sorted(_SPEC_KEYS)}.")
+    repo, builder = entry.get("repo"), entry.get("builder")
+    if (repo is None) == (builder is None):
+        raise ParamsError(f"{where} needs exactly one of 'repo' (a hub repo) or 'builder' (a tiny builder).")
+    if repo is not None and (not isinstance(repo, str) or not _REPO.match(repo)):
+        raise ParamsError(f"{where}.repo must be 'owner/name', got {repo!r}.")
+    revision = entry.get("revision")
+    if revision is not None and (not isinstance(revision, str) or not revision.strip()):
+        raise ParamsError(f"{where}.revision must be a branch, tag or 40-hex commit, got {revision!r}.")
+    seed = entry.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+        raise ParamsError(f"{where}.seed must be an integer >= 0, got {seed!r}.")
+    return SnapshotSpec(
+        name=name,
+        kind=kind,
+        repo=repo,
+        revision=revision,
+        builder=builder,
+        seed=seed,
+        allow_patterns=_patterns(where, "allow_patterns", entry.get("allow_patterns")),
+        ignore_patterns=_patterns(where, "ignore_patterns", entry.get("ignore_patterns")) or (),
+        engine=entry.get("engine"),
+        license=entry.get("license"),
+    )
+
+
+def _patterns(where: str, key: str, value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(p, str) and p for p in value):
+        raise ParamsError(f"{where}.{key} must be a list of glob patterns, got {value!r}.")
+    return tuple(value)

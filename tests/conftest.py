@@ -1,0 +1,114 @@
+"""Shared fixtures: a temporary workbench, a local hub on 127.0.0.1, a CLI runner.
+
+The Hugging Face client reads its settings when it is imported, so the environment is
+isolated here, before any test module imports it: a private HF_HOME (no stored token), no
+token variables, no offline flag.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="harmonia-test-hf-home-")
+for _var in ("HF_TOKEN", "HUGGINGFACE_HUB_TOKEN", "HF_HUB_OFFLINE", "HF_ENDPOINT", "HARMONIA_ROOT"):
+    os.environ.pop(_var, None)
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+
+import pytest  # noqa: E402
+
+from harmonia.workbench import Workbench  # noqa: E402
+from tests.hubserver import FakeHub  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+PARAMS = """\
+models:
+  toy:
+    repo: acme/toy
+    revision: main
+    license: mit
+  private:
+    repo: acme/private
+  gated:
+    repo: acme/gated
+  broken:
+    repo: acme/broken
+  corrupt:
+    repo: acme/corrupt
+  ghost:
+    repo: acme/ghost
+  tiny-musicgen:
+    builder: musicgen
+    seed: 0
+datasets:
+  captions:
+    repo: acme/captions
+    license: cc-by-4.0
+"""
+
+TOY_FILES = {
+    "config.json": b'{"model_type": "toy"}\n',
+    "model.safetensors": bytes(range(256)) * 4096,  # 1 MiB, served as an LFS file
+    "docs/notes.md": b"# toy\n",
+    "pytorch_model.bin": b"PICKLE" * 100,
+}
+
+
+@pytest.fixture
+def workbench(tmp_path: Path) -> Workbench:
+    root = tmp_path / "wb"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "params.yaml").write_text(PARAMS)
+    return Workbench.open(root)
+
+
+@pytest.fixture
+def hub():
+    with FakeHub() as server:
+        server.add_repo("acme/toy", TOY_FILES)
+        server.add_repo("acme/private", {"config.json": b"{}"}, token="hf_privateTOKEN1234567890")
+        server.add_repo("acme/gated", {"config.json": b"{}"}, token="hf_privateTOKEN1234567890", gated=True)
+        server.add_repo(
+            "acme/broken",
+            {"config.json": b"{}", "model.safetensors": b"\1" * 300_000},
+            drop={"model.safetensors"},
+        )
+        server.add_repo(
+            "acme/corrupt",
+            {"config.json": b"{}", "model.safetensors": b"\2" * 10_000},
+            corrupt={"model.safetensors"},
+        )
+        server.add_repo("acme/captions", {"captions.csv": b"id,caption\n1,calm piano\n"}, repo_type="dataset")
+        yield server
+
+
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120):
+    """Run ``python -m harmonia ARGS`` in a fresh process; returns the CompletedProcess."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "harmonia", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def make_snapshot(wb: Workbench, name: str, files: dict[str, bytes], kind: str = "model") -> Path:
+    """Write a snapshot by hand: the files plus an inventory with their true sizes and hashes."""
+    import hashlib
+
+    from harmonia.inventory import FileEntry, Inventory, Source, write_inventory
+
+    folder = wb.snapshot_dir(kind, name)
+    for rel, data in files.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(data)
+    entries = tuple(FileEntry(p, len(d), hashlib.sha256(d).hexdigest()) for p, d in files.items())
+    write_inventory(folder, Inventory(name, kind, Source("synthetic", builder="hand", seed=0), "mit", entries))
+    return folder

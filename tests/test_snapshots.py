@@ -1,0 +1,192 @@
+import hashlib
+import json
+import os
+import subprocess
+
+import pytest
+
+from harmonia.errors import InventoryError, SnapshotMissingError, VerificationError
+from harmonia.hashing import git_blob_sha1, hash_files, sha256_file
+from harmonia.snapshots import install, list_snapshots, require_verified, staging_dir, verify
+from tests.conftest import make_snapshot
+
+FILES = {
+    "config.json": b'{"a": 1}',
+    "model.safetensors": os.urandom(300_000),
+    "sub/dir/vocab.txt": b"a\nb\nc\n",
+    "empty.txt": b"",
+}
+
+
+@pytest.fixture
+def snap(workbench):
+    return make_snapshot(workbench, "toy", FILES)
+
+
+def test_intact_snapshot_verifies(workbench, snap):
+    report = verify(workbench, "model", "toy", full=True)
+    assert report.ok and report.problems == ()
+    assert (report.files, report.hashed, report.skipped, report.mode) == (4, 4, 0, "full")
+    assert report.bytes_hashed == sum(len(d) for d in FILES.values())
+    assert report.summary() == "model toy: ok (4 files, 4 hashed, 0 unchanged, full)"
+
+
+def test_flipped_byte_truncation_missing_and_extra_are_each_named(workbench, snap):
+    data = bytearray(FILES["model.safetensors"])
+    data[1234] ^= 0x01
+    (snap / "model.safetensors").write_bytes(bytes(data))
+    (snap / "config.json").write_bytes(FILES["config.json"][:-2])
+    (snap / "sub/dir/vocab.txt").unlink()
+    (snap / "sub/stray.bin").write_bytes(b"x")
+    (snap / ".hidden").write_bytes(b"x")
+
+    report = verify(workbench, "model", "toy")
+    assert not report.ok
+    assert [(p.kind, p.path) for p in report.problems] == [
+        ("modified", "model.safetensors"),
+        ("truncated", "config.json"),
+        ("missing", "sub/dir/vocab.txt"),
+        ("extra", ".hidden"),
+        ("extra", "sub/stray.bin"),
+    ]
+    assert report.problems[1].detail == "6 of 8 bytes"
+    assert report.summary() == (
+        "model toy: FAILED: 1 modified (model.safetensors); 1 truncated (config.json); "
+        "1 missing (sub/dir/vocab.txt); 2 extra (.hidden, sub/stray.bin)"
+    )
+
+
+def test_grown_file_is_modified(workbench, snap):
+    (snap / "empty.txt").write_bytes(b"now longer")
+    (problem,) = verify(workbench, "model", "toy").problems
+    assert (problem.kind, problem.path, problem.detail) == ("modified", "empty.txt", "10 bytes, expected 0")
+
+
+def test_fast_mode_skips_unchanged_files_and_rehashes_changed_ones(workbench, snap):
+    first = verify(workbench, "model", "toy")  # no state yet: hashes everything
+    assert (first.hashed, first.skipped) == (4, 0)
+    second = verify(workbench, "model", "toy")
+    assert (second.hashed, second.skipped, second.ok) == (0, 4, True)
+
+    # same size, new bytes, new mtime: re-hashed and caught
+    data = bytearray(FILES["model.safetensors"])
+    data[0] ^= 0xFF
+    (snap / "model.safetensors").write_bytes(bytes(data))
+    third = verify(workbench, "model", "toy")
+    assert (third.hashed, third.skipped) == (1, 3)
+    assert [(p.kind, p.path) for p in third.problems] == [("modified", "model.safetensors")]
+    # still caught on the next fast run: the wrong hash is remembered, not the right one
+    assert [p.path for p in verify(workbench, "model", "toy").problems] == ["model.safetensors"]
+
+    # restored with a new inode: re-hashed, ok again
+    (snap / "model.safetensors").unlink()
+    (snap / "model.safetensors").write_bytes(FILES["model.safetensors"])
+    fourth = verify(workbench, "model", "toy")
+    assert fourth.ok and fourth.hashed == 1
+
+
+def test_full_mode_rehashes_even_when_stat_is_unchanged(workbench, snap):
+    verify(workbench, "model", "toy")
+    path = snap / "config.json"
+    st = path.stat()
+    path.write_bytes(b'{"a": 2}')  # same size
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the old mtime: fast mode cannot tell
+    assert verify(workbench, "model", "toy").ok
+    report = verify(workbench, "model", "toy", full=True)
+    assert [(p.kind, p.path) for p in report.problems] == [("modified", "config.json")]
+
+
+def test_state_lives_outside_the_snapshot(workbench, snap):
+    verify(workbench, "model", "toy")
+    on_disk = sorted(str(p.relative_to(snap)) for p in snap.rglob("*") if p.is_file())
+    assert on_disk == ["config.json", "empty.txt", "inventory.json", "model.safetensors", "sub/dir/vocab.txt"]
+    state = json.loads((workbench.root / ".harmonia/verify/models/toy.json").read_text())
+    assert state["schema"] == "harmonia.verify-state/1" and state["last"]["ok"] is True
+
+
+def test_symlink_leaving_the_snapshot_is_rejected(workbench, snap, tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"a\nb\nc\n")
+    (snap / "sub/dir/vocab.txt").unlink()
+    (snap / "sub/dir/vocab.txt").symlink_to(outside)
+    with pytest.raises(InventoryError, match=r"sub/dir/vocab.txt is a symlink to .*outside the snapshot"):
+        verify(workbench, "model", "toy")
+
+
+def test_symlinked_folder_leaving_the_snapshot_is_rejected(workbench, snap, tmp_path):
+    (snap / "escape").symlink_to(tmp_path)
+    with pytest.raises(InventoryError, match=r"escape is a symlink to .*outside the snapshot"):
+        verify(workbench, "model", "toy")
+
+
+def test_symlink_inside_the_snapshot_is_followed(workbench, snap):
+    (snap / "empty.txt").unlink()
+    (snap / "real-empty").write_bytes(b"")
+    (snap / "empty.txt").symlink_to("real-empty")
+    report = verify(workbench, "model", "toy", full=True)
+    assert [(p.kind, p.path) for p in report.problems] == [("extra", "real-empty")]
+
+
+def test_missing_snapshot_says_how_to_get_it(workbench):
+    with pytest.raises(SnapshotMissingError) as exc:
+        verify(workbench, "model", "toy")
+    assert str(exc.value) == (
+        f"Model 'toy' has no snapshot in {workbench.root / 'models/toy'}. Run: harmonia models fetch toy"
+    )
+    with pytest.raises(SnapshotMissingError, match=r"Run: harmonia models tiny musicgen --name tiny-musicgen --seed 0"):
+        verify(workbench, "model", "tiny-musicgen")
+
+
+def test_require_verified_refuses_a_damaged_snapshot(workbench, snap):
+    assert require_verified(workbench, "model", "toy").name == "toy"
+    (snap / "config.json").unlink()
+    with pytest.raises(VerificationError) as exc:
+        require_verified(workbench, "model", "toy")
+    assert str(exc.value) == (
+        "Model 'toy' failed verification: 1 missing (config.json). Run 'harmonia models verify toy' "
+        "for details, then 'harmonia models fetch toy' to restore it."
+    )
+
+
+def test_list_shows_declared_present_and_verification_state(workbench, snap):
+    make_snapshot(workbench, "undeclared", {"a": b"1"})
+    rows = {r.name: r for r in list_snapshots(workbench, "model")}
+    assert rows["toy"].present and rows["toy"].verified == "never" and rows["toy"].size == 300_014
+    assert rows["toy"].revision == "seed=0" and rows["toy"].source == "synthetic:hand"
+    assert not rows["private"].present and rows["private"].verified == "missing"
+    assert rows["private"].source == "hf:acme/private"
+    assert not rows["undeclared"].declared and rows["undeclared"].present
+    verify(workbench, "model", "toy")
+    assert {r.name: r for r in list_snapshots(workbench, "model")}["toy"].verified == "ok"
+    (snap / "config.json").unlink()
+    verify(workbench, "model", "toy")
+    assert {r.name: r for r in list_snapshots(workbench, "model")}["toy"].verified == "failed"
+
+
+def test_install_replaces_a_snapshot_whole(workbench, snap):
+    staging = staging_dir(workbench, "model", "toy")
+    (staging / "only.txt").write_text("new")
+    install(staging, snap)
+    assert sorted(p.name for p in snap.iterdir()) == ["only.txt"]
+    assert [p.name for p in workbench.kind_dir("model").iterdir()] == ["toy"]
+
+
+def test_stale_staging_folders_are_cleared(workbench):
+    old = staging_dir(workbench, "model", "toy")
+    new = staging_dir(workbench, "model", "toy")
+    assert not old.exists() and new.exists()
+
+
+def test_parallel_hashes_match_hashlib_and_git(tmp_path):
+    paths = []
+    for i in range(20):
+        p = tmp_path / f"f{i}"
+        p.write_bytes(os.urandom(i * 70_001))
+        paths.append(p)
+    seen = []
+    digests = hash_files(paths, workers=2, progress=seen.append)
+    for p in paths:
+        assert digests[str(p)] == hashlib.sha256(p.read_bytes()).hexdigest() == sha256_file(p)
+    assert sum(seen) == sum(p.stat().st_size for p in paths)
+    git = subprocess.run(["git", "hash-object", str(paths[3])], capture_output=True, text=True, check=True)
+    assert git_blob_sha1(paths[3]) == git.stdout.strip()
