@@ -98,7 +98,9 @@ class _Bar:
     def __call__(self, n: int, total: int) -> None:
         with self.lock:
             if self.bar is None:
-                self.bar = tqdm(total=total, unit="B", unit_scale=True, desc=self.desc, leave=False)
+                self.bar = tqdm(
+                    total=total, unit="B", unit_scale=True, desc=self.desc, leave=False, disable=None
+                )
             self.bar.update(n)
 
     def close(self) -> None:

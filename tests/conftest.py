@@ -110,5 +110,7 @@ def make_snapshot(wb: Workbench, name: str, files: dict[str, bytes], kind: str =
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
         (folder / rel).write_bytes(data)
     entries = tuple(FileEntry(p, len(d), hashlib.sha256(d).hexdigest()) for p, d in files.items())
-    write_inventory(folder, Inventory(name, kind, Source("synthetic", builder="hand", seed=0), "mit", entries))
+    write_inventory(
+        folder, Inventory(name, kind, Source("synthetic", builder="hand", seed=0), "mit", entries)
+    )
     return folder

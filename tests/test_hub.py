@@ -104,7 +104,9 @@ def test_cli_fetch_with_token_prints_no_token(workbench, hub):
     )
     assert proc.returncode == 0, proc.stderr
     commit = hub.repos[("model", "acme/private")].refs["main"]
-    assert proc.stdout == f"fetched: model private = acme/private@{commit} (1 files, 2 B) in models/private/\n"
+    assert (
+        proc.stdout == f"fetched: model private = acme/private@{commit} (1 files, 2 B) in models/private/\n"
+    )
     assert TOKEN not in proc.stdout + proc.stderr
     for path in workbench.root.rglob("*"):
         if path.is_file():
@@ -140,7 +142,9 @@ def test_gated_repo_without_token(workbench, hub):
 
 
 def test_unknown_repo(workbench, hub):
-    with pytest.raises(FetchError, match=r"^acme/ghost was not found on http://127\.0\.0\.1:\d+, or it is private"):
+    with pytest.raises(
+        FetchError, match=r"^acme/ghost was not found on http://127\.0\.0\.1:\d+, or it is private"
+    ):
         fetch(workbench, "model", "ghost", endpoint=hub.url)
     assert _leftovers(workbench) == []
 
@@ -159,7 +163,9 @@ def test_dropped_connection_leaves_no_snapshot(workbench, hub):
     with pytest.raises(FetchError) as exc:
         fetch(workbench, "model", "broken", endpoint=hub.url)
     assert str(exc.value).startswith("The download of acme/broken broke off (")
-    assert str(exc.value).endswith("Nothing was kept; check the network, then run 'harmonia models fetch broken' again.")
+    assert str(exc.value).endswith(
+        "Nothing was kept; check the network, then run 'harmonia models fetch broken' again."
+    )
     assert _leftovers(workbench) == []
     # the file was really requested, and more than once (the client retried)
     assert len([p for p in _downloads(hub) if p.endswith("model.safetensors")]) >= 2
@@ -198,7 +204,9 @@ def test_hub_down(workbench):
 
 
 def test_offline_mode_is_a_clear_error(workbench, hub):
-    proc = run_cli("models", "fetch", "toy", cwd=workbench.root, env={"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "1"})
+    proc = run_cli(
+        "models", "fetch", "toy", cwd=workbench.root, env={"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "1"}
+    )
     assert proc.returncode == 2
     assert proc.stderr == (
         "error: HF_HUB_OFFLINE=1 is set, so acme/toy cannot be downloaded. Run the fetch with HF_HUB_OFFLINE=0 "
@@ -208,13 +216,19 @@ def test_offline_mode_is_a_clear_error(workbench, hub):
 
 
 def test_synthetic_models_are_built_not_fetched(workbench):
-    with pytest.raises(FetchError, match=r"is built in code, not fetched. Run: harmonia models tiny musicgen"):
+    with pytest.raises(
+        FetchError, match=r"is built in code, not fetched. Run: harmonia models tiny musicgen"
+    ):
         fetch(workbench, "model", "tiny-musicgen")
 
 
 def test_patterns_that_match_nothing(workbench, hub):
-    (workbench.root / "params.yaml").write_text("models:\n  toy: {repo: acme/toy, allow_patterns: ['*.gguf']}\n")
+    (workbench.root / "params.yaml").write_text(
+        "models:\n  toy: {repo: acme/toy, allow_patterns: ['*.gguf']}\n"
+    )
     from harmonia.workbench import Workbench
 
-    with pytest.raises(FetchError, match=r"No file of acme/toy@[0-9a-f]{12} matches allow_patterns=\['\*.gguf'\]"):
+    with pytest.raises(
+        FetchError, match=r"No file of acme/toy@[0-9a-f]{12} matches allow_patterns=\['\*.gguf'\]"
+    ):
         fetch(Workbench.open(workbench.root), "model", "toy", endpoint=hub.url)

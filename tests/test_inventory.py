@@ -36,7 +36,9 @@ def test_round_trip_and_digest(tmp_path):
     assert back.files == tuple(sorted(inv.files, key=lambda f: f.path))
     assert back.source == inv.source and back.total_size == 3
     # the digest names the bytes: independent of file order and of the creation date
-    later = Inventory("x", "model", inv.source, "mit", tuple(reversed(inv.files)), created="2030-01-01T00:00:00Z")
+    later = Inventory(
+        "x", "model", inv.source, "mit", tuple(reversed(inv.files)), created="2030-01-01T00:00:00Z"
+    )
     assert later.digest == inv.digest
     data = json.loads((tmp_path / "inventory.json").read_text())
     assert data["schema"] == "harmonia.inventory/1" and data["total_size"] == 3
@@ -60,9 +62,15 @@ def test_valid_inventory_reads(tmp_path):
         (_valid(files=[{"path": "a/../../x", "size": 3, "sha256": SHA}]), "leaves the snapshot folder"),
         (_valid(files=[{"path": "a\\b", "size": 3, "sha256": SHA}]), "leaves the snapshot folder"),
         (_valid(files=[{"path": "", "size": 3, "sha256": SHA}]), "must be a non-empty string"),
-        (_valid(files=[{"path": "inventory.json", "size": 3, "sha256": SHA}]), "must not list inventory.json"),
+        (
+            _valid(files=[{"path": "inventory.json", "size": 3, "sha256": SHA}]),
+            "must not list inventory.json",
+        ),
         (_valid(files=[{"path": "a", "size": -1, "sha256": SHA}]), "files[0].size must be an integer >= 0"),
-        (_valid(files=[{"path": "a", "size": 3, "sha256": "xyz"}]), "files[0].sha256 must be 64 lowercase hex"),
+        (
+            _valid(files=[{"path": "a", "size": 3, "sha256": "xyz"}]),
+            "files[0].sha256 must be 64 lowercase hex",
+        ),
         (_valid(files=[{"path": "a", "size": 3}]), "files[0] must have exactly path, size and sha256"),
         (_valid(files=[{"path": "a", "size": 3, "sha256": SHA}] * 2), "files[1].path 'a' is listed twice"),
         (_valid(total_size=4), "total_size 4 is not the sum of the file sizes (3)"),

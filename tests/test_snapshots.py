@@ -133,7 +133,9 @@ def test_missing_snapshot_says_how_to_get_it(workbench):
     assert str(exc.value) == (
         f"Model 'toy' has no snapshot in {workbench.root / 'models/toy'}. Run: harmonia models fetch toy"
     )
-    with pytest.raises(SnapshotMissingError, match=r"Run: harmonia models tiny musicgen --name tiny-musicgen --seed 0"):
+    with pytest.raises(
+        SnapshotMissingError, match=r"Run: harmonia models tiny musicgen --name tiny-musicgen --seed 0"
+    ):
         verify(workbench, "model", "tiny-musicgen")
 
 

@@ -62,7 +62,10 @@ def test_spec_fields(workbench):
         ("{repo: a/b, builder: musicgen}", "params.yaml: models.m needs exactly one of 'repo'"),
         ("{}", "params.yaml: models.m needs exactly one of 'repo'"),
         ("{repo: a/b, revison: main}", "params.yaml: models.m has unknown keys ['revison']"),
-        ("{repo: a/b, revision: ''}", "params.yaml: models.m.revision must be a branch, tag or 40-hex commit"),
+        (
+            "{repo: a/b, revision: ''}",
+            "params.yaml: models.m.revision must be a branch, tag or 40-hex commit",
+        ),
         ("{builder: musicgen, seed: -1}", "params.yaml: models.m.seed must be an integer >= 0, got -1."),
         ("{repo: a/b, allow_patterns: [1]}", "params.yaml: models.m.allow_patterns must be a list of glob"),
         ("[1, 2]", "params.yaml: models.m must be a mapping, got list."),

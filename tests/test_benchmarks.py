@@ -1,0 +1,23 @@
+"""The benchmark scripts still run (on small sizes); their figures are not asserted."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_verify_runs_and_writes_its_figures(tmp_path):
+    out = tmp_path / "verify.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/bench_verify.py"), "--size-mib", "8", "--files", "16",
+         "--small-files", "200", "--runs", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["big_tree"] == {"bytes": 8 << 20, "files": 16}
+    assert result["small_tree_files"] == 200
+    assert result["ratio_vs_single_stream"] > 0 and result["fast_verify_unchanged_s_best"] > 0
+    assert "default verify of 200 unchanged files" in proc.stdout
