@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,7 +121,7 @@ def fetch(
     context = _Context(spec.repo, kind, name, requested, endpoint, sent_token=token is not None)
 
     # 2. Resolve the revision to a commit and list the files with the hub's checksums.
-    with context.translate_errors():
+    with context.translated_errors():
         commit = api.repo_info(spec.repo, repo_type=kind, revision=requested).sha
         assert commit is not None
         tree = {
@@ -146,7 +147,7 @@ def fetch(
     # 4. Download into a staging folder, check every byte, write the inventory, move it in place.
     staging = staging_dir(wb, kind, name)
     try:
-        with context.translate_errors():
+        with context.translated_errors():
             snapshot_download(
                 spec.repo,
                 repo_type=kind,
@@ -240,40 +241,32 @@ class _Context:
             f"'harmonia {plural(self.kind)} fetch {self.name}' again."
         )
 
-    def translate_errors(self) -> _Translate:
-        return _Translate(self)
+    @contextmanager
+    def translated_errors(self) -> Iterator[None]:
+        """Turn huggingface_hub and network exceptions into one FetchError sentence each."""
+        try:
+            yield
+        except FetchError:
+            raise
+        except Exception as exc:
+            raise self.error_for(exc) from None
 
+    def error_for(self, exc: Exception) -> FetchError:
 
-class _Translate:
-    """Turns huggingface_hub and network exceptions into one FetchError sentence each."""
-
-    def __init__(self, ctx: _Context):
-        self.ctx = ctx
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc is None or isinstance(exc, FetchError) or not isinstance(exc, Exception):
-            return False
-        raise self.message(exc) from None
-
-    def message(self, exc: Exception) -> FetchError:
-        c = self.ctx
-        again = f"then run 'harmonia {plural(c.kind)} fetch {c.name}' again"
+        again = f"then run 'harmonia {plural(self.kind)} fetch {self.name}' again"
         token_hint = (
             "the token in HF_TOKEN cannot read it: use a token of an account that has access"
-            if c.sent_token
+            if self.sent_token
             else "no token was sent: put HF_TOKEN=hf_... in .env (or the environment)"
         )
         if isinstance(exc, GatedRepoError):
             return FetchError(
-                f"{c.repo} is gated and {token_hint}, accept its terms at {c.endpoint}/"
-                f"{'datasets/' if c.kind == 'dataset' else ''}{c.repo}, {again}."
+                f"{self.repo} is gated and {token_hint}, accept its terms at {self.endpoint}/"
+                f"{'datasets/' if self.kind == 'dataset' else ''}{self.repo}, {again}."
             )
         if isinstance(exc, RevisionNotFoundError):
             return FetchError(
-                f"{c.repo} has no revision '{c.revision}'. Fix 'revision' for {c.name} in "
+                f"{self.repo} has no revision '{self.revision}'. Fix 'revision' for {self.name} in "
                 "params.yaml (a branch, tag or 40-hex commit) or pass --revision."
             )
         status = (
@@ -281,24 +274,26 @@ class _Translate:
         )
         if isinstance(exc, RepositoryNotFoundError) or status in (401, 403):
             return FetchError(
-                f"{c.repo} was not found on {c.endpoint}, or it is private and {token_hint}. "
-                f"Check 'repo' for {c.name} in params.yaml, {again}."
+                f"{self.repo} was not found on {self.endpoint}, or it is private and {token_hint}. "
+                f"Check 'repo' for {self.name} in params.yaml, {again}."
             )
         if isinstance(exc, OfflineModeIsEnabled):
             return FetchError(
-                f"HF_HUB_OFFLINE=1 is set, so {c.repo} cannot be downloaded: unset it, {again}."
+                f"HF_HUB_OFFLINE=1 is set, so {self.repo} cannot be downloaded: unset it, {again}."
             )
         if isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout) or (
             isinstance(exc, LocalEntryNotFoundError) and isinstance(exc.__cause__, httpx2.ConnectError)
         ):
             return FetchError(
-                f"Could not reach the hub at {c.endpoint}: check the network (or HF_ENDPOINT), {again}."
+                f"Could not reach the hub at {self.endpoint}: check the network (or HF_ENDPOINT), {again}."
             )
         if isinstance(exc, httpx2.TransportError | LocalEntryNotFoundError | OSError):
             return FetchError(
-                f"The download of {c.repo} broke off ({type(exc).__name__}). Nothing was kept; "
+                f"The download of {self.repo} broke off ({type(exc).__name__}). Nothing was kept; "
                 f"check the network, {again}."
             )
         if status is not None:
-            return FetchError(f"The hub at {c.endpoint} answered HTTP {status} for {c.repo}; {again} later.")
-        return FetchError(f"Fetching {c.repo} failed ({type(exc).__name__}: {exc}); {again}.")
+            return FetchError(
+                f"The hub at {self.endpoint} answered HTTP {status} for {self.repo}; {again} later."
+            )
+        return FetchError(f"Fetching {self.repo} failed ({type(exc).__name__}: {exc}); {again}.")
