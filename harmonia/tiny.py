@@ -130,24 +130,21 @@ def _decoder_kwargs() -> dict:
     )
 
 
-def _fill_codebooks(model: torch.nn.Module) -> None:
-    """Give every EnCodec codebook distinct random vectors (random init leaves them all zero)."""
+def _save_model(model, out: Path) -> None:
+    """Fill the EnCodec codebooks (random init leaves them all zero), set generation defaults, save."""
+    model.eval()
     for layer in model.audio_encoder.quantizer.layers:
         codebook = layer.codebook
         codebook.embed.copy_(torch.randn_like(codebook.embed))
         codebook.embed_avg.copy_(codebook.embed)
         codebook.cluster_size.fill_(1.0)
-
-
-def _generation_config(model, max_length: int) -> None:
     gc = model.generation_config
-    gc.decoder_start_token_id = CODEBOOK_SIZE
-    gc.pad_token_id = CODEBOOK_SIZE
-    gc.bos_token_id = CODEBOOK_SIZE
+    gc.decoder_start_token_id = gc.pad_token_id = gc.bos_token_id = CODEBOOK_SIZE
     gc.do_sample = True
     gc.guidance_scale = 3.0
-    gc.max_length = max_length
+    gc.max_length = MAX_POSITIONS
     gc.top_k = 50
+    model.save_pretrained(out)
 
 
 def build_musicgen(out: Path) -> None:
@@ -166,10 +163,7 @@ def build_musicgen(out: Path) -> None:
         audio_encoder=_encodec_config(),
         decoder=MusicgenDecoderConfig(**_decoder_kwargs()),
     )
-    model = MusicgenForConditionalGeneration(config).eval()
-    _fill_codebooks(model)
-    _generation_config(model, max_length=MAX_POSITIONS)
-    model.save_pretrained(out)
+    _save_model(MusicgenForConditionalGeneration(config), out)
     feature_extractor = EncodecFeatureExtractor(feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0)
     MusicgenProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(out)
 
@@ -195,10 +189,7 @@ def build_musicgen_melody(out: Path) -> None:
         num_chroma=12,
         chroma_length=235,
     )
-    model = MusicgenMelodyForConditionalGeneration(config).eval()
-    _fill_codebooks(model)
-    _generation_config(model, max_length=MAX_POSITIONS)
-    model.save_pretrained(out)
+    _save_model(MusicgenMelodyForConditionalGeneration(config), out)
     tokenizer.save_pretrained(out)
     preprocessor = {
         "chunk_length": 30,
