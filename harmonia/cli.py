@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from tqdm import tqdm
 
 from harmonia import __version__
-from harmonia.errors import HarmoniaError
+from harmonia.errors import HarmoniaError, RequestError
 from harmonia.workbench import KINDS, Kind, Workbench, plural
 
 EXIT_FAILED = 1
@@ -54,7 +54,70 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     for kind in KINDS:
         _add_snapshot_commands(commands, kind)
+    _add_generation_commands(commands)
     return parser
+
+
+def _add_generation_commands(commands) -> None:
+    group = commands.add_parser("generate", help="generate media into artifacts/")
+    sub = group.add_subparsers(title="commands", metavar="KIND", required=True)
+    p = sub.add_parser("music", help="text (and melody) to music with MusicGen")
+    p.add_argument("prompts", nargs="+", metavar="PROMPT", help="one prompt per take (several make a batch)")
+    p.add_argument("--model", help="a model from params.yaml (default: music.model there)")
+    p.add_argument(
+        "--duration", type=float, dest="duration_s", help="seconds of audio (default: music.duration_s)"
+    )
+    p.add_argument("--seed", type=int, help="random seed (default: drawn and recorded)")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-k", type=int, dest="top_k")
+    p.add_argument("--top-p", type=float, dest="top_p")
+    p.add_argument(
+        "--guidance", type=float, dest="guidance_scale", help="classifier-free guidance (1 turns it off)"
+    )
+    p.add_argument("--melody", metavar="FILE", help="audio whose melody to follow (melody models only)")
+    p.add_argument(
+        "--continue", dest="continuation", metavar="FILE", help="audio to extend; --duration includes it"
+    )
+    p.add_argument("--stride", type=float, dest="extend_stride_s", help="seconds added per long-form window")
+    p.add_argument(
+        "--format", choices=["wav", "flac"], dest="fmt", help="wav (32-bit float) or flac (24-bit)"
+    )
+    p.add_argument(
+        "--normalize", type=float, dest="normalize_lufs", metavar="LUFS", help="loudness target, e.g. -14"
+    )
+    p.add_argument("--force", action="store_true", help="regenerate even if the identical artifact exists")
+    p.add_argument("--device", help="auto (default), cpu, cuda, mps")
+    p.add_argument("--dtype", help="float32 (default), bfloat16, float16 (GPU)")
+    p.add_argument(
+        "--threads", type=int, help="CPU threads (default: all cores); recorded, they change the bits"
+    )
+    idea = p.add_argument_group("idea", "give any of these and each PROMPT becomes an idea's text")
+    idea.add_argument("--genre")
+    idea.add_argument("--mood")
+    idea.add_argument("--tempo", type=float, dest="tempo_bpm", metavar="BPM")
+    idea.add_argument("--key", help="e.g. 'A minor', 'Bb'")
+    idea.add_argument("--instrument", action="append", dest="instruments", default=[], help="repeatable")
+    p.set_defaults(run=_generate_music)
+
+    group = commands.add_parser("artifacts", help="list and show generated artifacts")
+    sub = group.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    p = sub.add_parser("list", help="every artifact, newest first")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=_artifacts_list)
+    p = sub.add_parser("show", help="one artifact's manifest")
+    p.add_argument("artifact", metavar="ID", help="an artifact id or a unique prefix of one")
+    p.add_argument("--json", action="store_true", help="print the whole manifest")
+    p.set_defaults(run=_artifacts_show)
+
+    p = commands.add_parser("reproduce", help="regenerate an artifact and compare it bit for bit")
+    p.add_argument("artifact", metavar="ID", help="an artifact id or a unique prefix of one")
+    p.set_defaults(run=_reproduce)
+
+    p = commands.add_parser("doctor", help="versions, device, token, disk, snapshots")
+    p.set_defaults(run=_doctor)
+
+    p = commands.add_parser("demo", help="generate one clip end to end (what `make demo` runs)")
+    p.set_defaults(run=_demo)
 
 
 def _add_snapshot_commands(commands, kind: Kind) -> None:
@@ -83,7 +146,7 @@ def _add_snapshot_commands(commands, kind: Kind) -> None:
 
     if kind == "model":
         p = sub.add_parser("tiny", help="build a tiny random model of an engine's architecture")
-        p.add_argument("builder", metavar="ENGINE", help="musicgen or musicgen-melody")
+        p.add_argument("builder", metavar="BUILDER", help="musicgen, musicgen-stereo or musicgen-melody")
         p.add_argument("--name", help="snapshot name (default: tiny-ENGINE)")
         p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
         p.set_defaults(run=_tiny, kind=kind)
@@ -172,9 +235,7 @@ def _list(args) -> int:
         revision = (r.revision or "-")[:12]
         size = _size(r.size) if r.size is not None else "-"
         table.append((r.name, r.source, revision, size, r.license or "-", verified))
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    _print_table(table)
     return 0
 
 
@@ -190,6 +251,239 @@ def _tiny(args) -> int:
         f"in {_rel(wb, built.path)}"
     )
     return 0
+
+
+class _Steps:
+    """A decoding-steps progress bar on stderr."""
+
+    def __init__(self, desc: str):
+        self.desc, self.bar = desc, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=total, unit="step", desc=self.desc, leave=False, disable=None)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _generate_music(args) -> int:
+    from harmonia.engines.musicgen import MusicRequest
+    from harmonia.generation import generate_music
+    from harmonia.prompts import Idea
+
+    wb = Workbench.open()
+    defaults = wb.params.get("music") or {}
+    model = args.model or defaults.get("model")
+    if not model:
+        raise RequestError("no model given: pass --model NAME or set music.model in params.yaml.")
+    fields = ("duration_s", "temperature", "top_k", "top_p", "guidance_scale", "extend_stride_s")
+    chosen = {f: getattr(args, f) if getattr(args, f) is not None else defaults.get(f) for f in fields}
+    request = MusicRequest(
+        tuple(args.prompts),
+        seed=args.seed,
+        melody=args.melody,
+        continuation=args.continuation,
+        **{k: v for k, v in chosen.items() if v is not None},
+    )
+    ideas = None
+    if any((args.genre, args.mood, args.tempo_bpm, args.key, args.instruments)):
+        ideas = [
+            Idea(
+                p,
+                genre=args.genre,
+                mood=args.mood,
+                tempo_bpm=args.tempo_bpm,
+                key=args.key,
+                instruments=tuple(args.instruments),
+            )
+            for p in args.prompts
+        ]
+    bar = _Steps("generating")
+    try:
+        done = generate_music(
+            wb,
+            model,
+            request,
+            ideas=ideas,
+            fmt=args.fmt or defaults.get("format", "wav"),
+            normalize_lufs=args.normalize_lufs
+            if args.normalize_lufs is not None
+            else defaults.get("normalize_lufs"),
+            force=args.force,
+            progress=bar,
+            device=args.device,
+            dtype=args.dtype,
+            threads=args.threads,
+        )
+    finally:
+        bar.close()
+    _print_generated(wb, done)
+    return 0
+
+
+def _print_generated(wb: Workbench, done) -> None:
+    art, m = done.artifact, done.artifact.manifest
+    if done.cached:
+        print(f"cached: artifact {art.id} (the identical request was made before; --force regenerates)")
+    else:
+        t = m["timings"]
+        print(
+            f"generated: artifact {art.id} ({art.model}, seed {art.seed}, {len(art.outputs)} take(s) of "
+            f"{art.outputs[0].duration_s:g} s, {t['generate_s']:.1f} s, real-time factor {t['real_time_factor']:.2f})"
+        )
+    for out in m["outputs"]:
+        print(f'  {_rel(wb, art.path / out["path"]).rstrip("/")}  "{out["prompt"]}"')
+        if out.get("preview"):
+            print(f"  {_rel(wb, art.path / out['preview']).rstrip('/')}")
+    print(f"  {_rel(wb, art.path / 'manifest.json').rstrip('/')}")
+
+
+def _artifacts_list(args) -> int:
+    from harmonia.artifacts import list_artifacts
+
+    wb = Workbench.open()
+    arts = list_artifacts(wb)
+    if args.json:
+        rows = [
+            {"id": a.id, "created": a.created, "kind": a.kind, "model": a.model, "seed": a.seed,
+             "path": str(a.path), "outputs": [o.path for o in a.outputs],
+             "prompts": [o.prompt for o in a.outputs], "duration_s": a.outputs[0].duration_s if a.outputs else None}
+            for a in arts
+        ]  # fmt: skip
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return 0
+    if not arts:
+        print(f"no artifacts in {_rel(wb, wb.artifacts_dir)}")
+        return 0
+    table = [("ID", "CREATED", "MODEL", "SEED", "TAKES", "SECONDS", "PROMPT")]
+    for a in arts:
+        prompt = a.outputs[0].prompt or "" if a.outputs else ""
+        prompt = prompt if len(prompt) <= 48 else prompt[:47] + "…"
+        dur = f"{a.outputs[0].duration_s:g}" if a.outputs else "-"
+        table.append((a.id, a.created, a.model, str(a.seed), str(len(a.outputs)), dur, prompt))
+    _print_table(table)
+    return 0
+
+
+def _artifacts_show(args) -> int:
+    from harmonia.artifacts import load_artifact
+
+    wb = Workbench.open()
+    art = load_artifact(wb, args.artifact)
+    m = art.manifest
+    if args.json:
+        print(json.dumps(m, indent=2, ensure_ascii=False))
+        return 0
+    model, rt, t = m["model"], m["runtime"], m["timings"]
+    revision = model.get("revision") or f"synthetic seed {model.get('seed')}"
+    print(f"artifact {art.id}  ({m['kind']}, created {art.created})")
+    print(f"  path      {_rel(wb, art.path)}")
+    print(
+        f"  model     {model['name']} ({model.get('repo') or model.get('builder')} @ {revision}, inventory {model['inventory_digest'][:12]})"
+    )
+    r = m["request"]
+    print(
+        f"  request   seed {r['seed']}, {r['duration_s']:g} s, temperature {r['temperature']:g}, top-k {r['top_k']}, "
+        f"top-p {r['top_p']:g}, guidance {r['guidance_scale']:g}"
+    )
+    print(
+        f"  runtime   {rt['device']} {rt['dtype']}, {rt['threads']} threads, torch {m['packages']['torch']}, transformers {m['packages']['transformers']}"
+    )
+    print(
+        f"  timings   load {t['load_s']:.2f} s, generate {t['generate_s']:.2f} s, real-time factor {t['real_time_factor']:.2f}"
+    )
+    for out in m["outputs"]:
+        loud = f"{out['loudness_lufs']:.1f} LUFS" if out.get("loudness_lufs") is not None else "loudness n/a"
+        print(
+            f"  output    {out['path']}  {out['duration_s']:g} s, {out['sample_rate']} Hz, {out['channels']} ch, "
+            f'peak {out["peak"]:.3f}, {loud}, sha256 {out["sha256"][:12]}  "{out["prompt"]}"'
+        )
+    return 0
+
+
+def _reproduce(args) -> int:
+    from harmonia.generation import reproduce
+
+    wb = Workbench.open()
+    bar = _Steps("reproducing")
+    try:
+        verdict = reproduce(wb, args.artifact, progress=bar)
+    finally:
+        bar.close()
+    print(verdict.summary())
+    for o in verdict.outputs:
+        if not o.identical:
+            print(f"  {o.path}: max abs difference {o.max_abs_diff:.3g}, SNR {o.snr_db:.1f} dB")
+    for d in verdict.differences:
+        print(f"  differs: {d}")
+    return 0 if verdict.identical else EXIT_FAILED
+
+
+def _doctor(args) -> int:
+    import shutil
+
+    import torch
+    from huggingface_hub import constants
+
+    from harmonia.generation import package_versions
+    from harmonia.hub import token_source
+    from harmonia.snapshots import list_snapshots
+
+    wb = Workbench.open()
+    versions = package_versions()
+    print(f"workbench   {wb.root}")
+    print("packages    " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    print(f"device      cuda: {gpu}; mps: {'yes' if mps else 'no'}; cpu threads: {torch.get_num_threads()}")
+    source = token_source(wb.root)
+    print(
+        f"hub token   {'configured (from ' + source + ')' if source else 'not configured (gated or private repos will fail)'}"
+    )
+    print(
+        f"hub         {constants.ENDPOINT}{' (HF_HUB_OFFLINE=1: fetching is off)' if constants.HF_HUB_OFFLINE else ''}"
+    )
+    free = shutil.disk_usage(wb.root).free
+    print(f"disk        {_size(free)} free at {wb.root}")
+    for kind in KINDS:
+        for row in list_snapshots(wb, kind):
+            state = row.verified + (f" {row.verified_at}" if row.verified_at else "")
+            print(f"{kind:11} {row.name}: {row.source}, {state}")
+    return 0
+
+
+def _demo(args) -> int:
+    from harmonia.demo import run_demo
+    from harmonia.plots import save_audio_figure
+
+    wb = Workbench.open()
+    bar = _Steps("generating")
+    try:
+        done = run_demo(wb, progress=bar)
+    finally:
+        bar.close()
+    _print_generated(wb, done)
+    art = done.artifact
+    spectrogram = wb.root / "outputs" / "demo" / f"{art.id}-spectrogram.png"
+    spectrogram.parent.mkdir(parents=True, exist_ok=True)
+    import soundfile as sf
+
+    samples, rate = sf.read(art.file(art.outputs[0]), dtype="float32", always_2d=True)
+    save_audio_figure(spectrogram, samples.T, rate, art.outputs[0].prompt or "")
+    print(f"spectrogram: {_rel(wb, spectrogram).rstrip('/')}")
+    print(
+        f"listen: {_rel(wb, art.file(art.outputs[0])).rstrip('/')}   details: harmonia artifacts show {art.id}"
+    )
+    return 0
+
+
+def _print_table(table) -> None:
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _size(n: int) -> str:

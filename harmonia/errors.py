@@ -85,3 +85,36 @@ class BuilderError(HarmoniaError, ValueError):
     Example message:
         Unknown tiny builder 'musicgne'. Known builders: musicgen, musicgen-melody.
     """
+
+
+class AudioError(HarmoniaError, ValueError):
+    """Audio that cannot be read or used.
+
+    Example message:
+        melody: cannot read song.txt as audio (Format not recognised). Give a WAV, FLAC, OGG
+        or MP3 file.
+    """
+
+
+class RequestError(HarmoniaError, ValueError):
+    """A generation request with a parameter out of range.
+
+    Example message:
+        duration_s must be > 0 and <= 300 seconds, got -1.0. Pick a duration in that range.
+    """
+
+
+class Cancelled(HarmoniaError, RuntimeError):
+    """A generation stopped on request (the Stop button, Ctrl-C); nothing was written.
+
+    Example message:
+        Generation cancelled at step 120 of 503; no artifact was written.
+    """
+
+
+class ArtifactError(HarmoniaError, LookupError):
+    """An artifact that does not exist or whose manifest cannot be read.
+
+    Example message:
+        No artifact 'deadbeef' in /work/artifacts. Run 'harmonia artifacts list' to see the ids.
+    """

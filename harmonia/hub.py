@@ -34,10 +34,11 @@ from huggingface_hub.errors import (
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import filter_repo_objects
 
+from harmonia.atomic import install
 from harmonia.errors import FetchError
 from harmonia.hashing import git_blob_sha1, hash_files
 from harmonia.inventory import FileEntry, Inventory, Source, read_inventory, write_inventory
-from harmonia.snapshots import install, record_hashed, staging_dir, verify
+from harmonia.snapshots import record_hashed, staging_dir, verify
 from harmonia.workbench import Kind, Workbench, plural
 
 TOKEN_VARIABLES = ("HF_TOKEN", "HUGGINGFACE_HUB_TOKEN")
@@ -56,18 +57,30 @@ class FetchResult:
     reused: bool  # True when the snapshot at that commit was already present and verified
 
 
-def resolve_token(root: Path) -> str | None:
-    """The hub token from the environment, else from ``root/.env``; None when there is none."""
+def _find_token(root: Path) -> tuple[str, str] | None:
+    """(where, token): the environment first, then ``root/.env``."""
     for var in TOKEN_VARIABLES:
         if os.environ.get(var):
-            return os.environ[var]
+            return f"environment {var}", os.environ[var]
     env_file = root / ".env"
     if env_file.is_file():
         values = dotenv_values(env_file)
         for var in TOKEN_VARIABLES:
             if values.get(var):
-                return values[var]
+                return f".env {var}", values[var]
     return None
+
+
+def resolve_token(root: Path) -> str | None:
+    """The hub token from the environment, else from ``root/.env``; None when there is none."""
+    found = _find_token(root)
+    return found[1] if found else None
+
+
+def token_source(root: Path) -> str | None:
+    """Where the token comes from ("environment HF_TOKEN", ".env HF_TOKEN"), never its value."""
+    found = _find_token(root)
+    return found[0] if found else None
 
 
 def fetch(

@@ -6,7 +6,7 @@ missing and extra file. The default (fast) mode re-hashes only files whose size,
 inode changed since they were last hashed; those facts live in a small state file under
 ``.harmonia/verify/`` at the workbench root, outside the snapshot, so DVC never sees it.
 
-This module knows folders, inventories and hashes; it does not know the hub (see hub.py)
+This module knows folders, inventories and hashes (atomic installs live in atomic.py); it does not know the hub (see hub.py)
 or how tiny models are built (see tiny.py).
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 import time
 import uuid
@@ -23,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from harmonia.atomic import staging_dir as _staging_dir
 from harmonia.errors import InventoryError, SnapshotMissingError, VerificationError
 from harmonia.hashing import hash_files
 from harmonia.inventory import INVENTORY_FILE, Inventory, read_inventory, utc_now
@@ -345,34 +345,5 @@ def list_snapshots(wb: Workbench, kind: Kind) -> list[SnapshotStatus]:
 
 
 def staging_dir(wb: Workbench, kind: Kind, name: str) -> Path:
-    """A fresh hidden folder beside the final one (same filesystem, so the rename is atomic).
-
-    Leftovers of an earlier, killed attempt for the same name are removed first.
-    """
-    kind_dir = wb.kind_dir(kind)
-    kind_dir.mkdir(parents=True, exist_ok=True)
-    for old in kind_dir.glob(f".{name}.partial-*"):
-        shutil.rmtree(old, ignore_errors=True)
-    folder = kind_dir / f".{name}.partial-{uuid.uuid4().hex[:8]}"
-    folder.mkdir()
-    return folder
-
-
-def install(staging: Path, final: Path) -> None:
-    """Move a complete staging folder into place; an existing snapshot is replaced, never merged.
-
-    The old folder is renamed away first, so ``final`` is at every moment either the old
-    snapshot, absent, or the new one: never a mixture.
-    """
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(final, old)
-    try:
-        os.replace(staging, final)
-    except BaseException:
-        if old is not None:
-            os.replace(old, final)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """A fresh hidden staging folder beside ``models/NAME`` (see harmonia.atomic)."""
+    return _staging_dir(wb.kind_dir(kind), name)

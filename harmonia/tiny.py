@@ -17,17 +17,18 @@ import json
 import shutil
 import string
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
 import torch
 
+from harmonia.atomic import install
+from harmonia.engines.base import quiet_transformers
 from harmonia.errors import BuilderError
 from harmonia.hashing import hash_files
 from harmonia.inventory import FileEntry, Inventory, Source, write_inventory
-from harmonia.snapshots import install, record_hashed, scan_tree, staging_dir
+from harmonia.snapshots import record_hashed, scan_tree, staging_dir
 from harmonia.workbench import Workbench, check_name
 
 # MusicGen's audio side at its real rates (32 kHz, 50 frames/s, 4 codebooks) with tiny widths.
@@ -46,23 +47,6 @@ class TinyBuild:
     name: str
     path: Path
     inventory: Inventory
-
-
-@contextmanager
-def _quiet_transformers():
-    """Silence transformers' warnings (MusicGen's pad id is outside the codebook by design) and bars."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def _versions() -> dict[str, str]:
@@ -115,7 +99,8 @@ def _t5_config(vocab_size: int):
     )
 
 
-def _decoder_kwargs() -> dict:
+def _decoder_kwargs(channels: int = 1) -> dict:
+    """MusicGen stereo has 2 x 4 codebooks (left and right interleaved) over the same mono EnCodec."""
     return dict(
         vocab_size=CODEBOOK_SIZE,
         pad_token_id=CODEBOOK_SIZE,
@@ -125,8 +110,8 @@ def _decoder_kwargs() -> dict:
         ffn_dim=64,
         num_attention_heads=4,
         hidden_size=32,
-        num_codebooks=NUM_CODEBOOKS,
-        audio_channels=1,
+        num_codebooks=NUM_CODEBOOKS * channels,
+        audio_channels=channels,
     )
 
 
@@ -147,8 +132,8 @@ def _save_model(model, out: Path) -> None:
     model.save_pretrained(out)
 
 
-def build_musicgen(out: Path) -> None:
-    """transformers MusicGen (text-to-music): tiny T5 + tiny EnCodec + tiny decoder, mono."""
+def build_musicgen(out: Path, channels: int = 1) -> None:
+    """transformers MusicGen (text-to-music): tiny T5 + tiny EnCodec + tiny decoder, mono or stereo."""
     from transformers import (
         EncodecFeatureExtractor,
         MusicgenConfig,
@@ -161,7 +146,7 @@ def build_musicgen(out: Path) -> None:
     config = MusicgenConfig(
         text_encoder=_t5_config(len(tokenizer)),
         audio_encoder=_encodec_config(),
-        decoder=MusicgenDecoderConfig(**_decoder_kwargs()),
+        decoder=MusicgenDecoderConfig(**_decoder_kwargs(channels)),
     )
     _save_model(MusicgenForConditionalGeneration(config), out)
     feature_extractor = EncodecFeatureExtractor(feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0)
@@ -208,11 +193,17 @@ def build_musicgen_melody(out: Path) -> None:
     (out / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2, sort_keys=True) + "\n")
 
 
+def build_musicgen_stereo(out: Path) -> None:
+    """transformers MusicGen stereo: 8 codebooks, left and right decoded by the same EnCodec."""
+    build_musicgen(out, channels=2)
+
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "musicgen": build_musicgen,
+    "musicgen-stereo": build_musicgen_stereo,
     "musicgen-melody": build_musicgen_melody,
 }
-DEFAULT_NAMES = {"musicgen": "tiny-musicgen", "musicgen-melody": "tiny-musicgen-melody"}
+DEFAULT_NAMES = {name: f"tiny-{name}" for name in BUILDERS}
 
 
 def build_tiny(wb: Workbench, builder: str, name: str | None = None, seed: int = 0) -> TinyBuild:
@@ -238,7 +229,7 @@ def build_tiny(wb: Workbench, builder: str, name: str | None = None, seed: int =
     # 2. Build into a staging folder from a private RNG stream (the caller's RNG is untouched).
     staging = staging_dir(wb, "model", name)
     try:
-        with torch.random.fork_rng(devices=[]), _quiet_transformers():
+        with torch.random.fork_rng(devices=[]), quiet_transformers():
             torch.manual_seed(seed)
             BUILDERS[builder](staging)
         # 3. Hash, write the inventory, move into place.

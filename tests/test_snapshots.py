@@ -5,9 +5,10 @@ import subprocess
 
 import pytest
 
+from harmonia.atomic import install
 from harmonia.errors import InventoryError, SnapshotMissingError, VerificationError
 from harmonia.hashing import git_blob_sha1, hash_files, sha256_file
-from harmonia.snapshots import install, list_snapshots, require_verified, staging_dir, verify
+from harmonia.snapshots import list_snapshots, require_verified, staging_dir, verify
 from tests.conftest import make_snapshot
 
 FILES = {

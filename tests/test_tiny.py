@@ -18,7 +18,7 @@ def _build_in_fresh_process(workbench, builder, name, seed):
     return read_inventory(workbench.snapshot_dir("model", name))
 
 
-@pytest.mark.parametrize("builder", ["musicgen", "musicgen-melody"])
+@pytest.mark.parametrize("builder", ["musicgen", "musicgen-stereo", "musicgen-melody"])
 def test_same_seed_same_bytes_across_processes(workbench, builder):
     a = _build_in_fresh_process(workbench, builder, "a", 7)
     b = _build_in_fresh_process(workbench, builder, "b", 7)
@@ -87,7 +87,10 @@ def test_the_callers_random_state_is_untouched(workbench):
 def test_unknown_builder_and_bad_seed(workbench):
     with pytest.raises(BuilderError) as exc:
         build_tiny(workbench, "musicgne")
-    assert str(exc.value) == "Unknown tiny builder 'musicgne'. Known builders: musicgen, musicgen-melody."
+    assert (
+        str(exc.value)
+        == "Unknown tiny builder 'musicgne'. Known builders: musicgen, musicgen-stereo, musicgen-melody."
+    )
     with pytest.raises(BuilderError, match=r"seed must be an integer in \[0, 2\*\*63\), got -1"):
         build_tiny(workbench, "musicgen", seed=-1)
     assert not workbench.kind_dir("model").exists() or list(workbench.kind_dir("model").iterdir()) == []

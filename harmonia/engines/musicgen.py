@@ -1,0 +1,461 @@
+"""MusicGen and MusicGen-Melody (transformers), mono and stereo, with long-form generation.
+
+The engine loads a verified snapshot (safetensors, ``local_files_only=True``, no remote
+code) and generates through transformers' own ``generate``. Clips longer than the model's
+window (30 s for the released checkpoints) are made like audiocraft does: the first window
+is generated whole, then each extension keeps the last ``window - stride`` seconds of
+tokens as context and adds ``stride`` seconds, and all tokens are decoded once at the end.
+A continuation prompt is encoded to tokens with the model's EnCodec and extended the same
+way. A melody is turned into a chroma (the computation of transformers'
+MusicgenMelodyFeatureExtractor, on torch.stft) per window, looping the melody like audiocraft.
+
+The engine knows nothing about artifacts, files it does not read, or the UI.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from harmonia.audio import Audio, conform, is_silent, read_audio
+from harmonia.engines.base import (
+    DTYPES,
+    LoadedModel,
+    Progress,
+    Timer,
+    check_seed,
+    choose_seed,
+    open_snapshot,
+    pick_device,
+    pick_dtype,
+    pick_threads,
+    pinned_threads,
+    quiet_transformers,
+    seeded,
+)
+from harmonia.errors import AudioError, RequestError
+from harmonia.workbench import Workbench
+
+MAX_DURATION_S = 300.0
+TRAINED_WINDOW_S = 30.0
+DEFAULT_STRIDE_SHARE = 0.6  # audiocraft: 18 s of new audio per 30 s window
+MAX_PROMPT_CHARS = 2000
+MAX_TOP_K = 65536  # above the codebook size every token is kept
+
+
+@dataclass(frozen=True)
+class MusicRequest:
+    """One text-to-music generation; a list of prompts is a batch.
+
+    Example:
+        >>> MusicRequest("calm piano, 70 bpm", duration_s=8, seed=1).prompts
+        ('calm piano, 70 bpm',)
+    """
+
+    # what to make
+    prompts: tuple[str, ...] | str
+    duration_s: float = 10.0
+    seed: int | None = None  # None: drawn at random and recorded in the result
+    # sampling
+    temperature: float = 1.0
+    top_k: int = 250  # 0 turns top-k off
+    top_p: float = 1.0  # 1.0 turns nucleus sampling off
+    guidance_scale: float = 3.0  # classifier-free guidance; 1.0 turns it off
+    # conditioning audio: a file path or harmonia.audio.Audio
+    melody: str | Path | Audio | None = None  # MusicGen-Melody models only
+    continuation: str | Path | Audio | None = None  # the result starts with it; duration_s includes it
+    # long-form: seconds of new audio per extension window (None: 60 % of the model's window)
+    extend_stride_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.prompts, str):
+            object.__setattr__(self, "prompts", (self.prompts,))
+        elif isinstance(self.prompts, list):
+            object.__setattr__(self, "prompts", tuple(self.prompts))
+
+
+@dataclass(frozen=True, eq=False)
+class MusicResult:
+    """What a generation produced."""
+
+    # the audio
+    audio: np.ndarray  # float32 [batch, channels, samples]
+    sample_rate: int
+    # the request as run (with its seed) and the inputs it read
+    request: MusicRequest
+    melody: Audio | None
+    continuation: Audio | None
+    # how it ran
+    steps: int  # decoding steps, all windows together
+    generate_s: float
+    window_s: float
+    stride_s: float | None  # None when one window sufficed
+    windows: int
+    codes: torch.Tensor = field(repr=False)  # [batch, codebooks, frames]
+
+    @property
+    def duration_s(self) -> float:
+        return self.audio.shape[-1] / self.sample_rate
+
+    @property
+    def real_time_factor(self) -> float:
+        """Seconds of audio made per second of compute (per clip; above 1 is faster than real time)."""
+        return self.duration_s / self.generate_s if self.generate_s > 0 else math.inf
+
+
+class _StepWatch(StoppingCriteria):
+    """Sees the token sequence after every decoding step (reporting progress) and keeps the last one.
+
+    A stopping criterion is the hook transformers calls once per step with the whole
+    sequence; this one never stops generation itself (an exception from ``on_step`` does).
+    """
+
+    def __init__(self, on_step):
+        self.on_step = on_step
+        self.sequence: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        self.sequence = input_ids
+        self.on_step()
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+class MusicGenEngine:
+    """A loaded MusicGen or MusicGen-Melody model.
+
+    Example:
+        >>> engine = MusicGenEngine.load(Workbench.open(), "tiny-musicgen")  # doctest: +SKIP
+        >>> result = engine.generate(MusicRequest("lofi beat", duration_s=2, seed=0))  # doctest: +SKIP
+        >>> result.audio.shape, result.sample_rate  # doctest: +SKIP
+        ((1, 1, 64000), 32000)
+    """
+
+    name = "musicgen"
+
+    def __init__(self, model, tokenizer, loaded: LoadedModel, chroma_settings: dict | None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.loaded = loaded
+        self.device = torch.device(loaded.device)
+        self._chroma_settings = chroma_settings
+        self._chroma_filters: torch.Tensor | None = None
+        decoder = model.config.decoder
+        self.sample_rate: int = model.config.audio_encoder.sampling_rate
+        self.frame_rate: int = model.config.audio_encoder.frame_rate
+        self.channels: int = decoder.audio_channels
+        self.num_codebooks: int = decoder.num_codebooks
+        self.max_delay: int = decoder.num_codebooks // decoder.audio_channels - 1
+        self.window_frames: int = min(
+            round(TRAINED_WINDOW_S * self.frame_rate), decoder.max_position_embeddings - decoder.num_codebooks
+        )
+
+    # -- loading ---------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        wb: Workbench,
+        name: str,
+        device: str | None = None,
+        dtype: str | None = None,
+        threads: int | None = None,
+        allow_pickle: bool = False,
+    ) -> MusicGenEngine:
+        """Load a declared, present and verified MusicGen snapshot.
+
+        Args:
+            wb: the workbench.
+            name: a model name from params.yaml.
+            device: "auto" (default: cuda, then mps, then cpu), "cpu", "cuda", "cuda:N", "mps".
+            dtype: "float32" (default, the reproducible choice), "bfloat16", "float16" (GPU only).
+            threads: CPU threads for every generate() call (default: torch's current setting).
+                The thread count changes the bits of CPU results; it is recorded.
+            allow_pickle: accept a snapshot with pickled weights (never needed for released MusicGen).
+        """
+        from transformers import (
+            AutoTokenizer,
+            MusicgenForConditionalGeneration,
+            MusicgenMelodyForConditionalGeneration,
+        )
+
+        classes = {
+            "musicgen": MusicgenForConditionalGeneration,
+            "musicgen_melody": MusicgenMelodyForConditionalGeneration,
+        }
+        with Timer() as timer:
+            spec, path, inventory = open_snapshot(wb, name, "musicgen", allow_pickle)
+            chosen = pick_device(device)
+            dtype = pick_dtype(dtype, chosen)
+            threads = pick_threads(threads)
+            model_type = json.loads((path / "config.json").read_text()).get("model_type")
+            if model_type not in classes:
+                raise RequestError(
+                    f"Model '{name}' is a {model_type!r} model; the musicgen engine runs {', '.join(classes)}."
+                )
+            with pinned_threads(threads), quiet_transformers():
+                model = classes[model_type].from_pretrained(
+                    path,
+                    local_files_only=True,
+                    use_safetensors=not allow_pickle,
+                    trust_remote_code=False,
+                    dtype=DTYPES[dtype],
+                )
+            model = model.to(chosen).eval()
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            chroma = None
+            if model_type == "musicgen_melody":
+                chroma = json.loads((path / "preprocessor_config.json").read_text())
+        loaded = LoadedModel(name, path, spec, inventory, str(chosen), dtype, threads, timer.seconds)
+        return cls(model, tokenizer, loaded, chroma)
+
+    @property
+    def takes_melody(self) -> bool:
+        return self._chroma_settings is not None
+
+    @property
+    def window_s(self) -> float:
+        return self.window_frames / self.frame_rate
+
+    def describe(self) -> dict:
+        """The manifest's engine entry."""
+        return {
+            "name": self.name,
+            "class": type(self.model).__name__,
+            "sample_rate": self.sample_rate,
+            "channels": self.channels,
+            "frame_rate": self.frame_rate,
+            "codebooks": self.num_codebooks,
+            "window_s": self.window_s,
+        }
+
+    # -- checks ----------------------------------------------------------------------------
+    def _verify(self, request: MusicRequest) -> tuple[MusicRequest, Audio | None, Audio | None]:
+        """Check every parameter; return the request with its seed, and the audio inputs read."""
+        r = request
+        if not isinstance(r.prompts, tuple) or not r.prompts:
+            raise RequestError("prompts must be a non-empty list of strings: give at least one prompt.")
+        for i, prompt in enumerate(r.prompts):
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise RequestError(f"prompts[{i}] is empty: describe the music in a few words.")
+            if len(prompt) > MAX_PROMPT_CHARS:
+                raise RequestError(
+                    f"prompts[{i}] has {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}."
+                )
+        _check_range("duration_s", r.duration_s, 0, MAX_DURATION_S, "seconds", low_open=True)
+        _check_range("temperature", r.temperature, 0, 10, "(1.0 is neutral)", low_open=True)
+        if not isinstance(r.top_k, int) or isinstance(r.top_k, bool) or not 0 <= r.top_k <= MAX_TOP_K:
+            raise RequestError(
+                f"top_k must be an integer in [0, {MAX_TOP_K}] (0 turns it off), got {r.top_k!r}."
+            )
+        _check_range("top_p", r.top_p, 0, 1, "(1.0 turns it off)", low_open=True)
+        _check_range("guidance_scale", r.guidance_scale, 1, 30, "(1.0 turns guidance off)")
+        if r.extend_stride_s is not None:
+            _check_range(
+                "extend_stride_s",
+                r.extend_stride_s,
+                0,
+                self.window_s,
+                "seconds",
+                low_open=True,
+                high_open=True,
+            )
+        seed = choose_seed() if r.seed is None else check_seed(r.seed)
+
+        melody = None
+        if r.melody is not None:
+            if not self.takes_melody:
+                raise RequestError(
+                    f"melody needs a MusicGen-Melody model; '{self.loaded.name}' is text-only MusicGen. "
+                    "Pick a melody model (e.g. musicgen-melody) or leave melody out."
+                )
+            melody = read_audio(r.melody, "melody")
+            if is_silent(melody.samples):
+                raise AudioError(
+                    f"melody: {melody.source or 'the array'} is silent (peak below -60 dBFS); a melody needs audible notes."
+                )
+        continuation = None
+        if r.continuation is not None:
+            continuation = read_audio(r.continuation, "continuation")
+            if continuation.duration_s >= r.duration_s:
+                raise RequestError(
+                    f"continuation is {continuation.duration_s:.2f} s long but duration_s is {r.duration_s:g}: "
+                    "duration_s is the length of the whole result, continuation included. Ask for more."
+                )
+            if continuation.duration_s >= self.window_s:
+                raise RequestError(
+                    f"continuation must be shorter than the model's {self.window_s:g} s window, got "
+                    f"{continuation.duration_s:.2f} s. Trim it."
+                )
+        return replace(r, seed=seed), melody, continuation
+
+    # -- generation ------------------------------------------------------------------------
+    def generate(self, request: MusicRequest, progress: Progress | None = None) -> MusicResult:
+        """Generate music; returns float32 audio ``[batch, channels, samples]``.
+
+        Args:
+            request: the :class:`MusicRequest`.
+            progress: ``progress(done, total)`` after every decoding step; an exception it
+                raises (e.g. :class:`harmonia.errors.Cancelled`) stops the generation.
+        """
+        # 1. Check inputs and fix the seed.
+        request, melody, continuation = self._verify(request)
+        batch = len(request.prompts)
+        stride = round((request.extend_stride_s or DEFAULT_STRIDE_SHARE * self.window_s) * self.frame_rate)
+        stride = min(max(stride, 1), self.window_frames - 1)
+
+        with torch.inference_mode(), pinned_threads(self.loaded.threads), Timer() as timer:
+            # 2. Conditioning: text tokens, continuation tokens, melody samples.
+            text = self.tokenizer(list(request.prompts), padding=True, return_tensors="pt").to(self.device)
+            codes = torch.zeros((batch, self.num_codebooks, 0), dtype=torch.long, device=self.device)
+            if continuation is not None:
+                codes = self._encode(conform(continuation, self.sample_rate, self.channels)).repeat(
+                    batch, 1, 1
+                )
+            melody_wave = conform(melody, self.sample_rate, 1)[0] if melody is not None else None
+
+            # 3. Plan the windows: (first frame of context, new frames).
+            total = math.ceil(request.duration_s * self.frame_rate - 1e-9)
+            plan = _plan(total, codes.shape[-1], self.window_frames, stride)
+            steps_total = sum(new + self.max_delay for _, new in plan)
+            done = 0
+
+            def step() -> None:
+                nonlocal done
+                done += 1
+                if progress is not None:
+                    progress(done, steps_total)
+
+            # 4. Decode window by window on the request's own random stream.
+            audio = None
+            with seeded(request.seed, self.device):
+                for start, new in plan:
+                    chroma = None
+                    if melody_wave is not None:
+                        chroma = self._chroma(melody_wave, start / self.frame_rate).repeat(batch, 1, 1)
+                    audio, new_codes = self._window(text, codes[:, :, start:], new, chroma, request, step)
+                    codes = torch.cat([codes, new_codes], dim=-1)
+
+            # 5. One window: generate() already decoded it. Several: decode all tokens at once.
+            if len(plan) > 1:
+                audio = self._decode(codes)
+            samples = round(request.duration_s * self.sample_rate)
+            audio = audio[..., :samples].float().cpu().numpy()
+
+        return MusicResult(
+            audio=np.ascontiguousarray(audio, dtype=np.float32),
+            sample_rate=self.sample_rate,
+            request=request,
+            melody=melody,
+            continuation=continuation,
+            steps=steps_total,
+            generate_s=timer.seconds,
+            window_s=self.window_s,
+            stride_s=stride / self.frame_rate if len(plan) > 1 else None,
+            windows=len(plan),
+            codes=codes.cpu(),
+        )
+
+    def _window(self, text, context: torch.Tensor, new: int, chroma, request: MusicRequest, step):
+        """One call of transformers' generate: ``new`` frames after ``context`` ([batch, codebooks, frames])."""
+        batch, codebooks, known = context.shape
+        watch = _StepWatch(step)
+        kwargs = dict(
+            **text,
+            do_sample=True,
+            temperature=request.temperature,
+            top_k=request.top_k,
+            top_p=request.top_p,
+            guidance_scale=request.guidance_scale,
+            max_new_tokens=new + self.max_delay,
+            stopping_criteria=StoppingCriteriaList([watch]),
+        )
+        if known:
+            kwargs["decoder_input_ids"] = context.reshape(batch * codebooks, known)
+        if chroma is not None:
+            kwargs["input_features"] = chroma.to(self.device, self.model.dtype)
+        audio = self.model.generate(**kwargs)
+        # The streamed tokens follow MusicGen's delay pattern: codebook k's frame t sits at
+        # position 1 + t + delay(k) of the sequence (position 0 is the start token).
+        sequence = watch.sequence.reshape(batch, codebooks, -1)
+        delays = torch.arange(codebooks, device=self.device) // self.channels
+        positions = (
+            1 + known + torch.arange(new, device=self.device)[None, :] + delays[:, None]
+        )  # [codebooks, new]
+        new_codes = torch.gather(sequence, 2, positions[None].expand(batch, -1, -1))
+        return audio, new_codes
+
+    def _encode(self, samples: np.ndarray) -> torch.Tensor:
+        """EnCodec tokens ``[1, codebooks, frames]`` of ``[channels, samples]`` audio (stereo: interleaved)."""
+        wave = torch.from_numpy(samples)[None].to(self.device, self.model.dtype)
+        encoder = self.model.audio_encoder
+        if self.channels == 1:
+            return encoder.encode(wave[:, :1]).audio_codes[0]
+        left = encoder.encode(wave[:, :1]).audio_codes[0]
+        right = encoder.encode(wave[:, 1:2]).audio_codes[0]
+        return torch.stack([left, right], dim=2).reshape(1, -1, left.shape[-1])
+
+    def _decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Audio ``[batch, channels, samples]`` of tokens ``[batch, codebooks, frames]``."""
+        decode = self.model.audio_encoder.decode
+        scales = [None] * codes.shape[0]
+        if self.channels == 1:
+            return decode(codes[None], scales).audio_values
+        left = decode(codes[None, :, ::2].contiguous(), scales).audio_values
+        right = decode(codes[None, :, 1::2].contiguous(), scales).audio_values
+        return torch.cat([left, right], dim=1)
+
+    def _chroma(self, wave: np.ndarray, offset_s: float) -> torch.Tensor:
+        """One-hot chroma ``[1, frames, 12]`` of the melody from ``offset_s``, looped to the chunk length."""
+        from transformers.audio_utils import chroma_filter_bank
+
+        cfg = self._chroma_settings
+        n_fft, hop, rate = cfg["n_fft"], cfg["hop_length"], cfg["sampling_rate"]
+        if self._chroma_filters is None:
+            bank = chroma_filter_bank(
+                num_frequency_bins=n_fft, num_chroma=cfg["num_chroma"], sampling_rate=rate, tuning=0
+            )
+            self._chroma_filters = torch.from_numpy(bank).float()
+        length = min(cfg["chunk_length"] * rate, max(len(wave), 1))
+        positions = (round(offset_s * rate) + np.arange(length)) % len(wave)
+        segment = torch.from_numpy(np.ascontiguousarray(wave[positions], dtype=np.float32))
+        if segment.shape[-1] < n_fft:
+            pad = n_fft - segment.shape[-1]
+            segment = torch.nn.functional.pad(segment, (pad // 2, pad - pad // 2))
+        window = torch.hann_window(n_fft)
+        spec = torch.stft(
+            segment, n_fft, hop, n_fft, window, center=True, pad_mode="reflect", return_complex=True
+        )
+        power = spec.abs().pow(2) / window.pow(2).sum()  # torchaudio's Spectrogram(normalized=True, power=2)
+        raw = self._chroma_filters @ power  # [chroma, frames]
+        norm = raw / raw.abs().amax(dim=0, keepdim=True).clamp(min=1e-6)
+        one_hot = torch.zeros_like(norm).scatter_(0, norm.argmax(dim=0, keepdim=True), 1.0)
+        return one_hot.T[None]
+
+
+def _plan(total: int, prompt: int, window: int, stride: int) -> list[tuple[int, int]]:
+    """Windows as (first frame of context, new frames): fill the first window, then extend by ``stride``."""
+    first = min(total, window) - prompt
+    plan, done = [(0, first)], prompt + first
+    while done < total:
+        new = min(stride, total - done)
+        plan.append((done - (window - stride), new))
+        done += new
+    return plan
+
+
+def _check_range(
+    name: str, value, low: float, high: float, unit: str, low_open: bool = False, high_open: bool = False
+) -> None:
+    """Numbers in a range: the message names the parameter, the range and the value received."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        lo = f"> {low:g}" if low_open else f">= {low:g}"
+        hi = f"< {high:g}" if high_open else f"<= {high:g}"
+        raise RequestError(f"{name} must be {lo} and {hi} {unit}, got {value!r}.")
