@@ -116,8 +116,13 @@ def _decoder_kwargs(channels: int = 1) -> dict:
 
 
 def _save_model(model, out: Path) -> None:
-    """Fill the EnCodec codebooks (random init leaves them all zero), set generation defaults, save."""
+    """Sharpen the heads, fill the EnCodec codebooks (random init leaves them zero), set defaults, save."""
     model.eval()
+    # Random heads give nearly uniform logits, so sampling would ignore the conditioning;
+    # larger heads make the token choice depend on the prompt and melody, as in a trained model.
+    with torch.no_grad():
+        for head in model.decoder.lm_heads:
+            head.weight.normal_(0.0, 1.0)
     for layer in model.audio_encoder.quantizer.layers:
         codebook = layer.codebook
         codebook.embed.copy_(torch.randn_like(codebook.embed))
@@ -174,7 +179,12 @@ def build_musicgen_melody(out: Path) -> None:
         num_chroma=12,
         chroma_length=235,
     )
-    _save_model(MusicgenMelodyForConditionalGeneration(config), out)
+    model = MusicgenMelodyForConditionalGeneration(config)
+    # At the default init scale the chroma prefix barely moves the logits (1e-4), so a
+    # different melody would give the same tokens; scale its projection up so it matters.
+    with torch.no_grad():
+        model.audio_enc_to_dec_proj.weight.normal_(0.0, 1.0)
+    _save_model(model, out)
     tokenizer.save_pretrained(out)
     preprocessor = {
         "chunk_length": 30,

@@ -8,6 +8,7 @@ token variables, no offline flag.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,15 @@ models:
   tiny-musicgen:
     builder: musicgen
     seed: 0
+  tiny-musicgen-stereo:
+    builder: musicgen-stereo
+    seed: 0
+  tiny-musicgen-melody:
+    builder: musicgen-melody
+    seed: 0
+music:
+  model: tiny-musicgen
+  duration_s: 1.0
 datasets:
   captions:
     repo: acme/captions
@@ -114,3 +124,30 @@ def make_snapshot(wb: Workbench, name: str, files: dict[str, bytes], kind: str =
         folder, Inventory(name, kind, Source("synthetic", builder="hand", seed=0), "mit", entries)
     )
     return folder
+
+
+TINY_BUILDERS = {
+    "tiny-musicgen": "musicgen",
+    "tiny-musicgen-stereo": "musicgen-stereo",
+    "tiny-musicgen-melody": "musicgen-melody",
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> Path:
+    """The three tiny MusicGen snapshots, built once per test session (a models/ folder)."""
+    from harmonia.tiny import build_tiny
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    (root / "params.yaml").write_text(PARAMS)
+    wb = Workbench.open(root)
+    for name, builder in TINY_BUILDERS.items():
+        build_tiny(wb, builder, name=name, seed=0)
+    return root / "models"
+
+
+@pytest.fixture
+def music_wb(workbench, tiny_models) -> Workbench:
+    """A fresh workbench holding copies of the tiny models (so each test has its own artifacts/)."""
+    shutil.copytree(tiny_models, workbench.root / "models")
+    return workbench

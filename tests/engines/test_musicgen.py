@@ -1,0 +1,295 @@
+"""The MusicGen engine on tiny models: shapes, rates, determinism, faithfulness to transformers."""
+
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from harmonia.audio import from_array
+from harmonia.engines.musicgen import MusicGenEngine, MusicRequest, _plan
+from harmonia.errors import (
+    AudioError,
+    Cancelled,
+    RequestError,
+    SnapshotMissingError,
+    UnknownSnapshotError,
+    VerificationError,
+)
+
+RATE = 32_000
+
+
+@pytest.fixture(scope="module")
+def wb(tmp_path_factory, tiny_models):
+    import shutil
+
+    from harmonia.workbench import Workbench
+    from tests.conftest import PARAMS
+
+    root = tmp_path_factory.mktemp("engine-wb")
+    (root / "params.yaml").write_text(PARAMS)
+    shutil.copytree(tiny_models, root / "models")
+    return Workbench.open(root)
+
+
+@pytest.fixture(scope="module")
+def mono(wb):
+    return MusicGenEngine.load(wb, "tiny-musicgen", threads=2)
+
+
+@pytest.fixture(scope="module")
+def stereo(wb):
+    return MusicGenEngine.load(wb, "tiny-musicgen-stereo", threads=2)
+
+
+@pytest.fixture(scope="module")
+def melody_model(wb):
+    return MusicGenEngine.load(wb, "tiny-musicgen-melody", threads=2)
+
+
+def tone(seconds, freq=440.0):
+    t = np.arange(int(seconds * RATE)) / RATE
+    return from_array((0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32), RATE)
+
+
+def test_text_to_music_shape_rate_and_progress(mono):
+    calls = []
+    result = mono.generate(
+        MusicRequest("calm piano", duration_s=1.3, seed=1), progress=lambda d, t: calls.append((d, t))
+    )
+    assert result.audio.shape == (1, 1, round(1.3 * RATE)) and result.audio.dtype == np.float32
+    assert result.sample_rate == RATE and np.isfinite(result.audio).all() and np.abs(result.audio).max() > 0
+    frames = math.ceil(1.3 * 50)
+    assert result.steps == frames + 3 and calls == [(i, frames + 3) for i in range(1, frames + 4)]
+    assert (result.windows, result.stride_s, result.request.seed) == (1, None, 1)
+    assert result.codes.shape == (1, 4, frames)
+
+
+def test_batch_gives_one_take_per_prompt(mono):
+    result = mono.generate(MusicRequest(["calm piano", "fast drums", "choir"], duration_s=0.5, seed=2))
+    assert result.audio.shape == (3, 1, RATE // 2)
+    assert not np.array_equal(result.audio[0], result.audio[1])
+
+
+def test_the_prompt_steers_the_tokens(mono):
+    a = mono.generate(MusicRequest("calm piano", duration_s=1.0, seed=4)).codes
+    b = mono.generate(MusicRequest("fast drums", duration_s=1.0, seed=4)).codes
+    assert (a != b).sum() > 0
+
+
+def test_same_seed_same_samples_other_seed_other_samples(mono):
+    a = mono.generate(MusicRequest("x", duration_s=0.6, seed=5)).audio
+    b = mono.generate(MusicRequest("x", duration_s=0.6, seed=5)).audio
+    c = mono.generate(MusicRequest("x", duration_s=0.6, seed=6)).audio
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_seed_is_drawn_and_recorded_when_not_given(mono):
+    result = mono.generate(MusicRequest("x", duration_s=0.3))
+    assert isinstance(result.request.seed, int) and 0 <= result.request.seed < 2**31
+    again = mono.generate(MusicRequest("x", duration_s=0.3, seed=result.request.seed))
+    assert np.array_equal(result.audio, again.audio)
+
+
+def test_identical_to_plain_transformers_generate(wb, mono):
+    from transformers import AutoTokenizer, MusicgenForConditionalGeneration
+
+    ours = mono.generate(
+        MusicRequest(["lofi beat", "drone"], duration_s=0.8, seed=11, top_k=50, temperature=0.9)
+    ).audio
+    path = wb.snapshot_dir("model", "tiny-musicgen")
+    model = MusicgenForConditionalGeneration.from_pretrained(path, local_files_only=True).eval()
+    inputs = AutoTokenizer.from_pretrained(path)(["lofi beat", "drone"], padding=True, return_tensors="pt")
+    torch.manual_seed(11)
+    with torch.inference_mode():
+        plain = model.generate(
+            **inputs,
+            do_sample=True,
+            guidance_scale=3.0,
+            top_k=50,
+            top_p=1.0,
+            temperature=0.9,
+            max_new_tokens=40 + 3,
+        )
+    assert np.array_equal(ours, plain[..., : ours.shape[-1]].numpy())
+
+
+def test_stereo(stereo):
+    result = stereo.generate(MusicRequest(["a", "b"], duration_s=0.7, seed=1))
+    assert result.audio.shape == (2, 2, round(0.7 * RATE)) and result.codes.shape[1] == 8
+    assert not np.array_equal(result.audio[0, 0], result.audio[0, 1])  # two channels, not one copied
+
+
+def test_long_form_slides_the_window_and_records_it(mono):
+    assert mono.window_s == 5.04
+    result = mono.generate(MusicRequest("x", duration_s=9.0, seed=3, extend_stride_s=2.0))
+    assert result.audio.shape == (1, 1, 9 * RATE)
+    assert (result.windows, result.stride_s, result.window_s) == (3, 2.0, 5.04)
+    assert result.codes.shape == (1, 4, 450)
+    # the decoded tokens are the audio (decoding happens once, at the end)
+    with torch.inference_mode():
+        assert np.array_equal(mono._decode(result.codes)[..., : 9 * RATE].numpy(), result.audio)
+
+
+def test_window_plan():
+    assert _plan(total=100, prompt=0, window=252, stride=151) == [(0, 100)]
+    assert _plan(total=450, prompt=0, window=252, stride=100) == [(0, 252), (100, 100), (200, 98)]
+    assert _plan(total=600, prompt=0, window=252, stride=100) == [
+        (0, 252),
+        (100, 100),
+        (200, 100),
+        (300, 100),
+        (400, 48),
+    ]
+    assert _plan(total=300, prompt=50, window=252, stride=151) == [(0, 202), (151, 48)]
+
+
+def test_long_form_stereo_and_melody(stereo, melody_model):
+    assert stereo.generate(MusicRequest("x", duration_s=6.0, seed=1)).audio.shape == (1, 2, 6 * RATE)
+    result = melody_model.generate(MusicRequest("x", duration_s=6.0, seed=1, melody=tone(2.0)))
+    assert result.audio.shape == (1, 1, 6 * RATE) and result.windows == 2
+
+
+def test_melody_conditions_the_output(melody_model):
+    a = melody_model.generate(MusicRequest(["a", "b"], duration_s=1.0, seed=4, melody=tone(3.0, 220.0)))
+    b = melody_model.generate(MusicRequest(["a", "b"], duration_s=1.0, seed=4, melody=tone(3.0, 330.0)))
+    assert a.audio.shape == (2, 1, RATE) and (a.codes != b.codes).sum() > 0
+    chroma = melody_model._chroma(tone(3.0, 440.0).samples[0], 0.0)
+    assert chroma.shape == (1, 1 + 3 * RATE // 4096, 12) and torch.all(chroma.sum(-1) == 1)
+    assert int(chroma[0, 5].argmax()) == 9  # A, counting from C
+
+
+def test_melody_from_a_file(tmp_path, melody_model):
+    path = tmp_path / "melody.flac"
+    sf.write(path, tone(2.0).samples[0], RATE)
+    assert melody_model.generate(MusicRequest("x", duration_s=0.5, seed=1, melody=str(path))).audio.shape == (
+        1,
+        1,
+        RATE // 2,
+    )
+
+
+def test_continuation_keeps_the_prompt_tokens(mono):
+    prompt = mono.generate(MusicRequest("x", duration_s=1.0, seed=1))
+    result = mono.generate(
+        MusicRequest("x", duration_s=2.5, seed=2, continuation=from_array(prompt.audio[0], RATE))
+    )
+    assert result.audio.shape == (1, 1, round(2.5 * RATE))
+    with torch.inference_mode():
+        encoded = mono._encode(prompt.audio[0])
+    assert torch.equal(result.codes[:, :, : encoded.shape[-1]], encoded)
+
+
+def test_continuation_with_long_form_and_stereo(stereo):
+    prompt = stereo.generate(MusicRequest("x", duration_s=1.0, seed=1))
+    result = stereo.generate(
+        MusicRequest("x", duration_s=7.0, seed=2, continuation=from_array(prompt.audio[0], RATE))
+    )
+    assert result.audio.shape == (1, 2, 7 * RATE) and result.windows == 2
+
+
+def test_cancel_from_progress(mono):
+    def stop(done, total):
+        if done == 10:
+            raise Cancelled(f"Generation cancelled at step {done} of {total}; no artifact was written.")
+
+    with pytest.raises(Cancelled, match="cancelled at step 10 of"):
+        mono.generate(MusicRequest("x", duration_s=2.0, seed=1), progress=stop)
+
+
+def test_generate_changes_nothing_outside_the_call(mono):
+    config_before = mono.model.generation_config.to_dict()
+    torch.set_num_threads(1)
+    torch.manual_seed(99)
+    expected = torch.rand(2)
+    torch.manual_seed(99)
+    mono.generate(MusicRequest("x", duration_s=0.3, seed=1, temperature=0.5, top_k=3, guidance_scale=1.0))
+    assert torch.equal(torch.rand(2), expected)
+    assert torch.get_num_threads() == 1
+    assert mono.model.generation_config.to_dict() == config_before
+    torch.set_num_threads(2)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(duration_s=0), "duration_s must be > 0 and <= 300 seconds, got 0."),
+        (dict(duration_s=-1.5), "duration_s must be > 0 and <= 300 seconds, got -1.5."),
+        (dict(duration_s=float("nan")), "duration_s must be > 0 and <= 300 seconds, got nan."),
+        (dict(duration_s=301), "duration_s must be > 0 and <= 300 seconds, got 301."),
+        (dict(prompts=("",)), "prompts[0] is empty: describe the music in a few words."),
+        (dict(prompts=("ok", "  ")), "prompts[1] is empty: describe the music in a few words."),
+        (dict(prompts=()), "prompts must be a non-empty list of strings: give at least one prompt."),
+        (dict(temperature=0), "temperature must be > 0 and <= 10 (1.0 is neutral), got 0."),
+        (dict(top_p=0), "top_p must be > 0 and <= 1 (1.0 turns it off), got 0."),
+        (dict(top_p=1.5), "top_p must be > 0 and <= 1 (1.0 turns it off), got 1.5."),
+        (dict(top_k=-1), "top_k must be an integer in [0, 65536] (0 turns it off), got -1."),
+        (
+            dict(guidance_scale=0.5),
+            "guidance_scale must be >= 1 and <= 30 (1.0 turns guidance off), got 0.5.",
+        ),
+        (dict(seed=-3), "seed must be an integer in [0, 2**63), got -3. Leave it unset to draw one."),
+        (dict(extend_stride_s=6.0), "extend_stride_s must be > 0 and < 5.04 seconds, got 6.0."),
+    ],
+)
+def test_bad_requests(mono, changes, message):
+    request = MusicRequest(**{"prompts": ("x",), "duration_s": 1.0, "seed": 1, **changes})
+    with pytest.raises(RequestError) as exc:
+        mono.generate(request)
+    assert str(exc.value) == message
+
+
+def test_melody_needs_a_melody_model(mono):
+    with pytest.raises(RequestError) as exc:
+        mono.generate(MusicRequest("x", duration_s=1, melody=tone(1.0)))
+    assert str(exc.value) == (
+        "melody needs a MusicGen-Melody model; 'tiny-musicgen' is text-only MusicGen. "
+        "Pick a melody model (e.g. musicgen-melody) or leave melody out."
+    )
+
+
+def test_unreadable_and_silent_melody(tmp_path, melody_model):
+    (tmp_path / "m.wav").write_bytes(b"RIFF nonsense")
+    with pytest.raises(AudioError, match=r"^melody: cannot read .*m.wav as audio"):
+        melody_model.generate(MusicRequest("x", duration_s=1, melody=tmp_path / "m.wav"))
+    sf.write(tmp_path / "silent.wav", np.zeros(RATE, np.float32), RATE)
+    with pytest.raises(AudioError) as exc:
+        melody_model.generate(MusicRequest("x", duration_s=1, melody=tmp_path / "silent.wav"))
+    assert str(exc.value) == (
+        f"melody: {tmp_path / 'silent.wav'} is silent (peak below -60 dBFS); a melody needs audible notes."
+    )
+
+
+def test_continuation_limits(mono):
+    with pytest.raises(
+        RequestError, match=r"continuation is 2.00 s long but duration_s is 1: duration_s is the length"
+    ):
+        mono.generate(MusicRequest("x", duration_s=1, continuation=tone(2.0)))
+    with pytest.raises(
+        RequestError, match=r"continuation must be shorter than the model's 5.04 s window, got 6.00 s"
+    ):
+        mono.generate(MusicRequest("x", duration_s=10, continuation=tone(6.0)))
+
+
+def test_loading_refuses_unknown_missing_and_damaged_models(wb):
+    with pytest.raises(
+        UnknownSnapshotError, match=r"Unknown model 'nope'. Known models: broken, .*tiny-musicgen"
+    ):
+        MusicGenEngine.load(wb, "nope")
+    with pytest.raises(
+        SnapshotMissingError, match=r"Model 'toy' has no snapshot in .*Run: harmonia models fetch toy"
+    ):
+        MusicGenEngine.load(wb, "toy")
+    weights = wb.snapshot_dir("model", "tiny-musicgen-melody") / "model.safetensors"
+    original = weights.read_bytes()
+    try:
+        weights.write_bytes(original[:-10] + bytes(10))
+        with pytest.raises(
+            VerificationError,
+            match=r"Model 'tiny-musicgen-melody' failed verification: 1 modified \(model.safetensors\)",
+        ):
+            MusicGenEngine.load(wb, "tiny-musicgen-melody")
+    finally:
+        weights.write_bytes(original)
