@@ -18,16 +18,10 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 
-# The main job: build a tiny MusicGen snapshot, verify it, list the workbench's models.
+# The main job: generate a clip end to end (musicgen-small when the hub answers, else a tiny
+# model), print where the artifact went, and draw its spectrogram.
 demo: setup
-	@echo "== harmonia models tiny musicgen   (a tiny random MusicGen, saved as a checksummed snapshot)"
-	@$(BIN)/harmonia models tiny musicgen --seed 0
-	@echo "== harmonia models verify --full tiny-musicgen"
-	@$(BIN)/harmonia models verify --full tiny-musicgen
-	@echo "== harmonia models verify tiny-musicgen   (fast: unchanged files are not re-hashed)"
-	@$(BIN)/harmonia models verify tiny-musicgen
-	@echo "== harmonia models list"
-	@$(BIN)/harmonia models list
+	$(BIN)/harmonia demo
 
 test: setup
 	$(BIN)/ruff check .
@@ -44,6 +38,7 @@ format: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_verify.py
+	$(BIN)/python benchmarks/bench_generate.py
 
 # Re-resolve requirements.in into requirements.lock and environment.yml.
 lock:

@@ -34,6 +34,7 @@ from harmonia.artifacts import (
     write_artifact,
 )
 from harmonia.audio import FORMATS, Audio, facts, normalize_loudness, read_audio, write_audio
+from harmonia.engines import ENGINES
 from harmonia.engines.base import (
     Progress,
     check_seed,
@@ -64,7 +65,6 @@ PACKAGES = (
 )
 IDENTITY_PACKAGES = ("torch", "transformers", "numpy", "soundfile")  # those that can change the bytes
 LUFS_RANGE = (-70.0, 0.0)
-ENGINES = {"musicgen": MusicGenEngine}
 _engines: dict[tuple, MusicGenEngine] = {}
 
 
@@ -267,8 +267,9 @@ def generate_music(
 def reproduce(wb: Workbench, artifact: str, progress: Progress | None = None) -> Reproduction:
     """Regenerate an artifact from its manifest and compare it with the stored files.
 
-    Nothing is written to the artifact store. The verdict is "identical" (every output's
-    sha256 matches) or the drift: the largest absolute sample difference and the SNR.
+    Nothing is written to the artifact store. The verdict is "identical" (every fresh
+    output has the sha256 the manifest records, and so has the stored file) or the drift
+    from the stored file: the largest absolute sample difference and the SNR.
 
     Example:
         >>> reproduce(Workbench.open(), "5f0c8a4b").summary()  # doctest: +SKIP
@@ -311,9 +312,15 @@ def reproduce(wb: Workbench, artifact: str, progress: Progress | None = None) ->
         fresh = _write_outputs(Path(tmp), result, fmt, target, previews=False)
         drifts = []
         for then, now in zip(m["outputs"], fresh, strict=True):
-            a, _ = sf.read(stored.path / then["path"], dtype="float32", always_2d=True)
+            kept = stored.path / then["path"]
+            if sha256_file(kept) != then["sha256"]:
+                differences.append(
+                    f"stored {then['path']} no longer matches its manifest sha256 (changed after writing)"
+                )
+            a, _ = sf.read(kept, dtype="float32", always_2d=True)
             b, _ = sf.read(Path(tmp) / now["path"], dtype="float32", always_2d=True)
-            drifts.append(_drift(then["path"], then["sha256"] == now["sha256"], a, b))
+            same = then["sha256"] == now["sha256"] == sha256_file(kept)
+            drifts.append(_drift(then["path"], same, a, b))
     return Reproduction(stored.id, tuple(drifts), tuple(differences))
 
 

@@ -32,6 +32,7 @@ models:
     repo: acme/toy
     revision: main
     license: mit
+    engine: musicgen
   private:
     repo: acme/private
   gated:

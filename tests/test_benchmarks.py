@@ -21,3 +21,17 @@ def test_bench_verify_runs_and_writes_its_figures(tmp_path):
     assert result["small_tree_files"] == 200
     assert result["ratio_vs_single_stream"] > 0 and result["fast_verify_unchanged_s_best"] > 0
     assert "default verify of 200 unchanged files" in proc.stdout
+
+
+def test_bench_generate_runs_on_the_tiny_model(tmp_path):
+    out = tmp_path / "generate.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/bench_generate.py"), "--tiny", "--steps", "13", "--runs", "1",
+         "--batches", "1,2", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert [r["batch"] for r in result["generate"]] == [1, 2]
+    assert all(r["identical_samples"] for r in result["generate"])  # the engine gives what transformers gives
+    assert result["generate"][0]["steps"] == 13 and result["load_s"] > 0

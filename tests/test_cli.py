@@ -2,7 +2,7 @@
 
 import json
 
-from tests.conftest import make_snapshot, run_cli
+from tests.conftest import REPO_ROOT, make_snapshot, run_cli
 
 
 def test_list_prints_a_table(workbench):
@@ -77,3 +77,75 @@ def test_dataset_fetch_through_the_cli(workbench, hub):
     )
     again = run_cli("datasets", "fetch", "captions", cwd=workbench.root, env={"HF_ENDPOINT": hub.url})
     assert again.stdout.startswith("already present: dataset captions")
+
+
+def test_generate_list_show_reproduce(music_wb):
+    gen = run_cli("generate", "music", "calm piano", "--duration", "0.5", "--seed", "4", cwd=music_wb.root)
+    assert gen.returncode == 0, gen.stderr
+    lines = gen.stdout.splitlines()
+    art_id = lines[0].split()[2]
+    assert lines[0].startswith(f"generated: artifact {art_id} (tiny-musicgen, seed 4, 1 take(s) of 0.5 s, ")
+    assert lines[1:] == [
+        f'  artifacts/{art_id}/take-0.wav  "calm piano"',
+        f"  artifacts/{art_id}/take-0.png",
+        f"  artifacts/{art_id}/manifest.json",
+    ]
+    again = run_cli("generate", "music", "calm piano", "--duration", "0.5", "--seed", "4", cwd=music_wb.root)
+    assert again.stdout.startswith(
+        f"cached: artifact {art_id} (the identical request was made before; --force regenerates)"
+    )
+
+    listed = run_cli("artifacts", "list", cwd=music_wb.root).stdout.splitlines()
+    assert listed[0].split() == ["ID", "CREATED", "MODEL", "SEED", "TAKES", "SECONDS", "PROMPT"]
+    assert listed[1].split()[0] == art_id and listed[1].split()[2:] == [
+        "tiny-musicgen",
+        "4",
+        "1",
+        "0.5",
+        "calm",
+        "piano",
+    ]
+    as_json = json.loads(run_cli("artifacts", "list", "--json", cwd=music_wb.root).stdout)
+    assert as_json[0]["id"] == art_id and as_json[0]["prompts"] == ["calm piano"]
+
+    shown = run_cli("artifacts", "show", art_id[:8], cwd=music_wb.root)
+    assert shown.returncode == 0 and shown.stdout.startswith(f"artifact {art_id}  (music, created ")
+    assert "  request   seed 4, 0.5 s, temperature 1, top-k 250, top-p 1, guidance 3" in shown.stdout
+    manifest = json.loads(run_cli("artifacts", "show", art_id, "--json", cwd=music_wb.root).stdout)
+    assert manifest["id"] == art_id
+
+    rep = run_cli("reproduce", art_id, cwd=music_wb.root)
+    assert (rep.returncode, rep.stdout) == (0, f"{art_id}: identical (1 outputs, same sha256)\n")
+
+
+def test_generate_from_an_idea_and_bad_input_exit_codes(music_wb):
+    idea = run_cli(
+        "generate", "music", "rainy night", "--genre", "Lo-Fi", "--key", "a min", "--instrument", "piano",
+        "--seed", "1", "--duration", "0.3", cwd=music_wb.root,
+    )  # fmt: skip
+    assert idea.returncode == 0, idea.stderr
+    assert '"lo-fi, rainy night, with piano, A minor"' in idea.stdout
+    bad = run_cli("generate", "music", "x", "--duration", "-1", cwd=music_wb.root)
+    assert (bad.returncode, bad.stdout) == (2, "")
+    assert bad.stderr == "error: duration_s must be > 0 and <= 300 seconds, got -1.0.\n"
+    assert (
+        not (music_wb.root / "artifacts").exists() or len(list((music_wb.root / "artifacts").iterdir())) == 1
+    )
+    missing = run_cli("reproduce", "ffffffff", cwd=music_wb.root)
+    assert missing.returncode == 2 and "No artifact 'ffffffff'" in missing.stderr
+
+
+def test_demo_offline_uses_the_tiny_model(workbench):
+    (workbench.root / "params.yaml").write_text((REPO_ROOT / "params.yaml").read_text())
+    proc = run_cli("demo", cwd=workbench.root, env={"HF_ENDPOINT": "http://127.0.0.1:9"})
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.splitlines()
+    assert out[0].startswith(
+        "The Hugging Face hub is not reachable from here (http://127.0.0.1:9 did not answer (ConnectError)), "
+        "so the demo uses tiny-musicgen"
+    )
+    assert out[1].startswith("built tiny-musicgen (seed 0, digest ")
+    art_id = next(line.split()[2] for line in out if line.startswith("generated: artifact"))
+    assert (workbench.root / "artifacts" / art_id / "take-0.wav").is_file()
+    assert (workbench.root / "outputs" / "demo" / f"{art_id}-spectrogram.png").stat().st_size > 10_000
+    assert out[-2] == f"spectrogram: outputs/demo/{art_id}-spectrogram.png"

@@ -1,0 +1,203 @@
+"""Harmonia's MusicGen engine against a plain transformers `generate` call, on the same model.
+
+The model is the musicgen-small architecture (T5-base text encoder, 32 kHz EnCodec with
+4 codebooks of 2048, a 24-layer 1024-wide decoder) built in code with random weights:
+the same compute as the real checkpoint. It is saved as an ordinary snapshot and loaded
+through Harmonia's verified path. For batch 1 and 4 the script times N decoding steps
+through ``MusicGenEngine.generate`` and through ``model.generate`` on the same inputs and
+seed, alternating, best of R, and checks that both give the same samples. It also times
+loading against reading the snapshot's bytes.
+
+    .venv/bin/python benchmarks/bench_generate.py                 # the README's figures
+    .venv/bin/python benchmarks/bench_generate.py --tiny --steps 20 --runs 1   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harmonia.engines.base import quiet_transformers
+from harmonia.engines.musicgen import MusicGenEngine, MusicRequest
+from harmonia.hashing import hash_files
+from harmonia.inventory import FileEntry, Inventory, Source, write_inventory
+from harmonia.snapshots import scan_tree
+from harmonia.tiny import _t5_tokenizer, build_musicgen
+from harmonia.workbench import Workbench
+
+PROMPT = "an upbeat electronic track with a driving bass line and bright synth chords"
+
+
+def build_small(out: Path) -> None:
+    """musicgen-small's architecture (facebook/musicgen-small config.json), random weights."""
+    from transformers import (
+        EncodecConfig,
+        EncodecFeatureExtractor,
+        MusicgenConfig,
+        MusicgenDecoderConfig,
+        MusicgenForConditionalGeneration,
+        MusicgenProcessor,
+        T5Config,
+    )
+
+    tokenizer = _t5_tokenizer()
+    config = MusicgenConfig(
+        text_encoder=T5Config(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12),
+        audio_encoder=EncodecConfig(
+            sampling_rate=32000, audio_channels=1, target_bandwidths=[2.2], upsampling_ratios=[8, 5, 4, 4],
+            codebook_size=2048, hidden_size=128, num_filters=64, num_residual_layers=1, num_lstm_layers=2,
+            use_causal_conv=False, normalize=False, compress=2, kernel_size=7, last_kernel_size=7,
+            residual_kernel_size=3, dilation_growth_rate=2, trim_right_ratio=1.0, pad_mode="reflect",
+        ),
+        decoder=MusicgenDecoderConfig(
+            vocab_size=2048, max_position_embeddings=2048, num_hidden_layers=24, ffn_dim=4096,
+            num_attention_heads=16, hidden_size=1024, num_codebooks=4, pad_token_id=2048, bos_token_id=2048,
+            dropout=0.1, activation_function="gelu",
+        ),
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = MusicgenForConditionalGeneration(config).eval()
+        for layer in model.audio_encoder.quantizer.layers:
+            layer.codebook.embed.normal_()
+    gc = model.generation_config
+    gc.decoder_start_token_id = gc.pad_token_id = gc.bos_token_id = 2048
+    gc.do_sample, gc.guidance_scale, gc.max_length, gc.top_k = True, 3.0, 1500, 250
+    model.save_pretrained(out)
+    MusicgenProcessor(
+        EncodecFeatureExtractor(feature_size=1, sampling_rate=32000), tokenizer
+    ).save_pretrained(out)
+
+
+def make_workbench(tiny: bool) -> Workbench:
+    root = Path(tempfile.mkdtemp(prefix="harmonia-bench-generate-"))
+    (root / "params.yaml").write_text("models:\n  bench: {builder: musicgen, seed: 0, engine: musicgen}\n")
+    folder = root / "models" / "bench"
+    folder.mkdir(parents=True)
+    with quiet_transformers():
+        (build_musicgen if tiny else build_small)(folder)
+    files = sorted(scan_tree(folder))
+    digests = hash_files(folder / f for f in files)
+    entries = tuple(FileEntry(f, (folder / f).stat().st_size, digests[str(folder / f)]) for f in files)
+    write_inventory(
+        folder, Inventory("bench", "model", Source("synthetic", builder="bench", seed=0), None, entries)
+    )
+    return Workbench.open(root)
+
+
+def read_bytes_s(folder: Path) -> tuple[float, int]:
+    started, total = time.perf_counter(), 0
+    for path in sorted(folder.iterdir()):
+        if path.is_file():
+            total += len(path.read_bytes())
+    return time.perf_counter() - started, total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=53, help="decoding steps per run (53 = 1 s of audio)")
+    parser.add_argument("--runs", type=int, default=2, help="best of N, alternating the two")
+    parser.add_argument("--batches", default="1,4")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--tiny", action="store_true", help="the tiny model instead of musicgen-small's size")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "generate.json")
+    args = parser.parse_args()
+
+    wb = make_workbench(args.tiny)
+    try:
+        # 1. Load: Harmonia's verified load against reading the same bytes (page cache warm).
+        folder = wb.snapshot_dir("model", "bench")
+        read_bytes_s(folder)
+        read_s, size = read_bytes_s(folder)
+        with quiet_transformers():
+            engine = MusicGenEngine.load(wb, "bench", threads=args.threads)
+        frames = args.steps - engine.max_delay
+        duration = frames / engine.frame_rate
+        rows = []
+        # 2. Generate: the engine and plain transformers, same model object, same inputs and seed.
+        for batch in (int(b) for b in args.batches.split(",")):
+            prompts = [PROMPT] * batch
+            inputs = engine.tokenizer(prompts, padding=True, return_tensors="pt")
+            ours_s, plain_s, same = [], [], True
+            for _ in range(args.runs):
+                started = time.perf_counter()
+                ours = engine.generate(MusicRequest(prompts, duration_s=duration, seed=1, top_k=250))
+                ours_s.append(time.perf_counter() - started)
+                torch.set_num_threads(args.threads)
+                torch.manual_seed(1)
+                started = time.perf_counter()
+                with torch.inference_mode():
+                    plain = engine.model.generate(
+                        **inputs, do_sample=True, guidance_scale=3.0, top_k=250, max_new_tokens=args.steps
+                    )
+                plain_s.append(time.perf_counter() - started)
+                same &= bool(np.array_equal(ours.audio, plain[..., : ours.audio.shape[-1]].numpy()))
+            best_ours, best_plain = min(ours_s), min(plain_s)
+            rows.append(
+                {
+                    "batch": batch,
+                    "steps": args.steps,
+                    "audio_s": duration,
+                    "harmonia_s": round(best_ours, 3),
+                    "transformers_s": round(best_plain, 3),
+                    "harmonia_steps_per_s": round(args.steps / best_ours, 2),
+                    "transformers_steps_per_s": round(args.steps / best_plain, 2),
+                    "real_time_factor": round(duration / best_ours, 3),
+                    "overhead_ratio": round(best_ours / best_plain, 3),
+                    "identical_samples": same,
+                }
+            )
+        result = {
+            "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "threads": args.threads,
+                        "python": platform.python_version(), "torch": torch.__version__},
+            "model": "tiny MusicGen" if args.tiny else "musicgen-small architecture, random weights",
+            "snapshot_bytes": size,
+            "load_s": round(engine.loaded.load_s, 3),
+            "read_bytes_s": round(read_s, 3),
+            "load_ratio": round(engine.loaded.load_s / read_s, 2),
+            "generate": rows,
+        }  # fmt: skip
+    finally:
+        shutil.rmtree(wb.root, ignore_errors=True)
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    m = result["machine"]
+    print(
+        f"machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads, torch {m['torch']}; model: {result['model']}"
+    )
+    print(
+        f"load: {result['load_s']:.2f} s for {size / 1e9:.2f} GB (reading the bytes: {result['read_bytes_s']:.2f} s, "
+        f"ratio {result['load_ratio']:.2f})"
+    )
+    print("batch  steps  harmonia steps/s  transformers steps/s  overhead  real-time factor  same samples")
+    for r in rows:
+        print(
+            f"{r['batch']:5}  {r['steps']:5}  {r['harmonia_steps_per_s']:16.2f}  {r['transformers_steps_per_s']:20.2f}  "
+            f"{r['overhead_ratio']:8.3f}  {r['real_time_factor']:16.3f}  {r['identical_samples']}"
+        )
+    print(f"written to {args.out}")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
