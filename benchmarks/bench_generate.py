@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import cpu_name
 
 from harmonia.engines.base import quiet_transformers
 from harmonia.engines.musicgen import MusicGenEngine, MusicRequest
@@ -158,7 +159,7 @@ def main() -> None:
                 }
             )
         result = {
-            "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "threads": args.threads,
+            "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads,
                         "python": platform.python_version(), "torch": torch.__version__},
             "model": "tiny MusicGen" if args.tiny else "musicgen-small architecture, random weights",
             "snapshot_bytes": size,
@@ -187,16 +188,6 @@ def main() -> None:
             f"{r['overhead_ratio']:8.3f}  {r['real_time_factor']:16.3f}  {r['identical_samples']}"
         )
     print(f"written to {args.out}")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

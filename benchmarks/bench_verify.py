@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import cpu_name
+
 from harmonia.hashing import default_workers, hash_files, sha256_file
 from harmonia.inventory import FileEntry, Inventory, Source, write_inventory
 from harmonia.snapshots import verify
@@ -105,7 +107,7 @@ def main() -> None:
         gib = total / (1 << 30)
         result = {
             "machine": {
-                "cpu": _cpu_name(),
+                "cpu": cpu_name(),
                 "cores": os.cpu_count(),
                 "hash_threads": default_workers(),
                 "python": platform.python_version(),
@@ -145,16 +147,6 @@ def main() -> None:
         f"median {r['fast_verify_unchanged_s_median']:.3f} s"
     )
     print(f"written to {args.out}")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ files, nothing about models.
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import os
 from dataclasses import dataclass
@@ -186,3 +187,34 @@ def facts(samples: np.ndarray, sample_rate: int) -> dict:
         "peak_dbfs": round(peak_dbfs(samples), 2) if peak > 0 else None,
         "loudness_lufs": round(loud, 2) if loud is not None else None,
     }
+
+
+def spectral_centroid_hz(samples: np.ndarray, sample_rate: int) -> float | None:
+    """Mean frequency weighted by magnitude over the whole clip (a brightness measure); None for silence."""
+    mono = samples.mean(axis=0) if samples.ndim == 2 else samples
+    spectrum = np.abs(np.fft.rfft(mono.astype(np.float64)))
+    total = float(spectrum.sum())
+    if total == 0 or is_silent(samples):
+        return None
+    freqs = np.fft.rfftfreq(len(mono), 1 / sample_rate)
+    return float((freqs * spectrum).sum() / total)
+
+
+def mp3_bytes(samples: np.ndarray, sample_rate: int) -> bytes:
+    """An MP3 rendering of ``[channels, samples]`` for players: small enough to send to a browser.
+
+    About 160 kbit/s: five minutes of stereo stay under 7 MB, inside JupyterLab's message limit.
+    The artifact's own files stay lossless; this is only what a player streams.
+    """
+    buffer = io.BytesIO()
+    clipped = np.clip(samples, -1.0, 1.0).T
+    sf.write(
+        buffer,
+        clipped,
+        sample_rate,
+        format="MP3",
+        subtype="MPEG_LAYER_III",
+        bitrate_mode="CONSTANT",
+        compression_level=0.5,
+    )
+    return buffer.getvalue()

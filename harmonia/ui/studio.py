@@ -1,0 +1,257 @@
+"""The music studio: pick a model, shape an idea, generate, listen, look, read the manifest.
+
+Generation runs in a worker thread; the progress bar advances per decoding step, Stop ends
+the generation at the next step and nothing is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import threading
+import time
+from pathlib import Path
+
+import ipywidgets as widgets
+
+from harmonia.engines.base import choose_seed
+from harmonia.engines.musicgen import MusicRequest
+from harmonia.errors import Cancelled, HarmoniaError, RequestError
+from harmonia.generation import Generated, generate_music
+from harmonia.prompts import Idea, canonical_prompt
+from harmonia.snapshots import list_snapshots
+from harmonia.ui.views import Task, artifact_view, status_html
+from harmonia.workbench import Workbench
+
+PROGRESS_EVERY_S = 0.05  # at most 20 progress messages a second, whatever the step rate
+
+
+class Studio:
+    """The studio widget. Display it in a notebook cell (``Studio()`` as the cell's last line).
+
+    Args:
+        wb: the workbench (default: found from the working directory).
+        model: the model to select first (default: params.yaml's music.model, if present).
+
+    Example:
+        >>> studio = Studio(model="tiny-musicgen")  # doctest: +SKIP
+        >>> studio.idea.value = "calm piano"; studio.generate_button.click(); studio.wait()  # doctest: +SKIP
+        >>> studio.last.artifact.id  # doctest: +SKIP
+    """
+
+    def __init__(self, wb: Workbench | None = None, model: str | None = None):
+        self.wb = wb or Workbench.open()
+        defaults = self.wb.params.get("music") or {}
+        self.last: Generated | None = None
+        self._stop = threading.Event()
+        self._last_tick = 0.0
+        style = {"description_width": "90px"}
+
+        # 1. The model picker: local snapshots with their verification state.
+        self.model = widgets.Dropdown(description="model", style=style, layout=widgets.Layout(width="420px"))
+        self.refresh_button = widgets.Button(
+            icon="refresh", tooltip="refresh the model list", layout=widgets.Layout(width="40px")
+        )
+        self.refresh_button.on_click(lambda _: self.refresh_models())
+        self.refresh_models(prefer=model or defaults.get("model"))
+
+        # 2. The idea and its canonical prompt.
+        self.idea = widgets.Textarea(description="idea", placeholder="what should it sound like?", style=style,
+                                     layout=widgets.Layout(width="640px", height="60px"))  # fmt: skip
+        self.genre = widgets.Text(description="genre", style=style)
+        self.mood = widgets.Text(description="mood", style=style)
+        self.tempo = widgets.Text(description="tempo (bpm)", placeholder="e.g. 90", style=style)
+        self.key = widgets.Text(description="key", placeholder="e.g. A minor", style=style)
+        self.instruments = widgets.Text(description="instruments", placeholder="piano, strings", style=style)
+        self.prompt_preview = widgets.HTML()
+        for field in (self.idea, self.genre, self.mood, self.tempo, self.key, self.instruments):
+            field.observe(lambda _: self._update_preview(), names="value")
+
+        # 3. Generation parameters.
+        self.duration = widgets.BoundedFloatText(value=float(defaults.get("duration_s", 10.0)), min=0.1, max=300, step=1,
+                                                 description="duration (s)", style=style)  # fmt: skip
+        self.seed = widgets.IntText(value=choose_seed(), description="seed", style=style)
+        self.dice = widgets.Button(
+            description="🎲", tooltip="draw a new seed", layout=widgets.Layout(width="40px")
+        )
+        self.dice.on_click(lambda _: setattr(self.seed, "value", choose_seed()))
+        self.temperature = widgets.FloatSlider(value=float(defaults.get("temperature", 1.0)), min=0.05, max=2.0, step=0.05,
+                                               description="temperature", style=style)  # fmt: skip
+        self.top_k = widgets.IntSlider(
+            value=int(defaults.get("top_k", 250)), min=0, max=2048, description="top-k", style=style
+        )
+        self.top_p = widgets.FloatSlider(value=float(defaults.get("top_p", 1.0)), min=0.01, max=1.0, step=0.01,
+                                         description="top-p", style=style)  # fmt: skip
+        self.guidance = widgets.FloatSlider(value=float(defaults.get("guidance_scale", 3.0)), min=1.0, max=10.0, step=0.5,
+                                            description="guidance", style=style)  # fmt: skip
+
+        # 4. Conditioning audio.
+        self.melody = widgets.FileUpload(accept="audio/*", multiple=False, description="melody")
+        self.continuation = widgets.FileUpload(accept="audio/*", multiple=False, description="continue from")
+        self.model.observe(lambda _: self._update_melody_visibility(), names="value")
+
+        # 5. Actions, progress, status, result.
+        self.generate_button = widgets.Button(description="Generate", button_style="primary", icon="play")
+        self.stop_button = widgets.Button(
+            description="Stop", button_style="warning", icon="stop", disabled=True
+        )
+        self.generate_button.on_click(lambda _: self.generate())
+        self.stop_button.on_click(lambda _: self.stop())
+        self.progress = widgets.IntProgress(value=0, min=0, max=1, description="steps", style=style)
+        self.progress_label = widgets.Label()
+        self.status = widgets.HTML()
+        self.log = widgets.Output()
+        self.result = widgets.VBox()
+        self._task = Task(self.status, self.log)
+
+        self.widget = widgets.VBox(
+            [
+                widgets.HTML("<h3 style='margin:0'>Harmonia studio</h3>"),
+                widgets.HBox([self.model, self.refresh_button]),
+                self.idea,
+                widgets.HBox([self.genre, self.mood, self.tempo]),
+                widgets.HBox([self.key, self.instruments]),
+                self.prompt_preview,
+                widgets.HBox([self.duration, self.seed, self.dice]),
+                widgets.HBox([self.temperature, self.top_k]),
+                widgets.HBox([self.top_p, self.guidance]),
+                widgets.HBox([self.melody, self.continuation]),
+                widgets.HBox([self.generate_button, self.stop_button, self.progress, self.progress_label]),
+                self.status,
+                self.result,
+                self.log,
+            ],
+            layout=widgets.Layout(padding="4px"),
+        )
+        self.widget.add_class("harmonia-studio")
+        self._update_preview()
+        self._update_melody_visibility()
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+    # -- the parts -------------------------------------------------------------------------
+    def refresh_models(self, prefer: str | None = None) -> None:
+        """List local model snapshots with their verification state; keep or pick the selection."""
+        rows = [r for r in list_snapshots(self.wb, "model") if r.present]
+        options = [(f"{r.name}  ({r.verified})", r.name) for r in rows]
+        keep = prefer if prefer in {r.name for r in rows} else self.model.value
+        self.model.options = options or [("no local models: fetch or build one (see Models)", None)]
+        self.model.value = keep if keep in {r.name for r in rows} else (options[0][1] if options else None)
+
+    def _idea(self) -> Idea:
+        tempo = self.tempo.value.strip()
+        try:
+            tempo_bpm = float(tempo) if tempo else None
+        except ValueError:
+            raise RequestError(
+                f"tempo must be a number of beats per minute (e.g. 90), got {tempo!r}."
+            ) from None
+        instruments = tuple(i.strip() for i in self.instruments.value.split(",") if i.strip())
+        return Idea(self.idea.value, genre=self.genre.value or None, mood=self.mood.value or None,
+                    tempo_bpm=tempo_bpm, key=self.key.value or None, instruments=instruments)  # fmt: skip
+
+    def _update_preview(self) -> None:
+        try:
+            prompt = canonical_prompt(self._idea())
+            self.prompt_preview.value = (
+                f"<div style='margin-left:94px'>prompt: <code>{html.escape(prompt)}</code></div>"
+            )
+        except HarmoniaError as exc:
+            self.prompt_preview.value = (
+                f"<div style='margin-left:94px;color:#777'>prompt: {html.escape(str(exc))}</div>"
+            )
+
+    def _update_melody_visibility(self) -> None:
+        takes_melody = False
+        if self.model.value:
+            config = self.wb.snapshot_dir("model", self.model.value) / "config.json"
+            try:
+                takes_melody = json.loads(config.read_text()).get("model_type") == "musicgen_melody"
+            except (OSError, ValueError):
+                pass
+        self.melody.layout.display = None if takes_melody else "none"
+        if not takes_melody:
+            self.melody.value = ()
+
+    def _upload(self, upload: widgets.FileUpload, what: str) -> str | None:
+        """Save an uploaded file under .harmonia/uploads/ (named by its sha256) and return its path."""
+        if not upload.value:
+            return None
+        item = upload.value[0]
+        data = bytes(item["content"])
+        suffix = Path(item["name"]).suffix.lower() or ".wav"
+        folder = self.wb.state_dir / "uploads"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{what}-{hashlib.sha256(data).hexdigest()[:16]}{suffix}"
+        path.write_bytes(data)
+        return str(path)
+
+    def build_request(self) -> tuple[str, MusicRequest, list[Idea]]:
+        """The model, request and idea the current field values describe (RequestError if they are off)."""
+        if not self.model.value:
+            raise RequestError("no model selected: fetch a model or build a tiny one, then refresh the list.")
+        idea = self._idea()
+        request = MusicRequest(
+            prompts=(canonical_prompt(idea),),
+            duration_s=float(self.duration.value),
+            seed=int(self.seed.value),
+            temperature=float(self.temperature.value),
+            top_k=int(self.top_k.value),
+            top_p=float(self.top_p.value),
+            guidance_scale=float(self.guidance.value),
+            melody=self._upload(self.melody, "melody"),
+            continuation=self._upload(self.continuation, "continuation"),
+        )
+        return self.model.value, request, [idea]
+
+    # -- actions ---------------------------------------------------------------------------
+    def generate(self) -> threading.Thread | None:
+        """Start a generation in a worker thread (what the Generate button does)."""
+        if self._task.running:
+            return None
+        self.status.value = ""
+        try:
+            model, request, ideas = self.build_request()
+        except HarmoniaError as exc:
+            self.status.value = status_html(str(exc), "error")
+            return None
+        self._stop.clear()
+        self.progress.value, self.progress.max = 0, 1
+        self.progress_label.value = "loading…"
+        self.generate_button.disabled, self.stop_button.disabled = True, False
+
+        def work() -> str:
+            done = generate_music(self.wb, model, request, ideas=ideas, progress=self._on_step)
+            self.last = done
+            self.result.children = [artifact_view(done.artifact)]
+            self.progress.value = self.progress.max
+            if done.cached:
+                return f"Found artifact {done.artifact.id}: the identical request was made before."
+            return f"Generated artifact {done.artifact.id} in {done.result.generate_s:.1f} s."
+
+        def finished() -> None:
+            self.generate_button.disabled, self.stop_button.disabled = False, True
+
+        return self._task.start(work, finished)
+
+    def _on_step(self, done: int, total: int) -> None:
+        if self._stop.is_set():
+            raise Cancelled(f"Stopped at step {done} of {total}; nothing was written.")
+        now = time.monotonic()
+        if done == total or now - self._last_tick >= PROGRESS_EVERY_S:
+            self._last_tick = now
+            self.progress.max = total
+            self.progress.value = done
+            self.progress_label.value = f"{done}/{total}"
+
+    def stop(self) -> None:
+        """End the running generation at its next decoding step (what the Stop button does)."""
+        self._stop.set()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the running generation (if any) has finished."""
+        self._task.wait(timeout)

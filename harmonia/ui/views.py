@@ -1,0 +1,200 @@
+"""Widgets that show artifacts: a player, the waveform/spectrogram picture, a summary, A/B, facts.
+
+Players get an MP3 rendering of the take (about 160 kbit/s), so even minutes of audio stay far
+below JupyterLab's message limit; the artifact's own files stay lossless on disk.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import threading
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import ipywidgets as widgets
+import numpy as np
+import soundfile as sf
+
+from harmonia.artifacts import Artifact
+from harmonia.audio import facts, mp3_bytes, spectral_centroid_hz
+from harmonia.errors import Cancelled, HarmoniaError
+from harmonia.plots import audio_figure
+
+
+def read_take(path: Path) -> tuple[np.ndarray, int]:
+    data, rate = sf.read(path, dtype="float32", always_2d=True)
+    return data.T, rate
+
+
+def player(path: Path) -> widgets.Audio:
+    """An audio player for a file (autoplay and loop off)."""
+    samples, rate = read_take(path)
+    return widgets.Audio(
+        value=mp3_bytes(samples, rate), format="mp3", autoplay=False, loop=False, controls=True
+    )
+
+
+def picture(samples: np.ndarray, rate: int, title: str = "") -> widgets.Image:
+    """Waveform and spectrogram as a PNG image widget."""
+    buffer = io.BytesIO()
+    audio_figure(samples, rate, title).savefig(buffer, format="png")
+    return widgets.Image(value=buffer.getvalue(), format="png", layout=widgets.Layout(max_width="100%"))
+
+
+def summary_html(art: Artifact) -> str:
+    m = art.manifest
+    model, t = m["model"], m["timings"]
+    revision = (model.get("revision") or "")[:12] or f"synthetic seed {model.get('seed')}"
+    rows = [
+        ("artifact", art.id),
+        ("seed", str(art.seed)),
+        ("model", f"{model['name']} @ {revision}"),
+        ("timings", f"load {t['load_s']:.2f} s, generate {t['generate_s']:.2f} s"),
+        ("real-time factor", f"{t['real_time_factor']:.2f}"),
+        ("path", str(art.path)),
+    ]
+    cells = "".join(
+        f"<tr><th style='text-align:left;padding-right:1em'>{k}</th><td>{html.escape(v)}</td></tr>"
+        for k, v in rows
+    )
+    return f"<table class='harmonia-summary'>{cells}</table>"
+
+
+def artifact_view(art: Artifact, takes: int | None = None) -> widgets.VBox:
+    """Player, picture and prompt for each take, then the manifest summary."""
+    items = []
+    for out in art.outputs[:takes]:
+        samples, rate = read_take(art.file(out))
+        items += [
+            widgets.HTML(f"<b>{html.escape(out.path)}</b>: {html.escape(out.prompt or '')}"),
+            player(art.file(out)),
+            picture(samples, rate, out.prompt or ""),
+        ]
+    items.append(widgets.HTML(summary_html(art)))
+    return widgets.VBox(items, layout=widgets.Layout(border="1px solid #ddd", padding="6px"))
+
+
+def manifest_html(art: Artifact) -> str:
+    text = json.dumps(art.manifest, indent=2, ensure_ascii=False)
+    return f"<pre style='max-height:24em;overflow:auto;font-size:11px'>{html.escape(text)}</pre>"
+
+
+def parameter_diff(a: Artifact, b: Artifact) -> list[tuple[str, str, str]]:
+    """(parameter, A, B) for every request field, model and setting that differs."""
+
+    def flat(art: Artifact) -> dict[str, str]:
+        m = art.manifest
+        values = {f"request.{k}": json.dumps(v, ensure_ascii=False) for k, v in m["request"].items()}
+        values["model"] = f"{m['model']['name']} @ {m['model']['inventory_digest'][:12]}"
+        values.update({f"output.{k}": json.dumps(v) for k, v in m["output"].items()})
+        values.update({f"runtime.{k}": str(m["runtime"][k]) for k in ("device", "dtype", "threads")})
+        return values
+
+    fa, fb = flat(a), flat(b)
+    return [(k, fa.get(k, "-"), fb.get(k, "-")) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
+
+
+def ab_view(a: Artifact, b: Artifact) -> widgets.VBox:
+    """Two artifacts side by side (first take of each) and the parameters that differ."""
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{html.escape(x)}</td><td>{html.escape(y)}</td></tr>"
+        for k, x, y in parameter_diff(a, b)
+    )
+    diff = widgets.HTML(
+        "<table class='harmonia-diff'><tr><th>parameter</th><th>A</th><th>B</th></tr>"
+        + (rows or "<tr><td colspan=3>no differences</td></tr>")
+        + "</table>"
+    )
+    columns = [
+        widgets.VBox([widgets.HTML(f"<b>{side}</b>"), artifact_view(art, takes=1)])
+        for side, art in (("A", a), ("B", b))
+    ]
+    return widgets.VBox([widgets.HBox(columns), diff])
+
+
+def facts_rows(arts: list[Artifact]) -> list[dict]:
+    """Signal facts of every take: the manifest's plus the spectral centroid."""
+    rows = []
+    for art in arts:
+        r = art.manifest["request"]
+        for out in art.outputs:
+            samples, rate = read_take(art.file(out))
+            f = facts(samples, rate)
+            centroid = spectral_centroid_hz(samples, rate)
+            rows.append(
+                {
+                    "artifact": art.id,
+                    "prompt": out.prompt,
+                    "seed": r["seed"],
+                    "guidance": r["guidance_scale"],
+                    "duration_s": f["duration_s"],
+                    "peak_dbfs": f["peak_dbfs"],
+                    "loudness_lufs": f["loudness_lufs"],
+                    "centroid_hz": round(centroid, 1) if centroid is not None else None,
+                }
+            )
+    return rows
+
+
+def facts_table(arts: list[Artifact]) -> widgets.HTML:
+    rows = facts_rows(arts)
+    if not rows:
+        return widgets.HTML("<i>no artifacts</i>")
+    head = "".join(f"<th>{k}</th>" for k in rows[0])
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row.values()) + "</tr>" for row in rows
+    )
+    return widgets.HTML(f"<table class='harmonia-facts'><tr>{head}</tr>{body}</table>")
+
+
+def status_html(message: str, kind: str = "info") -> str:
+    colour = {"info": "#333", "ok": "#1b5e20", "error": "#b71c1c"}[kind]
+    return f"<div class='harmonia-status harmonia-{kind}' style='color:{colour}'>{html.escape(message)}</div>"
+
+
+class Task:
+    """Runs one piece of long work in a thread and reports its outcome in a status widget.
+
+    Errors Harmonia raises on purpose are shown as their one-line message; anything else is
+    shown as one line too, with the traceback kept in ``log`` (an Output appended to, never
+    entered from the thread).
+    """
+
+    def __init__(self, status: widgets.HTML, log: widgets.Output):
+        self.status, self.log = status, log
+        self.thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def start(
+        self, work: Callable[[], str | None], done: Callable[[], None] = lambda: None
+    ) -> threading.Thread:
+        def run() -> None:
+            try:
+                message = work()
+                if message:
+                    self.status.value = status_html(message, "ok")
+            except Cancelled as exc:
+                self.status.value = status_html(str(exc), "info")
+            except HarmoniaError as exc:
+                self.status.value = status_html(str(exc), "error")
+            except Exception as exc:  # a bug, not bad input: keep the traceback for the curious
+                self.status.value = status_html(
+                    f"Unexpected error: {type(exc).__name__}: {exc} (details below)", "error"
+                )
+                self.log.append_stderr(traceback.format_exc())
+            finally:
+                done()
+
+        self.thread = threading.Thread(target=run, name="harmonia-ui", daemon=True)
+        self.thread.start()
+        return self.thread
+
+    def wait(self, timeout: float | None = None) -> None:
+        if self.thread is not None:
+            self.thread.join(timeout)
