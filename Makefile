@@ -46,6 +46,7 @@ lock:
 
 hooks: setup
 	$(BIN)/pre-commit install
+	$(BIN)/nbstripout --install --attributes .gitattributes
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

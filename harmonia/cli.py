@@ -119,6 +119,22 @@ def _add_generation_commands(commands) -> None:
     p = commands.add_parser("demo", help="generate one clip end to end (what `make demo` runs)")
     p.set_defaults(run=_demo)
 
+    group = commands.add_parser("notebooks", help="run the notebooks unattended with papermill")
+    sub = group.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    p = sub.add_parser(
+        "run", help="execute notebooks/*.ipynb into an ignored folder; stop at the first error"
+    )
+    p.add_argument("names", nargs="*", metavar="NOTEBOOK", help="file names in notebooks/ (default: all)")
+    p.add_argument(
+        "--tiny", action="store_true", help="tiny-model parameters from notebooks/tiny-params.yaml"
+    )
+    p.add_argument(
+        "--out", default="outputs/notebooks", help="where executed copies go (default: outputs/notebooks)"
+    )
+    p.add_argument("--timeout", type=int, default=600, help="per-cell timeout in seconds (default 600)")
+    p.add_argument("--kernel", default="harmonia", help="kernel name (installed for this Python if missing)")
+    p.set_defaults(run=_notebooks_run)
+
 
 def _add_snapshot_commands(commands, kind: Kind) -> None:
     group = commands.add_parser(plural(kind), help=f"fetch, verify, list {plural(kind)}")
@@ -477,6 +493,23 @@ def _demo(args) -> int:
     print(
         f"listen: {_rel(wb, art.file(art.outputs[0])).rstrip('/')}   details: harmonia artifacts show {art.id}"
     )
+    return 0
+
+
+def _notebooks_run(args) -> int:
+    from pathlib import Path
+
+    from harmonia.notebooks import run_notebooks
+
+    wb = Workbench.open()
+    out = Path(args.out) if Path(args.out).is_absolute() else wb.root / args.out
+    runs = run_notebooks(
+        wb, out, names=args.names or None, tiny=args.tiny, timeout_s=args.timeout, kernel=args.kernel
+    )
+    for run in runs:
+        print(
+            f"ok: {_rel(wb, run.source).rstrip('/')} in {run.seconds:.1f} s -> {_rel(wb, run.output).rstrip('/')}"
+        )
     return 0
 
 

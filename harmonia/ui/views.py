@@ -172,13 +172,16 @@ class Task:
         return self.thread is not None and self.thread.is_alive()
 
     def start(
-        self, work: Callable[[], str | None], done: Callable[[], None] = lambda: None
+        self, work: Callable[[], str | tuple[str, str] | None], done: Callable[[], None] = lambda: None
     ) -> threading.Thread:
+        """Run ``work`` in a thread: it returns a message (shown as ok) or (message, "ok" | "error")."""
+
         def run() -> None:
             try:
-                message = work()
-                if message:
-                    self.status.value = status_html(message, "ok")
+                outcome = work()
+                if outcome:
+                    message, kind = (outcome, "ok") if isinstance(outcome, str) else outcome
+                    self.status.value = status_html(message, kind)
             except Cancelled as exc:
                 self.status.value = status_html(str(exc), "info")
             except HarmoniaError as exc:
