@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export HARMONIA_ROOT := $(CURDIR)
 
-.PHONY: setup demo test lint format bench lock hooks clean
+.PHONY: setup system demo test notebooks lint format bench lock hooks clean
 
 setup: $(STAMP)
 
@@ -16,17 +16,28 @@ $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name harmonia --display-name "Harmonia (.venv)" > /dev/null
 	@touch $@
+
+# System packages the tests use: Debian's chromium for the browser test (where missing).
+system:
+	@command -v chromium > /dev/null || { \
+	  echo "installing Debian's chromium (the browser test drives it)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null; }
 
 # The main job: generate a clip end to end (musicgen-small when the hub answers, else a tiny
 # model), print where the artifact went, and draw its spectrogram.
 demo: setup
 	$(BIN)/harmonia demo
 
-test: setup
+test: setup system
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
+
+# Run every notebook on the tiny models with papermill into outputs/notebooks/ (ignored).
+notebooks: setup
+	$(BIN)/harmonia notebooks run --tiny
 
 lint: setup
 	$(BIN)/ruff check .

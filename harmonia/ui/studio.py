@@ -73,7 +73,7 @@ class Studio:
                                                  description="duration (s)", style=style)  # fmt: skip
         self.seed = widgets.IntText(value=choose_seed(), description="seed", style=style)
         self.dice = widgets.Button(
-            description="🎲", tooltip="draw a new seed", layout=widgets.Layout(width="40px")
+            description="new seed", tooltip="draw a new random seed", layout=widgets.Layout(width="90px")
         )
         self.dice.on_click(lambda _: setattr(self.seed, "value", choose_seed()))
         self.temperature = widgets.FloatSlider(value=float(defaults.get("temperature", 1.0)), min=0.05, max=2.0, step=0.05,
