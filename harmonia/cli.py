@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 from collections.abc import Sequence
@@ -119,6 +120,32 @@ def _add_generation_commands(commands) -> None:
     p = commands.add_parser("demo", help="generate one clip end to end (what `make demo` runs)")
     p.set_defaults(run=_demo)
 
+    p = commands.add_parser(
+        "check", help="params pins, snapshots.lock and the .dvc files agree (reads no data)"
+    )
+    p.set_defaults(run=_check)
+    p = commands.add_parser("lock", help="rewrite snapshots.lock from the present snapshots")
+    p.set_defaults(run=_lock)
+
+    group = commands.add_parser("pipeline", help="the stages dvc.yaml runs")
+    sub = group.add_subparsers(title="stages", metavar="STAGE", required=True)
+    p = sub.add_parser("verify", help="verify the snapshots the pipeline uses")
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=_stage_verify)
+    p = sub.add_parser("generate", help="generate a prompt set with a model")
+    p.add_argument("--set", required=True, dest="prompt_set")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=_stage_generate)
+    p = sub.add_parser("evaluate", help="signal facts and CLAP alignment of generated takes")
+    p.add_argument("--generated", required=True)
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--plots", required=True)
+    p.set_defaults(run=_stage_evaluate)
+    p = sub.add_parser("report", help="run notebooks/report.ipynb and export HTML")
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=_stage_report)
+
     group = commands.add_parser("notebooks", help="run the notebooks unattended with papermill")
     sub = group.add_subparsers(title="commands", metavar="COMMAND", required=True)
     p = sub.add_parser(
@@ -160,6 +187,12 @@ def _add_snapshot_commands(commands, kind: Kind) -> None:
     p.add_argument("--json", action="store_true", help="print the list as JSON")
     p.set_defaults(run=_list, kind=kind)
 
+    if kind == "dataset":
+        p = sub.add_parser("build", help="build a dataset in code (eval-prompts, synthetic-audio)")
+        p.add_argument("builder", metavar="BUILDER", help="eval-prompts or synthetic-audio")
+        p.add_argument("--name", help="snapshot name (default: the builder's)")
+        p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+        p.set_defaults(run=_build_dataset, kind=kind)
     if kind == "model":
         p = sub.add_parser("tiny", help="build a tiny random model of an engine's architecture")
         p.add_argument("builder", metavar="BUILDER", help="musicgen, musicgen-stereo or musicgen-melody")
@@ -209,6 +242,8 @@ def _fetch(args) -> int:
         f"{verb}: {args.kind} {result.name} = {src.repo}@{src.revision} "
         f"({len(inv.files)} files, {_size(inv.total_size)}) in {_rel(wb, result.path)}"
     )
+    if not result.reused:
+        _after_snapshot_change(wb, args.kind)
     return 0
 
 
@@ -266,6 +301,7 @@ def _tiny(args) -> int:
         f"({len(inv.files)} files, {_size(inv.total_size)}, digest {inv.digest[:12]}) "
         f"in {_rel(wb, built.path)}"
     )
+    _after_snapshot_change(wb, "model")
     return 0
 
 
@@ -513,10 +549,95 @@ def _notebooks_run(args) -> int:
     return 0
 
 
+def _check(args) -> int:
+    from harmonia.tracking import check
+
+    problems = check(Workbench.open())
+    for problem in problems:
+        print(f"FAIL: {problem}")
+    if not problems:
+        print("ok: params.yaml pins every hub snapshot; snapshots.lock and the .dvc files agree")
+    return EXIT_FAILED if problems else 0
+
+
+def _lock(args) -> int:
+    from harmonia.tracking import write_record
+
+    path = write_record(Workbench.open())
+    print(f"wrote {path.name}")
+    return 0
+
+
+def _after_snapshot_change(wb: Workbench, kind: str) -> None:
+    from harmonia.tracking import sync
+
+    for line in sync(wb, kind):
+        print(line)
+
+
+def _stage_verify(args) -> int:
+    from pathlib import Path
+
+    from harmonia.pipeline import stage_verify
+
+    result = stage_verify(Workbench.open(), Path(args.out))
+    print(f"verify: {len(result['snapshots'])} snapshots ok -> {args.out}")
+    return 0
+
+
+def _stage_generate(args) -> int:
+    from pathlib import Path
+
+    from harmonia.pipeline import stage_generate
+
+    bar = _Steps(f"generate {args.prompt_set} with {args.model}")
+    try:
+        index = stage_generate(Workbench.open(), args.prompt_set, args.model, Path(args.out), progress=bar)
+    finally:
+        bar.close()
+    artifacts = sorted({t["artifact"] for t in index["takes"]})
+    print(f"generate: {len(index['takes'])} takes in {len(artifacts)} artifacts -> {args.out}")
+    return 0
+
+
+def _stage_evaluate(args) -> int:
+    from pathlib import Path
+
+    from harmonia.pipeline import stage_evaluate
+
+    metrics = stage_evaluate(Workbench.open(), Path(args.generated), Path(args.metrics), Path(args.plots))
+    print(f"evaluate: {metrics['takes']} takes -> {args.metrics}, {args.plots}")
+    return 0
+
+
+def _stage_report(args) -> int:
+    from pathlib import Path
+
+    from harmonia.pipeline import stage_report
+
+    notebook, page = stage_report(Workbench.open(), Path(args.out))
+    print(f"report: {notebook} and {page}")
+    return 0
+
+
 def _print_table(table) -> None:
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _build_dataset(args) -> int:
+    from harmonia.datasets import build_dataset
+
+    wb = Workbench.open()
+    built = build_dataset(wb, args.builder, name=args.name, seed=args.seed)
+    inv = built.inventory
+    print(
+        f"built: dataset {built.name} = {args.builder}, seed {args.seed} "
+        f"({len(inv.files)} files, {_size(inv.total_size)}, digest {inv.digest[:12]}) in {_rel(wb, built.path)}"
+    )
+    _after_snapshot_change(wb, "dataset")
+    return 0
 
 
 def _size(n: int) -> str:
@@ -536,7 +657,13 @@ def _rel(wb: Workbench, path) -> str:
 
 def main_exit() -> None:
     """Entry point of the ``harmonia`` console script."""
-    sys.exit(main())
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # `harmonia ... | head`: the reader left, which is fine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from harmonia.atomic import install
 from harmonia.errors import FetchError
 from harmonia.hashing import git_blob_sha1, hash_files
 from harmonia.inventory import FileEntry, Inventory, Source, read_inventory, write_inventory
-from harmonia.snapshots import record_hashed, staging_dir, verify
+from harmonia.snapshots import how_to_get, record_hashed, staging_dir, verify
 from harmonia.workbench import Kind, Workbench, plural
 
 TOKEN_VARIABLES = ("HF_TOKEN", "HUGGINGFACE_HUB_TOKEN")
@@ -116,8 +116,7 @@ def fetch(
     spec = wb.spec(kind, name)
     if spec.synthetic:
         raise FetchError(
-            f"{kind.capitalize()} '{name}' is built in code, not fetched. Run: harmonia "
-            f"{plural(kind)} tiny {spec.builder} --name {name}"
+            f"{kind.capitalize()} '{name}' is built in code, not fetched. Run: {how_to_get(spec, kind, name)}"
         )
     assert spec.repo is not None
     endpoint = (endpoint or constants.ENDPOINT).rstrip("/")

@@ -68,15 +68,18 @@ def notebook_parameters(wb: Workbench, tiny: bool) -> dict[str, dict]:
 
 
 def build_missing_tiny_models(wb: Workbench) -> list[str]:
-    """Build every tiny model params.yaml declares that is not present; return their names."""
+    """Build every synthetic model and dataset params.yaml declares that is not present; return their names."""
+    from harmonia.datasets import build_dataset
     from harmonia.tiny import build_tiny
 
+    builders = {"model": build_tiny, "dataset": build_dataset}
     built = []
-    for row in list_snapshots(wb, "model"):
-        spec = wb.specs("model").get(row.name)
-        if spec is not None and spec.synthetic and not row.present:
-            build_tiny(wb, spec.builder, name=spec.name, seed=spec.seed or 0)
-            built.append(spec.name)
+    for kind, build in builders.items():
+        for row in list_snapshots(wb, kind):
+            spec = wb.specs(kind).get(row.name)
+            if spec is not None and spec.synthetic and not row.present:
+                build(wb, spec.builder, name=spec.name, seed=spec.seed or 0)
+                built.append(spec.name)
     return built
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import time
 import uuid
@@ -22,10 +23,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from harmonia.atomic import install
 from harmonia.atomic import staging_dir as _staging_dir
 from harmonia.errors import InventoryError, SnapshotMissingError, VerificationError
 from harmonia.hashing import hash_files
-from harmonia.inventory import INVENTORY_FILE, Inventory, read_inventory, utc_now
+from harmonia.inventory import (
+    INVENTORY_FILE,
+    FileEntry,
+    Inventory,
+    Source,
+    read_inventory,
+    utc_now,
+    write_inventory,
+)
 from harmonia.workbench import Kind, SnapshotSpec, Workbench, plural
 
 STATE_SCHEMA = "harmonia.verify-state/1"
@@ -117,7 +127,8 @@ def require_snapshot(wb: Workbench, kind: Kind, name: str) -> Path:
 def how_to_get(spec: SnapshotSpec | None, kind: Kind, name: str) -> str:
     if spec is not None and spec.synthetic:
         seed = f" --seed {spec.seed}" if spec.seed is not None else ""
-        return f"harmonia {plural(kind)} tiny {spec.builder} --name {name}{seed}"
+        verb = "tiny" if kind == "model" else "build"
+        return f"harmonia {plural(kind)} {verb} {spec.builder} --name {name}{seed}"
     return f"harmonia {plural(kind)} fetch {name}"
 
 
@@ -347,3 +358,24 @@ def list_snapshots(wb: Workbench, kind: Kind) -> list[SnapshotStatus]:
 def staging_dir(wb: Workbench, kind: Kind, name: str) -> Path:
     """A fresh hidden staging folder beside ``models/NAME`` (see harmonia.atomic)."""
     return _staging_dir(wb.kind_dir(kind), name)
+
+
+def install_built(
+    wb: Workbench, kind: Kind, name: str, build: Callable[[Path], None], source: Source, license: str | None
+) -> Inventory:
+    """Build a snapshot in code and install it: ``build(folder)`` writes the files; this hashes them,
+    writes the inventory and renames the folder into place (all or nothing).
+    """
+    staging = staging_dir(wb, kind, name)
+    try:
+        build(staging)
+        files = sorted(scan_tree(staging))
+        digests = hash_files(staging / f for f in files)
+        entries = tuple(FileEntry(f, (staging / f).stat().st_size, digests[str(staging / f)]) for f in files)
+        inventory = Inventory(name=name, kind=kind, source=source, license=license, files=entries)
+        write_inventory(staging, inventory)
+        install(staging, wb.snapshot_dir(kind, name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    record_hashed(wb, kind, name, inventory)
+    return inventory

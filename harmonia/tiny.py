@@ -14,7 +14,6 @@ This module knows how to build models; snapshots.py knows how to store them.
 from __future__ import annotations
 
 import json
-import shutil
 import string
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,12 +22,10 @@ from pathlib import Path
 
 import torch
 
-from harmonia.atomic import install
 from harmonia.engines.base import quiet_transformers
 from harmonia.errors import BuilderError
-from harmonia.hashing import hash_files
-from harmonia.inventory import FileEntry, Inventory, Source, write_inventory
-from harmonia.snapshots import record_hashed, scan_tree, staging_dir
+from harmonia.inventory import Inventory, Source
+from harmonia.snapshots import install_built
 from harmonia.workbench import Workbench, check_name
 
 # MusicGen's audio side at its real rates (32 kHz, 50 frames/s, 4 codebooks) with tiny widths.
@@ -203,6 +200,38 @@ def build_musicgen_melody(out: Path) -> None:
     (out / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2, sort_keys=True) + "\n")
 
 
+def build_clap(out: Path) -> None:
+    """transformers CLAP (text-audio alignment, as laion/clap-htsat-unfused): tiny RoBERTa + tiny HTSAT.
+
+    48 kHz, 2 s clips at hop 480 give 201 mel frames, inside the audio model's 64 x 4 = 256;
+    HTSAT's width is patch_embeds_hidden_size x 2^(stages - 1) = 8 x 2 = 16.
+    """
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import (
+        ClapAudioConfig,
+        ClapConfig,
+        ClapFeatureExtractor,
+        ClapModel,
+        ClapProcessor,
+        ClapTextConfig,
+        RobertaTokenizer,
+    )
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(ByteLevel.alphabet()))}
+    tokenizer = RobertaTokenizer(vocab=vocab, merges=[], model_max_length=128)
+    text = ClapTextConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                          intermediate_size=32, max_position_embeddings=132, projection_dim=16)  # fmt: skip
+    audio = ClapAudioConfig(spec_size=64, num_mel_bins=16, window_size=4, patch_size=4, patch_stride=[4, 4],
+                            depths=[1, 1], num_attention_heads=[2, 2], patch_embeds_hidden_size=8, hidden_size=16,
+                            projection_dim=16, num_classes=8, enable_fusion=False)  # fmt: skip
+    model = ClapModel(ClapConfig(text_config=text, audio_config=audio, projection_dim=16)).eval()
+    model.save_pretrained(out)
+    features = ClapFeatureExtractor(feature_size=16, sampling_rate=48_000, hop_length=480, max_length_s=2,
+                                    fft_window_size=512, truncation="rand_trunc", padding="repeatpad")  # fmt: skip
+    ClapProcessor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(out)
+
+
 def build_musicgen_stereo(out: Path) -> None:
     """transformers MusicGen stereo: 8 codebooks, left and right decoded by the same EnCodec."""
     build_musicgen(out, channels=2)
@@ -212,6 +241,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "musicgen": build_musicgen,
     "musicgen-stereo": build_musicgen_stereo,
     "musicgen-melody": build_musicgen_melody,
+    "clap": build_clap,
 }
 DEFAULT_NAMES = {name: f"tiny-{name}" for name in BUILDERS}
 
@@ -236,26 +266,12 @@ def build_tiny(wb: Workbench, builder: str, name: str | None = None, seed: int =
         raise BuilderError(f"seed must be an integer in [0, 2**63), got {seed!r}.")
     name = check_name("model", name or DEFAULT_NAMES[builder])
 
-    # 2. Build into a staging folder from a private RNG stream (the caller's RNG is untouched).
-    staging = staging_dir(wb, "model", name)
-    try:
+    # 2. Build from a private RNG stream (the caller's RNG is untouched), hash, install.
+    def build(folder: Path) -> None:
         with torch.random.fork_rng(devices=[]), quiet_transformers():
             torch.manual_seed(seed)
-            BUILDERS[builder](staging)
-        # 3. Hash, write the inventory, move into place.
-        files = sorted(scan_tree(staging))
-        digests = hash_files(staging / f for f in files)
-        inventory = Inventory(
-            name=name,
-            kind="model",
-            source=Source(type="synthetic", builder=builder, seed=seed, versions=_versions()),
-            license="mit",
-            files=tuple(FileEntry(f, (staging / f).stat().st_size, digests[str(staging / f)]) for f in files),
-        )
-        write_inventory(staging, inventory)
-        final = wb.snapshot_dir("model", name)
-        install(staging, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    record_hashed(wb, "model", name, inventory)
-    return TinyBuild(name, final, inventory)
+            BUILDERS[builder](folder)
+
+    source = Source(type="synthetic", builder=builder, seed=seed, versions=_versions())
+    inventory = install_built(wb, "model", name, build, source, license="mit")
+    return TinyBuild(name, wb.snapshot_dir("model", name), inventory)

@@ -62,8 +62,11 @@ def test_errors_are_one_line_and_exit_2(workbench, tmp_path):
 def test_tiny_prints_what_it_built(workbench):
     proc = run_cli("models", "tiny", "musicgen", cwd=workbench.root)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("built: model tiny-musicgen = tiny musicgen, seed 0 (6 files, ")
-    assert proc.stdout.rstrip().endswith("in models/tiny-musicgen/")
+    built, recorded, dvc = proc.stdout.splitlines()
+    assert built.startswith("built: model tiny-musicgen = tiny musicgen, seed 0 (6 files, ")
+    assert built.endswith("in models/tiny-musicgen/")
+    assert recorded == "recorded snapshots.lock"
+    assert dvc == "not a DVC repository: run 'dvc init && dvc add models' to track models/ with DVC"
     assert proc.stderr == ""
 
 
@@ -71,10 +74,11 @@ def test_dataset_fetch_through_the_cli(workbench, hub):
     proc = run_cli("datasets", "fetch", "captions", cwd=workbench.root, env={"HF_ENDPOINT": hub.url})
     assert proc.returncode == 0, proc.stderr
     commit = hub.repos[("dataset", "acme/captions")].refs["main"]
-    assert (
-        proc.stdout
-        == f"fetched: dataset captions = acme/captions@{commit} (1 files, 24 B) in datasets/captions/\n"
-    )
+    assert proc.stdout.splitlines() == [
+        f"fetched: dataset captions = acme/captions@{commit} (1 files, 24 B) in datasets/captions/",
+        "recorded snapshots.lock",
+        "not a DVC repository: run 'dvc init && dvc add datasets' to track datasets/ with DVC",
+    ]
     again = run_cli("datasets", "fetch", "captions", cwd=workbench.root, env={"HF_ENDPOINT": hub.url})
     assert again.stdout.startswith("already present: dataset captions")
 

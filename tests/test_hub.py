@@ -105,7 +105,8 @@ def test_cli_fetch_with_token_prints_no_token(workbench, hub):
     assert proc.returncode == 0, proc.stderr
     commit = hub.repos[("model", "acme/private")].refs["main"]
     assert (
-        proc.stdout == f"fetched: model private = acme/private@{commit} (1 files, 2 B) in models/private/\n"
+        proc.stdout.splitlines()[0]
+        == f"fetched: model private = acme/private@{commit} (1 files, 2 B) in models/private/"
     )
     assert TOKEN not in proc.stdout + proc.stderr
     for path in workbench.root.rglob("*"):

@@ -14,7 +14,7 @@ from harmonia.notebooks import NotebookError, outputs_of, run_notebooks
 from harmonia.workbench import Workbench
 from tests.conftest import REPO_ROOT
 
-NOTEBOOKS = ["00_models.ipynb", "01_music_studio.ipynb", "02_compare.ipynb"]
+NOTEBOOKS = ["00_models.ipynb", "01_music_studio.ipynb", "02_compare.ipynb", "report.ipynb"]
 
 
 def test_committed_notebooks_have_no_outputs():

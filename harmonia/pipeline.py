@@ -1,0 +1,164 @@
+"""The DVC pipeline's stages: verify, generate, evaluate, report (see dvc.yaml).
+
+Each stage reads its own section of params.yaml, takes its paths from the command line
+(`harmonia pipeline STAGE ...`), and calls the same functions as the CLI and the notebooks:
+``verify``, ``generate_music`` (so re-runs are artifact-store cache hits), the evaluation
+functions, and papermill.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import soundfile as sf
+
+from harmonia.datasets import load_prompts
+from harmonia.engines.musicgen import MusicRequest
+from harmonia.errors import ParamsError
+from harmonia.evaluation import SILENCE_DBFS, ClapScorer, signal_facts, write_json
+from harmonia.generation import generate_music
+from harmonia.snapshots import verify
+from harmonia.workbench import Workbench
+
+INDEX_FILE = "index.json"
+MUSIC_FIELDS = ("duration_s", "temperature", "top_k", "top_p", "guidance_scale")
+
+
+def _section(wb: Workbench, name: str) -> dict:
+    section = wb.params.get(name)
+    if not isinstance(section, dict):
+        raise ParamsError(
+            f"params.yaml has no '{name}:' section; the pipeline needs it (see the README's Pipeline part)."
+        )
+    return section
+
+
+def stage_verify(wb: Workbench, out: Path) -> dict:
+    """Verify every model and dataset the pipeline uses; write the reports; fail if any is off."""
+    pipeline = _section(wb, "pipeline")
+    sets = _section(wb, "prompt_sets")
+    targets = [("model", m) for m in pipeline.get("models", [])]
+    targets += sorted({("dataset", sets[s]["dataset"]) for s in pipeline.get("prompt_sets", [])})
+    clap = (wb.params.get("evaluate") or {}).get("clap_model")
+    if clap:
+        targets.append(("model", clap))
+    reports = [
+        verify(wb, kind, name, full=bool(pipeline.get("verify_full", False))) for kind, name in targets
+    ]
+    result = {"ok": all(r.ok for r in reports), "snapshots": [r.to_json() for r in reports]}
+    for r in result["snapshots"]:
+        r.pop("seconds"), r.pop("hashed"), r.pop("skipped"), r.pop("bytes_hashed")  # keep the file stable
+    write_json(out, result)
+    if not result["ok"]:
+        failed = "; ".join(r.summary() for r in reports if not r.ok)
+        raise ParamsError(
+            f"verification failed: {failed}. Restore the snapshots, then run 'dvc repro' again."
+        )
+    return result
+
+
+def stage_generate(wb: Workbench, prompt_set: str, model: str, out: Path, progress=None) -> dict:
+    """Generate every prompt of a prompt set with one model, once per seed (one batch per seed).
+
+    Writes ``out/index.json`` and a copy of each take (``<prompt id>-s<seed>.<fmt>``) so DVC
+    tracks what evaluation reads; the artifacts (with manifests) stay in artifacts/.
+    """
+    sets = _section(wb, "prompt_sets")
+    if prompt_set not in sets:
+        raise ParamsError(f"Unknown prompt set '{prompt_set}'. Known prompt sets: {', '.join(sorted(sets))}.")
+    spec = sets[prompt_set]
+    music = _section(wb, "music")
+    seeds = _section(wb, "pipeline").get("seeds", [0])
+    prompts = load_prompts(wb, spec["dataset"], spec.get("limit"))
+    fmt = music.get("format", "wav")
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    takes = []
+    for seed in seeds:
+        request = MusicRequest(
+            tuple(p["caption"] for p in prompts),
+            seed=seed,
+            **{k: music[k] for k in MUSIC_FIELDS if k in music},
+        )
+        art = generate_music(
+            wb, model, request, fmt=fmt, normalize_lufs=music.get("normalize_lufs"), progress=progress
+        ).artifact
+        for entry, output in zip(prompts, art.outputs, strict=True):
+            name = f"{entry['id']}-s{seed}.{fmt}"
+            _link_or_copy(art.file(output), out / name)
+            takes.append(
+                {"prompt_id": entry["id"], "caption": entry["caption"], "tags": entry.get("tags", []), "seed": seed,
+                 "artifact": art.id, "take": output.path, "file": name, "sha256": output.sha256}
+            )  # fmt: skip
+    index = {"prompt_set": prompt_set, "model": model, "takes": takes}
+    write_json(out / INDEX_FILE, index)
+    return index
+
+
+def stage_evaluate(wb: Workbench, generated: Path, metrics_out: Path, plots_out: Path) -> dict:
+    """Signal facts (and CLAP alignment, when configured) per take; means as metrics, rows as plots."""
+    import json
+
+    settings = wb.params.get("evaluate") or {}
+    index = json.loads((generated / INDEX_FILE).read_text(encoding="utf-8"))
+    silence = float(settings.get("silence_threshold_dbfs", SILENCE_DBFS))
+    rows, clips = [], []
+    for take in index["takes"]:
+        data, rate = sf.read(generated / take["file"], dtype="float32", always_2d=True)
+        clips.append((data.T, rate))
+        rows.append(
+            {"prompt": take["prompt_id"], "seed": take["seed"], **signal_facts(data.T, rate, silence)}
+        )
+    if settings.get("clap_model"):
+        scorer = ClapScorer.load(wb, settings["clap_model"])
+        scores = scorer.score([t["caption"] for t in index["takes"]], clips)
+        for row, score in zip(rows, scores, strict=True):
+            row["clap_score"] = score
+    metrics = {"prompt_set": index["prompt_set"], "model": index["model"], "takes": len(rows)}
+    for key in rows[0] if rows else []:
+        values = [r[key] for r in rows if isinstance(r[key], int | float) and key not in ("seed",)]
+        if values and key not in ("prompt",):
+            metrics[f"mean_{key}"] = round(sum(values) / len(values), 6)
+    write_json(metrics_out, metrics)
+    write_json(plots_out, rows)
+    return metrics
+
+
+def stage_report(wb: Workbench, out_dir: Path, timeout_s: int = 600) -> tuple[Path, Path]:
+    """Run notebooks/report.ipynb with papermill over metrics/ and plots/; write it and its HTML."""
+    import nbformat
+    import papermill
+    from nbconvert import HTMLExporter
+
+    from harmonia.notebooks import KERNEL, ensure_kernel
+
+    ensure_kernel(KERNEL)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    executed = out_dir / "report.ipynb"
+    papermill.execute_notebook(
+        str(wb.root / "notebooks" / "report.ipynb"),
+        str(executed),
+        parameters={
+            "metrics_dir": str(wb.root / "metrics"),
+            "plots_dir": str(wb.root / "plots"),
+            "generated_dir": str(wb.root / "generated"),
+        },
+        kernel_name=KERNEL,
+        cwd=str(wb.root / "notebooks"),
+        execution_timeout=timeout_s,
+        progress_bar=False,
+    )
+    html, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
+    page = out_dir / "report.html"
+    page.write_text(html, encoding="utf-8")
+    return executed, page
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
