@@ -19,11 +19,15 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name harmonia --display-name "Harmonia (.venv)" > /dev/null
 	@touch $@
 
-# System packages the tests use: Debian's chromium for the browser test (where missing).
+# System packages the tests use, where missing: Debian's chromium (the browser test drives it)
+# and docker-compose (the container tests parse the compose files with it; no engine needed).
+SYSTEM_PACKAGES := chromium:chromium docker-compose:docker-compose
 system:
-	@command -v chromium > /dev/null || { \
-	  echo "installing Debian's chromium (the browser test drives it)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null; }
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
+	  command -v $${pair%%:*} > /dev/null || missing="$$missing $${pair##*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing > /dev/null; fi
 
 # The main job: generate a clip end to end (musicgen-small when the hub answers, else a tiny
 # model), print where the artifact went, and draw its spectrogram.

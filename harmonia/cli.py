@@ -168,7 +168,8 @@ def _add_snapshot_commands(commands, kind: Kind) -> None:
     sub = group.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
     p = sub.add_parser("fetch", help=f"download a {kind} declared in params.yaml at a pinned commit")
-    p.add_argument("name", help=f"a {kind} name from params.yaml")
+    p.add_argument("name", nargs="?", help=f"a {kind} name from params.yaml")
+    p.add_argument("--all", action="store_true", help=f"every hub {kind} params.yaml declares")
     p.add_argument("--revision", help="a branch, tag or commit overriding params.yaml")
     p.add_argument(
         "--allow-pickle",
@@ -221,18 +222,24 @@ class _Bar:
 
 
 def _fetch(args) -> int:
+    wb = Workbench.open()
+    if args.all == bool(args.name):
+        raise RequestError(
+            f"give a {args.kind} name or --all (not both), e.g. 'harmonia {plural(args.kind)} fetch --all'."
+        )
+    names = [s.name for s in wb.specs(args.kind).values() if s.repo] if args.all else [args.name]
+    for name in names:
+        _fetch_one(wb, args, name)
+    return 0
+
+
+def _fetch_one(wb: Workbench, args, name: str) -> None:
     from harmonia.hub import fetch
 
-    wb = Workbench.open()
     bar = _Bar("checking")
     try:
         result = fetch(
-            wb,
-            args.kind,
-            args.name,
-            revision=args.revision,
-            allow_pickle=args.allow_pickle,
-            progress=bar,
+            wb, args.kind, name, revision=args.revision, allow_pickle=args.allow_pickle, progress=bar
         )
     finally:
         bar.close()
@@ -244,7 +251,6 @@ def _fetch(args) -> int:
     )
     if not result.reused:
         _after_snapshot_change(wb, args.kind)
-    return 0
 
 
 def _verify(args) -> int:

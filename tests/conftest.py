@@ -7,6 +7,7 @@ token variables, no offline flag.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -152,3 +153,57 @@ def music_wb(workbench, tiny_models) -> Workbench:
     """A fresh workbench holding copies of the tiny models (so each test has its own artifacts/)."""
     shutil.copytree(tiny_models, workbench.root / "models")
     return workbench
+
+
+@contextlib.contextmanager
+def jupyter_lab(root: Path, home: Path, env: dict[str, str] | None = None):
+    """A real JupyterLab on 127.0.0.1 (free port, token auth, a private HOME); yields (url, token, port)."""
+    import secrets
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = secrets.token_hex(16)
+    settings = home / "lab-settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True, exist_ok=True)
+    (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')  # no news toast
+    full_env = {
+        **os.environ,
+        "HOME": str(home),
+        "JUPYTER_CONFIG_DIR": str(home / ".jupyter"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
+        "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+        "JUPYTERLAB_SETTINGS_DIR": str(home / "lab-settings"),
+        **(env or {}),
+    }
+    args = [
+        sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+        f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--LabApp.news_url=",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--LabApp.extension_manager=readonly",
+        "--allow-root",
+    ]  # fmt: skip
+    log_path = home / "lab.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(args, env=full_env, stdout=subprocess.DEVNULL, stderr=log)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(120):
+                if server.poll() is not None:
+                    raise RuntimeError(f"JupyterLab exited: {log_path.read_text()[-2000:]}")
+                try:
+                    urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=1)
+                    break
+                except OSError:
+                    time.sleep(0.5)
+            else:
+                raise RuntimeError(f"JupyterLab did not start: {log_path.read_text()[-2000:]}")
+            yield url, token, port
+        finally:
+            server.terminate()
+            try:
+                server.wait(10)
+            except subprocess.TimeoutExpired:
+                server.kill()

@@ -6,20 +6,14 @@ screenshot to outputs/screenshots/ (git-ignored).
 """
 
 import os
-import secrets
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import nbformat
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, jupyter_lab
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = REPO_ROOT / "outputs" / "screenshots"
@@ -32,12 +26,6 @@ if not Path(CHROMIUM).exists():
     if os.environ.get("CI"):
         raise RuntimeError(f"{CHROMIUM} is missing in CI: `make setup` installs Debian's chromium package.")
     pytestmark = pytest.mark.skip(reason=f"{CHROMIUM} not installed (make setup installs it)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -57,50 +45,8 @@ def lab(tmp_path, tiny_models):
     from harmonia.notebooks import ensure_kernel
 
     ensure_kernel()
-    port, token = _free_port(), secrets.token_hex(16)
-    home = tmp_path / "home"
-    settings = home / "lab-settings" / "@jupyterlab" / "apputils-extension"
-    settings.mkdir(parents=True)
-    (settings / "notification.jupyterlab-settings").write_text(
-        '{"fetchNews": "false"}'
-    )  # no "Jupyter news?" toast
-    env = {
-        **os.environ,
-        "HOME": str(home),
-        "JUPYTER_CONFIG_DIR": str(home / ".jupyter"),
-        "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
-        "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
-        "JUPYTERLAB_SETTINGS_DIR": str(home / "lab-settings"),
-    }
-    with open(tmp_path / "lab.log", "w") as log:
-        server = subprocess.Popen(
-            [
-                sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-                f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--LabApp.news_url=",
-                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--LabApp.extension_manager=readonly",
-                "--allow-root",
-            ],
-            env=env, stdout=subprocess.DEVNULL, stderr=log,
-        )  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(120):
-                if server.poll() is not None:
-                    raise RuntimeError(f"JupyterLab exited: {(tmp_path / 'lab.log').read_text()[-2000:]}")
-                try:
-                    urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.5)
-            else:
-                raise RuntimeError(f"JupyterLab did not start: {(tmp_path / 'lab.log').read_text()[-2000:]}")
-            yield url, token, root
-        finally:
-            server.terminate()
-            try:
-                server.wait(10)
-            except subprocess.TimeoutExpired:
-                server.kill()
+    with jupyter_lab(root, tmp_path / "home") as (url, token, _):
+        yield url, token, root
 
 
 @pytest.mark.slow
