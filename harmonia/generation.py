@@ -44,7 +44,7 @@ from harmonia.engines.base import (
     pick_dtype,
     pick_threads,
 )
-from harmonia.engines.musicgen import MusicGenEngine, MusicRequest, MusicResult
+from harmonia.engines.musicgen import PRECISIONS, MusicGenEngine, MusicRequest, MusicResult
 from harmonia.errors import ArtifactError, RequestError
 from harmonia.hashing import sha256_file
 from harmonia.inventory import utc_now
@@ -131,23 +131,24 @@ def engine_of(spec: SnapshotSpec) -> str:
 
 
 def load_engine(
-    wb: Workbench, model: str, device: str | None = None, dtype: str | None = None, threads: int | None = None
+    wb: Workbench,
+    model: str,
+    device: str | None = None,
+    dtype: str | None = None,
+    threads: int | None = None,
+    precision: str = "exact",
 ) -> MusicGenEngine:
     """Load a model's engine, reusing the last one loaded with the same snapshot and settings."""
     spec = wb.spec("model", model)
     _, _, inventory = open_snapshot(wb, model, engine_of(spec))
     chosen = pick_device(device)
-    key = (
-        str(wb.root),
-        model,
-        inventory.digest,
-        str(chosen),
-        pick_dtype(dtype, chosen),
-        pick_threads(threads),
-    )
+    settings = (str(chosen), pick_dtype(dtype, chosen), pick_threads(threads), precision)
+    key = (str(wb.root), model, inventory.digest, *settings)
     if key not in _engines:
         _engines.clear()  # one model in memory at a time
-        _engines[key] = ENGINES[engine_of(spec)].load(wb, model, device=device, dtype=dtype, threads=threads)
+        _engines[key] = ENGINES[engine_of(spec)].load(
+            wb, model, device=device, dtype=dtype, threads=threads, precision=precision
+        )
     return _engines[key]
 
 
@@ -169,6 +170,7 @@ def generate_music(
     device: str | None = None,
     dtype: str | None = None,
     threads: int | None = None,
+    precision: str = "exact",
     previews: bool = True,
 ) -> Generated:
     """Generate music into the artifact store (or find the identical artifact already there).
@@ -185,7 +187,7 @@ def generate_music(
         force: regenerate even when the artifact exists.
         progress: ``progress(done, total)`` per decoding step; raising stops the generation and
             nothing is written.
-        device, dtype, threads: see :meth:`MusicGenEngine.load`.
+        device, dtype, threads, precision: see :meth:`MusicGenEngine.load`.
         previews: also write a waveform/spectrogram PNG per output.
 
     Returns:
@@ -225,7 +227,13 @@ def generate_music(
         read_audio(request.continuation, "continuation") if request.continuation is not None else None
     )
     chosen = pick_device(device)
+    if precision not in PRECISIONS:
+        raise RequestError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
     runtime = {"device": chosen.type, "dtype": pick_dtype(dtype, chosen), "threads": pick_threads(threads)}
+    if (
+        precision != "exact"
+    ):  # exact gives plain transformers' bytes: ids made before modes existed stay valid
+        runtime["precision"] = precision
     identity = _identity(
         engine_of(spec), inventory.digest, request, melody, continuation, fmt, normalize_lufs, runtime
     )
@@ -234,7 +242,7 @@ def generate_music(
         return Generated(existing, cached=True, result=None)
 
     # 3. Load (or reuse) the engine and generate.
-    engine = load_engine(wb, model, device=device, dtype=dtype, threads=threads)
+    engine = load_engine(wb, model, device=device, dtype=dtype, threads=threads, precision=precision)
     request = replace(request, melody=melody, continuation=continuation)
     result = engine.generate(request, progress=progress)
 
@@ -302,7 +310,12 @@ def reproduce(wb: Workbench, artifact: str, progress: Progress | None = None) ->
 
     # 3. Regenerate with the recorded settings and render the outputs the same way.
     engine = load_engine(
-        wb, m["model"]["name"], device=device, dtype=runtime["dtype"], threads=runtime["threads"]
+        wb,
+        m["model"]["name"],
+        device=device,
+        dtype=runtime["dtype"],
+        threads=runtime["threads"],
+        precision=runtime.get("precision", "exact"),
     )
     if engine.loaded.inventory.digest != m["model"]["inventory_digest"]:
         differences.append(f"model {m['model']['name']} snapshot changed (inventory digest differs)")
@@ -424,6 +437,7 @@ def _manifest(
         "runtime": {
             "device": torch.device(loaded.device).type,
             "dtype": loaded.dtype,
+            "precision": loaded.precision,
             "threads": loaded.threads,
             "seeding": "torch.manual_seed(seed) on a forked RNG, per request",
             "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),

@@ -84,7 +84,13 @@ def stage_generate(wb: Workbench, prompt_set: str, model: str, out: Path, progre
             **{k: music[k] for k in MUSIC_FIELDS if k in music},
         )
         art = generate_music(
-            wb, model, request, fmt=fmt, normalize_lufs=music.get("normalize_lufs"), progress=progress
+            wb,
+            model,
+            request,
+            fmt=fmt,
+            normalize_lufs=music.get("normalize_lufs"),
+            precision=music.get("precision", "exact"),
+            progress=progress,
         ).artifact
         for entry, output in zip(prompts, art.outputs, strict=True):
             name = f"{entry['id']}-s{seed}.{fmt}"

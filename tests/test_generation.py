@@ -330,25 +330,15 @@ def test_bad_output_settings(music_wb):
         load_artifact(music_wb, "abcdef")
 
 
-def test_same_bytes_in_two_processes(music_wb, tmp_path):
-    """Two fresh processes, two workbenches: the same id and the same sha256."""
+@pytest.mark.parametrize("precision", ["exact", "bf16", "int8"])
+def test_same_bytes_in_two_processes(music_wb, tmp_path, precision):
+    """Two fresh processes, two workbenches: the same id and the same sha256, in every precision mode."""
     import shutil
 
     other = tmp_path / "other"
     shutil.copytree(music_wb.root, other)
-    args = (
-        "generate",
-        "music",
-        "calm piano",
-        "--model",
-        "tiny-musicgen",
-        "--duration",
-        "1.5",
-        "--seed",
-        "21",
-        "--threads",
-        "2",
-    )
+    args = ("generate", "music", "calm piano", "--model", "tiny-musicgen", "--duration", "1.5", "--seed", "21",
+            "--threads", "2", "--precision", precision)  # fmt: skip
     runs = [run_cli(*args, cwd=root) for root in (music_wb.root, other)]
     assert all(r.returncode == 0 for r in runs), runs[0].stderr
     ids = [r.stdout.split()[2] for r in runs]
@@ -414,3 +404,20 @@ def test_the_token_is_written_nowhere(music_wb):
     for path in music_wb.root.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_precision_is_in_the_manifest_the_id_and_reproduce(music_wb):
+    request = MusicRequest("x", duration_s=0.5, seed=2)
+    exact = generate_music(music_wb, "tiny-musicgen", request, previews=False).artifact
+    fast = generate_music(music_wb, "tiny-musicgen", request, precision="int8", previews=False).artifact
+    assert exact.id != fast.id
+    assert (
+        exact.manifest["runtime"]["precision"] == "exact" and fast.manifest["runtime"]["precision"] == "int8"
+    )
+    assert fast.manifest["identity"]["runtime"]["precision"] == "int8"
+    assert (
+        "precision" not in exact.manifest["identity"]["runtime"]
+    )  # exact keeps the ids made before modes existed
+    assert reproduce(music_wb, fast.id).identical
+    with pytest.raises(RequestError, match=r"precision must be one of exact, bf16, int8, got 'fp4'"):
+        generate_music(music_wb, "tiny-musicgen", request, precision="fp4")

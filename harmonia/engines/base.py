@@ -53,6 +53,7 @@ class LoadedModel:
     dtype: str  # a key of DTYPES
     threads: int  # CPU threads used by every generate() call
     load_s: float
+    precision: str = "exact"  # the decoder's precision mode (see engines/musicgen.py)
 
     def describe(self) -> dict:
         """The manifest's model entry."""

@@ -83,6 +83,12 @@ class Studio:
         )
         self.top_p = widgets.FloatSlider(value=float(defaults.get("top_p", 1.0)), min=0.01, max=1.0, step=0.01,
                                          description="top-p", style=style)  # fmt: skip
+        self.precision = widgets.Dropdown(
+            options=["exact", "bf16", "int8"],
+            value=defaults.get("precision", "exact"),
+            description="precision",
+            style=style,
+        )
         self.guidance = widgets.FloatSlider(value=float(defaults.get("guidance_scale", 3.0)), min=1.0, max=10.0, step=0.5,
                                             description="guidance", style=style)  # fmt: skip
 
@@ -116,6 +122,7 @@ class Studio:
                 widgets.HBox([self.duration, self.seed, self.dice]),
                 widgets.HBox([self.temperature, self.top_k]),
                 widgets.HBox([self.top_p, self.guidance]),
+                self.precision,
                 widgets.HBox([self.melody, self.continuation]),
                 widgets.HBox([self.generate_button, self.stop_button, self.progress, self.progress_label]),
                 self.status,
@@ -225,7 +232,9 @@ class Studio:
         self.generate_button.disabled, self.stop_button.disabled = True, False
 
         def work() -> str:
-            done = generate_music(self.wb, model, request, ideas=ideas, progress=self._on_step)
+            done = generate_music(
+                self.wb, model, request, ideas=ideas, progress=self._on_step, precision=self.precision.value
+            )
             self.last = done
             self.result.children = [artifact_view(done.artifact)]
             self.progress.value = self.progress.max

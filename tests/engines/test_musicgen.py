@@ -293,3 +293,22 @@ def test_loading_refuses_unknown_missing_and_damaged_models(wb):
             MusicGenEngine.load(wb, "tiny-musicgen-melody")
     finally:
         weights.write_bytes(original)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_faster_precisions_are_deterministic_and_touch_only_their_engine(wb, mono, precision):
+    engine = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision=precision)
+    assert engine.loaded.precision == precision
+    request = MusicRequest(["calm piano", "drums"], duration_s=0.6, seed=3)
+    a, b = engine.generate(request).audio, engine.generate(request).audio
+    assert a.shape == (2, 1, round(0.6 * RATE)) and a.dtype == np.float32 and np.array_equal(a, b)
+    assert not np.array_equal(a, mono.generate(request).audio)  # a different mode, other bytes
+    # the exact engine loaded before is untouched, and so is torch
+    assert type(mono.model.decoder.lm_heads[0]).__name__ == "_FewRowsLinear"
+    assert torch.nn.Linear.forward is torch.nn.modules.linear.Linear.forward
+    assert mono.model.decoder.lm_heads[0].weight.dtype == torch.float32
+
+
+def test_unknown_precision(wb):
+    with pytest.raises(RequestError, match=r"precision must be one of exact, bf16, int8, got 'fp8'\."):
+        MusicGenEngine.load(wb, "tiny-musicgen", precision="fp8")
