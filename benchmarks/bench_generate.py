@@ -104,68 +104,123 @@ def read_bytes_s(folder: Path) -> tuple[float, int]:
     return time.perf_counter() - started, total
 
 
+def memory_bandwidth_gib_s(threads: int, gib: float = 1.0) -> float:
+    """Read bandwidth: summing a float32 tensor of ``gib`` GiB with ``threads`` threads, best of 5."""
+    torch.set_num_threads(threads)
+    data = torch.ones(int(gib * (1 << 30)) // 4)
+    best = min(_timed(lambda: data.sum()) for _ in range(5))
+    return gib / best
+
+
+def decoder_bytes(engine: MusicGenEngine) -> int:
+    """Bytes of decoder weights one decoding step reads, at the engine's precision."""
+    total = 0
+    for module in engine.model.decoder.modules():
+        if type(module).__name__ == "Linear" and hasattr(module, "_packed_params"):  # torch.ao dynamic int8
+            weight, _ = module._packed_params._weight_bias()
+            total += weight.numel()  # one byte per weight
+        else:
+            total += sum(p.numel() * p.element_size() for p in module.parameters(recurse=False))
+    return total
+
+
+def _timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=53, help="decoding steps per run (53 = 1 s of audio)")
-    parser.add_argument("--runs", type=int, default=2, help="best of N, alternating the two")
+    parser.add_argument("--runs", type=int, default=2, help="best of N")
     parser.add_argument("--batches", default="1,4")
+    parser.add_argument("--modes", default="exact,bf16,int8", help="Harmonia precision modes to time")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--tiny", action="store_true", help="the tiny model instead of musicgen-small's size")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "generate.json")
     args = parser.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    modes = args.modes.split(",")
 
     wb = make_workbench(args.tiny)
     try:
-        # 1. Load: Harmonia's verified load against reading the same bytes (page cache warm).
+        # 1. The machine's memory bandwidth, and loading against reading the same bytes.
+        bandwidth = memory_bandwidth_gib_s(args.threads)
         folder = wb.snapshot_dir("model", "bench")
         read_bytes_s(folder)
         read_s, size = read_bytes_s(folder)
+
+        # 2. Plain transformers, float32: the baseline for every ratio (its own model object).
         with quiet_transformers():
-            engine = MusicGenEngine.load(wb, "bench", threads=args.threads)
-        frames = args.steps - engine.max_delay
-        duration = frames / engine.frame_rate
-        rows = []
-        # 2. Generate: the engine and plain transformers, same model object, same inputs and seed.
-        for batch in (int(b) for b in args.batches.split(",")):
-            prompts = [PROMPT] * batch
-            inputs = engine.tokenizer(prompts, padding=True, return_tensors="pt")
-            ours_s, plain_s, same = [], [], True
+            from transformers import MusicgenForConditionalGeneration
+
+            plain_model = MusicgenForConditionalGeneration.from_pretrained(
+                folder, local_files_only=True
+            ).eval()
+        tokenizer = _t5_tokenizer()
+        plain, plain_audio = {}, {}
+        for batch in batches:
+            inputs = tokenizer([PROMPT] * batch, padding=True, return_tensors="pt")
+            times = []
             for _ in range(args.runs):
-                started = time.perf_counter()
-                ours = engine.generate(MusicRequest(prompts, duration_s=duration, seed=1, top_k=250))
-                ours_s.append(time.perf_counter() - started)
                 torch.set_num_threads(args.threads)
                 torch.manual_seed(1)
                 started = time.perf_counter()
                 with torch.inference_mode():
-                    plain = engine.model.generate(
+                    out = plain_model.generate(
                         **inputs, do_sample=True, guidance_scale=3.0, top_k=250, max_new_tokens=args.steps
                     )
-                plain_s.append(time.perf_counter() - started)
-                same &= bool(np.array_equal(ours.audio, plain[..., : ours.audio.shape[-1]].numpy()))
-            best_ours, best_plain = min(ours_s), min(plain_s)
-            rows.append(
-                {
-                    "batch": batch,
-                    "steps": args.steps,
-                    "audio_s": duration,
-                    "harmonia_s": round(best_ours, 3),
-                    "transformers_s": round(best_plain, 3),
-                    "harmonia_steps_per_s": round(args.steps / best_ours, 2),
-                    "transformers_steps_per_s": round(args.steps / best_plain, 2),
-                    "real_time_factor": round(duration / best_ours, 3),
-                    "overhead_ratio": round(best_ours / best_plain, 3),
-                    "identical_samples": same,
-                }
-            )
+                times.append(time.perf_counter() - started)
+            plain[batch], plain_audio[batch] = min(times), out.numpy()
+        del plain_model
+
+        # 3. Harmonia in each precision mode, same inputs and seed.
+        rows, load_s = [], None
+        for mode in modes:
+            with quiet_transformers():
+                engine = MusicGenEngine.load(wb, "bench", threads=args.threads, precision=mode)
+            load_s = load_s or engine.loaded.load_s
+            frames = args.steps - engine.max_delay
+            duration = frames / engine.frame_rate
+            weight_bytes = decoder_bytes(engine)
+            for batch in batches:
+                times, audio = [], None
+                for _ in range(args.runs):
+                    started = time.perf_counter()
+                    audio = engine.generate(
+                        MusicRequest([PROMPT] * batch, duration_s=duration, seed=1, top_k=250)
+                    ).audio
+                    times.append(time.perf_counter() - started)
+                best = min(times)
+                steps_s = args.steps / best
+                rows.append(
+                    {
+                        "mode": mode,
+                        "batch": batch,
+                        "steps_per_s": round(steps_s, 2),
+                        "real_time_factor": round(duration / best, 3),
+                        "ratio_vs_transformers_fp32": round(plain[batch] / best, 2),
+                        "transformers_fp32_steps_per_s": round(args.steps / plain[batch], 2),
+                        "decoder_bytes_per_step": weight_bytes,
+                        "decoder_gib_per_step": round(weight_bytes / (1 << 30), 3),
+                        "bandwidth_share": round(steps_s * weight_bytes / (1 << 30) / bandwidth, 3),
+                        "same_samples_as_transformers": bool(
+                            np.array_equal(audio, plain_audio[batch][..., : audio.shape[-1]])
+                        ),
+                    }
+                )
+            del engine
         result = {
             "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads,
                         "python": platform.python_version(), "torch": torch.__version__},
             "model": "tiny MusicGen" if args.tiny else "musicgen-small architecture, random weights",
+            "steps": args.steps,
+            "memory_bandwidth_gib_s": round(bandwidth, 1),
             "snapshot_bytes": size,
-            "load_s": round(engine.loaded.load_s, 3),
+            "load_s": round(load_s, 3),
             "read_bytes_s": round(read_s, 3),
-            "load_ratio": round(engine.loaded.load_s / read_s, 2),
+            "load_ratio": round(load_s / read_s, 2),
             "generate": rows,
         }  # fmt: skip
     finally:
@@ -177,15 +232,16 @@ def main() -> None:
     print(
         f"machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads, torch {m['torch']}; model: {result['model']}"
     )
+    print(f"memory bandwidth (read, {m['threads']} threads): {result['memory_bandwidth_gib_s']} GiB/s")
     print(
         f"load: {result['load_s']:.2f} s for {size / 1e9:.2f} GB (reading the bytes: {result['read_bytes_s']:.2f} s, "
         f"ratio {result['load_ratio']:.2f})"
     )
-    print("batch  steps  harmonia steps/s  transformers steps/s  overhead  real-time factor  same samples")
+    print("mode   batch  steps/s  real-time factor  vs transformers fp32  bandwidth share  same samples")
     for r in rows:
         print(
-            f"{r['batch']:5}  {r['steps']:5}  {r['harmonia_steps_per_s']:16.2f}  {r['transformers_steps_per_s']:20.2f}  "
-            f"{r['overhead_ratio']:8.3f}  {r['real_time_factor']:16.3f}  {r['identical_samples']}"
+            f"{r['mode']:6} {r['batch']:5}  {r['steps_per_s']:7.2f}  {r['real_time_factor']:16.3f}  "
+            f"{r['ratio_vs_transformers_fp32']:19.2f}x  {r['bandwidth_share']:15.3f}  {r['same_samples_as_transformers']}"
         )
     print(f"written to {args.out}")
 

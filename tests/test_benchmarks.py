@@ -32,6 +32,11 @@ def test_bench_generate_runs_on_the_tiny_model(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
-    assert [r["batch"] for r in result["generate"]] == [1, 2]
-    assert all(r["identical_samples"] for r in result["generate"])  # the engine gives what transformers gives
-    assert result["generate"][0]["steps"] == 13 and result["load_s"] > 0
+    rows = {(r["mode"], r["batch"]): r for r in result["generate"]}
+    assert set(rows) == {(m, b) for m in ("exact", "bf16", "int8") for b in (1, 2)}
+    assert (
+        rows["exact", 1]["same_samples_as_transformers"] and rows["exact", 2]["same_samples_as_transformers"]
+    )
+    assert result["steps"] == 13 and result["load_s"] > 0 and result["memory_bandwidth_gib_s"] > 0
+    per_step = {mode: rows[mode, 1]["decoder_bytes_per_step"] for mode in ("exact", "bf16", "int8")}
+    assert per_step["int8"] < per_step["bf16"] < per_step["exact"]
