@@ -198,13 +198,13 @@ def _add_snapshot_commands(commands, kind: Kind) -> None:
         p.add_argument("builder", metavar="BUILDER", help="eval-prompts or synthetic-audio")
         p.add_argument("--name", help="snapshot name (default: the builder's)")
         p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-        p.set_defaults(run=_build_dataset, kind=kind)
+        p.set_defaults(run=_build, kind=kind)
     if kind == "model":
         p = sub.add_parser("tiny", help="build a tiny random model of an engine's architecture")
         p.add_argument("builder", metavar="BUILDER", help="musicgen, musicgen-stereo or musicgen-melody")
         p.add_argument("--name", help="snapshot name (default: tiny-ENGINE)")
         p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
-        p.set_defaults(run=_tiny, kind=kind)
+        p.set_defaults(run=_build, kind=kind)
 
 
 class _Bar:
@@ -298,21 +298,6 @@ def _list(args) -> int:
         size = _size(r.size) if r.size is not None else "-"
         table.append((r.name, r.source, revision, size, r.license or "-", verified))
     _print_table(table)
-    return 0
-
-
-def _tiny(args) -> int:
-    from harmonia.tiny import build_tiny
-
-    wb = Workbench.open()
-    built = build_tiny(wb, args.builder, name=args.name, seed=args.seed)
-    inv = built.inventory
-    print(
-        f"built: model {built.name} = tiny {args.builder}, seed {args.seed} "
-        f"({len(inv.files)} files, {_size(inv.total_size)}, digest {inv.digest[:12]}) "
-        f"in {_rel(wb, built.path)}"
-    )
-    _after_snapshot_change(wb, "model")
     return 0
 
 
@@ -638,17 +623,24 @@ def _print_table(table) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
-def _build_dataset(args) -> int:
-    from harmonia.datasets import build_dataset
+def _build(args) -> int:
+    """`models tiny` and `datasets build`: a snapshot built in code, then recorded (and dvc-added)."""
+    if args.kind == "model":
+        from harmonia.tiny import build_tiny as build
 
+        what = f"tiny {args.builder}"
+    else:
+        from harmonia.datasets import build_dataset as build
+
+        what = args.builder
     wb = Workbench.open()
-    built = build_dataset(wb, args.builder, name=args.name, seed=args.seed)
+    built = build(wb, args.builder, name=args.name, seed=args.seed)
     inv = built.inventory
     print(
-        f"built: dataset {built.name} = {args.builder}, seed {args.seed} "
+        f"built: {args.kind} {built.name} = {what}, seed {args.seed} "
         f"({len(inv.files)} files, {_size(inv.total_size)}, digest {inv.digest[:12]}) in {_rel(wb, built.path)}"
     )
-    _after_snapshot_change(wb, "dataset")
+    _after_snapshot_change(wb, args.kind)
     return 0
 
 
