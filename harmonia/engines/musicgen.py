@@ -8,6 +8,8 @@ tokens as context and adds ``stride`` seconds, and all tokens are decoded once a
 A continuation prompt is encoded to tokens with the model's EnCodec and extended the same
 way. A melody is turned into a chroma (the computation of transformers'
 MusicgenMelodyFeatureExtractor, on torch.stft) per window, looping the melody like audiocraft.
+Three precision modes change how the decoder of the engine's own model instance computes:
+``exact`` (float32, the same bytes as plain transformers), ``bf16`` and ``int8``.
 
 The engine knows nothing about artifacts, files it does not read, or the UI.
 """
