@@ -506,7 +506,6 @@ def _doctor(args) -> int:
 
 def _demo(args) -> int:
     from harmonia.demo import run_demo
-    from harmonia.plots import save_audio_figure
 
     wb = Workbench.open()
     bar = _Steps("generating")
@@ -515,14 +514,8 @@ def _demo(args) -> int:
     finally:
         bar.close()
     _print_generated(wb, done)
-    art = done.artifact
-    spectrogram = wb.root / "outputs" / "demo" / f"{art.id}-spectrogram.png"
-    spectrogram.parent.mkdir(parents=True, exist_ok=True)
-    import soundfile as sf
-
-    samples, rate = sf.read(art.file(art.outputs[0]), dtype="float32", always_2d=True)
-    save_audio_figure(spectrogram, samples.T, rate, art.outputs[0].prompt or "")
-    print(f"spectrogram: {_rel(wb, spectrogram).rstrip('/')}")
+    art = done.artifact  # the artifact holds the waveform/spectrogram picture of each take
+    print(f"spectrogram: {_rel(wb, art.path / art.manifest['outputs'][0]['preview']).rstrip('/')}")
     print(
         f"listen: {_rel(wb, art.file(art.outputs[0])).rstrip('/')}   details: harmonia artifacts show {art.id}"
     )

@@ -47,7 +47,7 @@ from harmonia.engines.base import (
 from harmonia.engines.musicgen import PRECISIONS, MusicGenEngine, MusicRequest, MusicResult
 from harmonia.errors import ArtifactError, RequestError
 from harmonia.hashing import sha256_file
-from harmonia.inventory import utc_now
+from harmonia.inventory import Inventory, utc_now
 from harmonia.prompts import Idea, canonical_prompt
 from harmonia.workbench import SnapshotSpec, Workbench
 
@@ -137,10 +137,16 @@ def load_engine(
     dtype: str | None = None,
     threads: int | None = None,
     precision: str = "exact",
+    inventory: Inventory | None = None,
 ) -> MusicGenEngine:
-    """Load a model's engine, reusing the last one loaded with the same snapshot and settings."""
+    """Load a model's engine, reusing the last one loaded with the same snapshot and settings.
+
+    ``inventory``: the snapshot's inventory when the caller has just verified it (saves a second
+    verification); otherwise the snapshot is verified here.
+    """
     spec = wb.spec("model", model)
-    _, _, inventory = open_snapshot(wb, model, engine_of(spec))
+    if inventory is None:
+        _, _, inventory = open_snapshot(wb, model, engine_of(spec))
     chosen = pick_device(device)
     settings = (str(chosen), pick_dtype(dtype, chosen), pick_threads(threads), precision)
     key = (str(wb.root), model, inventory.digest, *settings)
@@ -242,7 +248,9 @@ def generate_music(
         return Generated(existing, cached=True, result=None)
 
     # 3. Load (or reuse) the engine and generate.
-    engine = load_engine(wb, model, device=device, dtype=dtype, threads=threads, precision=precision)
+    engine = load_engine(
+        wb, model, device=device, dtype=dtype, threads=threads, precision=precision, inventory=inventory
+    )
     request = replace(request, melody=melody, continuation=continuation)
     result = engine.generate(request, progress=progress)
 

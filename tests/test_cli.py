@@ -151,5 +151,5 @@ def test_demo_offline_uses_the_tiny_model(workbench):
     assert out[1].startswith("built tiny-musicgen (seed 0, digest ")
     art_id = next(line.split()[2] for line in out if line.startswith("generated: artifact"))
     assert (workbench.root / "artifacts" / art_id / "take-0.wav").is_file()
-    assert (workbench.root / "outputs" / "demo" / f"{art_id}-spectrogram.png").stat().st_size > 10_000
-    assert out[-2] == f"spectrogram: outputs/demo/{art_id}-spectrogram.png"
+    assert (workbench.root / "artifacts" / art_id / "take-0.png").stat().st_size > 10_000
+    assert out[-2] == f"spectrogram: artifacts/{art_id}/take-0.png"
