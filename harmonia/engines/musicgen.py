@@ -41,6 +41,7 @@ from harmonia.engines.base import (
     quiet_transformers,
     seeded,
 )
+from harmonia.engines.decoding import Sampling, sample_window
 from harmonia.errors import AudioError, RequestError
 from harmonia.workbench import Workbench
 
@@ -397,18 +398,16 @@ class MusicGenEngine:
                     progress(done, steps_total)
 
             # 4. Decode window by window on the request's own random stream.
-            audio = None
             with seeded(request.seed, self.device):
                 for start, new in plan:
                     chroma = None
                     if melody_wave is not None:
                         chroma = self._chroma(melody_wave, start / self.frame_rate).repeat(batch, 1, 1)
-                    audio, new_codes = self._window(text, codes[:, :, start:], new, chroma, request, step)
+                    new_codes = self._window(text, codes[:, :, start:], new, chroma, request, step)
                     codes = torch.cat([codes, new_codes], dim=-1)
 
-            # 5. One window: generate() already decoded it. Several: decode all tokens at once.
-            if len(plan) > 1:
-                audio = self._decode(codes)
+            # 5. Decode all tokens at once (the continuation's too).
+            audio = self._decode(codes)
             samples = round(request.duration_s * self.sample_rate)
             audio = audio[..., :samples].float().cpu().numpy()
 
@@ -426,34 +425,48 @@ class MusicGenEngine:
             codes=codes.cpu(),
         )
 
-    def _window(self, text, context: torch.Tensor, new: int, chroma, request: MusicRequest, step):
-        """One call of transformers' generate: ``new`` frames after ``context`` ([batch, codebooks, frames])."""
+    def _window(
+        self, text, context: torch.Tensor, new: int, chroma, request: MusicRequest, step
+    ) -> torch.Tensor:
+        """``new`` frames after ``context`` ([batch, codebooks, frames]); returns them, [batch, codebooks, new]."""
         batch, codebooks, known = context.shape
-        watch = _StepWatch(step)
-        kwargs = dict(
-            **text,
-            do_sample=True,
-            temperature=request.temperature,
-            top_k=request.top_k,
-            top_p=request.top_p,
-            guidance_scale=request.guidance_scale,
-            max_new_tokens=new + self.max_delay,
-            stopping_criteria=StoppingCriteriaList([watch]),
-        )
-        if known:
-            kwargs["decoder_input_ids"] = context.reshape(batch * codebooks, known)
-        if chroma is not None:
+        steps = new + self.max_delay
+        if self.takes_melody:  # a conditioning prefix: transformers' generate
+            watch = _StepWatch(step)
+            kwargs = dict(
+                **text,
+                do_sample=True,
+                temperature=request.temperature,
+                top_k=request.top_k,
+                top_p=request.top_p,
+                guidance_scale=request.guidance_scale,
+                max_new_tokens=steps,
+                stopping_criteria=StoppingCriteriaList([watch]),
+            )
+            if known:
+                kwargs["decoder_input_ids"] = context.reshape(batch * codebooks, known)
             kwargs["input_features"] = chroma.to(self.device, self.model.dtype)
-        audio = self.model.generate(**kwargs)
-        # The streamed tokens follow MusicGen's delay pattern: codebook k's frame t sits at
+            self.model.generate(**kwargs)
+            sequence = watch.sequence
+        else:
+            sampling = Sampling(request.temperature, request.top_k, request.top_p, request.guidance_scale)
+            sequence = sample_window(
+                self.model,
+                text["input_ids"],
+                text["attention_mask"],
+                context.reshape(batch * codebooks, known) if known else None,
+                steps,
+                sampling,
+                step,
+            )
+        # The tokens follow MusicGen's delay pattern: codebook k's frame t sits at
         # position 1 + t + delay(k) of the sequence (position 0 is the start token).
-        sequence = watch.sequence.reshape(batch, codebooks, -1)
+        sequence = sequence.reshape(batch, codebooks, -1)
         delays = torch.arange(codebooks, device=self.device) // self.channels
         positions = (
             1 + known + torch.arange(new, device=self.device)[None, :] + delays[:, None]
         )  # [codebooks, new]
-        new_codes = torch.gather(sequence, 2, positions[None].expand(batch, -1, -1))
-        return audio, new_codes
+        return torch.gather(sequence, 2, positions[None].expand(batch, -1, -1))
 
     def _encode(self, samples: np.ndarray) -> torch.Tensor:
         """EnCodec tokens ``[1, codebooks, frames]`` of ``[channels, samples]`` audio (stereo: interleaved)."""

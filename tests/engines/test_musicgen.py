@@ -49,6 +49,50 @@ def melody_model(wb):
     return MusicGenEngine.load(wb, "tiny-musicgen-melody", threads=2)
 
 
+@pytest.fixture(scope="module")
+def sharp_wb(tmp_path_factory, tiny_models):
+    """The tiny text models with decoders whose every part moves the tokens.
+
+    At the default init the residual stream is dominated by the position embeddings, so
+    attention barely changes a sampled token and a wrong attention would go unnoticed:
+    here the token embeddings and every decoder Linear are re-drawn at unit gain.
+    """
+    import shutil
+
+    from transformers import MusicgenForConditionalGeneration
+
+    from harmonia.hashing import hash_files
+    from harmonia.inventory import FileEntry, Inventory, Source, write_inventory
+    from harmonia.snapshots import scan_tree
+    from harmonia.workbench import Workbench
+    from tests.conftest import PARAMS
+
+    root = tmp_path_factory.mktemp("sharp-wb")
+    (root / "params.yaml").write_text(PARAMS)
+    for name in ("tiny-musicgen", "tiny-musicgen-stereo"):
+        model = MusicgenForConditionalGeneration.from_pretrained(tiny_models / name, local_files_only=True)
+        generator = torch.Generator().manual_seed(5)
+        with torch.no_grad():
+            for embedding in model.decoder.model.decoder.embed_tokens:
+                embedding.weight.normal_(0.0, 1.0, generator=generator)
+            for layer in model.decoder.model.decoder.layers:
+                for module in layer.modules():
+                    if isinstance(module, torch.nn.Linear):
+                        module.weight.normal_(0.0, module.in_features**-0.5, generator=generator)
+        folder = root / "models" / name
+        model.save_pretrained(folder)
+        for extra in (tiny_models / name).iterdir():  # tokenizer and processor files
+            if extra.is_file() and not (folder / extra.name).exists() and extra.name != "inventory.json":
+                shutil.copy(extra, folder / extra.name)
+        files = sorted(scan_tree(folder))
+        digests = hash_files(folder / f for f in files)
+        entries = tuple(FileEntry(f, (folder / f).stat().st_size, digests[str(folder / f)]) for f in files)
+        write_inventory(
+            folder, Inventory(name, "model", Source("synthetic", builder="musicgen", seed=0), None, entries)
+        )
+    return Workbench.open(root)
+
+
 def tone(seconds, freq=440.0):
     t = np.arange(int(seconds * RATE)) / RATE
     return from_array((0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32), RATE)
@@ -93,26 +137,42 @@ def test_seed_is_drawn_and_recorded_when_not_given(mono):
     assert np.array_equal(result.audio, again.audio)
 
 
-def test_identical_to_plain_transformers_generate(wb, mono):
+@pytest.mark.parametrize(
+    "model, prompts, sampling, continuation_s",
+    [
+        ("tiny-musicgen", ["lofi beat", "drone"], dict(top_k=50, temperature=0.9), 0),  # padded batch
+        ("tiny-musicgen", ["lofi beat"], dict(top_k=250), 0),  # batch 1: two rows with guidance
+        ("tiny-musicgen", ["a", "b c d"], dict(top_k=0, top_p=0.8, guidance_scale=1.0), 0),
+        ("tiny-musicgen-stereo", ["strings"], dict(top_k=100, guidance_scale=4.0), 0),
+        ("tiny-musicgen", ["lofi beat", "drone"], dict(top_k=250), 0.3),  # continuation: a prefill
+    ],
+)
+def test_identical_to_plain_transformers_generate(sharp_wb, model, prompts, sampling, continuation_s):
+    """Harmonia's own decoding loop samples what transformers' generate samples, byte for byte."""
     from transformers import AutoTokenizer, MusicgenForConditionalGeneration
 
-    ours = mono.generate(
-        MusicRequest(["lofi beat", "drone"], duration_s=0.8, seed=11, top_k=50, temperature=0.9)
+    engine = MusicGenEngine.load(sharp_wb, model, threads=2)
+    path = sharp_wb.snapshot_dir("model", model)
+    plain_model = MusicgenForConditionalGeneration.from_pretrained(path, local_files_only=True).eval()
+    inputs = AutoTokenizer.from_pretrained(path)(prompts, padding=True, return_tensors="pt")
+    settings = dict(temperature=1.0, top_k=250, top_p=1.0, guidance_scale=3.0) | sampling
+    extra, continuation = {}, None
+    if continuation_s:
+        continuation = tone(continuation_s)
+        with torch.inference_mode():
+            codes = engine._encode(continuation.samples).repeat(len(prompts), 1, 1)
+        extra["decoder_input_ids"] = codes.reshape(-1, codes.shape[-1])
+    frames = 40 - (codes.shape[-1] if continuation_s else 0)
+
+    ours = engine.generate(
+        MusicRequest(prompts, duration_s=0.8, seed=11, continuation=continuation, **settings)
     ).audio
-    path = wb.snapshot_dir("model", "tiny-musicgen")
-    model = MusicgenForConditionalGeneration.from_pretrained(path, local_files_only=True).eval()
-    inputs = AutoTokenizer.from_pretrained(path)(["lofi beat", "drone"], padding=True, return_tensors="pt")
     torch.manual_seed(11)
     with torch.inference_mode():
-        plain = model.generate(
-            **inputs,
-            do_sample=True,
-            guidance_scale=3.0,
-            top_k=50,
-            top_p=1.0,
-            temperature=0.9,
-            max_new_tokens=40 + 3,
+        plain = plain_model.generate(
+            **inputs, do_sample=True, max_new_tokens=frames + engine.max_delay, **settings, **extra
         )
+    assert ours.shape[-1] == round(0.8 * RATE)
     assert np.array_equal(ours, plain[..., : ours.shape[-1]].numpy())
 
 
