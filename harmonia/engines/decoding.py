@@ -59,12 +59,16 @@ class Sampling:
 
 
 class _Cache:
-    """Self-attention keys and values of every layer in buffers sized for the whole window."""
+    """Self-attention keys and values of every layer in buffers sized for the whole window.
 
-    def __init__(self, layers: int, rows: int, heads: int, capacity: int, head_dim: int, like: torch.Tensor):
+    Attention itself runs in ``dtype`` (float32 for a bfloat16 decoder on CPU, where bfloat16
+    attention is 2-8x slower than float32's, measured), so keys and values are kept in it.
+    """
+
+    def __init__(self, layers: int, rows: int, heads: int, capacity: int, head_dim: int, dtype, device):
         shape = (rows, heads, capacity, head_dim)
-        self.keys = [torch.empty(shape, dtype=like.dtype, device=like.device) for _ in range(layers)]
-        self.values = [torch.empty(shape, dtype=like.dtype, device=like.device) for _ in range(layers)]
+        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.length = 0
 
     def update(
@@ -134,15 +138,18 @@ def sample_window(
     attention = decoder.layers[0].self_attn
     heads, head_dim = attention.num_heads, attention.head_dim
     factor = 2 if guided else 1
-    cache = _Cache(len(decoder.layers), rows // codebooks * factor, heads, total, head_dim, encoded)
+    attend_dtype = torch.float32 if dtype == torch.bfloat16 and encoded.device.type == "cpu" else dtype
+    cache = _Cache(
+        len(decoder.layers), rows // codebooks * factor, heads, total, head_dim, attend_dtype, encoded.device
+    )
     cross = []
     for layer in decoder.layers:
         a = layer.encoder_attn
         shape = (encoded.shape[0], encoded.shape[1], -1, head_dim)
         cross.append(
             (
-                a.k_proj.forward(encoded).view(shape).transpose(1, 2),
-                a.v_proj.forward(encoded).view(shape).transpose(1, 2),
+                a.k_proj.forward(encoded).view(shape).transpose(1, 2).to(attend_dtype),
+                a.v_proj.forward(encoded).view(shape).transpose(1, 2).to(attend_dtype),
             )
         )
     processors = sampling.processors()
@@ -219,7 +226,13 @@ def _attend(attention, hidden, mask, causal: bool, keys_values: _Cache | list, i
     else:
         keys, values = keys_values[index]
     out = F.scaled_dot_product_attention(
-        query, keys, values, attn_mask=mask, dropout_p=0.0, scale=attention.scaling, is_causal=causal
+        query.to(keys.dtype),
+        keys,
+        values,
+        attn_mask=mask,
+        dropout_p=0.0,
+        scale=attention.scaling,
+        is_causal=causal,
     )
-    out = out.transpose(1, 2).contiguous().reshape(*hidden.shape[:-1], -1).contiguous()
+    out = out.transpose(1, 2).contiguous().reshape(*hidden.shape[:-1], -1).contiguous().to(hidden.dtype)
     return attention.out_proj.forward(out)
