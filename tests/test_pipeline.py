@@ -41,6 +41,7 @@ def repo(tmp_path, tiny_models):
     params["prompt_sets"]["eval"]["limit"] = 3
     params["evaluate"]["clap_model"] = "tiny-clap"
     params["music"]["duration_s"] = 1.0
+    params["music"]["batch_size"] = 2
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run("git", "init", "-q", cwd=root)
     run("dvc", "init", "-q", cwd=root)
@@ -76,7 +77,8 @@ def test_repro_reruns_only_what_changed_and_experiments_sweep(repo):
         rows[0]
     )
     index = json.loads((repo / "generated/eval-tiny-musicgen/index.json").read_text())
-    assert len({t["artifact"] for t in index["takes"]}) == 1  # one batch per seed
+    artifacts = [t["artifact"] for t in index["takes"]]
+    assert artifacts[0] == artifacts[1] != artifacts[2]  # batches of 2 prompts: 2 + 1
     assert json.loads((repo / "reports/verify.json").read_text())["ok"] is True
     assert "<audio" in (repo / "reports/report.html").read_text()
 
@@ -168,3 +170,19 @@ def test_check_catches_unpinned_revisions_disagreeing_records_and_bad_inventorie
 def test_the_project_itself_passes_its_check():
     """What CI checks on a clean clone, without any snapshot data."""
     assert check(Workbench.open(REPO_ROOT)) == []
+
+
+@pytest.mark.parametrize("size", [0, 2.5, "4", True])
+def test_a_bad_batch_size_is_refused_before_any_work(tmp_path, size):
+    from harmonia.errors import ParamsError
+    from harmonia.pipeline import stage_generate
+
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["music"]["batch_size"] = size
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out = tmp_path / "generated"
+    with pytest.raises(
+        ParamsError, match=rf"music.batch_size must be a whole number >= 1 .*got {size!r:s}\."
+    ):
+        stage_generate(Workbench.open(tmp_path), "eval", "musicgen-small", out)
+    assert not out.exists()
