@@ -5,8 +5,10 @@ The model is the musicgen-small architecture (T5-base text encoder, 32 kHz EnCod
 the same compute as the real checkpoint. It is saved as an ordinary snapshot and loaded
 through Harmonia's verified path. For batch 1 and 4 the script times N decoding steps
 through ``MusicGenEngine.generate`` and through ``model.generate`` on the same inputs and
-seed, alternating, best of R, and checks that both give the same samples. It also times
-loading against reading the snapshot's bytes.
+seed, best of R, and checks that both give the same samples. A longer clip (10 s, batch 1,
+one run) shows the real-time factor where the fixed costs of a take (text encoder, EnCodec
+decoding) weigh less and attention reads a longer cache. It also times loading against
+reading the snapshot's bytes.
 
     .venv/bin/python benchmarks/bench_generate.py                 # the README's figures
     .venv/bin/python benchmarks/bench_generate.py --tiny --steps 20 --runs 1   # a smoke run
@@ -136,6 +138,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2, help="best of N")
     parser.add_argument("--batches", default="1,4")
     parser.add_argument("--modes", default="exact,bf16,int8", help="Harmonia precision modes to time")
+    parser.add_argument(
+        "--long", type=float, default=10.0, help="seconds of the long clip at batch 1 (0: skip)"
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--tiny", action="store_true", help="the tiny model instead of musicgen-small's size")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "generate.json")
@@ -173,6 +178,16 @@ def main() -> None:
                     )
                 times.append(time.perf_counter() - started)
             plain[batch], plain_audio[batch] = min(times), out.numpy()
+        long_steps = round(args.long * 50) + 3 if args.long else 0  # 50 frames/s plus the codebook delay
+        if long_steps:
+            inputs = tokenizer([PROMPT], padding=True, return_tensors="pt")
+            torch.manual_seed(1)
+            started = time.perf_counter()
+            with torch.inference_mode():
+                out = plain_model.generate(
+                    **inputs, do_sample=True, guidance_scale=3.0, top_k=250, max_new_tokens=long_steps
+                )
+            plain["long"], plain_audio["long"] = time.perf_counter() - started, out.numpy()
         del plain_model
 
         # 3. Harmonia in each precision mode, same inputs and seed.
@@ -181,27 +196,35 @@ def main() -> None:
             with quiet_transformers():
                 engine = MusicGenEngine.load(wb, "bench", threads=args.threads, precision=mode)
             load_s = load_s or engine.loaded.load_s
-            frames = args.steps - engine.max_delay
-            duration = frames / engine.frame_rate
             weight_bytes = decoder_bytes(engine)
-            for batch in batches:
+            for batch in batches + (["long"] if long_steps else []):
+                steps = long_steps if batch == "long" else args.steps
+                duration = (steps - engine.max_delay) / engine.frame_rate
+                runs = 1 if batch == "long" else args.runs
                 times, audio = [], None
-                for _ in range(args.runs):
+                for _ in range(runs):
                     started = time.perf_counter()
                     audio = engine.generate(
-                        MusicRequest([PROMPT] * batch, duration_s=duration, seed=1, top_k=250)
+                        MusicRequest(
+                            [PROMPT] * (1 if batch == "long" else batch),
+                            duration_s=duration,
+                            seed=1,
+                            top_k=250,
+                        )
                     ).audio
                     times.append(time.perf_counter() - started)
                 best = min(times)
-                steps_s = args.steps / best
+                steps_s = steps / best
                 rows.append(
                     {
                         "mode": mode,
-                        "batch": batch,
+                        "batch": 1 if batch == "long" else batch,
+                        "clip": "long" if batch == "long" else "short",
+                        "seconds": round(duration, 2),
                         "steps_per_s": round(steps_s, 2),
                         "real_time_factor": round(duration / best, 3),
                         "ratio_vs_transformers_fp32": round(plain[batch] / best, 2),
-                        "transformers_fp32_steps_per_s": round(args.steps / plain[batch], 2),
+                        "transformers_fp32_steps_per_s": round(steps / plain[batch], 2),
                         "decoder_bytes_per_step": weight_bytes,
                         "decoder_gib_per_step": round(weight_bytes / (1 << 30), 3),
                         "bandwidth_share": round(steps_s * weight_bytes / (1 << 30) / bandwidth, 3),
@@ -237,10 +260,12 @@ def main() -> None:
         f"load: {result['load_s']:.2f} s for {size / 1e9:.2f} GB (reading the bytes: {result['read_bytes_s']:.2f} s, "
         f"ratio {result['load_ratio']:.2f})"
     )
-    print("mode   batch  steps/s  real-time factor  vs transformers fp32  bandwidth share  same samples")
+    print(
+        "mode   batch  clip s  steps/s  real-time factor  vs transformers fp32  bandwidth share  same samples"
+    )
     for r in rows:
         print(
-            f"{r['mode']:6} {r['batch']:5}  {r['steps_per_s']:7.2f}  {r['real_time_factor']:16.3f}  "
+            f"{r['mode']:6} {r['batch']:5}  {r['seconds']:6.2f}  {r['steps_per_s']:7.2f}  {r['real_time_factor']:16.3f}  "
             f"{r['ratio_vs_transformers_fp32']:19.2f}x  {r['bandwidth_share']:15.3f}  {r['same_samples_as_transformers']}"
         )
     print(f"written to {args.out}")

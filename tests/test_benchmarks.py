@@ -27,13 +27,16 @@ def test_bench_generate_runs_on_the_tiny_model(tmp_path):
     out = tmp_path / "generate.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks/bench_generate.py"), "--tiny", "--steps", "13", "--runs", "1",
-         "--batches", "1,2", "--out", str(out)],
+         "--batches", "1,2", "--long", "0.6", "--out", str(out)],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
-    rows = {(r["mode"], r["batch"]): r for r in result["generate"]}
+    rows = {(r["mode"], r["batch"]): r for r in result["generate"] if r["clip"] == "short"}
     assert set(rows) == {(m, b) for m in ("exact", "bf16", "int8") for b in (1, 2)}
+    long = {r["mode"]: r for r in result["generate"] if r["clip"] == "long"}
+    assert set(long) == {"exact", "bf16", "int8"} and long["exact"]["same_samples_as_transformers"]
+    assert long["int8"]["batch"] == 1 and long["int8"]["seconds"] > rows["int8", 1]["seconds"]
     assert (
         rows["exact", 1]["same_samples_as_transformers"] and rows["exact", 2]["same_samples_as_transformers"]
     )
