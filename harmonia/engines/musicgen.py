@@ -1,7 +1,9 @@
 """MusicGen and MusicGen-Melody (transformers), mono and stereo, with long-form generation.
 
 The engine loads a verified snapshot (safetensors, ``local_files_only=True``, no remote
-code) and generates through transformers' own ``generate``. Clips longer than the model's
+code). Text MusicGen decodes through Harmonia's own loop (:mod:`harmonia.engines.decoding`:
+transformers' arithmetic, the same tokens in float32, without generate()'s per-step costs);
+MusicGen-Melody through transformers' ``generate``. Clips longer than the model's
 window (30 s for the released checkpoints) are made like audiocraft does: the first window
 is generated whole, then each extension keeps the last ``window - stride`` seconds of
 tokens as context and adds ``stride`` seconds, and all tokens are decoded once at the end.
@@ -460,7 +462,8 @@ class MusicGenEngine:
             )
             if known:
                 kwargs["decoder_input_ids"] = context.reshape(batch * codebooks, known)
-            kwargs["input_features"] = chroma.to(self.device, self.model.dtype)
+            if chroma is not None:  # a melody model may also run on text alone
+                kwargs["input_features"] = chroma.to(self.device, self.model.dtype)
             self.model.generate(**kwargs)
             sequence = watch.sequence
         else:

@@ -372,3 +372,8 @@ def test_faster_precisions_are_deterministic_and_touch_only_their_engine(wb, mon
 def test_unknown_precision(wb):
     with pytest.raises(RequestError, match=r"precision must be one of exact, bf16, int8, got 'fp8'\."):
         MusicGenEngine.load(wb, "tiny-musicgen", precision="fp8")
+
+
+def test_melody_model_runs_on_text_alone(melody_model):
+    result = melody_model.generate(MusicRequest("x", duration_s=0.5, seed=1))
+    assert result.audio.shape == (1, 1, RATE // 2) and np.abs(result.audio).max() > 0
