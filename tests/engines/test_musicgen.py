@@ -61,36 +61,35 @@ def sharp_wb(tmp_path_factory, tiny_models):
 
     from transformers import MusicgenForConditionalGeneration
 
-    from harmonia.hashing import hash_files
-    from harmonia.inventory import FileEntry, Inventory, Source, write_inventory
-    from harmonia.snapshots import scan_tree
+    from harmonia.inventory import Source
+    from harmonia.snapshots import install_built
     from harmonia.workbench import Workbench
     from tests.conftest import PARAMS
 
     root = tmp_path_factory.mktemp("sharp-wb")
     (root / "params.yaml").write_text(PARAMS)
+    wb = Workbench.open(root)
     for name in ("tiny-musicgen", "tiny-musicgen-stereo"):
-        model = MusicgenForConditionalGeneration.from_pretrained(tiny_models / name, local_files_only=True)
-        generator = torch.Generator().manual_seed(5)
-        with torch.no_grad():
-            for embedding in model.decoder.model.decoder.embed_tokens:
-                embedding.weight.normal_(0.0, 1.0, generator=generator)
-            for layer in model.decoder.model.decoder.layers:
-                for module in layer.modules():
-                    if isinstance(module, torch.nn.Linear):
-                        module.weight.normal_(0.0, module.in_features**-0.5, generator=generator)
-        folder = root / "models" / name
-        model.save_pretrained(folder)
-        for extra in (tiny_models / name).iterdir():  # tokenizer and processor files
-            if extra.is_file() and not (folder / extra.name).exists() and extra.name != "inventory.json":
-                shutil.copy(extra, folder / extra.name)
-        files = sorted(scan_tree(folder))
-        digests = hash_files(folder / f for f in files)
-        entries = tuple(FileEntry(f, (folder / f).stat().st_size, digests[str(folder / f)]) for f in files)
-        write_inventory(
-            folder, Inventory(name, "model", Source("synthetic", builder="musicgen", seed=0), None, entries)
-        )
-    return Workbench.open(root)
+
+        def build(folder, name=name):
+            model = MusicgenForConditionalGeneration.from_pretrained(
+                tiny_models / name, local_files_only=True
+            )
+            generator = torch.Generator().manual_seed(5)
+            with torch.no_grad():
+                for embedding in model.decoder.model.decoder.embed_tokens:
+                    embedding.weight.normal_(0.0, 1.0, generator=generator)
+                for layer in model.decoder.model.decoder.layers:
+                    for module in layer.modules():
+                        if isinstance(module, torch.nn.Linear):
+                            module.weight.normal_(0.0, module.in_features**-0.5, generator=generator)
+            model.save_pretrained(folder)
+            for extra in (tiny_models / name).iterdir():  # tokenizer and processor files
+                if extra.is_file() and not (folder / extra.name).exists() and extra.name != "inventory.json":
+                    shutil.copy(extra, folder / extra.name)
+
+        install_built(wb, "model", name, build, Source("synthetic", builder="musicgen", seed=0), None)
+    return wb
 
 
 def tone(seconds, freq=440.0):
