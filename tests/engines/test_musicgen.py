@@ -376,3 +376,70 @@ def test_unknown_precision(wb):
 def test_melody_model_runs_on_text_alone(melody_model):
     result = melody_model.generate(MusicRequest("x", duration_s=0.5, seed=1))
     assert result.audio.shape == (1, 1, RATE // 2) and np.abs(result.audio).max() > 0
+
+
+@pytest.mark.parametrize("precision", ["exact", "bf16", "int8"])
+def test_scripted_step_computes_the_eager_steps_logits_to_the_bit(sharp_wb, precision):
+    """The decoding step runs as TorchScript; its logits are the eager module's, every step."""
+    from harmonia.engines import decoding
+
+    engine = MusicGenEngine.load(sharp_wb, "tiny-musicgen", threads=2, precision=precision)
+    assert isinstance(engine._step, torch.jit.ScriptModule)
+    eager = decoding.DecoderStep(engine.model, decoding.attend_dtype(engine._step.norm.weight))
+    assert not isinstance(eager, torch.jit.ScriptModule)
+    text = engine.tokenizer(["lofi beat", "a slow drone"], padding=True, return_tensors="pt")
+    vocab = engine.model.config.decoder.vocab_size
+    context = torch.randint(0, vocab, (2 * 4, 5))  # a prefill of five frames, then single steps
+
+    def run(step):
+        seen = []
+
+        def recording(*args):
+            seen.append(step(*args))
+            return seen[-1]
+
+        torch.manual_seed(5)
+        with torch.inference_mode():
+            tokens = decoding.sample_window(
+                engine.model,
+                recording,
+                text["input_ids"],
+                text["attention_mask"],
+                context,
+                12,
+                decoding.Sampling(),
+            )
+        return tokens, seen
+
+    scripted_tokens, scripted = run(engine._step)
+    eager_tokens, eager_logits = run(eager)
+    assert len(scripted) == len(eager_logits) == 12 and scripted[0].dtype == torch.float32
+    assert all(torch.equal(a, b) for a, b in zip(scripted, eager_logits, strict=True))
+    assert torch.equal(scripted_tokens, eager_tokens)
+
+
+def test_a_torch_without_torchscript_decodes_eagerly_to_the_same_audio(sharp_wb, monkeypatch, caplog):
+    def no_script(module):
+        raise RuntimeError("TorchScript is gone")
+
+    request = MusicRequest(["lofi beat"], duration_s=0.4, seed=2)
+    scripted = MusicGenEngine.load(sharp_wb, "tiny-musicgen", threads=2, precision="int8")
+    monkeypatch.setattr(torch.jit, "script", no_script)
+    with caplog.at_level("WARNING", logger="harmonia.engines.decoding"):
+        eager = MusicGenEngine.load(sharp_wb, "tiny-musicgen", threads=2, precision="int8")
+    assert not isinstance(eager._step, torch.jit.ScriptModule)
+    assert "decoding runs eagerly (TorchScript failed: TorchScript is gone)" in caplog.text
+    assert np.array_equal(eager.generate(request).audio, scripted.generate(request).audio)
+
+
+def test_a_decoder_with_another_activation_is_refused(wb):
+    from harmonia.engines import decoding
+
+    engine = MusicGenEngine.load(wb, "tiny-musicgen", threads=2)  # a fresh model of its own
+    engine.model.decoder.model.decoder.config.activation_function = "relu"
+    with pytest.raises(
+        RequestError,
+        match=r"This MusicGen decoder uses the 'relu' activation; Harmonia's decoding step runs "
+        r"MusicGen's gelu decoders\.",
+    ):
+        decoding.decoder_step(engine.model)
