@@ -253,7 +253,7 @@ class DecoderStep(torch.nn.Module):
     The same modules (shared, not copied) and the same torch operations in the same order as
     transformers' MusicgenDecoder on its sdpa path, written so that TorchScript can compile
     them: run as a script the ~700 operations of a step skip Python's per-call costs (int8
-    steps 1.5x faster on two cores, measured), and the logits are identical to the eager
+    steps about 1.4x faster on two cores, measured), and the logits are identical to the eager
     module's to the bit (tests/engines check it for every precision).
     """
 
