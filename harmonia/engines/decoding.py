@@ -264,7 +264,8 @@ class DecoderStep(torch.nn.Module):
         if activation != "gelu":
             raise RequestError(
                 f"This MusicGen decoder uses the {activation!r} activation; Harmonia's decoding step "
-                "runs MusicGen's gelu decoders."
+                "runs MusicGen's gelu decoders. Use a snapshot whose decoder config has "
+                "activation_function 'gelu' (every released MusicGen checkpoint does)."
             )
         self.layers = torch.nn.ModuleList([_Layer(layer, attend_dtype) for layer in decoder.layers])
         self.norm = decoder.layer_norm
@@ -313,7 +314,7 @@ def decoder_step(model) -> torch.nn.Module:
             warnings.simplefilter("ignore", DeprecationWarning)  # "torch.jit.script is deprecated"
             return torch.jit.script(step)
     except Exception as error:  # a torch without TorchScript: the same arithmetic, eagerly
-        log.warning("decoding runs eagerly (TorchScript failed: %s)", error)
+        log.warning("decoding runs eagerly: the same results, slower (TorchScript failed: %s)", error)
         return step
 
 

@@ -220,15 +220,21 @@ class MusicGenEngine:
 
     name = "musicgen"
 
-    def __init__(self, model, tokenizer, loaded: LoadedModel, chroma_settings: dict | None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        loaded: LoadedModel,
+        chroma_settings: dict | None,
+        step: torch.nn.Module | None,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.loaded = loaded
         self.device = torch.device(loaded.device)
         self._chroma_settings = chroma_settings
         self._chroma_filters: torch.Tensor | None = None
-        # text models decode with Harmonia's loop, whose step is compiled once here
-        self._step = None if chroma_settings is not None else decoder_step(model)
+        self._step = step  # Harmonia's decoding step (text models); melody models use generate()
         decoder = model.config.decoder
         self.sample_rate: int = model.config.audio_encoder.sampling_rate
         self.frame_rate: int = model.config.audio_encoder.frame_rate
@@ -298,13 +304,15 @@ class MusicGenEngine:
             model = _set_precision(model.to(chosen).eval(), precision)
             _fold_weight_norm(model.audio_encoder)
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            chroma = None
+            chroma, step = None, None
             if model_type == "musicgen_melody":
                 chroma = json.loads((path / "preprocessor_config.json").read_text())
+            else:  # compiled once, inside the load time (about 1 s for musicgen-small)
+                step = decoder_step(model)
         loaded = LoadedModel(
             name, path, spec, inventory, str(chosen), dtype, threads, timer.seconds, precision
         )
-        return cls(model, tokenizer, loaded, chroma)
+        return cls(model, tokenizer, loaded, chroma, step)
 
     @property
     def takes_melody(self) -> bool:

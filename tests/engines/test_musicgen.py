@@ -428,7 +428,10 @@ def test_a_torch_without_torchscript_decodes_eagerly_to_the_same_audio(sharp_wb,
     with caplog.at_level("WARNING", logger="harmonia.engines.decoding"):
         eager = MusicGenEngine.load(sharp_wb, "tiny-musicgen", threads=2, precision="int8")
     assert not isinstance(eager._step, torch.jit.ScriptModule)
-    assert "decoding runs eagerly (TorchScript failed: TorchScript is gone)" in caplog.text
+    assert (
+        "decoding runs eagerly: the same results, slower (TorchScript failed: TorchScript is gone)"
+        in caplog.text
+    )
     assert np.array_equal(eager.generate(request).audio, scripted.generate(request).audio)
 
 
@@ -440,6 +443,7 @@ def test_a_decoder_with_another_activation_is_refused(wb):
     with pytest.raises(
         RequestError,
         match=r"This MusicGen decoder uses the 'relu' activation; Harmonia's decoding step runs "
-        r"MusicGen's gelu decoders\.",
+        r"MusicGen's gelu decoders\. Use a snapshot whose decoder config has activation_function 'gelu' "
+        r"\(every released MusicGen checkpoint does\)\.",
     ):
         decoding.decoder_step(engine.model)
