@@ -44,7 +44,7 @@ from harmonia.engines.base import (
     pick_dtype,
     pick_threads,
 )
-from harmonia.engines.musicgen import PRECISIONS, MusicGenEngine, MusicRequest, MusicResult
+from harmonia.engines.musicgen import MusicGenEngine, MusicRequest, MusicResult, check_precision
 from harmonia.errors import ArtifactError, RequestError
 from harmonia.hashing import sha256_file
 from harmonia.inventory import Inventory, utc_now
@@ -233,8 +233,7 @@ def generate_music(
         read_audio(request.continuation, "continuation") if request.continuation is not None else None
     )
     chosen = pick_device(device)
-    if precision not in PRECISIONS:
-        raise RequestError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
+    check_precision(precision, chosen)
     runtime = {"device": chosen.type, "dtype": pick_dtype(dtype, chosen), "threads": pick_threads(threads)}
     if (
         precision != "exact"

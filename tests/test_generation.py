@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from harmonia.artifacts import list_artifacts, load_artifact
 from harmonia.audio import loudness_lufs
@@ -316,6 +317,15 @@ def test_damaged_snapshot_is_refused_and_nothing_written(music_wb):
         VerificationError, match=r"Model 'tiny-musicgen' failed verification: 1 truncated \(config.json\)"
     ):
         generate_music(music_wb, "tiny-musicgen", MusicRequest("x", duration_s=1.0, seed=1))
+    assert not music_wb.artifacts_dir.exists()
+
+
+def test_int8_on_a_gpu_writes_nothing(music_wb, monkeypatch):
+    import harmonia.generation as generation
+
+    monkeypatch.setattr(generation, "pick_device", lambda device: torch.device("cuda"))
+    with pytest.raises(RequestError, match=r"^precision 'int8' runs on the CPU only .* on this device\.$"):
+        generate_music(music_wb, "tiny-musicgen", MusicRequest("x", duration_s=1.0, seed=1), precision="int8")
     assert not music_wb.artifacts_dir.exists()
 
 

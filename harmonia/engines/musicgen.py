@@ -82,6 +82,18 @@ class _FewRowsLinear(torch.nn.Linear):
         return y.reshape(shape)
 
 
+def check_precision(precision: str, device: torch.device) -> None:
+    """A precision mode Harmonia knows, on a device that runs it (int8 runs on the CPU only)."""
+    if precision not in PRECISIONS:
+        raise RequestError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
+    if precision == "int8" and device.type != "cpu":
+        raise RequestError(
+            f"precision 'int8' runs on the CPU only (torch's dynamic int8 kernels are CPU kernels), "
+            f"but the device is {device.type!r}. Use device 'cpu' with int8, or precision 'bf16' or "
+            "'exact' on this device."
+        )
+
+
 def _set_precision(model, precision: str):
     """Prepare the decoder of this model instance (only) for a precision mode; returns the model.
 
@@ -271,8 +283,8 @@ class MusicGenEngine:
                 "bf16" (decoder in bfloat16) or "int8" (decoder Linear layers quantised). Each is
                 deterministic for a seed; it is recorded and is part of the artifact id.
         """
-        if precision not in PRECISIONS:
-            raise RequestError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
+        chosen = pick_device(device)
+        check_precision(precision, chosen)
         from transformers import (
             AutoTokenizer,
             MusicgenForConditionalGeneration,
@@ -285,7 +297,6 @@ class MusicGenEngine:
         }
         with Timer() as timer:
             spec, path, inventory = open_snapshot(wb, name, "musicgen", allow_pickle)
-            chosen = pick_device(device)
             dtype = pick_dtype(dtype, chosen)
             threads = pick_threads(threads)
             model_type = json.loads((path / "config.json").read_text()).get("model_type")

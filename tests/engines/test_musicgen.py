@@ -8,7 +8,7 @@ import soundfile as sf
 import torch
 
 from harmonia.audio import from_array
-from harmonia.engines.musicgen import MusicGenEngine, MusicRequest, _plan
+from harmonia.engines.musicgen import MusicGenEngine, MusicRequest, _plan, check_precision
 from harmonia.errors import (
     AudioError,
     Cancelled,
@@ -371,6 +371,27 @@ def test_faster_precisions_are_deterministic_and_touch_only_their_engine(wb, mon
 def test_unknown_precision(wb):
     with pytest.raises(RequestError, match=r"precision must be one of exact, bf16, int8, got 'fp8'\."):
         MusicGenEngine.load(wb, "tiny-musicgen", precision="fp8")
+
+
+INT8_ON_GPU = (
+    "precision 'int8' runs on the CPU only (torch's dynamic int8 kernels are CPU kernels), but the "
+    "device is 'cuda'. Use device 'cpu' with int8, or precision 'bf16' or 'exact' on this device."
+)
+
+
+def test_int8_on_a_gpu_is_refused_before_anything_loads(wb, monkeypatch):
+    # no GPU here: the engine is told it got one, as on a CUDA machine
+    import harmonia.engines.musicgen as musicgen
+
+    monkeypatch.setattr(musicgen, "pick_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(musicgen, "open_snapshot", lambda *a: pytest.fail("read the snapshot"))
+    with pytest.raises(RequestError) as exc:
+        MusicGenEngine.load(wb, "tiny-musicgen", device="cuda", precision="int8")
+    assert str(exc.value) == INT8_ON_GPU
+    check_precision("bf16", torch.device("cuda"))  # the GPU modes pass
+    check_precision("exact", torch.device("mps"))
+    with pytest.raises(RequestError, match=r"but the device is 'mps'\."):
+        check_precision("int8", torch.device("mps"))
 
 
 def test_melody_model_runs_on_text_alone(melody_model):
