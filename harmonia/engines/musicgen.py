@@ -97,12 +97,15 @@ def check_precision(precision: str, device: torch.device) -> None:
 def _set_precision(model, precision: str):
     """Prepare the decoder of this model instance (only) for a precision mode; returns the model.
 
-    - exact: float32, few-row products as ``W @ x.T`` (same tokens as plain transformers).
+    - exact: float32; on CPU the few-row products run as ``W @ x.T`` (same tokens as plain
+      transformers); elsewhere the decoder is left as transformers built it.
     - bf16: the decoder's weights in bfloat16 (text encoder and EnCodec stay float32).
     - int8: the decoder's Linear layers dynamically quantised to int8 (torch.ao).
     """
     decoder = model.decoder
     if precision == "exact":
+        if decoder.device.type != "cpu":  # the one-thread few-row products are a CPU build's
+            return model
         for module in decoder.modules():
             for child in module.children():
                 if type(child) is torch.nn.Linear:

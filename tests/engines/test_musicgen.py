@@ -8,7 +8,7 @@ import soundfile as sf
 import torch
 
 from harmonia.audio import from_array
-from harmonia.engines.musicgen import MusicGenEngine, MusicRequest, _plan, check_precision
+from harmonia.engines.musicgen import MusicGenEngine, MusicRequest, _plan, _set_precision, check_precision
 from harmonia.errors import (
     AudioError,
     Cancelled,
@@ -371,6 +371,19 @@ def test_faster_precisions_are_deterministic_and_touch_only_their_engine(wb, mon
 def test_unknown_precision(wb):
     with pytest.raises(RequestError, match=r"precision must be one of exact, bf16, int8, got 'fp8'\."):
         MusicGenEngine.load(wb, "tiny-musicgen", precision="fp8")
+
+
+def test_exact_rewrites_the_decoders_products_on_cpu_only(mono):
+    # W @ x.T is for this torch CPU build's one-thread few-row F.linear; on another device the
+    # decoder stays as transformers built it (meta stands in for a GPU here: no GPU in CI)
+    from transformers import MusicgenForConditionalGeneration
+
+    with torch.device("meta"):
+        elsewhere = _set_precision(MusicgenForConditionalGeneration(mono.model.config), "exact")
+    assert type(elsewhere.decoder.lm_heads[0]) is torch.nn.Linear
+    assert type(elsewhere.decoder.model.decoder.layers[0].fc1) is torch.nn.Linear
+    assert type(mono.model.decoder.lm_heads[0]).__name__ == "_FewRowsLinear"
+    assert type(mono.model.decoder.model.decoder.layers[0].fc1).__name__ == "_FewRowsLinear"
 
 
 INT8_ON_GPU = (
