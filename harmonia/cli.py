@@ -95,7 +95,7 @@ def _add_generation_commands(commands) -> None:
     p.add_argument(
         "--precision",
         choices=["exact", "bf16", "int8"],
-        help="exact (default: plain transformers' bytes, faster), bf16 or int8 (faster still)",
+        help="exact (default: plain transformers' bytes, faster), bf16 or int8 (faster still; CPU only)",
     )
     idea = p.add_argument_group("idea", "give any of these and each PROMPT becomes an idea's text")
     idea.add_argument("--genre")
