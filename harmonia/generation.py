@@ -224,6 +224,8 @@ def generate_music(
             raise RequestError("ideas must not be empty: give one idea per prompt.")
         request = replace(request, prompts=prompts_from_ideas(ideas))
     request = replace(request, seed=choose_seed() if request.seed is None else check_seed(request.seed))
+    chosen = pick_device(device)
+    check_precision(precision, chosen)  # before the snapshot's verification reads every byte
 
     # 2. The id: the model's bytes, the request, the inputs' bytes, the output settings, the runtime.
     spec = wb.spec("model", model)
@@ -232,8 +234,6 @@ def generate_music(
     continuation = (
         read_audio(request.continuation, "continuation") if request.continuation is not None else None
     )
-    chosen = pick_device(device)
-    check_precision(precision, chosen)
     runtime = {"device": chosen.type, "dtype": pick_dtype(dtype, chosen), "threads": pick_threads(threads)}
     if (
         precision != "exact"

@@ -324,6 +324,7 @@ def test_int8_on_a_gpu_writes_nothing(music_wb, monkeypatch):
     import harmonia.generation as generation
 
     monkeypatch.setattr(generation, "pick_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(generation, "open_snapshot", lambda *a: pytest.fail("verified the snapshot"))
     with pytest.raises(RequestError, match=r"^precision 'int8' runs on the CPU only .* on this device\.$"):
         generate_music(music_wb, "tiny-musicgen", MusicRequest("x", duration_s=1.0, seed=1), precision="int8")
     assert not music_wb.artifacts_dir.exists()
