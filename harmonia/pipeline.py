@@ -64,8 +64,8 @@ def stage_generate(wb: Workbench, prompt_set: str, model: str, out: Path, progre
     """Generate every prompt of a prompt set with one model, once per seed, in batches.
 
     ``music.batch_size`` prompts share one generation (one artifact): on two cores a batch of
-    4 gives about 2.3 times the takes per second of one-by-one (benchmarks/bench_generate.py),
-    and memory for keys and values grows with it. The batch size is part of what a take is:
+    4 gives 1.8-2.6 times the takes per second of one-by-one, by precision
+    (benchmarks/bench_generate.py), and memory for keys and values grows with it. The batch size is part of what a take is:
     takes of one seed share one random stream per batch.
 
     Writes ``out/index.json`` and a copy of each take (``<prompt id>-s<seed>.<fmt>``) so DVC

@@ -446,16 +446,19 @@ class MusicGenEngine:
                     progress(done, steps_total)
 
             # 4. Decode window by window on the request's own random stream.
+            audio = None
             with seeded(request.seed, self.device):
                 for start, new in plan:
                     chroma = None
                     if melody_wave is not None:
                         chroma = self._chroma(melody_wave, start / self.frame_rate).repeat(batch, 1, 1)
-                    new_codes = self._window(text, codes[:, :, start:], new, chroma, request, step)
+                    new_codes, audio = self._window(text, codes[:, :, start:], new, chroma, request, step)
                     codes = torch.cat([codes, new_codes], dim=-1)
 
-            # 5. Decode all tokens at once (the continuation's too).
-            audio = self._decode(codes)
+            # 5. Decode all tokens at once (the continuation's too); a melody model's single
+            # window comes decoded from transformers' generate(), which always decodes.
+            if audio is None or len(plan) > 1:
+                audio = self._decode(codes)
             samples = round(request.duration_s * self.sample_rate)
             audio = audio[..., :samples].float().cpu().numpy()
 
@@ -475,8 +478,9 @@ class MusicGenEngine:
 
     def _window(
         self, text, context: torch.Tensor, new: int, chroma, request: MusicRequest, step
-    ) -> torch.Tensor:
-        """``new`` frames after ``context`` ([batch, codebooks, frames]); returns them, [batch, codebooks, new]."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``new`` frames after ``context`` ([batch, codebooks, frames]): ``[batch, codebooks, new]``,
+        and the audio of context and new frames where generate() decoded them (melody models), else None."""
         batch, codebooks, known = context.shape
         steps = new + self.max_delay
         if self.takes_melody:  # a conditioning prefix: transformers' generate
@@ -495,9 +499,10 @@ class MusicGenEngine:
                 kwargs["decoder_input_ids"] = context.reshape(batch * codebooks, known)
             if chroma is not None:  # a melody model may also run on text alone
                 kwargs["input_features"] = chroma.to(self.device, self.model.dtype)
-            self.model.generate(**kwargs)
+            audio = self.model.generate(**kwargs)
             sequence = watch.sequence
         else:
+            audio = None
             sampling = Sampling(request.temperature, request.top_k, request.top_p, request.guidance_scale)
             sequence = sample_window(
                 self.model,
@@ -516,7 +521,7 @@ class MusicGenEngine:
         positions = (
             1 + known + torch.arange(new, device=self.device)[None, :] + delays[:, None]
         )  # [codebooks, new]
-        return torch.gather(sequence, 2, positions[None].expand(batch, -1, -1))
+        return torch.gather(sequence, 2, positions[None].expand(batch, -1, -1)), audio
 
     def _encode(self, samples: np.ndarray) -> torch.Tensor:
         """EnCodec tokens ``[1, codebooks, frames]`` of ``[channels, samples]`` audio (stereo: interleaved)."""

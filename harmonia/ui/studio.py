@@ -16,7 +16,7 @@ from pathlib import Path
 import ipywidgets as widgets
 
 from harmonia.engines.base import choose_seed
-from harmonia.engines.musicgen import MusicRequest
+from harmonia.engines.musicgen import PRECISIONS, MusicRequest
 from harmonia.errors import Cancelled, HarmoniaError, RequestError
 from harmonia.generation import Generated, generate_music
 from harmonia.prompts import Idea, canonical_prompt
@@ -84,7 +84,7 @@ class Studio:
         self.top_p = widgets.FloatSlider(value=float(defaults.get("top_p", 1.0)), min=0.01, max=1.0, step=0.01,
                                          description="top-p", style=style)  # fmt: skip
         self.precision = widgets.Dropdown(
-            options=["exact", "bf16", "int8"],
+            options=list(PRECISIONS),
             value=defaults.get("precision", "exact"),
             description="precision",
             style=style,

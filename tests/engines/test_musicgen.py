@@ -230,6 +230,22 @@ def test_melody_from_a_file(tmp_path, melody_model):
     )
 
 
+@pytest.mark.parametrize("engine", ["mono", "melody_model"])
+def test_one_window_is_decoded_once_and_its_audio_is_its_codes(request, monkeypatch, engine):
+    # transformers' generate() (melody models) always decodes: its audio is kept, not decoded again
+    engine = request.getfixturevalue(engine)
+    decode, calls = engine.model.audio_encoder.decode, []
+    monkeypatch.setattr(
+        engine.model.audio_encoder, "decode", lambda *a, **k: calls.append(1) or decode(*a, **k)
+    )
+    melody = tone(2.0) if engine.takes_melody else None
+    result = engine.generate(MusicRequest("x", duration_s=0.5, seed=1, melody=melody))
+    assert len(calls) == 1 and result.windows == 1
+    with torch.inference_mode():
+        again = engine._decode(result.codes)[..., : result.audio.shape[-1]].numpy()
+    assert np.array_equal(result.audio, again)
+
+
 def test_continuation_keeps_the_prompt_tokens(mono):
     prompt = mono.generate(MusicRequest("x", duration_s=1.0, seed=1))
     result = mono.generate(
