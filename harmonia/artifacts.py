@@ -1,62 +1,103 @@
 """The artifact store: ``artifacts/<id>/`` holds generated media and ``manifest.json``.
 
-The id is a content hash of everything that determines the output (model bytes, request,
-seed, inputs, output format, runtime), so asking again for the same thing finds the same
-folder. Artifacts are written whole or not at all (see atomic.py). This module knows
-folders and manifests; it does not know engines.
+The id is a content hash of everything that determines the output (engine and its code
+version, model bytes, request, inputs, output settings, runtime, package versions), so
+asking again for the same thing finds the same folder. Artifacts are written whole or not
+at all (see atomic.py). Ids are ids: only the store's own syntax (hex) is accepted, never a
+path or a pattern, and every file a manifest names must stay inside its folder. This module
+knows folders and manifests (manifest.py); it does not know engines.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from harmonia.atomic import install, staging_dir
 from harmonia.errors import ArtifactError
 from harmonia.hashing import sha256_file
+from harmonia.manifest import Manifest, OutputRecord
 from harmonia.workbench import Workbench
 
-MANIFEST_SCHEMA = "harmonia.manifest/1"
 MANIFEST_FILE = "manifest.json"
 ID_HEX = 16
+MIN_PREFIX = 4
+_ID = re.compile(rf"^[0-9a-f]{{{MIN_PREFIX},{ID_HEX}}}$")
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 
-
-@dataclass(frozen=True)
-class Output:
-    """One media file of an artifact, as its manifest records it."""
-
-    path: str  # relative to the artifact folder
-    sha256: str
-    sample_rate: int
-    channels: int
-    duration_s: float
-    prompt: str | None
+Output = OutputRecord  # one media file of an artifact, as its manifest records it
 
 
 @dataclass(frozen=True)
 class Artifact:
-    """An artifact folder and its manifest.
-
-    ``manifest`` is the parsed manifest.json (schema harmonia.manifest/1); the fields
-    above it are the ones every tool needs.
-    """
+    """An artifact folder and its typed manifest."""
 
     id: str
     path: Path
-    kind: str
-    created: str
-    model: str
-    seed: int | None
-    outputs: tuple[Output, ...]
-    manifest: dict[str, Any]
+    manifest: Manifest
 
-    def file(self, output: Output) -> Path:
-        return self.path / output.path
+    @property
+    def kind(self) -> str:
+        return self.manifest.kind
+
+    @property
+    def created(self) -> str:
+        return self.manifest.created
+
+    @property
+    def model(self) -> str:
+        return self.manifest.model.name
+
+    @property
+    def seed(self) -> int | None:
+        return self.manifest.seed
+
+    @property
+    def outputs(self) -> tuple[OutputRecord, ...]:
+        return self.manifest.outputs
+
+    def file(self, output: OutputRecord | str) -> Path:
+        """The path of one of the artifact's files (an output, or a relative path it records)."""
+        return safe_file(self.path, output.path if isinstance(output, OutputRecord) else output)
+
+    def audio_outputs(self) -> tuple[OutputRecord, ...]:
+        return tuple(o for o in self.outputs if o.media == "audio")
+
+
+def check_id(artifact: Any) -> str:
+    """An artifact id or a prefix of one (4-16 lowercase hex digits); ArtifactError for anything else."""
+    if not isinstance(artifact, str) or not _ID.match(artifact):
+        raise ArtifactError(
+            f"{artifact!r} is not an artifact id: ids are {MIN_PREFIX} to {ID_HEX} hex digits (0-9, a-f), "
+            "e.g. 5f0c8a4b. Run 'harmonia artifacts list' to see them."
+        )
+    return artifact
+
+
+def safe_file(folder: Path, relative: Any) -> Path:
+    """``folder/relative``, refusing any path that would leave the folder (absolute, '..', links out)."""
+    if (
+        not isinstance(relative, str)
+        or not relative
+        or relative.startswith(("/", "\\"))
+        or "\x00" in relative
+    ):
+        raise ArtifactError(f"{folder}: file path {relative!r} in the manifest is not a relative path.")
+    path = folder / relative
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        raise ArtifactError(
+            f"{folder}: file path {relative!r} in the manifest leaves the artifact folder; "
+            "the manifest is corrupt or was tampered with. Regenerate the artifact (--force)."
+        ) from None
+    return path
 
 
 def artifact_id(identity: dict[str, Any]) -> str:
@@ -68,38 +109,32 @@ def artifact_id(identity: dict[str, Any]) -> str:
 def _parse(folder: Path) -> Artifact:
     path = folder / MANIFEST_FILE
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ArtifactError(
+                f"{path} is larger than {MAX_MANIFEST_BYTES // 2**20} MiB; a manifest is a few kB. "
+                "Regenerate the artifact (--force)."
+            )
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"{path} cannot be read ({exc}). Regenerate the artifact (--force).") from None
-    if not isinstance(manifest, dict) or manifest.get("schema") != MANIFEST_SCHEMA:
-        raise ArtifactError(f"{path} is not a {MANIFEST_SCHEMA} manifest. Regenerate the artifact (--force).")
-    try:
-        outputs = tuple(
-            Output(o["path"], o["sha256"], o["sample_rate"], o["channels"], o["duration_s"], o.get("prompt"))
-            for o in manifest["outputs"]
+    manifest = Manifest.from_json(data, str(path))
+    if manifest.id != folder.name:
+        raise ArtifactError(
+            f"{path} names id {manifest.id!r}, not its folder's. Regenerate the artifact (--force)."
         )
-        return Artifact(
-            id=manifest["id"],
-            path=folder,
-            kind=manifest["kind"],
-            created=manifest["created"],
-            model=manifest["model"]["name"],
-            seed=manifest.get("seed"),
-            outputs=outputs,
-            manifest=manifest,
-        )
-    except (KeyError, TypeError) as exc:
-        raise ArtifactError(f"{path} lacks field {exc}. Regenerate the artifact (--force).") from None
+    for rel in [o.path for o in manifest.outputs] + [i.file for i in manifest.inputs.values()]:
+        safe_file(folder, rel)
+    return Artifact(id=manifest.id, path=folder, manifest=manifest)
 
 
 def load_artifact(wb: Workbench, artifact: str) -> Artifact:
-    """The artifact with this id, or the only one whose id starts with it (at least 4 characters)."""
+    """The artifact with this id, or the only one whose id starts with it (at least 4 hex digits)."""
     root = wb.artifacts_dir
+    check_id(artifact)
     if (root / artifact / MANIFEST_FILE).is_file():
         return _parse(root / artifact)
-    matches = sorted(
-        p.name for p in root.glob(f"{artifact}*") if len(artifact) >= 4 and (p / MANIFEST_FILE).is_file()
-    )
+    names = [p.name for p in root.iterdir()] if root.is_dir() else []
+    matches = sorted(n for n in names if n.startswith(artifact) and (root / n / MANIFEST_FILE).is_file())
     if len(matches) == 1:
         return _parse(root / matches[0])
     if len(matches) > 1:
@@ -111,7 +146,7 @@ def load_artifact(wb: Workbench, artifact: str) -> Artifact:
 
 def find_artifact(wb: Workbench, artifact_id_: str) -> Artifact | None:
     """The complete artifact with exactly this id, or None."""
-    folder = wb.artifacts_dir / artifact_id_
+    folder = wb.artifacts_dir / check_id(artifact_id_)
     if not (folder / MANIFEST_FILE).is_file():
         return None
     try:
@@ -136,25 +171,31 @@ def list_artifacts(wb: Workbench) -> list[Artifact]:
     return sorted(found, key=lambda a: (a.created, a.id), reverse=True)
 
 
+def children(wb: Workbench, artifact_id_: str) -> list[Artifact]:
+    """Every artifact that names this one as a parent, newest first."""
+    return [a for a in list_artifacts(wb) if any(p.id == artifact_id_ for p in a.manifest.parents)]
+
+
 def write_artifact(
     wb: Workbench,
     artifact_id_: str,
-    write_files: Callable[[Path], dict[str, Any]],
+    write_files: Callable[[Path], Manifest],
 ) -> Artifact:
     """Write an artifact whole: ``write_files(folder)`` writes the media and returns the manifest.
 
     The manifest's ``files`` entry is filled with the sha256 of every file written, then
     ``manifest.json`` is written and the folder renamed into place (replacing an older
-    one with the same id).
+    one with the same id). An exception anywhere leaves no folder that looks whole.
     """
-    staging = staging_dir(wb.artifacts_dir, artifact_id_)
+    staging = staging_dir(wb.artifacts_dir, check_id(artifact_id_))
     try:
         manifest = write_files(staging)
-        manifest["files"] = {
+        files = {
             str(p.relative_to(staging)): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()
         }
+        manifest = replace(manifest, files=files)
         (staging / MANIFEST_FILE).write_text(
-            json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+            json.dumps(manifest.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
         )
         final = wb.artifacts_dir / artifact_id_
         install(staging, final)

@@ -17,8 +17,10 @@ from collections.abc import Sequence
 from tqdm import tqdm
 
 from harmonia import __version__
+from harmonia.engines import KINDS
 from harmonia.errors import HarmoniaError, RequestError
-from harmonia.workbench import KINDS, Kind, Workbench, plural
+from harmonia.workbench import KINDS as SNAPSHOT_KINDS
+from harmonia.workbench import Kind, Workbench, plural
 
 EXIT_FAILED = 1
 EXIT_ERROR = 2
@@ -53,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"harmonia {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for kind in KINDS:
+    for kind in SNAPSHOT_KINDS:
         _add_snapshot_commands(commands, kind)
     _add_generation_commands(commands)
     return parser
@@ -61,49 +63,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_generation_commands(commands) -> None:
     group = commands.add_parser("generate", help="generate media into artifacts/")
-    sub = group.add_subparsers(title="commands", metavar="KIND", required=True)
-    p = sub.add_parser("music", help="text (and melody) to music with MusicGen")
-    p.add_argument("prompts", nargs="+", metavar="PROMPT", help="one prompt per take (several make a batch)")
-    p.add_argument("--model", help="a model from params.yaml (default: music.model there)")
-    p.add_argument(
-        "--duration", type=float, dest="duration_s", help="seconds of audio (default: music.duration_s)"
-    )
-    p.add_argument("--seed", type=int, help="random seed (default: drawn and recorded)")
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--top-k", type=int, dest="top_k")
-    p.add_argument("--top-p", type=float, dest="top_p")
-    p.add_argument(
-        "--guidance", type=float, dest="guidance_scale", help="classifier-free guidance (1 turns it off)"
-    )
-    p.add_argument("--melody", metavar="FILE", help="audio whose melody to follow (melody models only)")
-    p.add_argument(
-        "--continue", dest="continuation", metavar="FILE", help="audio to extend; --duration includes it"
-    )
-    p.add_argument("--stride", type=float, dest="extend_stride_s", help="seconds added per long-form window")
-    p.add_argument(
-        "--format", choices=["wav", "flac"], dest="fmt", help="wav (32-bit float) or flac (24-bit)"
-    )
-    p.add_argument(
-        "--normalize", type=float, dest="normalize_lufs", metavar="LUFS", help="loudness target, e.g. -14"
-    )
-    p.add_argument("--force", action="store_true", help="regenerate even if the identical artifact exists")
-    p.add_argument("--device", help="auto (default), cpu, cuda, mps")
-    p.add_argument("--dtype", help="float32 (default), bfloat16, float16 (GPU)")
-    p.add_argument(
-        "--threads", type=int, help="CPU threads (default: all cores); recorded, they change the bits"
-    )
-    p.add_argument(
-        "--precision",
-        choices=["exact", "bf16", "int8"],
-        help="exact (default: plain transformers' bytes, faster), bf16 or int8 (faster still; CPU only)",
-    )
-    idea = p.add_argument_group("idea", "give any of these and each PROMPT becomes an idea's text")
-    idea.add_argument("--genre")
-    idea.add_argument("--mood")
-    idea.add_argument("--tempo", type=float, dest="tempo_bpm", metavar="BPM")
-    idea.add_argument("--key", help="e.g. 'A minor', 'Bb'")
-    idea.add_argument("--instrument", action="append", dest="instruments", default=[], help="repeatable")
-    p.set_defaults(run=_generate_music)
+    sub = group.add_subparsers(title="kinds", metavar="KIND", required=True)
+    for info in KINDS.values():  # one table: every kind gets the same command shape
+        p = sub.add_parser(info.name, help=info.help)
+        _add_request_flags(p, info)
+        p.set_defaults(run=_generate, kind=info.name)
 
     group = commands.add_parser("artifacts", help="list and show generated artifacts")
     sub = group.add_subparsers(title="commands", metavar="COMMAND", required=True)
@@ -166,6 +130,47 @@ def _add_generation_commands(commands) -> None:
     p.add_argument("--timeout", type=int, default=600, help="per-cell timeout in seconds (default 600)")
     p.add_argument("--kernel", default="harmonia", help="kernel name (installed for this Python if missing)")
     p.set_defaults(run=_notebooks_run)
+
+
+def _add_request_flags(p: argparse.ArgumentParser, info) -> None:
+    """Flags of ``generate KIND``: the request type's fields (with their limits in the help), then
+    what every kind shares: model, seed, output, runtime, ideas."""
+    from harmonia.engines import request_type
+    from harmonia.requests import limits, options
+
+    p.add_argument("prompts", nargs="+", metavar="PROMPT", help="one prompt per take (several make a batch)")
+    p.add_argument("--model", help=f"a model from params.yaml (default: {info.section}.model there)")
+    p.add_argument("--seed", type=int, help="random seed (default: drawn and recorded)")
+    bounds = limits(request_type(info.name))
+    for name, meta in options(request_type(info.name)):
+        bound = bounds.get(name)
+        kind = (int if bound.integer else float) if bound else str
+        extra = f" [{bound.low:g}, {bound.high:g}] {bound.unit}".rstrip() if bound else ""
+        help_ = f"{meta.get('help') or name.replace('_', ' ')}{extra} (default: {info.section}.{name})"
+        p.add_argument(meta["flag"], dest=name, type=kind, metavar=meta.get("metavar"), help=help_)
+    p.add_argument(
+        "--format", choices=["wav", "flac"], dest="fmt", help="wav (32-bit float) or flac (24-bit)"
+    )
+    p.add_argument(
+        "--normalize", type=float, dest="normalize_lufs", metavar="LUFS", help="loudness target, e.g. -14"
+    )
+    p.add_argument("--force", action="store_true", help="regenerate even if the identical artifact exists")
+    p.add_argument("--device", help="auto (default), cpu, cuda, mps")
+    p.add_argument("--dtype", help="float32 (default), bfloat16, float16 (GPU)")
+    p.add_argument(
+        "--threads", type=int, help="CPU threads (default: all cores); recorded, they change the bits"
+    )
+    p.add_argument(
+        "--precision",
+        choices=["exact", "bf16", "int8"],
+        help="exact (default: plain transformers' bytes, faster), bf16 or int8 (faster still; CPU only)",
+    )
+    idea = p.add_argument_group("idea", "give any of these and each PROMPT becomes an idea's text")
+    idea.add_argument("--genre")
+    idea.add_argument("--mood")
+    idea.add_argument("--tempo", type=float, dest="tempo_bpm", metavar="BPM")
+    idea.add_argument("--key", help="e.g. 'A minor', 'Bb'")
+    idea.add_argument("--instrument", action="append", dest="instruments", default=[], help="repeatable")
 
 
 def _add_snapshot_commands(commands, kind: Kind) -> None:
@@ -317,56 +322,35 @@ class _Steps:
             self.bar.close()
 
 
-def _generate_music(args) -> int:
-    from harmonia.engines.musicgen import MusicRequest
-    from harmonia.generation import generate_music
+def _generate(args) -> int:
+    """`harmonia generate KIND ...`: params.yaml's defaults for the kind, then the flags."""
+    from harmonia.defaults import kind_defaults
+    from harmonia.engines import request_type
+    from harmonia.generation import generate
     from harmonia.prompts import Idea
+    from harmonia.requests import options
 
     wb = Workbench.open()
-    defaults = wb.params.get("music") or {}
-    model = args.model or defaults.get("model")
+    defaults = kind_defaults(wb, args.kind)
+    model = args.model or defaults.model
     if not model:
-        raise RequestError("no model given: pass --model NAME or set music.model in params.yaml.")
-    fields = ("duration_s", "temperature", "top_k", "top_p", "guidance_scale", "extend_stride_s")
-    chosen = {f: getattr(args, f) if getattr(args, f) is not None else defaults.get(f) for f in fields}
-    request = MusicRequest(
-        tuple(args.prompts),
-        seed=args.seed,
-        melody=args.melody,
-        continuation=args.continuation,
-        **{k: v for k, v in chosen.items() if v is not None},
-    )
+        raise RequestError(f"no model given: pass --model NAME or set {args.kind}.model in params.yaml.")
+    flags = {name: getattr(args, name) for name, _ in options(request_type(args.kind))}
+    request = defaults.request_for(tuple(args.prompts), seed=args.seed, **flags)
     ideas = None
     if any((args.genre, args.mood, args.tempo_bpm, args.key, args.instruments)):
         ideas = [
-            Idea(
-                p,
-                genre=args.genre,
-                mood=args.mood,
-                tempo_bpm=args.tempo_bpm,
-                key=args.key,
-                instruments=tuple(args.instruments),
-            )
+            Idea(p, genre=args.genre, mood=args.mood, tempo_bpm=args.tempo_bpm, key=args.key,
+                 instruments=tuple(args.instruments))
             for p in args.prompts
-        ]
+        ]  # fmt: skip
+    settings = defaults.run_settings()
+    given = {"fmt": args.fmt, "normalize_lufs": args.normalize_lufs, "device": args.device, "dtype": args.dtype,
+             "threads": args.threads, "precision": args.precision}  # fmt: skip
+    settings.update({k: v for k, v in given.items() if v is not None})
     bar = _Steps("generating")
     try:
-        done = generate_music(
-            wb,
-            model,
-            request,
-            ideas=ideas,
-            fmt=args.fmt or defaults.get("format", "wav"),
-            normalize_lufs=args.normalize_lufs
-            if args.normalize_lufs is not None
-            else defaults.get("normalize_lufs"),
-            force=args.force,
-            progress=bar,
-            device=args.device,
-            dtype=args.dtype,
-            threads=args.threads,
-            precision=args.precision or defaults.get("precision", "exact"),
-        )
+        done = generate(wb, model, request, ideas=ideas, force=args.force, progress=bar, **settings)
     finally:
         bar.close()
     _print_generated(wb, done)
@@ -378,16 +362,20 @@ def _print_generated(wb: Workbench, done) -> None:
     if done.cached:
         print(f"cached: artifact {art.id} (the identical request was made before; --force regenerates)")
     else:
-        t = m["timings"]
+        t = m.timings
+        length = f" of {art.outputs[0].duration_s:g} s" if art.outputs and art.outputs[0].duration_s else ""
+        rtf = f", real-time factor {t.real_time_factor:.2f}" if t.real_time_factor is not None else ""
         print(
-            f"generated: artifact {art.id} ({art.model}, seed {art.seed}, {len(art.outputs)} take(s) of "
-            f"{art.outputs[0].duration_s:g} s, {t['generate_s']:.1f} s, real-time factor {t['real_time_factor']:.2f})"
+            f"generated: artifact {art.id} ({art.model}, seed {art.seed}, {len(art.outputs)} take(s)"
+            f"{length}, {t.generate_s:.1f} s{rtf})"
         )
-    for out in m["outputs"]:
-        print(f'  {_rel(wb, art.path / out["path"]).rstrip("/")}  "{out["prompt"]}"')
-        if out.get("preview"):
-            print(f"  {_rel(wb, art.path / out['preview']).rstrip('/')}")
+    for out in m.outputs:
+        print(f'  {_rel(wb, art.path / out.path).rstrip("/")}  "{_safe(out.prompt or "")}"')
+        if out.preview:
+            print(f"  {_rel(wb, art.path / out.preview).rstrip('/')}")
     print(f"  {_rel(wb, art.path / 'manifest.json').rstrip('/')}")
+    if m.non_commercial:
+        print(f"  licence: {_licence_line(m)}")
 
 
 def _artifacts_list(args) -> int:
@@ -399,7 +387,8 @@ def _artifacts_list(args) -> int:
         rows = [
             {"id": a.id, "created": a.created, "kind": a.kind, "model": a.model, "seed": a.seed,
              "path": str(a.path), "outputs": [o.path for o in a.outputs],
-             "prompts": [o.prompt for o in a.outputs], "duration_s": a.outputs[0].duration_s if a.outputs else None}
+             "prompts": [o.prompt for o in a.outputs], "duration_s": a.outputs[0].duration_s if a.outputs else None,
+             "parents": [p.id for p in a.manifest.parents], "non_commercial": a.manifest.non_commercial}
             for a in arts
         ]  # fmt: skip
         print(json.dumps(rows, indent=2, ensure_ascii=False))
@@ -407,49 +396,73 @@ def _artifacts_list(args) -> int:
     if not arts:
         print(f"no artifacts in {_rel(wb, wb.artifacts_dir)}")
         return 0
-    table = [("ID", "CREATED", "MODEL", "SEED", "TAKES", "SECONDS", "PROMPT")]
+    table = [("ID", "CREATED", "KIND", "MODEL", "SEED", "TAKES", "SECONDS", "PROMPT")]
     for a in arts:
-        prompt = a.outputs[0].prompt or "" if a.outputs else ""
+        prompt = _safe(a.outputs[0].prompt or "" if a.outputs else "")
         prompt = prompt if len(prompt) <= 48 else prompt[:47] + "…"
-        dur = f"{a.outputs[0].duration_s:g}" if a.outputs else "-"
-        table.append((a.id, a.created, a.model, str(a.seed), str(len(a.outputs)), dur, prompt))
+        dur = f"{a.outputs[0].duration_s:g}" if a.outputs and a.outputs[0].duration_s is not None else "-"
+        kind = a.kind + (" (NC)" if a.manifest.non_commercial else "")
+        table.append((a.id, a.created, kind, a.model, str(a.seed), str(len(a.outputs)), dur, prompt))
     _print_table(table)
+    if any(a.manifest.non_commercial for a in arts):
+        print("(NC): made with a non-commercial model; see 'harmonia artifacts show ID'")
     return 0
 
 
+def _licence_line(m) -> str:
+    """Every licence behind an artifact, and plainly whether it allows commercial use."""
+    parts = []
+    for lic in m.licenses:
+        via = f" via {lic.via}" if lic.via else ""
+        parts.append(f"{lic.license or 'not recorded'} ({lic.model}{via})")
+    verdict = "NON-COMMERCIAL USE ONLY" if m.non_commercial else "no non-commercial licence found"
+    return f"{'; '.join(parts)}: {verdict}"
+
+
 def _artifacts_show(args) -> int:
-    from harmonia.artifacts import load_artifact
+    from harmonia.artifacts import children, load_artifact
 
     wb = Workbench.open()
     art = load_artifact(wb, args.artifact)
     m = art.manifest
     if args.json:
-        print(json.dumps(m, indent=2, ensure_ascii=False))
+        print(json.dumps(m.to_json(), indent=2, ensure_ascii=False))
         return 0
-    model, rt, t = m["model"], m["runtime"], m["timings"]
-    revision = model.get("revision") or f"synthetic seed {model.get('seed')}"
-    print(f"artifact {art.id}  ({m['kind']}, created {art.created})")
+    model, rt, t = m.model, m.runtime, m.timings
+    revision = model.revision or f"synthetic seed {model.seed}"
+    print(f"artifact {art.id}  ({m.kind}, created {art.created}, schema {m.schema})")
     print(f"  path      {_rel(wb, art.path)}")
     print(
-        f"  model     {model['name']} ({model.get('repo') or model.get('builder')} @ {revision}, inventory {model['inventory_digest'][:12]})"
+        f"  model     {model.name} ({model.repo or model.builder} @ {revision}, inventory {model.inventory_digest[:12]})"
     )
-    r = m["request"]
+    print(f"  engine    {m.engine.name} (code version {m.engine.code_version})")
+    settings = ", ".join(
+        f"{k} {_safe(json.dumps(v, ensure_ascii=False))}"
+        for k, v in m.request.items()
+        if k not in ("prompts",) and v is not None
+    )
+    print(f"  request   {settings}")
     print(
-        f"  request   seed {r['seed']}, {r['duration_s']:g} s, temperature {r['temperature']:g}, top-k {r['top_k']}, "
-        f"top-p {r['top_p']:g}, guidance {r['guidance_scale']:g}"
+        f"  runtime   {rt.device} {rt.dtype} ({rt.precision}), {rt.threads} threads, torch {m.packages.get('torch')}, "
+        f"transformers {m.packages.get('transformers')}"
     )
-    print(
-        f"  runtime   {rt['device']} {rt['dtype']} ({rt.get('precision', 'exact')}), {rt['threads']} threads, torch {m['packages']['torch']}, transformers {m['packages']['transformers']}"
-    )
-    print(
-        f"  timings   load {t['load_s']:.2f} s, generate {t['generate_s']:.2f} s, real-time factor {t['real_time_factor']:.2f}"
-    )
-    for out in m["outputs"]:
-        loud = f"{out['loudness_lufs']:.1f} LUFS" if out.get("loudness_lufs") is not None else "loudness n/a"
-        print(
-            f"  output    {out['path']}  {out['duration_s']:g} s, {out['sample_rate']} Hz, {out['channels']} ch, "
-            f'peak {out["peak"]:.3f}, {loud}, sha256 {out["sha256"][:12]}  "{out["prompt"]}"'
-        )
+    rtf = f", real-time factor {t.real_time_factor:.2f}" if t.real_time_factor is not None else ""
+    print(f"  timings   load {t.load_s:.2f} s, generate {t.generate_s:.2f} s{rtf}")
+    print(f"  licence   {_licence_line(m)}")
+    for out in m.outputs:
+        if out.media == "audio":
+            loud = f"{out.loudness_lufs:.1f} LUFS" if out.loudness_lufs is not None else "loudness n/a"
+            what = (
+                f"{out.duration_s:g} s, {out.sample_rate} Hz, {out.channels} ch, peak {out.peak:.3f}, {loud}"
+            )
+        else:
+            what = f"{out.media}, {out.characters} characters" if out.media == "text" else out.media
+        print(f'  output    {out.path}  {what}, sha256 {out.sha256[:12]}  "{_safe(out.prompt or "")}"')
+    for p in m.parents:
+        print(f"  parent    {p.id} ({p.kind}, {p.role}: {p.file}, sha256 {p.sha256[:12]})")
+    for child in children(wb, art.id):
+        roles = ", ".join(p.role for p in child.manifest.parents if p.id == art.id)
+        print(f"  child     {child.id} ({child.kind}, as {roles})")
     return 0
 
 
@@ -497,7 +510,7 @@ def _doctor(args) -> int:
     )
     free = shutil.disk_usage(wb.root).free
     print(f"disk        {_size(free)} free at {wb.root}")
-    for kind in KINDS:
+    for kind in SNAPSHOT_KINDS:
         for row in list_snapshots(wb, kind):
             state = row.verified + (f" {row.verified_at}" if row.verified_at else "")
             print(f"{kind:11} {row.name}: {row.source}, {state}")
@@ -515,7 +528,7 @@ def _demo(args) -> int:
         bar.close()
     _print_generated(wb, done)
     art = done.artifact  # the artifact holds the waveform/spectrogram picture of each take
-    print(f"spectrogram: {_rel(wb, art.path / art.manifest['outputs'][0]['preview']).rstrip('/')}")
+    print(f"spectrogram: {_rel(wb, art.path / art.outputs[0].preview).rstrip('/')}")
     print(
         f"listen: {_rel(wb, art.file(art.outputs[0])).rstrip('/')}   details: harmonia artifacts show {art.id}"
     )
@@ -635,6 +648,15 @@ def _build(args) -> int:
     )
     _after_snapshot_change(wb, args.kind)
     return 0
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+_CONTROL.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+
+
+def _safe(text: str) -> str:
+    """User text as it may be printed to a terminal: control characters (ANSI escapes, CR, newlines) shown escaped."""
+    return str(text).translate(_CONTROL)
 
 
 def _size(n: int) -> str:

@@ -11,7 +11,7 @@ import httpx2
 from huggingface_hub import constants
 
 from harmonia.engines.musicgen import MusicRequest
-from harmonia.generation import Generated, generate_music
+from harmonia.generation import Generated, generate
 from harmonia.hub import fetch
 from harmonia.snapshots import list_snapshots
 from harmonia.tiny import build_tiny
@@ -56,5 +56,5 @@ def run_demo(wb: Workbench, say=print, progress=None, duration_s: float = 5.0) -
 
     # 2. Generate (a cache hit when the same demo already ran).
     say(f'generating {duration_s:g} s with {model}: "{PROMPT}" (seed 0)')
-    done = generate_music(wb, model, MusicRequest(PROMPT, duration_s=duration_s, seed=0), progress=progress)
+    done = generate(wb, model, MusicRequest(PROMPT, duration_s=duration_s, seed=0), progress=progress)
     return done

@@ -1,17 +1,22 @@
-"""Generation and reproduction: an engine plus the artifact store, the one path that the CLI,
-the notebooks, the widgets and the pipelines all take.
+"""Generation and reproduction for every kind: an engine plus the artifact store, the one path
+that the CLI, the notebooks, the widgets and the pipelines all take.
 
-``generate_music`` fixes the seed, computes the artifact id from everything that
-determines the output, returns the existing artifact when there is one (a cache hit),
-and otherwise loads (or reuses) the engine, generates, and writes the artifact whole.
-``reproduce`` regenerates an artifact from its manifest and says whether the bytes are
-identical or how far they drifted.
+``generate`` checks the whole request (no model loaded yet), computes the artifact id from
+everything that determines the output, returns the existing artifact when there is one (a
+cache hit), and otherwise loads (or reuses) the engine, generates, and writes the artifact
+whole. Inputs may come from other artifacts (:class:`From`): they become the new
+artifact's parents. ``reproduce`` regenerates an artifact from its manifest and says
+whether the bytes are identical or how far they drifted, and why they might have.
+
+The path never branches on a kind: the engine class (from params.yaml's ``engine:``) says
+what it makes, and each take is written by the writer of its media type (media.py).
 """
 
 from __future__ import annotations
 
 import math
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -25,31 +30,37 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from harmonia.artifacts import (
-    MANIFEST_SCHEMA,
-    Artifact,
-    artifact_id,
-    find_artifact,
-    load_artifact,
-    write_artifact,
-)
-from harmonia.audio import FORMATS, Audio, facts, normalize_loudness, read_audio, write_audio
-from harmonia.engines import ENGINES
+from harmonia.artifacts import Artifact, artifact_id, check_id, find_artifact, load_artifact, write_artifact
+from harmonia.audio import Audio, read_audio, write_audio
+from harmonia.engines import engine_class
 from harmonia.engines.base import (
+    TORCH_LOCK,
+    Cancel,
     Progress,
+    Runtime,
     check_seed,
     choose_seed,
     open_snapshot,
-    pick_device,
-    pick_dtype,
-    pick_threads,
 )
-from harmonia.engines.musicgen import MusicGenEngine, MusicRequest, MusicResult, check_precision
-from harmonia.errors import ArtifactError, RequestError
+from harmonia.errors import ArtifactError, AudioError, RequestError
 from harmonia.hashing import sha256_file
 from harmonia.inventory import Inventory, utc_now
+from harmonia.manifest import (
+    IDENTITY_SCHEMA,
+    LEGACY_SCHEMA,
+    EngineRecord,
+    InputRecord,
+    LicenseRecord,
+    Manifest,
+    ModelRecord,
+    OutputSettings,
+    ParentRecord,
+    RuntimeRecord,
+    Timings,
+)
+from harmonia.media import WRITER_VERSION, check_output, write_take
 from harmonia.prompts import Idea, canonical_prompt
-from harmonia.workbench import SnapshotSpec, Workbench
+from harmonia.workbench import Workbench
 
 PACKAGES = (
     "harmonia",
@@ -63,9 +74,23 @@ PACKAGES = (
     "soxr",
     "pyloudnorm",
 )
-IDENTITY_PACKAGES = ("torch", "transformers", "numpy", "soundfile")  # those that can change the bytes
-LUFS_RANGE = (-70.0, 0.0)
-_engines: dict[tuple, MusicGenEngine] = {}
+# Those that can change the bytes of any artifact: numpy (arrays), soundfile and libsndfile
+# (WAV/FLAC writing), soxr (resampling inputs), pyloudnorm (loudness targets); each engine adds its own.
+WRITER_PACKAGES = ("numpy", "soundfile", "libsndfile", "soxr", "pyloudnorm")
+LEGACY_PACKAGES = ("torch", "transformers", "numpy", "soundfile")  # what schema-1 ids covered
+_engines: dict[tuple, Any] = {}
+
+
+@dataclass(frozen=True)
+class From:
+    """An input taken from another artifact: its id (or a unique prefix) and which of its files.
+
+    Example:
+        >>> MusicRequest("more of this", duration_s=8, continuation=From("5f0c8a4b"))  # doctest: +SKIP
+    """
+
+    artifact: str
+    file: str | None = None  # default: its first audio output
 
 
 @dataclass(frozen=True)
@@ -74,7 +99,7 @@ class Generated:
 
     artifact: Artifact
     cached: bool  # True: an identical request had already been made; nothing was generated
-    result: MusicResult | None  # the engine's result (None on a cache hit)
+    result: Any | None  # the engine's result (None on a cache hit)
 
 
 @dataclass(frozen=True)
@@ -83,7 +108,7 @@ class OutputDrift:
 
     path: str
     identical: bool  # same sha256
-    max_abs_diff: float
+    max_abs_diff: float  # audio only (0 for identical text, inf for differing text)
     snr_db: float  # inf when identical
 
 
@@ -93,7 +118,7 @@ class Reproduction:
 
     artifact_id: str
     outputs: tuple[OutputDrift, ...]
-    differences: tuple[str, ...]  # what differs between then and now (packages, device, threads, model)
+    differences: tuple[str, ...]  # what differs between then and now (packages, device, model, parents)
 
     @property
     def identical(self) -> bool:
@@ -119,43 +144,48 @@ def package_versions() -> dict[str, str]:
     return found
 
 
-def engine_of(spec: SnapshotSpec) -> str:
-    """The engine that runs a model: params.yaml's 'engine', or the tiny builder's family."""
-    name = spec.engine or (spec.builder.split("-")[0] if spec.builder else None)
-    if name not in ENGINES:
+def _version(name: str, known: dict[str, str]) -> str:
+    if name not in known:
+        try:
+            known[name] = version(name)
+        except PackageNotFoundError:
+            known[name] = "not installed"
+    return known[name]
+
+
+def engine_for(wb: Workbench, model: str) -> Any:
+    """The engine class that runs a model: params.yaml's ``engine:`` for it (never guessed)."""
+    spec = wb.spec("model", model)
+    if spec.engine is None:
         raise RequestError(
-            f"Model '{spec.name}' has engine {name!r}; Harmonia runs {', '.join(ENGINES)}. "
-            "Set 'engine' for it in params.yaml."
+            f"Model '{model}' has no 'engine' in params.yaml; set it (e.g. engine: musicgen) so Harmonia "
+            "knows which engine runs it."
         )
-    return name
+    return engine_class(spec.engine)
 
 
 def load_engine(
     wb: Workbench,
     model: str,
-    device: str | None = None,
-    dtype: str | None = None,
-    threads: int | None = None,
-    precision: str = "exact",
+    runtime: Runtime | None = None,
     inventory: Inventory | None = None,
-) -> MusicGenEngine:
+    **settings: Any,
+) -> Any:
     """Load a model's engine, reusing the last one loaded with the same snapshot and settings.
 
     ``inventory``: the snapshot's inventory when the caller has just verified it (saves a second
     verification); otherwise the snapshot is verified here.
     """
-    spec = wb.spec("model", model)
-    if inventory is None:
-        _, _, inventory = open_snapshot(wb, model, engine_of(spec))
-    chosen = pick_device(device)
-    settings = (str(chosen), pick_dtype(dtype, chosen), pick_threads(threads), precision)
-    key = (str(wb.root), model, inventory.digest, *settings)
-    if key not in _engines:
-        _engines.clear()  # one model in memory at a time
-        _engines[key] = ENGINES[engine_of(spec)].load(
-            wb, model, device=device, dtype=dtype, threads=threads, precision=precision
-        )
-    return _engines[key]
+    cls = engine_for(wb, model)
+    runtime = (runtime or Runtime(**settings)).resolved()
+    with TORCH_LOCK:
+        if inventory is None:
+            _, _, inventory = open_snapshot(wb, model, cls.name)
+        key = (str(wb.root), model, inventory.digest, runtime)
+        if key not in _engines:
+            _engines.clear()  # one model in memory at a time
+            _engines[key] = cls.load(wb, model, runtime)
+        return _engines[key]
 
 
 def prompts_from_ideas(ideas: Sequence[Idea]) -> tuple[str, ...]:
@@ -163,128 +193,167 @@ def prompts_from_ideas(ideas: Sequence[Idea]) -> tuple[str, ...]:
     return tuple(canonical_prompt(idea) for idea in ideas)
 
 
-def generate_music(
+def generate(
     wb: Workbench,
     model: str,
-    request: MusicRequest,
+    request: Any,
     *,
     ideas: Sequence[Idea] | None = None,
     fmt: str = "wav",
     normalize_lufs: float | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    cancel: Cancel | None = None,
     device: str | None = None,
     dtype: str | None = None,
     threads: int | None = None,
     precision: str = "exact",
     previews: bool = True,
 ) -> Generated:
-    """Generate music into the artifact store (or find the identical artifact already there).
+    """Generate into the artifact store (or find the identical artifact already there).
 
     Args:
         wb: the workbench.
-        model: a model name from params.yaml (e.g. "musicgen-small", "tiny-musicgen").
-        request: what to generate; its prompts are replaced by the ideas' canonical prompts
-            when ``ideas`` is given.
+        model: a model name from params.yaml (e.g. "musicgen-small", "tiny-musicgen"); its
+            ``engine:`` says which engine runs it and so what kind of artifact this is.
+        request: the engine's request (e.g. :class:`~harmonia.engines.musicgen.MusicRequest`).
+            Media inputs may be files, :class:`~harmonia.audio.Audio`, or :class:`From` an
+            artifact (which becomes a parent). With ``ideas``, its prompts are the ideas'
+            canonical prompts.
         ideas: one :class:`~harmonia.prompts.Idea` per prompt; the manifest keeps them.
-        fmt: "wav" (32-bit float, exact) or "flac" (24-bit).
+        fmt: audio format, "wav" (32-bit float, exact) or "flac" (24-bit).
         normalize_lufs: loudness target in LUFS (e.g. -14), with a -1 dBFS peak guard; None keeps
             the model's levels.
         force: regenerate even when the artifact exists.
-        progress: ``progress(done, total)`` per decoding step; raising stops the generation and
-            nothing is written.
-        device, dtype, threads, precision: see :meth:`MusicGenEngine.load`.
-        previews: also write a waveform/spectrogram PNG per output.
+        progress: ``progress(done, total)`` per step; raising stops the generation and nothing
+            is written.
+        cancel: a ``threading.Event`` (or a function returning True) that stops the generation
+            at its next step; nothing is written.
+        device, dtype, threads, precision: where and how the engine runs (see
+            :class:`~harmonia.engines.base.Runtime`); recorded and part of the id.
+        previews: also write a picture per audio output (waveform and spectrogram).
 
     Returns:
         :class:`Generated` with the artifact, whether it was a cache hit, and the result.
 
     Example:
         >>> wb = Workbench.open()  # doctest: +SKIP
-        >>> done = generate_music(wb, "tiny-musicgen", MusicRequest("calm piano", duration_s=4, seed=1))  # doctest: +SKIP
+        >>> done = generate(wb, "tiny-musicgen", MusicRequest("calm piano", duration_s=4, seed=1))  # doctest: +SKIP
         >>> done.artifact.path  # doctest: +SKIP
         PosixPath('/work/artifacts/5f0c8a4b2d1e9f37')
     """
-    # 1. Check what needs no model: format, loudness target, ideas; fix the seed.
-    if fmt not in FORMATS:
-        raise RequestError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}.")
-    if normalize_lufs is not None:
-        low, high = LUFS_RANGE
-        if (
-            not isinstance(normalize_lufs, int | float)
-            or not math.isfinite(normalize_lufs)
-            or not low <= normalize_lufs <= high
-        ):
-            raise RequestError(
-                f"normalize_lufs must be in [{low:g}, {high:g}] LUFS (e.g. -14), got {normalize_lufs!r}."
-            )
+    # 1. Check what needs no model: output settings, runtime, ideas; fix the seed.
+    cls = engine_for(wb, model)
+    output = check_output(OutputSettings(fmt, normalize_lufs))
+    runtime = Runtime(device, dtype, threads, precision).resolved()
+    cls.check_runtime(runtime)  # before the snapshot's verification reads every byte
+    if not isinstance(request, cls.request_type):
+        raise RequestError(
+            f"model '{model}' runs the {cls.name} engine, which takes a {cls.request_type.__name__}, "
+            f"not a {type(request).__name__}. Pick a {cls.kind} request or another model."
+        )
     if ideas is not None:
         ideas = tuple(ideas)
         if not ideas:
             raise RequestError("ideas must not be empty: give one idea per prompt.")
         request = replace(request, prompts=prompts_from_ideas(ideas))
     request = replace(request, seed=choose_seed() if request.seed is None else check_seed(request.seed))
-    chosen = pick_device(device)
-    check_precision(precision, chosen)  # before the snapshot's verification reads every byte
 
-    # 2. The id: the model's bytes, the request, the inputs' bytes, the output settings, the runtime.
-    spec = wb.spec("model", model)
-    _, _, inventory = open_snapshot(wb, model, engine_of(spec))
-    melody = read_audio(request.melody, "melody") if request.melody is not None else None
-    continuation = (
-        read_audio(request.continuation, "continuation") if request.continuation is not None else None
-    )
-    runtime = {"device": chosen.type, "dtype": pick_dtype(dtype, chosen), "threads": pick_threads(threads)}
-    if (
-        precision != "exact"
-    ):  # exact gives plain transformers' bytes: ids made before modes existed stay valid
-        runtime["precision"] = precision
-    identity = _identity(
-        engine_of(spec), inventory.digest, request, melody, continuation, fmt, normalize_lufs, runtime
-    )
+    # 2. Read the inputs (files or other artifacts) and check the whole request against the snapshot.
+    _, path, inventory = open_snapshot(wb, model, cls.name)
+    inputs, parents = {}, {}
+    for role in cls.request_type.INPUTS:
+        inputs[role], parents[role] = resolve_input(wb, getattr(request, role), role)
+    request = cls.check(replace(request, **inputs), path)
+
+    # 3. The id: engine, model bytes, request, inputs' bytes and parents, output settings, runtime, packages.
+    identity = _identity(cls, inventory.digest, request, inputs, parents, output, runtime)
     new_id = artifact_id(identity)
-    if not force and (existing := find_artifact(wb, new_id)) is not None:
-        return Generated(existing, cached=True, result=None)
+    if not force:
+        for candidate in (
+            new_id,
+            _legacy_id(cls, inventory.digest, request, inputs, parents, output, runtime),
+        ):
+            if candidate and (existing := find_artifact(wb, candidate)) is not None:
+                return Generated(existing, cached=True, result=None)
 
-    # 3. Load (or reuse) the engine and generate.
-    engine = load_engine(
-        wb, model, device=device, dtype=dtype, threads=threads, precision=precision, inventory=inventory
-    )
-    request = replace(request, melody=melody, continuation=continuation)
-    result = engine.generate(request, progress=progress)
+    # 4. Load (or reuse) the engine and generate; the lock keeps torch's global state ours.
+    with TORCH_LOCK:
+        engine = load_engine(wb, model, runtime, inventory=inventory)
+        result = engine.generate(request, progress=progress, cancel=cancel)
 
-    # 4. Write the artifact whole: media, inputs, previews, manifest.
+    # 5. Write the artifact whole: media, kept inputs, previews, manifest.
     started = time.perf_counter()
 
-    def write(folder: Path) -> dict[str, Any]:
-        outputs = _write_outputs(folder, result, fmt, normalize_lufs, previews)
-        inputs = {
-            name: _keep_input(folder, name, clip)
-            for name, clip in (("melody", melody), ("continuation", continuation))
+    def write(folder: Path) -> Manifest:
+        outputs = tuple(write_take(folder, i, take, output, previews) for i, take in enumerate(result.takes))
+        kept = {
+            role: _keep_input(folder, role, clip, parents[role])
+            for role, clip in result.inputs.items()
+            if clip is not None
         }
         return _manifest(
-            new_id,
-            identity,
-            engine,
-            result,
-            ideas,
-            inputs,
-            outputs,
-            fmt,
-            normalize_lufs,
+            new_id, identity, cls, engine, result, ideas, kept, parents, outputs, output, wb,
             time.perf_counter() - started,
-        )
+        )  # fmt: skip
 
     artifact = write_artifact(wb, new_id, write)
     return Generated(artifact, cached=False, result=result)
 
 
-def reproduce(wb: Workbench, artifact: str, progress: Progress | None = None) -> Reproduction:
+def resolve_input(wb: Workbench, value: Any, role: str) -> tuple[Audio | None, ParentRecord | None]:
+    """An input as audio, and its parent when it comes from an artifact.
+
+    ``value``: None, :class:`~harmonia.audio.Audio`, a file path, :class:`From`, or a string
+    that is no file but an artifact id (``ID`` or ``ID/take-1.wav``).
+    """
+    if value is None or isinstance(value, Audio):
+        return value, None
+    if isinstance(value, str | Path) and not isinstance(value, From):
+        text = str(value)
+        if not Path(text).exists() and re.fullmatch(r"[0-9a-f]{4,16}(/[\w.\-/]+)?", text):
+            artifact, _, file = text.partition("/")
+            value = From(artifact, file or None)
+        else:
+            return read_audio(text, role), None
+    if not isinstance(value, From):
+        raise RequestError(
+            f"{role} must be an audio file, an Audio, or an artifact (From(id)), got {type(value).__name__}."
+        )
+    parent = load_artifact(wb, check_id(value.artifact))
+    audio = parent.audio_outputs()
+    if value.file is None:
+        if not audio:
+            raise AudioError(
+                f"{role}: artifact {parent.id} is a {parent.kind} artifact with no audio output; "
+                "give an artifact that holds audio."
+            )
+        chosen = audio[0]
+    else:
+        chosen = next((o for o in parent.outputs if o.path == value.file), None)
+        if chosen is None or chosen.media != "audio":
+            names = ", ".join(o.path for o in audio) or "none"
+            raise AudioError(
+                f"{role}: artifact {parent.id} has no audio file {value.file!r}; its audio: {names}."
+            )
+    clip = read_audio(parent.file(chosen), role)
+    if clip.sha256 != chosen.sha256:
+        raise ArtifactError(
+            f"{role}: {parent.id}/{chosen.path} no longer matches its manifest's sha256 (changed after "
+            "writing); regenerate that artifact (harmonia reproduce) before using it."
+        )
+    return clip, ParentRecord(parent.id, chosen.path, chosen.sha256, role, parent.kind)
+
+
+def reproduce(
+    wb: Workbench, artifact: str, progress: Progress | None = None, cancel: Cancel | None = None
+) -> Reproduction:
     """Regenerate an artifact from its manifest and compare it with the stored files.
 
     Nothing is written to the artifact store. The verdict is "identical" (every fresh
     output has the sha256 the manifest records, and so has the stored file) or the drift
-    from the stored file: the largest absolute sample difference and the SNR.
+    from the stored file: the largest absolute sample difference and the SNR. Differences
+    that may explain a drift (packages, device, model, engine code, parents) are listed.
 
     Example:
         >>> reproduce(Workbench.open(), "5f0c8a4b").summary()  # doctest: +SKIP
@@ -293,180 +362,207 @@ def reproduce(wb: Workbench, artifact: str, progress: Progress | None = None) ->
     # 1. Read the manifest and rebuild the request, its inputs from the artifact's own copies.
     stored = load_artifact(wb, artifact)
     m = stored.manifest
-    if m.get("kind") != "music":
-        raise ArtifactError(
-            f"Artifact {stored.id} is a {m.get('kind')!r} artifact; only music can be reproduced."
-        )
-    req = dict(m["request"])
-    for name in ("melody", "continuation"):
-        kept = m["inputs"].get(name)
-        req[name] = read_audio(stored.path / kept["file"], name) if kept else None
-    request = MusicRequest(**{**req, "prompts": tuple(req["prompts"])})
-    runtime = m["runtime"]
+    cls = engine_class(m.engine.name)
+    inputs = {role: read_audio(stored.file(kept.file), role) for role, kept in m.inputs.items()}
+    request = cls.request_type.from_json(m.request, inputs)
 
     # 2. Note what differs between then and now.
     differences = []
     now_packages = package_versions()
-    for name, then in m["packages"].items():
-        if now_packages.get(name) != then:
-            differences.append(f"{name} {then} -> {now_packages.get(name)}")
-    device = runtime["device"]
-    if device == "cuda" and not torch.cuda.is_available():
+    for name, then in m.packages.items():
+        if name in now_packages and now_packages[name] != then:
+            differences.append(f"{name} {then} -> {now_packages[name]}")
+    if cls.code_version != m.engine.code_version:
+        differences.append(f"engine {cls.name} code version {m.engine.code_version} -> {cls.code_version}")
+    for parent in m.parents:
+        found = find_artifact(wb, parent.id)
+        if found is None:
+            differences.append(
+                f"parent {parent.id} ({parent.role}) is missing; the kept copy of its file was used"
+            )
+        elif (
+            not found.path.joinpath(parent.file).is_file()
+            or sha256_file(found.file(parent.file)) != parent.sha256
+        ):
+            differences.append(
+                f"parent {parent.id} ({parent.role}) has changed since; the kept copy was used"
+            )
+    device = m.runtime.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
         differences.append("device cuda -> cpu (no GPU here)")
         device = "cpu"
 
     # 3. Regenerate with the recorded settings and render the outputs the same way.
-    engine = load_engine(
-        wb,
-        m["model"]["name"],
-        device=device,
-        dtype=runtime["dtype"],
-        threads=runtime["threads"],
-        precision=runtime.get("precision", "exact"),
-    )
-    if engine.loaded.inventory.digest != m["model"]["inventory_digest"]:
-        differences.append(f"model {m['model']['name']} snapshot changed (inventory digest differs)")
-    result = engine.generate(request, progress=progress)
-    fmt, target = m["output"]["format"], m["output"]["normalize_lufs"]
+    runtime = Runtime(device, m.runtime.dtype, m.runtime.threads, m.runtime.precision)
+    with TORCH_LOCK:
+        engine = load_engine(wb, m.model.name, runtime)
+        if engine.loaded.inventory.digest != m.model.inventory_digest:
+            differences.append(f"model {m.model.name} snapshot changed (inventory digest differs)")
+        result = engine.generate(request, progress=progress, cancel=cancel)
     with tempfile.TemporaryDirectory(prefix="harmonia-reproduce-") as tmp:
-        fresh = _write_outputs(Path(tmp), result, fmt, target, previews=False)
+        fresh = [write_take(Path(tmp), i, take, m.output, False) for i, take in enumerate(result.takes)]
         drifts = []
-        for then, now in zip(m["outputs"], fresh, strict=True):
-            kept = stored.path / then["path"]
-            if sha256_file(kept) != then["sha256"]:
+        for then, now in zip(m.outputs, fresh, strict=True):
+            kept = stored.file(then.path)
+            if sha256_file(kept) != then.sha256:
                 differences.append(
-                    f"stored {then['path']} no longer matches its manifest sha256 (changed after writing)"
+                    f"stored {then.path} no longer matches its manifest sha256 (changed after writing)"
                 )
-            a, _ = sf.read(kept, dtype="float32", always_2d=True)
-            b, _ = sf.read(Path(tmp) / now["path"], dtype="float32", always_2d=True)
-            same = then["sha256"] == now["sha256"] == sha256_file(kept)
-            drifts.append(_drift(then["path"], same, a, b))
+            same = then.sha256 == now.sha256 == sha256_file(kept)
+            drifts.append(_drift(then.path, same, kept, Path(tmp) / now.path, then.media))
     return Reproduction(stored.id, tuple(drifts), tuple(differences))
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def _request_json(
-    request: MusicRequest, melody: Audio | None, continuation: Audio | None, full: bool
+def _inputs_json(inputs: dict[str, Audio | None]) -> dict[str, dict | None]:
+    return {role: None if clip is None else {"sha256": clip.sha256} for role, clip in inputs.items()}
+
+
+def _identity(
+    cls, digest, request, inputs, parents, output: OutputSettings, runtime: Runtime
 ) -> dict[str, Any]:
-    def clip(audio: Audio | None):
-        if audio is None:
-            return None
-        return audio.describe() if full else {"sha256": audio.sha256}
-
+    """What the id hashes: everything that determines the bytes, nothing that does not (dates, paths)."""
+    known: dict[str, str] = {"libsndfile": sf.__libsndfile_version__}
+    names = sorted({*WRITER_PACKAGES, *cls.packages})
     return {
-        "prompts": list(request.prompts),
-        "duration_s": float(request.duration_s),
-        "seed": request.seed,
-        "temperature": float(request.temperature),
-        "top_k": int(request.top_k),
-        "top_p": float(request.top_p),
-        "guidance_scale": float(request.guidance_scale),
-        "extend_stride_s": None if request.extend_stride_s is None else float(request.extend_stride_s),
-        "melody": clip(melody),
-        "continuation": clip(continuation),
-    }
-
-
-def _identity(engine, digest, request, melody, continuation, fmt, normalize_lufs, runtime) -> dict[str, Any]:
-    packages = package_versions()
-    return {
-        "schema": MANIFEST_SCHEMA,
-        "kind": "music",
-        "engine": engine,
+        "schema": IDENTITY_SCHEMA,
+        "kind": cls.kind,
+        "engine": {"name": cls.name, "code_version": cls.code_version, "writer_version": WRITER_VERSION},
         "model_inventory_digest": digest,
-        "request": _request_json(request, melody, continuation, full=False),
-        "output": {"format": fmt, "normalize_lufs": normalize_lufs},
-        "runtime": runtime,
-        "packages": {name: packages[name] for name in IDENTITY_PACKAGES},
+        "request": request.to_json(_inputs_json(inputs)),
+        "parents": {role: [p.id, p.file, p.sha256] for role, p in parents.items() if p is not None},
+        "output": {"format": output.format, "normalize_lufs": output.normalize_lufs},
+        "runtime": {
+            "device": torch.device(runtime.device).type,
+            "dtype": runtime.dtype,
+            "threads": runtime.threads,
+            "precision": runtime.precision,
+        },
+        "packages": {name: _version(name, known) for name in names},
     }
 
 
-def _write_outputs(folder: Path, result: MusicResult, fmt: str, normalize_lufs, previews: bool) -> list[dict]:
-    """Write take-N.<fmt> per batch item (and take-N.png); return their manifest entries."""
-    outputs = []
-    for i, samples in enumerate(result.audio):
-        if normalize_lufs is not None:
-            samples = normalize_loudness(samples, result.sample_rate, normalize_lufs)
-        path = write_audio(folder / f"take-{i}.{fmt}", samples, result.sample_rate, fmt)
-        entry = {"path": path.name, "prompt": result.request.prompts[i], "sha256": sha256_file(path)}
-        entry.update(facts(samples, result.sample_rate))
-        if previews:
-            from harmonia.plots import save_audio_figure
-
-            preview = save_audio_figure(
-                folder / f"take-{i}.png", samples, result.sample_rate, result.request.prompts[i]
-            )
-            entry["preview"] = preview.name
-        outputs.append(entry)
-    return outputs
-
-
-def _keep_input(folder: Path, name: str, clip: Audio | None) -> dict | None:
-    """Copy an input into the artifact (inputs/NAME.ext) so the artifact reproduces on its own."""
-    if clip is None:
+def _legacy_id(cls, digest, request, inputs, parents, output: OutputSettings, runtime: Runtime) -> str | None:
+    """The id a schema-1 Harmonia gave this request (MusicGen without parents), so old artifacts stay hits."""
+    if cls.name != "musicgen" or cls.code_version != 1 or any(parents.values()):
         return None
+    legacy_runtime = {
+        "device": torch.device(runtime.device).type,
+        "dtype": runtime.dtype,
+        "threads": runtime.threads,
+    }
+    if runtime.precision != "exact":
+        legacy_runtime["precision"] = runtime.precision
+    known: dict[str, str] = {}
+    return artifact_id(
+        {
+            "schema": LEGACY_SCHEMA,
+            "kind": "music",
+            "engine": cls.name,
+            "model_inventory_digest": digest,
+            "request": request.to_json(_inputs_json(inputs)),
+            "output": {"format": output.format, "normalize_lufs": output.normalize_lufs},
+            "runtime": legacy_runtime,
+            "packages": {name: _version(name, known) for name in LEGACY_PACKAGES},
+        }
+    )
+
+
+def _keep_input(folder: Path, role: str, clip: Audio, parent: ParentRecord | None) -> InputRecord:
+    """Copy an input into the artifact (inputs/ROLE.ext) so the artifact reproduces on its own."""
     (folder / "inputs").mkdir(exist_ok=True)
     if clip.source is not None:
-        target = folder / "inputs" / f"{name}{Path(clip.source).suffix.lower()}"
+        target = folder / "inputs" / f"{role}{Path(clip.source).suffix.lower()}"
         shutil.copyfile(clip.source, target)
     else:
-        target = write_audio(folder / "inputs" / f"{name}.wav", clip.samples, clip.sample_rate, "wav")
-    return {**clip.describe(), "file": str(target.relative_to(folder))}
+        target = write_audio(folder / "inputs" / f"{role}.wav", clip.samples, clip.sample_rate, "wav")
+    return InputRecord(
+        role=role,
+        file=str(target.relative_to(folder)),
+        sha256=clip.sha256,
+        sample_rate=clip.sample_rate,
+        channels=clip.channels,
+        duration_s=round(clip.duration_s, 6),
+        source=None if parent is not None else clip.source,
+        parent=parent.id if parent is not None else None,
+    )
+
+
+def _licenses(wb: Workbench, model: ModelRecord, parents: list[ParentRecord]) -> tuple[LicenseRecord, ...]:
+    """The licence of this artifact's model and of every model behind its parents."""
+    found = [LicenseRecord(model.name, model.license)]
+    for parent in parents:
+        art = find_artifact(wb, parent.id)
+        if art is not None:
+            for lic in art.manifest.licenses:
+                found.append(LicenseRecord(lic.model, lic.license, lic.via or parent.id))
+    unique = {(x.model, x.license, x.via): x for x in found}
+    return tuple(unique.values())
 
 
 def _manifest(
-    new_id, identity, engine, result, ideas, inputs, outputs, fmt, normalize_lufs, write_s
-) -> dict[str, Any]:
+    new_id, identity, cls, engine, result, ideas, kept, parents, outputs, output, wb, write_s
+) -> Manifest:
     loaded = engine.loaded
-    request = _request_json(result.request, result.melody, result.continuation, full=True)
-    for name in ("melody", "continuation"):  # the manifest's request points at the kept copies
-        request[name] = (
-            None if inputs[name] is None else {"sha256": inputs[name]["sha256"], "file": inputs[name]["file"]}
+    src, spec = loaded.inventory.source, loaded.spec
+    model = ModelRecord(
+        name=loaded.name,
+        repo=src.repo,
+        revision=src.revision,
+        source=src.type,
+        builder=src.builder,
+        seed=src.seed,
+        inventory_digest=loaded.inventory.digest,
+        license=loaded.inventory.license or spec.license,
+    )
+    request = result.request.to_json({role: {"sha256": k.sha256, "file": k.file} for role, k in kept.items()})
+    chosen_parents = [p for p in parents.values() if p is not None]
+    duration = sum(o.duration_s or 0 for o in outputs) / max(len(outputs), 1)
+    return Manifest(
+        id=new_id,
+        kind=cls.kind,
+        created=utc_now(),
+        engine=EngineRecord(cls.name, cls.code_version, {**engine.describe(), **result.details()}),
+        model=model,
+        request=request,
+        seed=result.request.seed,
+        packages=package_versions(),
+        runtime=RuntimeRecord(
+            device=torch.device(loaded.device).type,
+            dtype=loaded.dtype,
+            threads=loaded.threads,
+            precision=loaded.precision,
+            deterministic_algorithms=torch.are_deterministic_algorithms_enabled(),
+            platform=platform.platform(),
+            machine=platform.machine(),
+        ),
+        timings=Timings(
+            load_s=round(loaded.load_s, 4),
+            generate_s=round(result.generate_s, 4),
+            write_s=round(write_s, 4),
+            steps=result.steps,
+            steps_per_s=round(result.steps / result.generate_s, 3) if result.generate_s else None,
+            real_time_factor=round(duration / result.generate_s, 4)
+            if result.generate_s and duration
+            else None,
+        ),
+        output=output,
+        outputs=outputs,
+        inputs=kept,
+        parents=tuple(chosen_parents),
+        licenses=_licenses(wb, model, chosen_parents),
+        ideas=[idea.to_json() for idea in ideas] if ideas else None,
+        identity=identity,
+    )
+
+
+def _drift(path: str, same_bytes: bool, kept: Path, fresh: Path, media: str) -> OutputDrift:
+    if media != "audio":
+        return OutputDrift(
+            path, same_bytes, 0.0 if same_bytes else math.inf, math.inf if same_bytes else -math.inf
         )
-    return {
-        "schema": MANIFEST_SCHEMA,
-        "id": new_id,
-        "kind": "music",
-        "created": utc_now(),
-        "ideas": [idea.to_json() for idea in ideas] if ideas else None,
-        "request": request,
-        "seed": result.request.seed,
-        "model": loaded.describe(),
-        "engine": {
-            **engine.describe(),
-            "long_form": {
-                "windows": result.windows,
-                "window_s": result.window_s,
-                "stride_s": result.stride_s,
-            },
-        },
-        "packages": package_versions(),
-        "runtime": {
-            "device": torch.device(loaded.device).type,
-            "dtype": loaded.dtype,
-            "precision": loaded.precision,
-            "threads": loaded.threads,
-            "seeding": "torch.manual_seed(seed) on a forked RNG, per request",
-            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
-            "platform": platform.platform(),
-            "machine": platform.machine(),
-        },
-        "timings": {
-            "load_s": round(loaded.load_s, 4),
-            "generate_s": round(result.generate_s, 4),
-            "write_s": round(write_s, 4),
-            "steps": result.steps,
-            "steps_per_s": round(result.steps / result.generate_s, 3) if result.generate_s else None,
-            "real_time_factor": round(result.real_time_factor, 4),
-        },
-        "output": {"format": fmt, "normalize_lufs": normalize_lufs},
-        "inputs": inputs,
-        "outputs": outputs,
-        "identity": identity,
-    }
-
-
-def _drift(path: str, same_bytes: bool, then: np.ndarray, now: np.ndarray) -> OutputDrift:
+    then, _ = sf.read(kept, dtype="float32", always_2d=True)
+    now, _ = sf.read(fresh, dtype="float32", always_2d=True)
     if then.shape != now.shape:
         n = min(len(then), len(now))
         then, now = then[:n], now[:n]

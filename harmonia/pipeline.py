@@ -2,7 +2,7 @@
 
 Each stage reads its own section of params.yaml, takes its paths from the command line
 (`harmonia pipeline STAGE ...`), and calls the same functions as the CLI and the notebooks:
-``verify``, ``generate_music`` (so re-runs are artifact-store cache hits), the evaluation
+``verify``, ``generate`` (so re-runs are artifact-store cache hits), the evaluation
 functions, and papermill.
 """
 
@@ -15,16 +15,14 @@ from pathlib import Path
 import soundfile as sf
 
 from harmonia.datasets import load_prompts
-from harmonia.engines.musicgen import MusicRequest
+from harmonia.defaults import kind_defaults
 from harmonia.errors import ParamsError
 from harmonia.evaluation import SILENCE_DBFS, ClapScorer, signal_facts, write_json
-from harmonia.generation import generate_music
+from harmonia.generation import generate
 from harmonia.snapshots import verify
 from harmonia.workbench import Workbench
 
 INDEX_FILE = "index.json"
-DEFAULT_BATCH = 8  # prompts per generation in the pipeline (music.batch_size)
-MUSIC_FIELDS = ("duration_s", "temperature", "top_k", "top_p", "guidance_scale")
 
 
 def _section(wb: Workbench, name: str) -> dict:
@@ -75,35 +73,19 @@ def stage_generate(wb: Workbench, prompt_set: str, model: str, out: Path, progre
     if prompt_set not in sets:
         raise ParamsError(f"Unknown prompt set '{prompt_set}'. Known prompt sets: {', '.join(sorted(sets))}.")
     spec = sets[prompt_set]
-    music = _section(wb, "music")
-    size = music.get("batch_size", DEFAULT_BATCH)
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise ParamsError(
-            f"music.batch_size must be a whole number >= 1 (prompts per generation), got {size!r}."
-        )
+    music = kind_defaults(wb, "music")  # the same defaults as `harmonia generate music` and the studio
+    size = music.batch_size
     seeds = _section(wb, "pipeline").get("seeds", [0])
     prompts = load_prompts(wb, spec["dataset"], spec.get("limit"))
-    fmt = music.get("format", "wav")
+    fmt = music.output.format
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     takes = []
     batches = [(seed, prompts[i : i + size]) for seed in seeds for i in range(0, len(prompts), size)]
     for seed, batch in batches:
-        request = MusicRequest(
-            tuple(p["caption"] for p in batch),
-            seed=seed,
-            **{k: music[k] for k in MUSIC_FIELDS if k in music},
-        )
-        art = generate_music(
-            wb,
-            model,
-            request,
-            fmt=fmt,
-            normalize_lufs=music.get("normalize_lufs"),
-            precision=music.get("precision", "exact"),
-            progress=progress,
-        ).artifact
+        request = music.request_for(tuple(p["caption"] for p in batch), seed=seed)
+        art = generate(wb, model, request, progress=progress, **music.run_settings()).artifact
         for entry, output in zip(batch, art.outputs, strict=True):
             name = f"{entry['id']}-s{seed}.{fmt}"
             _link_or_copy(art.file(output), out / name)

@@ -244,6 +244,12 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "clap": build_clap,
 }
 DEFAULT_NAMES = {name: f"tiny-{name}" for name in BUILDERS}
+BUILDER_ENGINES = {
+    "musicgen": "musicgen",
+    "musicgen-stereo": "musicgen",
+    "musicgen-melody": "musicgen",
+    "clap": "clap",
+}
 
 
 def build_tiny(wb: Workbench, builder: str, name: str | None = None, seed: int = 0) -> TinyBuild:
@@ -265,6 +271,18 @@ def build_tiny(wb: Workbench, builder: str, name: str | None = None, seed: int =
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
         raise BuilderError(f"seed must be an integer in [0, 2**63), got {seed!r}.")
     name = check_name("model", name or DEFAULT_NAMES[builder])
+    declared = wb.specs("model").get(name)
+    entry = f"{name}: {{builder: {builder}, seed: {seed}, engine: {BUILDER_ENGINES[builder]}}}"
+    if declared is None:
+        raise BuilderError(
+            f"Model '{name}' is not declared in params.yaml, so nothing could use it after the build. "
+            f"Add '{entry}' under 'models:' in {wb.root / 'params.yaml'}, then build again."
+        )
+    if declared.builder != builder:
+        raise BuilderError(
+            f"params.yaml declares model '{name}' with {f'builder {declared.builder}' if declared.builder else 'a hub repo'}, "
+            f"not builder {builder}. Pick another --name, or change its entry to '{entry}'."
+        )
 
     # 2. Build from a private RNG stream (the caller's RNG is untouched), hash, install.
     def build(folder: Path) -> None:

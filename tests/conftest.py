@@ -47,12 +47,18 @@ models:
   tiny-musicgen:
     builder: musicgen
     seed: 0
+    engine: musicgen
+    license: mit
   tiny-musicgen-stereo:
     builder: musicgen-stereo
     seed: 0
+    engine: musicgen
+    license: mit
   tiny-musicgen-melody:
     builder: musicgen-melody
     seed: 0
+    engine: musicgen
+    license: mit
 music:
   model: tiny-musicgen
   duration_s: 1.0

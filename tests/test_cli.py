@@ -100,8 +100,9 @@ def test_generate_list_show_reproduce(music_wb):
     )
 
     listed = run_cli("artifacts", "list", cwd=music_wb.root).stdout.splitlines()
-    assert listed[0].split() == ["ID", "CREATED", "MODEL", "SEED", "TAKES", "SECONDS", "PROMPT"]
+    assert listed[0].split() == ["ID", "CREATED", "KIND", "MODEL", "SEED", "TAKES", "SECONDS", "PROMPT"]
     assert listed[1].split()[0] == art_id and listed[1].split()[2:] == [
+        "music",
         "tiny-musicgen",
         "4",
         "1",
@@ -114,7 +115,12 @@ def test_generate_list_show_reproduce(music_wb):
 
     shown = run_cli("artifacts", "show", art_id[:8], cwd=music_wb.root)
     assert shown.returncode == 0 and shown.stdout.startswith(f"artifact {art_id}  (music, created ")
-    assert "  request   seed 4, 0.5 s, temperature 1, top-k 250, top-p 1, guidance 3" in shown.stdout
+    assert (
+        "  request   duration_s 0.5, seed 4, temperature 1.0, top_k 250, top_p 1.0, guidance_scale 3.0\n"
+        in shown.stdout
+    )
+    assert "  engine    musicgen (code version 1)\n" in shown.stdout
+    assert "  licence   mit (tiny-musicgen): no non-commercial licence found\n" in shown.stdout
     manifest = json.loads(run_cli("artifacts", "show", art_id, "--json", cwd=music_wb.root).stdout)
     assert manifest["id"] == art_id
 

@@ -25,7 +25,8 @@ from harmonia.errors import (
     UnknownSnapshotError,
     VerificationError,
 )
-from harmonia.generation import generate_music, reproduce
+from harmonia.generation import generate, reproduce
+from harmonia.manifest import Manifest, OutputSettings
 from harmonia.prompts import Idea
 from tests.conftest import REPO_ROOT, run_cli
 
@@ -44,14 +45,14 @@ def tone_file(path, seconds=2.0, freq=440.0, amp=0.5):
 
 
 def test_artifact_is_complete_and_its_manifest_says_everything(music_wb):
-    done = generate_music(
-        music_wb, "tiny-musicgen", MusicRequest(["calm piano", "drums"], duration_s=1.0, seed=7)
-    )
-    art, m = done.artifact, done.artifact.manifest
+    done = generate(music_wb, "tiny-musicgen", MusicRequest(["calm piano", "drums"], duration_s=1.0, seed=7))
+    art = done.artifact
+    m = json.loads((art.path / "manifest.json").read_text())  # what is on disk
+    assert Manifest.from_json(m) == art.manifest  # and the typed form reads it back whole
     assert not done.cached and art.path == music_wb.artifacts_dir / art.id
     names = sorted(p.name for p in art.path.iterdir())
     assert names == ["manifest.json", "take-0.png", "take-0.wav", "take-1.png", "take-1.wav"]
-    assert m["schema"] == "harmonia.manifest/1" and m["id"] == art.id and m["kind"] == "music"
+    assert m["schema"] == "harmonia.manifest/2" and m["id"] == art.id and m["kind"] == "music"
     assert m["request"] == {
         "prompts": ["calm piano", "drums"],
         "duration_s": 1.0,
@@ -71,7 +72,12 @@ def test_artifact_is_complete_and_its_manifest_says_everything(music_wb):
     from harmonia.inventory import parse_inventory
 
     assert m["model"]["inventory_digest"] == parse_inventory(inv, "x").digest
-    assert m["engine"]["name"] == "musicgen" and m["engine"]["long_form"] == {
+    assert m["model"]["license"] == "mit" and m["licenses"] == [
+        {"model": "tiny-musicgen", "license": "mit", "via": None}
+    ]
+    assert m["parents"] == [] and m["inputs"] == {}
+    assert m["engine"]["name"] == "musicgen" and m["engine"]["code_version"] == 1
+    assert m["engine"]["details"]["long_form"] == {
         "windows": 1,
         "window_s": 5.04,
         "stride_s": None,
@@ -93,19 +99,35 @@ def test_artifact_is_complete_and_its_manifest_says_everything(music_wb):
         data, rate = sf.read(art.path / out["path"], dtype="float32")
         assert rate == RATE and np.array_equal(data, done.result.audio[i, 0])
     assert m["files"] == {name: sha(art.path / name) for name in names if name != "manifest.json"}
+    identity = m["identity"]
+    assert identity["schema"] == "harmonia.identity/2"
+    assert identity["engine"] == {"name": "musicgen", "code_version": 1, "writer_version": 1}
+    assert set(identity["packages"]) == {
+        "torch",
+        "transformers",
+        "numpy",
+        "soundfile",
+        "libsndfile",
+        "soxr",
+        "pyloudnorm",
+    }
+    assert identity["runtime"] == {
+        "device": "cpu",
+        "dtype": "float32",
+        "threads": m["runtime"]["threads"],
+        "precision": "exact",
+    }
 
 
 def test_same_request_is_a_cache_hit_and_force_regenerates_the_same_bytes(music_wb):
     request = MusicRequest("x", duration_s=0.5, seed=3)
-    first = generate_music(music_wb, "tiny-musicgen", request, previews=False)
+    first = generate(music_wb, "tiny-musicgen", request, previews=False)
     wav = first.artifact.path / "take-0.wav"
     stamp = wav.stat().st_mtime_ns
-    again = generate_music(
-        music_wb, "tiny-musicgen", MusicRequest("x", duration_s=0.5, seed=3), previews=False
-    )
+    again = generate(music_wb, "tiny-musicgen", MusicRequest("x", duration_s=0.5, seed=3), previews=False)
     assert again.cached and again.result is None and again.artifact.id == first.artifact.id
     assert wav.stat().st_mtime_ns == stamp
-    forced = generate_music(music_wb, "tiny-musicgen", request, force=True, previews=False)
+    forced = generate(music_wb, "tiny-musicgen", request, force=True, previews=False)
     assert not forced.cached and forced.artifact.id == first.artifact.id
     assert forced.artifact.outputs[0].sha256 == first.artifact.outputs[0].sha256
     assert len(list_artifacts(music_wb)) == 1
@@ -114,7 +136,7 @@ def test_same_request_is_a_cache_hit_and_force_regenerates_the_same_bytes(music_
 def test_the_id_follows_what_determines_the_output(music_wb):
     def art_id(model="tiny-musicgen", fmt="wav", **changes):
         request = MusicRequest(**{"prompts": "x", "duration_s": 0.3, "seed": 1, **changes})
-        return generate_music(music_wb, model, request, fmt=fmt, previews=False).artifact.id
+        return generate(music_wb, model, request, fmt=fmt, previews=False).artifact.id
 
     base = art_id()
     assert art_id(duration_s=0.3) == base
@@ -133,9 +155,7 @@ def test_the_id_follows_what_determines_the_output(music_wb):
 
 
 def test_reproduce_says_identical_then_reports_drift(music_wb):
-    done = generate_music(
-        music_wb, "tiny-musicgen", MusicRequest("x", duration_s=0.8, seed=9), previews=False
-    )
+    done = generate(music_wb, "tiny-musicgen", MusicRequest("x", duration_s=0.8, seed=9), previews=False)
     verdict = reproduce(music_wb, done.artifact.id[:6])
     assert (
         verdict.identical and verdict.summary() == f"{done.artifact.id}: identical (1 outputs, same sha256)"
@@ -159,47 +179,45 @@ def test_reproduce_says_identical_then_reports_drift(music_wb):
 
 def test_inputs_are_kept_and_reproduce(music_wb, tmp_path):
     melody = tone_file(tmp_path / "melody.wav", 2.0)
-    done = generate_music(
+    done = generate(
         music_wb,
         "tiny-musicgen-melody",
         MusicRequest("x", duration_s=1.0, seed=2, melody=str(melody)),
         previews=False,
     )
     m = done.artifact.manifest
-    assert (
-        m["inputs"]["melody"]["sha256"] == sha(melody)
-        and m["inputs"]["melody"]["file"] == "inputs/melody.wav"
-    )
+    assert m.inputs["melody"].sha256 == sha(melody) and m.inputs["melody"].file == "inputs/melody.wav"
+    assert m.inputs["melody"].source == str(melody) and m.inputs["melody"].parent is None
     assert sha(done.artifact.path / "inputs/melody.wav") == sha(melody)
-    assert m["request"]["melody"] == {"sha256": sha(melody), "file": "inputs/melody.wav"}
+    assert m.request["melody"] == {"sha256": sha(melody), "file": "inputs/melody.wav"}
     melody.unlink()  # the artifact reproduces on its own
     assert reproduce(music_wb, done.artifact.id).identical
 
     prompt_path = done.artifact.path / "take-0.wav"
-    cont = generate_music(
+    cont = generate(
         music_wb,
         "tiny-musicgen-melody",
         MusicRequest("x", duration_s=2.0, seed=2, continuation=str(prompt_path)),
         previews=False,
     )
-    assert cont.artifact.manifest["inputs"]["continuation"]["duration_s"] == 1.0
+    assert cont.artifact.manifest.inputs["continuation"].duration_s == 1.0
     assert cont.artifact.outputs[0].duration_s == 2.0
     assert reproduce(music_wb, cont.artifact.id).identical
 
 
 def test_long_form_stereo_artifact(music_wb):
-    done = generate_music(
+    done = generate(
         music_wb, "tiny-musicgen-stereo", MusicRequest("x", duration_s=7.0, seed=1), previews=False
     )
     m = done.artifact.manifest
-    assert m["engine"]["long_form"] == {"windows": 2, "window_s": 4.96, "stride_s": 2.98}
-    assert (m["outputs"][0]["channels"], m["outputs"][0]["duration_s"]) == (2, 7.0)
+    assert m.engine.details["long_form"] == {"windows": 2, "window_s": 4.96, "stride_s": 2.98}
+    assert (m.outputs[0].channels, m.outputs[0].duration_s) == (2, 7.0)
     assert reproduce(music_wb, done.artifact.id).identical
 
 
 def test_ideas_become_canonical_prompts_and_stay_in_the_manifest(music_wb):
     idea = Idea("rainy night", genre="Lo-Fi", tempo_bpm=80, key="a min")
-    done = generate_music(
+    done = generate(
         music_wb,
         "tiny-musicgen",
         MusicRequest("ignored", duration_s=0.3, seed=1),
@@ -207,8 +225,8 @@ def test_ideas_become_canonical_prompts_and_stay_in_the_manifest(music_wb):
         previews=False,
     )
     m = done.artifact.manifest
-    assert m["request"]["prompts"] == ["lo-fi, rainy night, 80 bpm, A minor"]
-    assert m["ideas"] == [
+    assert m.request["prompts"] == ["lo-fi, rainy night, 80 bpm, A minor"]
+    assert m.ideas == [
         {
             "text": "rainy night",
             "genre": "Lo-Fi",
@@ -221,7 +239,7 @@ def test_ideas_become_canonical_prompts_and_stay_in_the_manifest(music_wb):
 
 
 def test_flac_and_loudness_normalisation(music_wb):
-    done = generate_music(
+    done = generate(
         music_wb,
         "tiny-musicgen",
         MusicRequest("x", duration_s=2.0, seed=1),
@@ -233,7 +251,7 @@ def test_flac_and_loudness_normalisation(music_wb):
     assert out.path == "take-0.flac" and sf.info(done.artifact.file(out)).subtype == "PCM_24"
     data, rate = sf.read(done.artifact.file(out), dtype="float32", always_2d=True)
     assert loudness_lufs(data.T, rate) == pytest.approx(-16.0, abs=0.2)
-    assert done.artifact.manifest["output"] == {"format": "flac", "normalize_lufs": -16.0}
+    assert done.artifact.manifest.output == OutputSettings("flac", -16.0)
     assert reproduce(music_wb, done.artifact.id).identical
 
 
@@ -306,7 +324,7 @@ def test_bad_input_writes_nothing(music_wb, tmp_path, model, changes, error, mes
         changes = {"melody": str(files[changes["melody"]])}
     request = MusicRequest(**{"prompts": "x", "duration_s": 1.0, "seed": 1, **changes})
     with pytest.raises(error) as exc:
-        generate_music(music_wb, model, request)
+        generate(music_wb, model, request)
     assert message in str(exc.value)
     assert not music_wb.artifacts_dir.exists() or list(music_wb.artifacts_dir.iterdir()) == []
 
@@ -316,25 +334,28 @@ def test_damaged_snapshot_is_refused_and_nothing_written(music_wb):
     with pytest.raises(
         VerificationError, match=r"Model 'tiny-musicgen' failed verification: 1 truncated \(config.json\)"
     ):
-        generate_music(music_wb, "tiny-musicgen", MusicRequest("x", duration_s=1.0, seed=1))
+        generate(music_wb, "tiny-musicgen", MusicRequest("x", duration_s=1.0, seed=1))
     assert not music_wb.artifacts_dir.exists()
 
 
 def test_int8_on_a_gpu_writes_nothing(music_wb, monkeypatch):
+    import harmonia.engines.base as base
+    import harmonia.engines.musicgen as musicgen
     import harmonia.generation as generation
 
-    monkeypatch.setattr(generation, "pick_device", lambda device: torch.device("cuda"))
+    for module in (base, musicgen):
+        monkeypatch.setattr(module, "pick_device", lambda device: torch.device("cuda"))
     monkeypatch.setattr(generation, "open_snapshot", lambda *a: pytest.fail("verified the snapshot"))
     with pytest.raises(RequestError, match=r"^precision 'int8' runs on the CPU only .* on this device\.$"):
-        generate_music(music_wb, "tiny-musicgen", MusicRequest("x", duration_s=1.0, seed=1), precision="int8")
+        generate(music_wb, "tiny-musicgen", MusicRequest("x", duration_s=1.0, seed=1), precision="int8")
     assert not music_wb.artifacts_dir.exists()
 
 
 def test_bad_output_settings(music_wb):
     with pytest.raises(RequestError, match=r"format must be one of wav, flac, got 'mp3'"):
-        generate_music(music_wb, "tiny-musicgen", MusicRequest("x", seed=1), fmt="mp3")
+        generate(music_wb, "tiny-musicgen", MusicRequest("x", seed=1), fmt="mp3")
     with pytest.raises(RequestError, match=r"normalize_lufs must be in \[-70, 0\] LUFS \(e.g. -14\), got 5"):
-        generate_music(music_wb, "tiny-musicgen", MusicRequest("x", seed=1), normalize_lufs=5)
+        generate(music_wb, "tiny-musicgen", MusicRequest("x", seed=1), normalize_lufs=5)
     with pytest.raises(
         ArtifactError, match=r"No artifact 'abcdef' in .*Run 'harmonia artifacts list' to see the ids\."
     ):
@@ -419,16 +440,11 @@ def test_the_token_is_written_nowhere(music_wb):
 
 def test_precision_is_in_the_manifest_the_id_and_reproduce(music_wb):
     request = MusicRequest("x", duration_s=0.5, seed=2)
-    exact = generate_music(music_wb, "tiny-musicgen", request, previews=False).artifact
-    fast = generate_music(music_wb, "tiny-musicgen", request, precision="int8", previews=False).artifact
+    exact = generate(music_wb, "tiny-musicgen", request, previews=False).artifact
+    fast = generate(music_wb, "tiny-musicgen", request, precision="int8", previews=False).artifact
     assert exact.id != fast.id
-    assert (
-        exact.manifest["runtime"]["precision"] == "exact" and fast.manifest["runtime"]["precision"] == "int8"
-    )
-    assert fast.manifest["identity"]["runtime"]["precision"] == "int8"
-    assert (
-        "precision" not in exact.manifest["identity"]["runtime"]
-    )  # exact keeps the ids made before modes existed
+    assert exact.manifest.runtime.precision == "exact" and fast.manifest.runtime.precision == "int8"
+    assert fast.manifest.identity["runtime"]["precision"] == "int8"
     assert reproduce(music_wb, fast.id).identical
     with pytest.raises(RequestError, match=r"precision must be one of exact, bf16, int8, got 'fp4'"):
-        generate_music(music_wb, "tiny-musicgen", request, precision="fp4")
+        generate(music_wb, "tiny-musicgen", request, precision="fp4")

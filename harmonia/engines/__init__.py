@@ -1,12 +1,62 @@
-"""Generation engines: one file per engine behind the small protocol in base.py.
+"""Generation engines: one file per engine behind the contract in base.py, and the registry.
 
-Engines load a verified local snapshot and turn a request into arrays; they know nothing
-about artifacts, manifests or the UI.
+``ENGINES`` maps an engine's name (params.yaml's ``engine:``) to its class; ``KINDS`` maps a
+kind of artifact to its params.yaml section and request type. Both are read lazily, so the
+CLI starts without importing torch. Engines load a verified local snapshot and turn a
+request into takes of media; they know nothing about artifacts, manifests or the UI.
+
+Adding an engine: write ``harmonia/engines/NAME.py`` (see the README's "Adding an engine"),
+add a line to ``ENGINES`` (and to ``KINDS`` for a new kind), a tiny builder in tiny.py.
 """
 
-from harmonia.engines.base import Engine, LoadedModel
-from harmonia.engines.musicgen import MusicGenEngine, MusicRequest, MusicResult
+from __future__ import annotations
 
-ENGINES = {"musicgen": MusicGenEngine}
+from dataclasses import dataclass
+from importlib import import_module
+from typing import Any
 
-__all__ = ["ENGINES", "Engine", "LoadedModel", "MusicGenEngine", "MusicRequest", "MusicResult"]
+from harmonia.errors import RequestError
+
+ENGINES: dict[str, str] = {
+    "musicgen": "harmonia.engines.musicgen:MusicGenEngine",
+}
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    """A kind of artifact: its params.yaml section, its request type, its engines."""
+
+    name: str
+    section: str  # params.yaml's section of defaults (and the CLI's `generate KIND`)
+    request: str  # "module:Class" of the request dataclass
+    help: str
+
+
+KINDS: dict[str, KindInfo] = {
+    "music": KindInfo("music", "music", "harmonia.requests:MusicRequest", "text (and melody) to music"),
+}
+
+
+def _resolve(target: str) -> Any:
+    module, _, name = target.partition(":")
+    return getattr(import_module(module), name)
+
+
+def engine_class(name: Any) -> Any:
+    """The engine class registered under ``name``; RequestError naming the known ones otherwise."""
+    if not isinstance(name, str) or name not in ENGINES:
+        raise RequestError(
+            f"engine {name!r} is not one Harmonia runs; known engines: {', '.join(ENGINES)}. "
+            "Set 'engine' of the model in params.yaml to one of them."
+        )
+    return _resolve(ENGINES[name])
+
+
+def request_type(kind: str) -> type:
+    """The request dataclass of a kind."""
+    if kind not in KINDS:
+        raise RequestError(f"kind {kind!r} is not one Harmonia makes; known kinds: {', '.join(KINDS)}.")
+    return _resolve(KINDS[kind].request)
+
+
+__all__ = ["ENGINES", "KINDS", "KindInfo", "engine_class", "request_type"]

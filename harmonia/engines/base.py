@@ -1,44 +1,121 @@
-"""The engine protocol and what every engine shares: device and dtype choice, verified loading,
-seeding, thread pinning.
+"""The engine contract and what every engine shares: runtime choice, limits, verified loading,
+seeding, thread pinning, progress and cancel.
+
+An engine module declares one engine class with:
+
+- ``name`` (the registry key, params.yaml's ``engine:``), ``kind`` (music, sample, song, stems,
+  transcript, video, text), ``code_version`` (bumped whenever a change of the engine's own
+  code changes output bytes) and ``packages`` (the distributions whose versions change them);
+- ``request_type``: a frozen dataclass whose numeric fields carry their limits
+  (:func:`limit`), with ``to_json(inputs)`` / ``from_json(data, inputs)`` and ``inputs()``
+  naming its media inputs (recorded by sha256, never by path alone);
+- ``check(request, snapshot)``: every check that needs no loaded model, run before the cache
+  lookup; ``load(wb, name, runtime)``; ``generate(request, progress, cancel)`` returning a
+  result whose ``takes`` are media (harmonia.media) and whose ``details()`` go in the manifest.
 
 An engine is loaded once from a local snapshot and then called many times; a call never
 changes the engine. Each call seeds its own random stream (the caller's RNG state is left
 as it was) and runs with a pinned number of CPU threads, because on CPU the thread count
-changes the bits of the result.
+changes the bits of the result. Both are process-global in torch, so every load and
+generation in a process holds :data:`TORCH_LOCK`: two threads (the studio's and the
+gallery's) never interleave their steps.
 """
 
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 
-from harmonia.errors import RequestError, VerificationError
+from harmonia.errors import Cancelled, RequestError, VerificationError
 from harmonia.inventory import Inventory
 from harmonia.snapshots import require_snapshot, require_verified
 from harmonia.workbench import SnapshotSpec, Workbench
 
 Progress = Callable[[int, int], None]
-"""``progress(done, total)``: called after every decoding step; raising stops the generation."""
+"""``progress(done, total)``: called after every step; raising stops the generation."""
+Cancel = threading.Event | Callable[[], bool]
+"""Set (or returning True) to stop a generation at its next step; nothing is written."""
 
 PICKLED = (".bin", ".pt", ".ckpt", ".pth", ".pkl", ".pickle")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SEED_LIMIT = 2**63
+MAX_THREADS = 512
+TORCH_LOCK = threading.RLock()
+"""Held by every engine load and generation: torch's RNG and thread count are process-global."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how an engine runs; recorded in the manifest and part of the artifact id."""
+
+    device: str | None = None  # None/"auto": cuda, then mps, then cpu
+    dtype: str | None = None  # None: float32
+    threads: int | None = None  # None: torch's current setting
+    precision: str = "exact"  # an engine's precision mode (MusicGen: exact, bf16, int8)
+
+    def resolved(self) -> Runtime:
+        """The same settings with every choice made (device, dtype, threads), checked."""
+        chosen = pick_device(self.device)
+        return Runtime(
+            str(chosen), pick_dtype(self.dtype, chosen), pick_threads(self.threads), self.precision
+        )
 
 
 class Engine(Protocol):
-    """What every engine offers."""
+    """What every engine offers (see the module docstring for the contract)."""
 
-    name: str
-    sample_rate: int
+    name: ClassVar[str]
+    kind: ClassVar[str]
+    code_version: ClassVar[int]
+    packages: ClassVar[tuple[str, ...]]
+    request_type: ClassVar[type]
+    loaded: LoadedModel
 
-    def generate(self, request: Any, progress: Progress | None = None) -> Any: ...
+    @classmethod
+    def check(cls, request: Any, snapshot: Path) -> Any: ...
+
+    @classmethod
+    def load(cls, wb: Workbench, name: str, runtime: Runtime) -> Engine: ...
+
+    def generate(
+        self, request: Any, progress: Progress | None = None, cancel: Cancel | None = None
+    ) -> Any: ...
+
+    def describe(self) -> dict: ...
+
+
+class Steps:
+    """Counts an engine's steps: reports ``progress(done, total)`` and stops when cancelled.
+
+    Engines call ``steps()`` after every step; a set cancel raises
+    :class:`~harmonia.errors.Cancelled` there (the generation stops, nothing is written).
+    """
+
+    def __init__(self, total: int, progress: Progress | None = None, cancel: Cancel | None = None):
+        self.total, self.done = total, 0
+        self.progress, self.cancel = progress, cancel
+
+    def cancelled(self) -> bool:
+        if self.cancel is None:
+            return False
+        return self.cancel.is_set() if isinstance(self.cancel, threading.Event) else bool(self.cancel())
+
+    def __call__(self) -> None:
+        if self.cancelled():
+            raise Cancelled(
+                f"Generation cancelled at step {self.done} of {self.total}; no artifact was written."
+            )
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
 
 
 @dataclass(frozen=True)
@@ -53,20 +130,11 @@ class LoadedModel:
     dtype: str  # a key of DTYPES
     threads: int  # CPU threads used by every generate() call
     load_s: float
-    precision: str = "exact"  # the decoder's precision mode (see engines/musicgen.py)
+    precision: str = "exact"  # the precision mode (see engines/musicgen.py)
 
-    def describe(self) -> dict:
-        """The manifest's model entry."""
-        src = self.inventory.source
-        return {
-            "name": self.name,
-            "repo": src.repo,
-            "revision": src.revision,
-            "source": src.type,
-            "builder": src.builder,
-            "seed": src.seed,
-            "inventory_digest": self.inventory.digest,
-        }
+    @property
+    def runtime(self) -> Runtime:
+        return Runtime(self.device, self.dtype, self.threads, self.precision)
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -103,8 +171,8 @@ def pick_dtype(dtype: str | None, device: torch.device) -> str:
 def pick_threads(threads: int | None) -> int:
     if threads is None:
         return torch.get_num_threads()
-    if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= 512:
-        raise RequestError(f"threads must be an integer in [1, 512], got {threads!r}.")
+    if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= MAX_THREADS:
+        raise RequestError(f"threads must be an integer in [1, {MAX_THREADS}], got {threads!r}.")
     return threads
 
 

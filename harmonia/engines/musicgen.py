@@ -22,6 +22,7 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -30,8 +31,12 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from harmonia.audio import Audio, conform, is_silent, read_audio
 from harmonia.engines.base import (
     DTYPES,
+    TORCH_LOCK,
+    Cancel,
     LoadedModel,
     Progress,
+    Runtime,
+    Steps,
     Timer,
     check_seed,
     choose_seed,
@@ -45,13 +50,12 @@ from harmonia.engines.base import (
 )
 from harmonia.engines.decoding import Sampling, decoder_step, sample_window
 from harmonia.errors import AudioError, RequestError
+from harmonia.media import AudioTake
+from harmonia.requests import MAX_PROMPT_CHARS, Limit, MusicRequest, check_limits
 from harmonia.workbench import Workbench
 
-MAX_DURATION_S = 300.0
 TRAINED_WINDOW_S = 30.0
 DEFAULT_STRIDE_SHARE = 0.6  # audiocraft: 18 s of new audio per 30 s window
-MAX_PROMPT_CHARS = 2000
-MAX_TOP_K = 65536  # above the codebook size every token is kept
 PRECISIONS = ("exact", "bf16", "int8")
 FEW_ROWS = 2  # batch 1 with guidance; from 4 rows on, F.linear is multi-threaded and faster (measured)
 
@@ -146,37 +150,6 @@ def _fold_weight_norm(module: torch.nn.Module) -> None:
             parametrize.remove_parametrizations(child, "weight", leave_parametrized=True)
 
 
-@dataclass(frozen=True)
-class MusicRequest:
-    """One text-to-music generation; a list of prompts is a batch.
-
-    Example:
-        >>> MusicRequest("calm piano, 70 bpm", duration_s=8, seed=1).prompts
-        ('calm piano, 70 bpm',)
-    """
-
-    # what to make
-    prompts: tuple[str, ...] | str
-    duration_s: float = 10.0
-    seed: int | None = None  # None: drawn at random and recorded in the result
-    # sampling
-    temperature: float = 1.0
-    top_k: int = 250  # 0 turns top-k off
-    top_p: float = 1.0  # 1.0 turns nucleus sampling off
-    guidance_scale: float = 3.0  # classifier-free guidance; 1.0 turns it off
-    # conditioning audio: a file path or harmonia.audio.Audio
-    melody: str | Path | Audio | None = None  # MusicGen-Melody models only
-    continuation: str | Path | Audio | None = None  # the result starts with it; duration_s includes it
-    # long-form: seconds of new audio per extension window (None: 60 % of the model's window)
-    extend_stride_s: float | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.prompts, str):
-            object.__setattr__(self, "prompts", (self.prompts,))
-        elif isinstance(self.prompts, list):
-            object.__setattr__(self, "prompts", tuple(self.prompts))
-
-
 @dataclass(frozen=True, eq=False)
 class MusicResult:
     """What a generation produced."""
@@ -204,6 +177,23 @@ class MusicResult:
     def real_time_factor(self) -> float:
         """Seconds of audio made per second of compute (per clip; above 1 is faster than real time)."""
         return self.duration_s / self.generate_s if self.generate_s > 0 else math.inf
+
+    @property
+    def takes(self) -> tuple[AudioTake, ...]:
+        """One audio take ``[channels, samples]`` per prompt."""
+        return tuple(
+            AudioTake(samples, self.sample_rate, prompt)
+            for samples, prompt in zip(self.audio, self.request.prompts, strict=True)
+        )
+
+    @property
+    def inputs(self) -> dict[str, Audio | None]:
+        """The media inputs as read (role -> Audio)."""
+        return {"melody": self.melody, "continuation": self.continuation}
+
+    def details(self) -> dict[str, Any]:
+        """What the manifest's engine entry records of this run."""
+        return {"long_form": {"windows": self.windows, "window_s": self.window_s, "stride_s": self.stride_s}}
 
 
 class _StepWatch(StoppingCriteria):
@@ -233,7 +223,12 @@ class MusicGenEngine:
         ((1, 1, 64000), 32000)
     """
 
-    name = "musicgen"
+    name: ClassVar[str] = "musicgen"
+    kind: ClassVar[str] = "music"
+    code_version: ClassVar[int] = 1  # bump when a change here changes output bytes
+    packages: ClassVar[tuple[str, ...]] = ("torch", "transformers", "numpy")
+    request_type: ClassVar[type] = MusicRequest
+    precisions: ClassVar[tuple[str, ...]] = PRECISIONS
 
     def __init__(
         self,
@@ -266,26 +261,27 @@ class MusicGenEngine:
         cls,
         wb: Workbench,
         name: str,
-        device: str | None = None,
-        dtype: str | None = None,
-        threads: int | None = None,
+        runtime: Runtime | None = None,
         allow_pickle: bool = False,
-        precision: str = "exact",
+        **settings: Any,
     ) -> MusicGenEngine:
         """Load a declared, present and verified MusicGen snapshot.
 
         Args:
             wb: the workbench.
             name: a model name from params.yaml.
-            device: "auto" (default: cuda, then mps, then cpu), "cpu", "cuda", "cuda:N", "mps".
-            dtype: "float32" (default, the reproducible choice), "bfloat16", "float16" (GPU only).
-            threads: CPU threads for every generate() call (default: torch's current setting).
-                The thread count changes the bits of CPU results; it is recorded.
+            runtime: device, dtype, threads and precision (or give them as keywords):
+                device "auto" (default: cuda, then mps, then cpu), "cpu", "cuda", "cuda:N", "mps";
+                dtype "float32" (default, the reproducible choice), "bfloat16", "float16" (GPU only);
+                threads for every generate() call (default: torch's current setting; the thread
+                count changes the bits of CPU results, so it is recorded); precision "exact"
+                (float32; the same tokens and audio as plain transformers, faster), "bf16"
+                (decoder in bfloat16) or "int8" (decoder Linear layers quantised), each
+                deterministic for a seed, recorded and part of the artifact id.
             allow_pickle: accept a snapshot with pickled weights (never needed for released MusicGen).
-            precision: "exact" (float32; the same tokens and audio as plain transformers, faster),
-                "bf16" (decoder in bfloat16) or "int8" (decoder Linear layers quantised). Each is
-                deterministic for a seed; it is recorded and is part of the artifact id.
         """
+        runtime = runtime or Runtime(**settings)
+        device, dtype, threads, precision = runtime.device, runtime.dtype, runtime.threads, runtime.precision
         chosen = pick_device(device)
         check_precision(precision, chosen)
         from transformers import (
@@ -298,7 +294,7 @@ class MusicGenEngine:
             "musicgen": MusicgenForConditionalGeneration,
             "musicgen_melody": MusicgenMelodyForConditionalGeneration,
         }
-        with Timer() as timer:
+        with TORCH_LOCK, Timer() as timer:
             spec, path, inventory = open_snapshot(wb, name, "musicgen", allow_pickle)
             dtype = pick_dtype(dtype, chosen)
             threads = pick_threads(threads)
@@ -349,74 +345,57 @@ class MusicGenEngine:
         }
 
     # -- checks ----------------------------------------------------------------------------
-    def _verify(self, request: MusicRequest) -> tuple[MusicRequest, Audio | None, Audio | None]:
-        """Check every parameter; return the request with its seed, and the audio inputs read."""
-        r = request
-        if not isinstance(r.prompts, tuple) or not r.prompts:
-            raise RequestError("prompts must be a non-empty list of strings: give at least one prompt.")
-        for i, prompt in enumerate(r.prompts):
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise RequestError(f"prompts[{i}] is empty: describe the music in a few words.")
-            if len(prompt) > MAX_PROMPT_CHARS:
-                raise RequestError(
-                    f"prompts[{i}] has {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}."
-                )
-        _check_range("duration_s", r.duration_s, 0, MAX_DURATION_S, "seconds", low_open=True)
-        _check_range("temperature", r.temperature, 0, 10, "(1.0 is neutral)", low_open=True)
-        if not isinstance(r.top_k, int) or isinstance(r.top_k, bool) or not 0 <= r.top_k <= MAX_TOP_K:
-            raise RequestError(
-                f"top_k must be an integer in [0, {MAX_TOP_K}] (0 turns it off), got {r.top_k!r}."
-            )
-        _check_range("top_p", r.top_p, 0, 1, "(1.0 turns it off)", low_open=True)
-        _check_range("guidance_scale", r.guidance_scale, 1, 30, "(1.0 turns guidance off)")
-        if r.extend_stride_s is not None:
-            _check_range(
-                "extend_stride_s",
-                r.extend_stride_s,
-                0,
-                self.window_s,
-                "seconds",
-                low_open=True,
-                high_open=True,
-            )
-        seed = choose_seed() if r.seed is None else check_seed(r.seed)
+    @classmethod
+    def check_runtime(cls, runtime: Runtime) -> None:
+        """The precision mode exists and runs on the device (int8 is CPU only)."""
+        check_precision(runtime.precision, pick_device(runtime.device))
 
-        melody = None
-        if r.melody is not None:
-            if not self.takes_melody:
-                raise RequestError(
-                    f"melody needs a MusicGen-Melody model; '{self.loaded.name}' is text-only MusicGen. "
-                    "Pick a melody model (e.g. musicgen-melody) or leave melody out."
-                )
-            melody = read_audio(r.melody, "melody")
-            if is_silent(melody.samples):
-                raise AudioError(
-                    f"melody: {melody.source or 'the array'} is silent (peak below -60 dBFS); a melody needs audible notes."
-                )
-        continuation = None
-        if r.continuation is not None:
-            continuation = read_audio(r.continuation, "continuation")
-            if continuation.duration_s >= r.duration_s:
-                raise RequestError(
-                    f"continuation is {continuation.duration_s:.2f} s long but duration_s is {r.duration_s:g}: "
-                    "duration_s is the length of the whole result, continuation included. Ask for more."
-                )
-            if continuation.duration_s >= self.window_s:
-                raise RequestError(
-                    f"continuation must be shorter than the model's {self.window_s:g} s window, got "
-                    f"{continuation.duration_s:.2f} s. Trim it."
-                )
-        return replace(r, seed=seed), melody, continuation
+    @classmethod
+    def check(cls, request: MusicRequest, snapshot: Path) -> MusicRequest:
+        """Every check that needs no loaded model (the snapshot's config.json is enough).
+
+        Returns the request with its seed (drawn when None) and its audio inputs read.
+        """
+        config = json.loads((snapshot / "config.json").read_text(encoding="utf-8"))
+        decoder, codec = config.get("decoder") or {}, config.get("audio_encoder") or {}
+        try:
+            hop = math.prod(codec.get("upsampling_ratios") or [1])
+            frame_rate = math.ceil(codec["sampling_rate"] / hop)
+            frames = min(
+                round(TRAINED_WINDOW_S * frame_rate),
+                decoder["max_position_embeddings"] - decoder["num_codebooks"],
+            )
+        except (KeyError, TypeError, ZeroDivisionError):
+            raise RequestError(
+                f"{snapshot / 'config.json'} is not a MusicGen config (no decoder/audio_encoder sizes). "
+                "Pick a MusicGen model."
+            ) from None
+        melody_model = config.get("model_type") == "musicgen_melody"
+        request, _, _ = _check_request(request, snapshot.name, melody_model, frames / frame_rate)
+        return request
+
+    def _verify(self, request: MusicRequest) -> tuple[MusicRequest, Audio | None, Audio | None]:
+        return _check_request(request, self.loaded.name, self.takes_melody, self.window_s)
 
     # -- generation ------------------------------------------------------------------------
-    def generate(self, request: MusicRequest, progress: Progress | None = None) -> MusicResult:
+    def generate(
+        self, request: MusicRequest, progress: Progress | None = None, cancel: Cancel | None = None
+    ) -> MusicResult:
         """Generate music; returns float32 audio ``[batch, channels, samples]``.
 
         Args:
             request: the :class:`MusicRequest`.
             progress: ``progress(done, total)`` after every decoding step; an exception it
-                raises (e.g. :class:`harmonia.errors.Cancelled`) stops the generation.
+                raises stops the generation.
+            cancel: a ``threading.Event`` (or a function) that, once set, stops the generation
+                at the next step with :class:`harmonia.errors.Cancelled`.
         """
+        with TORCH_LOCK:
+            return self._generate(request, progress, cancel)
+
+    def _generate(
+        self, request: MusicRequest, progress: Progress | None, cancel: Cancel | None
+    ) -> MusicResult:
         # 1. Check inputs and fix the seed.
         request, melody, continuation = self._verify(request)
         batch = len(request.prompts)
@@ -437,13 +416,7 @@ class MusicGenEngine:
             total = math.ceil(request.duration_s * self.frame_rate - 1e-9)
             plan = _plan(total, codes.shape[-1], self.window_frames, stride)
             steps_total = sum(new + self.max_delay for _, new in plan)
-            done = 0
-
-            def step() -> None:
-                nonlocal done
-                done += 1
-                if progress is not None:
-                    progress(done, steps_total)
+            step = Steps(steps_total, progress, cancel)  # the decoding loops call step() per step
 
             # 4. Decode window by window on the request's own random stream.
             audio = None
@@ -571,6 +544,52 @@ class MusicGenEngine:
         return one_hot.T[None]
 
 
+def _check_request(
+    r: MusicRequest, name: str, takes_melody: bool, window_s: float
+) -> tuple[MusicRequest, Audio | None, Audio | None]:
+    """Check every parameter of a request for model ``name``; return it with its seed, and the inputs read."""
+    if not isinstance(r.prompts, tuple) or not r.prompts:
+        raise RequestError("prompts must be a non-empty list of strings: give at least one prompt.")
+    for i, prompt in enumerate(r.prompts):
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise RequestError(f"prompts[{i}] is empty: describe the music in a few words.")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise RequestError(f"prompts[{i}] has {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}.")
+    check_limits(r)
+    if r.extend_stride_s is not None:  # the model's window bounds it too
+        Limit(0, window_s, "seconds", low_open=True, high_open=True).check(
+            "extend_stride_s", r.extend_stride_s
+        )
+    seed = choose_seed() if r.seed is None else check_seed(r.seed)
+
+    melody = None
+    if r.melody is not None:
+        if not takes_melody:
+            raise RequestError(
+                f"melody needs a MusicGen-Melody model; '{name}' is text-only MusicGen. "
+                "Pick a melody model (e.g. musicgen-melody) or leave melody out."
+            )
+        melody = read_audio(r.melody, "melody")
+        if is_silent(melody.samples):
+            raise AudioError(
+                f"melody: {melody.source or 'the array'} is silent (peak below -60 dBFS); a melody needs audible notes."
+            )
+    continuation = None
+    if r.continuation is not None:
+        continuation = read_audio(r.continuation, "continuation")
+        if continuation.duration_s >= r.duration_s:
+            raise RequestError(
+                f"continuation is {continuation.duration_s:.2f} s long but duration_s is {r.duration_s:g}: "
+                "duration_s is the length of the whole result, continuation included. Ask for more."
+            )
+        if continuation.duration_s >= window_s:
+            raise RequestError(
+                f"continuation must be shorter than the model's {window_s:g} s window, got "
+                f"{continuation.duration_s:.2f} s. Trim it."
+            )
+    return replace(r, seed=seed), melody, continuation
+
+
 def _plan(total: int, prompt: int, window: int, stride: int) -> list[tuple[int, int]]:
     """Windows as (first frame of context, new frames): fill the first window, then extend by ``stride``."""
     first = min(total, window) - prompt
@@ -580,16 +599,3 @@ def _plan(total: int, prompt: int, window: int, stride: int) -> list[tuple[int, 
         plan.append((done - (window - stride), new))
         done += new
     return plan
-
-
-def _check_range(
-    name: str, value, low: float, high: float, unit: str, low_open: bool = False, high_open: bool = False
-) -> None:
-    """Numbers in a range: the message names the parameter, the range and the value received."""
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        lo = f"> {low:g}" if low_open else f">= {low:g}"
-        hi = f"< {high:g}" if high_open else f"<= {high:g}"
-        raise RequestError(f"{name} must be {lo} and {hi} {unit}, got {value!r}.")

@@ -106,7 +106,8 @@ class Gallery:
     def _label(a: Artifact) -> str:
         prompt = a.outputs[0].prompt if a.outputs else ""
         prompt = prompt if len(prompt or "") <= 60 else prompt[:59] + "…"
-        return f"{a.id}  {a.created}  {a.model}  seed {a.seed}  {prompt}"
+        nc = "  [non-commercial]" if a.manifest.non_commercial else ""
+        return f"{a.id}  {a.created}  {a.kind}  {a.model}  seed {a.seed}{nc}  {prompt}"
 
     def ids(self) -> list[str]:
         """The ids the filters let through, newest first."""

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import ipywidgets as widgets
 
+from harmonia.defaults import kind_defaults
 from harmonia.engines.base import choose_seed
-from harmonia.engines.musicgen import PRECISIONS, MusicRequest
-from harmonia.errors import Cancelled, HarmoniaError, RequestError
-from harmonia.generation import Generated, generate_music
+from harmonia.engines.musicgen import PRECISIONS
+from harmonia.errors import HarmoniaError, RequestError
+from harmonia.generation import Generated, generate
 from harmonia.prompts import Idea, canonical_prompt
+from harmonia.requests import MusicRequest, limits
 from harmonia.snapshots import list_snapshots
 from harmonia.ui.views import Task, artifact_view, status_html
 from harmonia.workbench import Workbench
@@ -42,7 +44,13 @@ class Studio:
 
     def __init__(self, wb: Workbench | None = None, model: str | None = None):
         self.wb = wb or Workbench.open()
-        defaults = self.wb.params.get("music") or {}
+        self.defaults = kind_defaults(self.wb, "music")  # the CLI's and the pipeline's defaults too
+        defaults = {
+            **self.defaults.request,
+            "model": self.defaults.model,
+            "precision": self.defaults.runtime.precision,
+        }
+        bound = limits(MusicRequest)  # the engine's own limits: a slider never offers what it refuses
         self.last: Generated | None = None
         self._stop = threading.Event()
         self._last_tick = 0.0
@@ -69,19 +77,22 @@ class Studio:
             field.observe(lambda _: self._update_preview(), names="value")
 
         # 3. Generation parameters.
-        self.duration = widgets.BoundedFloatText(value=float(defaults.get("duration_s", 10.0)), min=0.1, max=300, step=1,
+        self.duration = widgets.BoundedFloatText(value=float(defaults.get("duration_s", 10.0)), min=0.1,
+                                                 max=bound["duration_s"].high, step=bound["duration_s"].step,
                                                  description="duration (s)", style=style)  # fmt: skip
         self.seed = widgets.IntText(value=choose_seed(), description="seed", style=style)
         self.dice = widgets.Button(
             description="new seed", tooltip="draw a new random seed", layout=widgets.Layout(width="90px")
         )
         self.dice.on_click(lambda _: setattr(self.seed, "value", choose_seed()))
-        self.temperature = widgets.FloatSlider(value=float(defaults.get("temperature", 1.0)), min=0.05, max=2.0, step=0.05,
+        # Slider ranges: the engine's limits (open ends one step in); very wide ones capped to a usable span.
+        self.temperature = widgets.FloatSlider(value=float(defaults.get("temperature", 1.0)), min=bound["temperature"].step,
+                                               max=min(bound["temperature"].high, 2.0), step=bound["temperature"].step,
                                                description="temperature", style=style)  # fmt: skip
-        self.top_k = widgets.IntSlider(
-            value=int(defaults.get("top_k", 250)), min=0, max=2048, description="top-k", style=style
-        )
-        self.top_p = widgets.FloatSlider(value=float(defaults.get("top_p", 1.0)), min=0.01, max=1.0, step=0.01,
+        self.top_k = widgets.IntSlider(value=int(defaults.get("top_k", 250)), min=int(bound["top_k"].low),
+                                       max=min(int(bound["top_k"].high), 2048), description="top-k", style=style)  # fmt: skip
+        self.top_p = widgets.FloatSlider(value=float(defaults.get("top_p", 1.0)), min=bound["top_p"].step,
+                                         max=bound["top_p"].high, step=bound["top_p"].step,
                                          description="top-p", style=style)  # fmt: skip
         self.precision = widgets.Dropdown(
             options=list(PRECISIONS),
@@ -89,7 +100,8 @@ class Studio:
             description="precision",
             style=style,
         )
-        self.guidance = widgets.FloatSlider(value=float(defaults.get("guidance_scale", 3.0)), min=1.0, max=10.0, step=0.5,
+        self.guidance = widgets.FloatSlider(value=float(defaults.get("guidance_scale", 3.0)), min=bound["guidance_scale"].low,
+                                            max=min(bound["guidance_scale"].high, 10.0), step=bound["guidance_scale"].step,
                                             description="guidance", style=style)  # fmt: skip
 
         # 4. Conditioning audio.
@@ -202,10 +214,10 @@ class Studio:
         if not self.model.value:
             raise RequestError("no model selected: fetch a model or build a tiny one, then refresh the list.")
         idea = self._idea()
-        request = MusicRequest(
-            prompts=(canonical_prompt(idea),),
-            duration_s=float(self.duration.value),
+        request = self.defaults.request_for(
+            (canonical_prompt(idea),),
             seed=int(self.seed.value),
+            duration_s=float(self.duration.value),
             temperature=float(self.temperature.value),
             top_k=int(self.top_k.value),
             top_p=float(self.top_p.value),
@@ -231,9 +243,11 @@ class Studio:
         self.progress_label.value = "loading…"
         self.generate_button.disabled, self.stop_button.disabled = True, False
 
+        settings = {**self.defaults.run_settings(), "precision": self.precision.value}
+
         def work() -> str:
-            done = generate_music(
-                self.wb, model, request, ideas=ideas, progress=self._on_step, precision=self.precision.value
+            done = generate(
+                self.wb, model, request, ideas=ideas, progress=self._on_step, cancel=self._stop, **settings
             )
             self.last = done
             self.result.children = [artifact_view(done.artifact)]
@@ -248,8 +262,6 @@ class Studio:
         return self._task.start(work, finished)
 
     def _on_step(self, done: int, total: int) -> None:
-        if self._stop.is_set():
-            raise Cancelled(f"Stopped at step {done} of {total}; nothing was written.")
         now = time.monotonic()
         if done == total or now - self._last_tick >= PROGRESS_EVERY_S:
             self._last_tick = now

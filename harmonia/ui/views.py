@@ -12,6 +12,7 @@ import json
 import threading
 import traceback
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import ipywidgets as widgets
@@ -44,41 +45,58 @@ def picture(samples: np.ndarray, rate: int, title: str = "") -> widgets.Image:
     return widgets.Image(value=buffer.getvalue(), format="png", layout=widgets.Layout(max_width="100%"))
 
 
+def licence_html(art: Artifact) -> str:
+    """A plain warning when any model behind the artifact is for non-commercial use only."""
+    m = art.manifest
+    if not m.non_commercial:
+        return ""
+    names = ", ".join(sorted({f"{x.model} ({x.license})" for x in m.licenses if x.non_commercial}))
+    return (
+        "<div class='harmonia-licence' style='color:#b71c1c;font-weight:bold'>"
+        f"Non-commercial use only: made with {html.escape(names)}.</div>"
+    )
+
+
 def summary_html(art: Artifact) -> str:
     m = art.manifest
-    model, t = m["model"], m["timings"]
-    revision = (model.get("revision") or "")[:12] or f"synthetic seed {model.get('seed')}"
+    model, t, rt = m.model, m.timings, m.runtime
+    revision = (model.revision or "")[:12] or f"synthetic seed {model.seed}"
     rows = [
-        ("artifact", art.id),
+        ("artifact", f"{art.id} ({m.kind})"),
         ("seed", str(art.seed)),
-        ("model", f"{model['name']} @ {revision}"),
-        ("timings", f"load {t['load_s']:.2f} s, generate {t['generate_s']:.2f} s"),
-        ("real-time factor", f"{t['real_time_factor']:.2f}"),
-        ("path", str(art.path)),
+        ("model", f"{model.name} @ {revision}"),
+        ("licence", ", ".join(sorted({str(x.license or "not recorded") for x in m.licenses}))),
+        ("runtime", f"{rt.device} {rt.dtype} ({rt.precision}), {rt.threads} threads"),
+        ("timings", f"load {t.load_s:.2f} s, generate {t.generate_s:.2f} s"),
     ]
+    if t.real_time_factor is not None:
+        rows.append(("real-time factor", f"{t.real_time_factor:.2f}"))
+    rows += [("parent", f"{p.id} ({p.role})") for p in m.parents]
+    rows.append(("path", str(art.path)))
     cells = "".join(
         f"<tr><th style='text-align:left;padding-right:1em'>{k}</th><td>{html.escape(v)}</td></tr>"
         for k, v in rows
     )
-    return f"<table class='harmonia-summary'>{cells}</table>"
+    return licence_html(art) + f"<table class='harmonia-summary'>{cells}</table>"
 
 
 def artifact_view(art: Artifact, takes: int | None = None) -> widgets.VBox:
     """Player, picture and prompt for each take, then the manifest summary."""
     items = []
     for out in art.outputs[:takes]:
-        samples, rate = read_take(art.file(out))
-        items += [
-            widgets.HTML(f"<b>{html.escape(out.path)}</b>: {html.escape(out.prompt or '')}"),
-            player(art.file(out)),
-            picture(samples, rate, out.prompt or ""),
-        ]
+        items.append(widgets.HTML(f"<b>{html.escape(out.path)}</b>: {html.escape(out.prompt or '')}"))
+        if out.media == "audio":
+            samples, rate = read_take(art.file(out))
+            items += [player(art.file(out)), picture(samples, rate, out.prompt or "")]
+        elif out.media == "text":
+            text = art.file(out).read_text(encoding="utf-8")
+            items.append(widgets.HTML(f"<pre style='white-space:pre-wrap'>{html.escape(text)}</pre>"))
     items.append(widgets.HTML(summary_html(art)))
     return widgets.VBox(items, layout=widgets.Layout(border="1px solid #ddd", padding="6px"))
 
 
 def manifest_html(art: Artifact) -> str:
-    text = json.dumps(art.manifest, indent=2, ensure_ascii=False)
+    text = json.dumps(art.manifest.to_json(), indent=2, ensure_ascii=False)
     return f"<pre style='max-height:24em;overflow:auto;font-size:11px'>{html.escape(text)}</pre>"
 
 
@@ -87,10 +105,15 @@ def parameter_diff(a: Artifact, b: Artifact) -> list[tuple[str, str, str]]:
 
     def flat(art: Artifact) -> dict[str, str]:
         m = art.manifest
-        values = {f"request.{k}": json.dumps(v, ensure_ascii=False) for k, v in m["request"].items()}
-        values["model"] = f"{m['model']['name']} @ {m['model']['inventory_digest'][:12]}"
-        values.update({f"output.{k}": json.dumps(v) for k, v in m["output"].items()})
-        values.update({f"runtime.{k}": str(m["runtime"][k]) for k in ("device", "dtype", "threads")})
+        values = {f"request.{k}": json.dumps(v, ensure_ascii=False) for k, v in m.request.items()}
+        values["kind"] = m.kind
+        values["model"] = f"{m.model.name} @ {m.model.inventory_digest[:12]}"
+        values["engine"] = f"{m.engine.name} v{m.engine.code_version}"
+        values.update({f"output.{k}": json.dumps(v) for k, v in asdict(m.output).items()})
+        values.update(
+            {f"runtime.{k}": str(getattr(m.runtime, k)) for k in ("device", "dtype", "threads", "precision")}
+        )
+        values["parents"] = ", ".join(f"{p.id} ({p.role})" for p in m.parents) or "-"
         return values
 
     fa, fb = flat(a), flat(b)
@@ -119,8 +142,8 @@ def facts_rows(arts: list[Artifact]) -> list[dict]:
     """Signal facts of every take: the manifest's plus the spectral centroid."""
     rows = []
     for art in arts:
-        r = art.manifest["request"]
-        for out in art.outputs:
+        r = art.manifest.request
+        for out in art.audio_outputs():
             samples, rate = read_take(art.file(out))
             f = facts(samples, rate)
             centroid = spectral_centroid_hz(samples, rate)
@@ -128,8 +151,8 @@ def facts_rows(arts: list[Artifact]) -> list[dict]:
                 {
                     "artifact": art.id,
                     "prompt": out.prompt,
-                    "seed": r["seed"],
-                    "guidance": r["guidance_scale"],
+                    "seed": art.seed,
+                    "guidance": r.get("guidance_scale"),
                     "duration_s": f["duration_s"],
                     "peak_dbfs": f["peak_dbfs"],
                     "loudness_lufs": f["loudness_lufs"],

@@ -5,13 +5,13 @@ import datetime as dt
 import ipywidgets as widgets
 
 from harmonia.engines.musicgen import MusicRequest
-from harmonia.generation import generate_music
+from harmonia.generation import generate
 from harmonia.ui import Gallery, ModelsPanel
 
 
 def _make(wb, model, prompt, seed, guidance=3.0):
     request = MusicRequest(prompt, duration_s=0.5, seed=seed, guidance_scale=guidance)
-    return generate_music(wb, model, request, previews=False).artifact
+    return generate(wb, model, request, previews=False).artifact
 
 
 def test_filters_play_manifest_ab_and_reproduce(music_wb):

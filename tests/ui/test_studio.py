@@ -138,7 +138,7 @@ def test_melody_upload(studio, music_wb):
     studio.generate_button.click()
     studio.wait(60)
     (art,) = list_artifacts(music_wb)
-    kept = art.manifest["inputs"]["melody"]
+    kept = art.manifest.to_json()["inputs"]["melody"]
     assert kept["file"] == "inputs/melody.wav" and (art.path / kept["file"]).read_bytes() == data
 
 

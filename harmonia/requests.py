@@ -1,0 +1,178 @@
+"""Requests: what each kind of generation takes, with every field's limits, CLI flag and help.
+
+Requests are frozen dataclasses with units in the names and an explicit seed. A numeric
+field declares its :class:`Limit` with :func:`limit`; the engines' checks, the CLI's flags
+and the studio's sliders all read it from here, so a limit is written once. A request knows
+its JSON form (media inputs by sha256, never by path alone) and names its media inputs in
+``INPUTS``. This module imports no torch: the CLI builds its flags from it at start.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+from harmonia.errors import RequestError
+
+MAX_DURATION_S = 300.0
+MAX_PROMPT_CHARS = 2000
+MAX_TOP_K = 65536  # above the codebook size every token is kept
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The allowed range of a numeric request field (the engine's check and the widgets read it)."""
+
+    low: float
+    high: float
+    unit: str = ""
+    low_open: bool = False  # True: the value must be > low
+    high_open: bool = False  # True: the value must be < high
+    integer: bool = False
+    step: float | None = None  # a widget's step
+
+    def check(self, name: str, value: Any) -> None:
+        """Raise RequestError naming the field, the range and the value unless ``value`` is in range."""
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if self.integer:
+            ok = ok and isinstance(value, int)
+        ok = ok and math.isfinite(value)
+        if ok:
+            ok = (value > self.low if self.low_open else value >= self.low) and (
+                value < self.high if self.high_open else value <= self.high
+            )
+        if not ok:
+            unit = f" {self.unit}" if self.unit else ""
+            if self.integer and not (self.low_open or self.high_open):
+                raise RequestError(
+                    f"{name} must be an integer in [{self.low:g}, {self.high:g}]{unit}, got {value!r}."
+                )
+            lo = f"> {self.low:g}" if self.low_open else f">= {self.low:g}"
+            hi = f"< {self.high:g}" if self.high_open else f"<= {self.high:g}"
+            raise RequestError(f"{name} must be {lo} and {hi}{unit}, got {value!r}.")
+
+
+def limit(
+    default: Any, low: float, high: float, unit: str = "", *, flag: str, help: str = "", **kwargs: Any
+) -> Any:
+    """A request field with a default, its :class:`Limit`, and its CLI flag and help.
+
+    ``limits`` and ``check_limits`` read the limit; the CLI builds ``--flag`` from it.
+    """
+    return field(
+        default=default, metadata={"limit": Limit(low, high, unit, **kwargs), "flag": flag, "help": help}
+    )
+
+
+def option(default: Any, *, flag: str, help: str = "", metavar: str | None = None) -> Any:
+    """A request field without a numeric range (text, a media input), with its CLI flag and help."""
+    return field(default=default, metadata={"flag": flag, "help": help, "metavar": metavar})
+
+
+def options(request_type: type) -> list[tuple[str, dict]]:
+    """(field name, metadata) of every request field the CLI offers as a flag, in declaration order."""
+    return [(f.name, dict(f.metadata)) for f in fields(request_type) if "flag" in f.metadata]
+
+
+def limits(request_type: type) -> dict[str, Limit]:
+    """Every limited field of a request type: name -> :class:`Limit` (what widgets bound themselves by)."""
+    return {f.name: f.metadata["limit"] for f in fields(request_type) if "limit" in f.metadata}
+
+
+def check_limits(request: Any) -> None:
+    """Check every limited field of a request (optional fields may be None)."""
+    for name, bound in limits(type(request)).items():
+        value = getattr(request, name)
+        if value is not None:
+            bound.check(name, value)
+
+
+@dataclass(frozen=True)
+class MusicRequest:
+    """One text-to-music generation; a list of prompts is a batch.
+
+    Numeric fields carry their limits (``harmonia.engines.base.limits(MusicRequest)``): the
+    engine's check, the CLI and the studio's sliders all read them.
+
+    Example:
+        >>> MusicRequest("calm piano, 70 bpm", duration_s=8, seed=1).prompts
+        ('calm piano, 70 bpm',)
+    """
+
+    # what to make
+    prompts: tuple[str, ...] | str
+    duration_s: float = limit(
+        10.0,
+        0,
+        MAX_DURATION_S,
+        "seconds",
+        low_open=True,
+        step=1.0,
+        flag="--duration",
+        help="seconds of audio",
+    )
+    seed: int | None = None  # None: drawn at random and recorded in the result
+    # sampling
+    temperature: float = limit(1.0, 0, 10, "(1.0 is neutral)", low_open=True, step=0.05, flag="--temperature")
+    top_k: int = limit(250, 0, MAX_TOP_K, "(0 turns it off)", integer=True, step=1, flag="--top-k")
+    top_p: float = limit(1.0, 0, 1, "(1.0 turns it off)", low_open=True, step=0.01, flag="--top-p")
+    guidance_scale: float = limit(
+        3.0, 1, 30, "(1.0 turns guidance off)", step=0.5, flag="--guidance", help="classifier-free guidance"
+    )
+    # conditioning audio: a file path, harmonia.audio.Audio, or an artifact (harmonia.generation.From)
+    melody: Any = option(
+        None, flag="--melody", metavar="FILE|ID", help="audio whose melody to follow (melody models only)"
+    )
+    continuation: Any = option(
+        None, flag="--continue", metavar="FILE|ID", help="audio to extend; --duration includes it"
+    )
+    # long-form: seconds of new audio per extension window (None: 60 % of the model's window)
+    extend_stride_s: float | None = limit(
+        None, 0, MAX_DURATION_S, "seconds", low_open=True, step=1.0, flag="--stride",
+        help="seconds added per long-form window",
+    )  # fmt: skip
+
+    INPUTS: ClassVar[tuple[str, ...]] = ("melody", "continuation")  # media inputs, kept by sha256
+
+    def __post_init__(self) -> None:
+        if isinstance(self.prompts, str):
+            object.__setattr__(self, "prompts", (self.prompts,))
+        elif isinstance(self.prompts, list):
+            object.__setattr__(self, "prompts", tuple(self.prompts))
+
+    def to_json(self, inputs: dict[str, dict | None]) -> dict[str, Any]:
+        """The JSON form; ``inputs`` gives each media input's record (by sha256) or None."""
+        return {
+            "prompts": list(self.prompts),
+            "duration_s": float(self.duration_s),
+            "seed": self.seed,
+            "temperature": float(self.temperature),
+            "top_k": int(self.top_k),
+            "top_p": float(self.top_p),
+            "guidance_scale": float(self.guidance_scale),
+            "extend_stride_s": None if self.extend_stride_s is None else float(self.extend_stride_s),
+            "melody": inputs.get("melody"),
+            "continuation": inputs.get("continuation"),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], inputs: dict[str, Any]) -> MusicRequest:
+        """The request of a JSON form, its media inputs given (``inputs``: role -> Audio)."""
+        known = {
+            "prompts",
+            "duration_s",
+            "seed",
+            "temperature",
+            "top_k",
+            "top_p",
+            "guidance_scale",
+            "extend_stride_s",
+        }
+        unknown = set(data) - known - set(cls.INPUTS)
+        if unknown:
+            raise RequestError(
+                f"request field {sorted(unknown)[0]!r} is not a music request field; known: {', '.join(sorted(known))}."
+            )
+        fields_ = {k: data[k] for k in known if k in data}
+        return cls(**{**fields_, "prompts": tuple(data["prompts"])}, **{r: inputs.get(r) for r in cls.INPUTS})
