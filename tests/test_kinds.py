@@ -1,0 +1,408 @@
+"""One generation path for every kind: old artifacts, checks before the cache, lineage, licences,
+threads, cancel, a fault inside the write, defaults from params.yaml, the declared dependencies."""
+
+import ast
+import hashlib
+import json
+import shutil
+import threading
+import tomllib
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+import pytest
+
+from harmonia.artifacts import check_id, children, list_artifacts, load_artifact
+from harmonia.defaults import kind_defaults
+from harmonia.engines import ENGINES, KINDS, engine_class
+from harmonia.errors import ArtifactError, BuilderError, Cancelled, ParamsError, RequestError
+from harmonia.generation import From, generate, reproduce
+from harmonia.manifest import LEGACY_SCHEMA, Manifest
+from harmonia.requests import MusicRequest, limits
+from harmonia.workbench import Workbench
+from tests.conftest import REPO_ROOT, run_cli
+
+LEGACY = REPO_ROOT / "tests" / "data" / "legacy-artifacts"
+LEGACY_TEXT_ID, LEGACY_CONTINUATION_ID = "50466b14327371bf", "a469ec8b9f5fba93"
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# -- artifacts made before this schema ----------------------------------------------------------
+def test_schema_1_artifacts_are_cache_hits_and_reproduce_identical(music_wb):
+    """Made by Harmonia at a1514a3 (tests/data/legacy-artifacts): same ids, same bytes."""
+    shutil.copytree(LEGACY, music_wb.artifacts_dir)
+    done = generate(
+        music_wb, "tiny-musicgen", MusicRequest("legacy calm piano", duration_s=1.0, seed=11), threads=2
+    )
+    assert done.cached and done.artifact.id == LEGACY_TEXT_ID
+    assert done.artifact.manifest.schema == LEGACY_SCHEMA and done.artifact.kind == "music"
+    cont = load_artifact(music_wb, LEGACY_CONTINUATION_ID)
+    again = generate(
+        music_wb,
+        "tiny-musicgen",
+        MusicRequest("legacy continuation", duration_s=1.0, seed=12, continuation=str(cont.file("inputs/continuation.wav"))),
+        threads=2,
+        fmt="flac",
+        normalize_lufs=-20.0,
+    )  # fmt: skip
+    assert again.cached and again.artifact.id == LEGACY_CONTINUATION_ID
+    for art_id in (LEGACY_TEXT_ID, LEGACY_CONTINUATION_ID):
+        verdict = reproduce(music_wb, art_id)
+        assert verdict.identical, verdict
+    # A new request gets a schema-2 id; the old ones are left as they are.
+    fresh = generate(music_wb, "tiny-musicgen", MusicRequest("legacy calm piano", duration_s=1.0, seed=11), threads=2, force=True)  # fmt: skip
+    assert fresh.artifact.id not in (LEGACY_TEXT_ID, LEGACY_CONTINUATION_ID)
+    assert fresh.artifact.manifest.schema == "harmonia.manifest/2"
+    assert sha(fresh.artifact.file("take-0.wav")) == sha(LEGACY / LEGACY_TEXT_ID / "take-0.wav")  # same bytes
+    shown = run_cli("artifacts", "show", LEGACY_CONTINUATION_ID, cwd=music_wb.root)
+    assert shown.returncode == 0, shown.stderr
+    assert "schema harmonia.manifest/1" in shown.stdout
+    assert "  licence   not recorded (tiny-musicgen): no non-commercial licence found\n" in shown.stdout
+
+
+# -- the whole request is checked before the cache ----------------------------------------------
+def test_a_malformed_value_never_hits_an_existing_artifact(music_wb):
+    generate(music_wb, "tiny-musicgen", MusicRequest("x", duration_s=0.5, seed=1), previews=False)
+    with pytest.raises(
+        RequestError, match=r"^top_k must be an integer in \[0, 65536\] \(0 turns it off\), got '250'\.$"
+    ):
+        generate(music_wb, "tiny-musicgen", MusicRequest("x", duration_s=0.5, seed=1, top_k="250"))
+    with pytest.raises(RequestError, match=r"^duration_s must be > 0 and <= 300 seconds, got '0.5'\.$"):
+        generate(music_wb, "tiny-musicgen", MusicRequest("x", duration_s="0.5", seed=1))
+    with pytest.raises(RequestError, match=r"^extend_stride_s must be > 0 and < 5.04 seconds, got 9\.$"):
+        generate(music_wb, "tiny-musicgen", MusicRequest("x", duration_s=0.5, seed=1, extend_stride_s=9))
+    assert len(list_artifacts(music_wb)) == 1
+
+
+def test_a_request_of_another_kind_is_refused(music_wb):
+    with pytest.raises(RequestError, match=r"takes a MusicRequest, not a dict"):
+        generate(music_wb, "tiny-musicgen", {"prompts": ["x"]})
+
+
+def test_engines_declare_the_contract():
+    for name in ENGINES:
+        cls = engine_class(name)
+        assert cls.name == name and cls.kind in KINDS and cls.code_version >= 1
+        assert cls.packages and all(isinstance(p, str) for p in cls.packages)
+        assert callable(cls.check) and callable(cls.load) and callable(cls.check_runtime)
+        assert cls.request_type.INPUTS is not None
+    with pytest.raises(
+        RequestError, match=r"^engine 'nope' is not one Harmonia runs; known engines: musicgen\."
+    ):
+        engine_class("nope")
+
+
+def test_a_model_without_an_engine_is_refused(workbench):
+    (workbench.root / "params.yaml").write_text("models:\n  m: {builder: musicgen, seed: 0}\n")
+    wb = Workbench.open(workbench.root)
+    with pytest.raises(
+        RequestError, match=r"^Model 'm' has no 'engine' in params.yaml; set it \(e.g. engine: musicgen\)"
+    ):
+        generate(wb, "m", MusicRequest("x", seed=1))
+
+
+# -- lineage ------------------------------------------------------------------------------------
+def test_an_artifact_as_input_becomes_a_parent(music_wb):
+    source = generate(
+        music_wb, "tiny-musicgen", MusicRequest("first", duration_s=1.0, seed=1), previews=False
+    ).artifact
+    child = generate(
+        music_wb, "tiny-musicgen", MusicRequest("more", duration_s=2.0, seed=2, continuation=From(source.id[:8])),
+        previews=False,
+    ).artifact  # fmt: skip
+    (parent,) = child.manifest.parents
+    assert (parent.id, parent.file, parent.role, parent.kind) == (
+        source.id,
+        "take-0.wav",
+        "continuation",
+        "music",
+    )
+    assert parent.sha256 == source.outputs[0].sha256 == child.manifest.inputs["continuation"].sha256
+    assert child.manifest.inputs["continuation"].parent == source.id
+    assert [c.id for c in children(music_wb, source.id)] == [child.id]
+    # The same input named by id on the CLI (ID/file) is the same artifact: a cache hit.
+    again = run_cli(
+        "generate", "music", "more", "--duration", "2", "--seed", "2", "--continue", f"{source.id}/take-0.wav",
+        cwd=music_wb.root,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith(f"cached: artifact {child.id} ")
+    shown = run_cli("artifacts", "show", source.id, cwd=music_wb.root).stdout
+    assert f"  child     {child.id} (music, as continuation)\n" in shown
+    shown = run_cli("artifacts", "show", child.id, cwd=music_wb.root).stdout
+    assert (
+        f"  parent    {source.id} (music, continuation: take-0.wav, sha256 {parent.sha256[:12]})\n" in shown
+    )
+
+    # reproduce says when a parent is gone or changed (the kept copy still makes it identical)
+    shutil.rmtree(source.path)
+    verdict = reproduce(music_wb, child.id)
+    assert verdict.identical
+    assert verdict.differences == (
+        f"parent {source.id} (continuation) is missing; the kept copy of its file was used",
+    )
+
+
+def test_a_changed_parent_is_refused_as_input_and_reported_by_reproduce(music_wb):
+    source = generate(
+        music_wb, "tiny-musicgen", MusicRequest("first", duration_s=1.0, seed=1), previews=False
+    ).artifact
+    child = generate(
+        music_wb, "tiny-musicgen", MusicRequest("more", duration_s=2.0, seed=2, continuation=From(source.id)),
+        previews=False,
+    ).artifact  # fmt: skip
+    take = source.file("take-0.wav")
+    data = bytearray(take.read_bytes())
+    data[-4:] = b"\0\0\0\0"
+    take.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=rf"^continuation: {source.id}/take-0.wav no longer matches"):
+        generate(
+            music_wb,
+            "tiny-musicgen",
+            MusicRequest("other", duration_s=2.0, seed=3, continuation=From(source.id)),
+        )
+    assert reproduce(music_wb, child.id).differences == (
+        f"parent {source.id} (continuation) has changed since; the kept copy was used",
+    )
+
+
+def test_an_input_artifact_without_audio_or_with_a_bad_id(music_wb):
+    with pytest.raises(
+        ArtifactError, match=r"^'\.\./\.\./x' is not an artifact id: ids are 4 to 16 hex digits"
+    ):
+        generate(
+            music_wb, "tiny-musicgen", MusicRequest("x", duration_s=1.0, seed=1, continuation=From("../../x"))
+        )
+    with pytest.raises(ArtifactError, match=r"^No artifact 'abcd1234' in "):
+        generate(
+            music_wb, "tiny-musicgen", MusicRequest("x", duration_s=1.0, seed=1, continuation="abcd1234")
+        )
+    assert not music_wb.artifacts_dir.exists() or not list_artifacts(music_wb)
+
+
+@pytest.mark.parametrize("bad", ["/tmp/x", "../../x", "[a-f]*", "****", "/etc", "ABCDEF12", "abc"])
+def test_ids_are_ids(music_wb, bad):
+    with pytest.raises(ArtifactError, match=r"is not an artifact id"):
+        check_id(bad)
+    proc = run_cli("reproduce", bad, cwd=music_wb.root)
+    assert (
+        proc.returncode == 2 and proc.stderr.startswith("error: ") and "is not an artifact id" in proc.stderr
+    )
+
+
+def test_a_manifest_path_leaving_the_folder_is_refused(music_wb):
+    art = generate(
+        music_wb, "tiny-musicgen", MusicRequest("x", duration_s=0.5, seed=1), previews=False
+    ).artifact
+    path = art.path / "manifest.json"
+    data = json.loads(path.read_text())
+    data["outputs"][0]["path"] = "../../../../etc/passwd"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match=r"leaves the artifact folder"):
+        reproduce(music_wb, art.id)
+    data["outputs"][0]["path"], data["request"]["colour"] = "take-0.wav", "red"
+    path.write_text(json.dumps(data))
+    with pytest.raises(RequestError, match=r"^request field 'colour' is not a music request field"):
+        reproduce(music_wb, art.id)
+
+
+# -- licences -----------------------------------------------------------------------------------
+def test_non_commercial_licences_are_said_plainly_and_inherited(music_wb):
+    params = music_wb.root / "params.yaml"
+    params.write_text(params.read_text().replace("    license: mit\n", "    license: cc-by-nc-4.0\n", 1))
+    wb = Workbench.open(music_wb.root)
+    for folder in (wb.root / "models").iterdir():  # the inventory's licence is what counts
+        inv = folder / "inventory.json"
+        data = json.loads(inv.read_text())
+        data["license"] = "cc-by-nc-4.0" if folder.name == "tiny-musicgen" else "mit"
+        inv.write_text(json.dumps(data))
+    nc = generate(wb, "tiny-musicgen", MusicRequest("x", duration_s=1.0, seed=1), previews=False).artifact
+    assert nc.manifest.non_commercial and nc.manifest.model.license == "cc-by-nc-4.0"
+    child = generate(
+        wb, "tiny-musicgen-melody", MusicRequest("y", duration_s=2.0, seed=1, continuation=From(nc.id)), previews=False
+    ).artifact  # fmt: skip
+    assert [(x.model, x.license, x.via) for x in child.manifest.licenses] == [
+        ("tiny-musicgen-melody", "mit", None),
+        ("tiny-musicgen", "cc-by-nc-4.0", nc.id),
+    ]
+    assert child.manifest.non_commercial
+    shown = run_cli("artifacts", "show", child.id, cwd=wb.root).stdout
+    assert (
+        f"  licence   mit (tiny-musicgen-melody); cc-by-nc-4.0 (tiny-musicgen via {nc.id}): NON-COMMERCIAL USE ONLY\n"
+        in shown
+    )
+    listed = run_cli("artifacts", "list", cwd=wb.root).stdout
+    assert "music (NC)" in listed and "(NC): made with a non-commercial model" in listed
+    from harmonia.ui.views import summary_html
+
+    assert "Non-commercial use only: made with tiny-musicgen (cc-by-nc-4.0)." in summary_html(child)
+
+
+# -- threads and cancel -------------------------------------------------------------------------
+def test_two_threads_at_once_give_the_bytes_of_one_after_the_other(music_wb, tmp_path):
+    requests = [
+        MusicRequest("calm piano", duration_s=1.5, seed=5),
+        MusicRequest("drums", duration_s=1.5, seed=6),
+    ]
+    other = tmp_path / "other"
+    shutil.copytree(music_wb.root, other)
+    alone = [generate(music_wb, "tiny-musicgen", r, threads=1, previews=False).artifact for r in requests]
+    wb2, found, errors = Workbench.open(other), {}, []
+
+    def run(i: int) -> None:
+        try:
+            found[i] = generate(wb2, "tiny-musicgen", requests[i], threads=2 - i, previews=False).artifact
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+    assert not errors, errors
+    # thread 0 asked for 2 threads, thread 1 for 1: each records (and used) its own
+    assert found[0].manifest.runtime.threads == 2 and found[1].manifest.runtime.threads == 1
+    assert sha(found[1].file(found[1].outputs[0])) == sha(alone[1].file(alone[1].outputs[0]))
+    again = generate(wb2, "tiny-musicgen", requests[0], threads=1, previews=False).artifact
+    assert sha(again.file(again.outputs[0])) == sha(alone[0].file(alone[0].outputs[0]))
+    assert reproduce(wb2, found[0].id).identical and reproduce(wb2, found[1].id).identical
+
+
+def test_cancel_stops_between_steps_and_writes_nothing(music_wb):
+    stop = threading.Event()
+    seen = []
+
+    def progress(done, total):
+        seen.append(done)
+        if done == 5:
+            stop.set()
+
+    with pytest.raises(
+        Cancelled, match=r"^Generation cancelled at step 5 of \d+; no artifact was written\.$"
+    ):
+        generate(
+            music_wb,
+            "tiny-musicgen",
+            MusicRequest("x", duration_s=2.0, seed=1),
+            progress=progress,
+            cancel=stop,
+        )
+    assert seen == [1, 2, 3, 4, 5]
+    assert not music_wb.artifacts_dir.exists() or not any(music_wb.artifacts_dir.iterdir())
+
+
+def test_a_fault_inside_the_artifact_write_leaves_nothing_that_looks_whole(music_wb, monkeypatch):
+    import harmonia.generation as generation
+    from harmonia.media import write_take
+
+    written = []
+
+    def failing(folder, index, take, settings, previews):
+        if index == 1:  # take-0 (and its picture) are on disk by now
+            written.extend(p.name for p in folder.iterdir())
+            raise OSError("disk full (injected)")
+        return write_take(folder, index, take, settings, previews)
+
+    monkeypatch.setattr(generation, "write_take", failing)
+    with pytest.raises(OSError, match="disk full"):
+        generate(music_wb, "tiny-musicgen", MusicRequest(["a", "b"], duration_s=0.5, seed=1))
+    assert sorted(written) == ["take-0.png", "take-0.wav"]
+    assert list(music_wb.artifacts_dir.iterdir()) == []  # no artifact, no staging folder
+
+
+# -- defaults and limits from one place ---------------------------------------------------------
+def test_params_section_becomes_the_request_everywhere(music_wb):
+    params = music_wb.root / "params.yaml"
+    params.write_text(
+        params.read_text().replace(
+            "music:\n  model: tiny-musicgen\n  duration_s: 1.0\n",
+            "music:\n  model: tiny-musicgen\n  duration_s: 6.0\n  extend_stride_s: 2.0\n  top_k: 50\n"
+            "  precision: int8\n  format: flac\n  batch_size: 2\n",
+        )
+    )
+    d = kind_defaults(Workbench.open(music_wb.root), "music")
+    assert d.model == "tiny-musicgen" and d.batch_size == 2
+    request = d.request_for(("x",), seed=3, top_k=None, temperature=0.5)
+    assert (request.duration_s, request.extend_stride_s, request.top_k, request.temperature) == (
+        6.0,
+        2.0,
+        50,
+        0.5,
+    )
+    assert d.run_settings()["precision"] == "int8" and d.run_settings()["fmt"] == "flac"
+    params.write_text(params.read_text().replace("  batch_size: 2\n", "  batch_size: 2\n  colour: red\n"))
+    with pytest.raises(ParamsError, match=r"^params.yaml: music.colour is not a setting of music; allowed: "):
+        kind_defaults(Workbench.open(music_wb.root), "music")
+
+
+def test_the_studio_offers_only_what_the_engine_accepts(music_wb):
+    from harmonia.ui.studio import Studio
+
+    studio = Studio(music_wb)
+    bound = limits(MusicRequest)
+    for widget, name in ((studio.duration, "duration_s"), (studio.top_p, "top_p"), (studio.top_k, "top_k"),
+                         (studio.guidance, "guidance_scale"), (studio.temperature, "temperature")):  # fmt: skip
+        low, high = bound[name].low, bound[name].high
+        assert low <= widget.min and widget.max <= high, name
+        assert widget.min > low or not bound[name].low_open, name
+
+
+def test_tiny_name_must_be_declared_before_building(workbench):
+    proc = run_cli("models", "tiny", "musicgen", "--name", "my-tiny", cwd=workbench.root)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == (
+        "error: Model 'my-tiny' is not declared in params.yaml, so nothing could use it after the build. "
+        f"Add 'my-tiny: {{builder: musicgen, seed: 0, engine: musicgen}}' under 'models:' in {workbench.root / 'params.yaml'}, "
+        "then build again.\n"
+    )
+    assert not (workbench.root / "models" / "my-tiny").exists()
+    from harmonia.tiny import build_tiny
+
+    with pytest.raises(
+        BuilderError, match=r"declares model 'tiny-musicgen-melody' with builder musicgen-melody"
+    ):
+        build_tiny(workbench, "musicgen", name="tiny-musicgen-melody")
+
+
+# -- the package declares what it imports ------------------------------------------------------
+def test_pyproject_lists_every_package_harmonia_imports():
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    declared = {_norm(d) for d in project["dependencies"]}
+    extras = {_norm(d) for deps in project["optional-dependencies"].values() for d in deps}
+    dists = packages_distributions()
+    for path in sorted((REPO_ROOT / "harmonia").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in tree.body:  # module-level imports: what importing the module needs
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                top = name.split(".")[0]
+                if top == "harmonia" or top not in dists:
+                    continue  # the standard library
+                needed = {_norm(d) for d in dists[top]}
+                allowed = declared | (extras if "ui" in path.parts else set())
+                assert needed & allowed, f"{path.relative_to(REPO_ROOT)} imports {top}, not in pyproject.toml"
+
+
+def _norm(requirement: str) -> str:
+    import re
+
+    return re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_manifest_round_trip_refuses_unknown_fields(music_wb):
+    art = generate(
+        music_wb, "tiny-musicgen", MusicRequest("x", duration_s=0.5, seed=1), previews=False
+    ).artifact
+    data = art.manifest.to_json()
+    assert Manifest.from_json(json.loads(json.dumps(data))) == art.manifest
+    data["runtime"]["turbo"] = True
+    with pytest.raises(ArtifactError, match=r"lacks or mistypes field 'RuntimeRecord.turbo \(unknown\)'"):
+        Manifest.from_json(data)
+    with pytest.raises(ArtifactError, match=r"has schema 'harmonia.manifest/9'; this Harmonia reads"):
+        Manifest.from_json({**data, "schema": "harmonia.manifest/9"})
