@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 import time
 import uuid
@@ -23,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from harmonia.atomic import install
+from harmonia.atomic import discard, install
 from harmonia.atomic import staging_dir as _staging_dir
 from harmonia.errors import InventoryError, SnapshotMissingError, VerificationError
 from harmonia.hashing import hash_files
@@ -376,6 +375,6 @@ def install_built(
         write_inventory(staging, inventory)
         install(staging, wb.snapshot_dir(kind, name))
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        discard(staging)
     record_hashed(wb, kind, name, inventory)
     return inventory

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from harmonia.atomic import install
+from harmonia.atomic import discard, install
 from harmonia.errors import InventoryError, SnapshotMissingError, VerificationError
 from harmonia.hashing import git_blob_sha1, hash_files, sha256_file
 from harmonia.snapshots import list_snapshots, require_verified, staging_dir, verify
@@ -174,10 +174,13 @@ def test_install_replaces_a_snapshot_whole(workbench, snap):
     assert [p.name for p in workbench.kind_dir("model").iterdir()] == ["toy"]
 
 
-def test_stale_staging_folders_are_cleared(workbench):
-    old = staging_dir(workbench, "model", "toy")
-    new = staging_dir(workbench, "model", "toy")
-    assert not old.exists() and new.exists()
+def test_a_live_staging_folder_is_kept_and_a_discarded_one_is_gone(workbench):
+    first = staging_dir(workbench, "model", "toy")
+    second = staging_dir(workbench, "model", "toy")  # another thread's writer: left alone
+    assert first.exists() and second.exists()
+    discard(first)
+    discard(second)
+    assert list(workbench.kind_dir("model").iterdir()) == []
 
 
 def test_parallel_hashes_match_hashlib_and_git(tmp_path):
