@@ -118,3 +118,11 @@ class ArtifactError(HarmoniaError, LookupError):
     Example message:
         No artifact 'deadbeef' in /work/artifacts. Run 'harmonia artifacts list' to see the ids.
     """
+
+
+class FileFormatError(HarmoniaError, ValueError):
+    """A YAML or JSON file that is too big, not UTF-8, not well formed, too deeply nested, or an alias bomb.
+
+    Example message:
+        params.yaml line 3, column 5: mapping values are not allowed here. Fix the file.
+    """
