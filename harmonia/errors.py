@@ -126,3 +126,13 @@ class FileFormatError(HarmoniaError, ValueError):
     Example message:
         params.yaml line 3, column 5: mapping values are not allowed here. Fix the file.
     """
+
+
+class RemoteCodeError(VerificationError):
+    """A snapshot whose config asks to run code shipped with the model (``auto_map``); never loaded.
+
+    Example message:
+        Model 'x' cannot be loaded: config.json has the key 'auto_map', which asks to run Python
+        code from the model's repo. Harmonia never runs remote code: pick a model whose
+        architecture transformers or diffusers ship.
+    """
