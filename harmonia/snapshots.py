@@ -20,7 +20,7 @@ import os
 import stat
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,8 @@ class VerifyReport:
     seconds: float
     # the verdict
     problems: tuple[Problem, ...]
+    # which bytes were checked: the inventory's digest (the pipeline re-runs when it changes)
+    inventory_digest: str = ""
 
     @property
     def ok(self) -> bool:
@@ -125,6 +127,30 @@ def require_snapshot(wb: Workbench, kind: Kind, name: str) -> Path:
             + how_to_get(wb.specs(kind).get(name), kind, name)
         )
     return folder
+
+
+def require_present(wb: Workbench, targets: Iterable[tuple[Kind, str]]) -> None:
+    """Every snapshot in ``targets`` is here; else one :class:`SnapshotMissingError` naming all that are not.
+
+    The message gives the commands that make them, in order, so one run of them is enough.
+
+    Example:
+        >>> require_present(Workbench.open(), [("model", "musicgen-small")])  # doctest: +SKIP
+        Traceback (most recent call last):
+        ...
+        harmonia.errors.SnapshotMissingError: Not here yet: model musicgen-small. Run: harmonia models fetch musicgen-small (or 'dvc pull' if your DVC remote holds it).
+    """
+    missing = list(
+        dict.fromkeys((k, n) for k, n in targets if not (wb.snapshot_dir(k, n) / INVENTORY_FILE).is_file())
+    )
+    if not missing:
+        return
+    names = ", ".join(f"{kind} {name}" for kind, name in missing)
+    commands = " && ".join(how_to_get(wb.specs(kind).get(name), kind, name) for kind, name in missing)
+    them = "them" if len(missing) > 1 else "it"
+    raise SnapshotMissingError(
+        f"Not here yet: {names}. Run: {commands} (or 'dvc pull' if your DVC remote holds {them})."
+    )
 
 
 def how_to_get(spec: SnapshotSpec | None, kind: Kind, name: str) -> str:
@@ -283,6 +309,7 @@ def verify(
         bytes_hashed=sum(to_hash[f][1].st_size for f in digests),
         seconds=time.perf_counter() - started,
         problems=tuple(sorted(problems, key=lambda p: (PROBLEM_KINDS.index(p.kind), p.path))),
+        inventory_digest=inventory.digest,
     )
     last = {"ok": report.ok, "mode": report.mode, "at": utc_now(), "problems": len(problems)}
     state.save(inventory.digest, new_state, last)

@@ -9,7 +9,14 @@ import pytest
 from harmonia.atomic import discard, install
 from harmonia.errors import InventoryError, RemoteCodeError, SnapshotMissingError, VerificationError
 from harmonia.hashing import git_blob_sha1, hash_files, sha256_file
-from harmonia.snapshots import list_snapshots, require_loadable, require_verified, staging_dir, verify
+from harmonia.snapshots import (
+    list_snapshots,
+    require_loadable,
+    require_present,
+    require_verified,
+    staging_dir,
+    verify,
+)
 from tests.conftest import make_snapshot
 
 FILES = {
@@ -266,3 +273,29 @@ def test_parallel_hashes_match_hashlib_and_git(tmp_path):
     assert sum(seen) == sum(p.stat().st_size for p in paths)
     git = subprocess.run(["git", "hash-object", str(paths[3])], capture_output=True, text=True, check=True)
     assert git_blob_sha1(paths[3]) == git.stdout.strip()
+
+
+def test_the_report_names_the_inventory_digest(workbench, snap):
+    from harmonia.inventory import read_inventory
+
+    report = verify(workbench, "model", "toy")
+    assert report.inventory_digest == read_inventory(snap).digest
+    assert report.to_json()["inventory_digest"] == report.inventory_digest
+
+
+def test_require_present_names_every_missing_snapshot_and_how_to_get_it(workbench, snap):
+    require_present(workbench, [("model", "toy")])
+    targets = [("model", "toy"), ("model", "private"), ("model", "tiny-musicgen"), ("dataset", "captions")]
+    with pytest.raises(SnapshotMissingError) as exc:
+        require_present(workbench, [*targets, ("model", "private")])
+    assert str(exc.value) == (
+        "Not here yet: model private, model tiny-musicgen, dataset captions. Run: harmonia models fetch private "
+        "&& harmonia models tiny musicgen --name tiny-musicgen --seed 0 && harmonia datasets fetch captions "
+        "(or 'dvc pull' if your DVC remote holds them)."
+    )
+    with pytest.raises(SnapshotMissingError) as exc:
+        require_present(workbench, [("model", "private")])
+    assert str(exc.value) == (
+        "Not here yet: model private. Run: harmonia models fetch private (or 'dvc pull' if your DVC remote "
+        "holds it)."
+    )
