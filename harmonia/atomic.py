@@ -8,7 +8,7 @@ the target and every listing skips hidden names:
   ``flock`` on the folder for its whole life and its name carries the owner's pid and the
   process's start time (``/proc/PID/stat``), so a folder is *stale* only when that process
   is gone (no process with that pid and start time) *and* nobody holds its lock. Only stale
-  folders are removed, by the next writer of the same name; a live writer's folder is never
+  folders are removed, by the next writer in the same folder; a live writer's folder is never
   touched, whichever process or thread owns it.
 - ``.NAME.old-PID-START-RAND``: the previous folder, renamed away during a replace on
   systems without ``renameat2`` (see :func:`install`); stale once its owner is gone.
@@ -61,8 +61,8 @@ def staging_dir(parent: Path, name: str) -> Path:
     """A fresh hidden folder ``parent/.NAME.partial-PID-START-RAND`` (same filesystem as the target).
 
     This process holds an ``flock`` on it until :func:`install` or :func:`discard`. Stale
-    helper folders of the same name (their owner is dead) are removed first; folders of
-    writers that are still alive are left alone.
+    helper folders in ``parent`` (their owner is dead), of any name, are removed first;
+    folders of writers that are still alive are left alone.
 
     Example:
         >>> import tempfile
@@ -77,7 +77,7 @@ def staging_dir(parent: Path, name: str) -> Path:
     parent = Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
     _close_forgotten_locks()
-    remove_stale(parent, name)
+    remove_stale(parent)
     folder = parent / _owned_name(name, "partial")
     folder.mkdir()
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
@@ -112,14 +112,26 @@ def discard(staging: Path) -> None:
     _release(Path(staging))
 
 
-def remove_stale(parent: Path, name: str) -> list[Path]:
-    """Remove ``parent``'s helper folders of ``name`` whose owner is provably dead; return them."""
+def remove_stale(parent: Path, name: str | None = None) -> list[Path]:
+    """Remove ``parent``'s helper folders (of ``name``, or of every name) whose owner is provably dead.
+
+    Sweeping every name matters for artifacts: a killed generation leaves a staging folder
+    under an id that may never be written again.
+
+    Returns:
+        The folders removed, sorted.
+    """
+    who = re.escape(name) if name is not None else ".+"
+    helper = re.compile(rf"^\.{who}\.(partial|old)-(?:(\d+)-(\d+)-[0-9a-f]{{8}}|[0-9a-f]{{8}})$")
     removed = []
-    partial = re.compile(rf"^\.{re.escape(name)}\.(partial|old)-(?:(\d+)-(\d+)-[0-9a-f]{{8}}|[0-9a-f]{{8}})$")
-    for path in parent.glob(f".{glob_escape(name)}.*-*"):
-        match = partial.match(path.name)
+    with os.scandir(parent) as entries:
+        candidates = sorted(
+            (entry.name, helper.match(entry.name)) for entry in entries if entry.name[:1] == "."
+        )
+    for entry_name, match in candidates:
         if match is None:
             continue
+        path = Path(parent) / entry_name
         role, pid, start = match.group(1), match.group(2), match.group(3)
         if pid is not None and _process_start(int(pid)) == int(start):
             continue  # its owner is running
@@ -135,11 +147,6 @@ def remove_stale(parent: Path, name: str) -> list[Path]:
             if fd is not None:
                 os.close(fd)
     return removed
-
-
-def glob_escape(text: str) -> str:
-    """``text`` with glob's special characters made literal."""
-    return re.sub(r"([*?[])", r"[\1]", text)
 
 
 def _install_by_exchange(staging: Path, final: Path) -> bool:

@@ -197,3 +197,21 @@ def test_install_of_a_missing_staging_folder_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         install(tmp_path / ".nothing", tmp_path / "take")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_writer_sweeps_stale_folders_of_other_names_too(tmp_path):
+    go = tmp_path / "go"
+    go.touch()
+    killed = _spawn(WRITER, tmp_path, "abandoned-id", "w", go, "hang")
+    live = _spawn(WRITER, tmp_path, "busy-id", "w", go, "hang")
+    try:
+        stale = Path(killed.stdout.readline().strip())
+        busy = Path(live.stdout.readline().strip())
+        killed.kill()
+        killed.wait(10)
+        fresh = staging_dir(tmp_path, "another-id")
+        assert not stale.exists() and busy.is_dir() and fresh.is_dir()
+        discard(fresh)
+    finally:
+        live.kill()
+        live.wait(10)
