@@ -13,13 +13,17 @@ from harmonia import atomic
 from harmonia.atomic import discard, install, remove_stale, staging_dir
 from tests.conftest import REPO_ROOT
 
-# A writer process: wait for the start signal, write FILES files slowly into a staging folder,
-# install it as NAME, and print what it did. Mode "hang" prints the staging folder and sleeps.
+# A writer process: wait for the start signal, write 20 files slowly into a staging folder,
+# install it as NAME, and print what it did. Mode "hang" prints the staging folder and sleeps;
+# "write-without-renameat2" installs the portable way.
 WRITER = """
 import os, sys, time
 from pathlib import Path
+from harmonia import atomic
 from harmonia.atomic import discard, install, staging_dir
 parent, name, who, go, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3], Path(sys.argv[4]), sys.argv[5]
+if mode == "write-without-renameat2":
+    atomic._EXCHANGE_WORKS = False
 while not go.exists():
     time.sleep(0.002)
 staging = staging_dir(parent, name)
@@ -78,9 +82,10 @@ def _assert_whole(folder: Path) -> str:
     return writers.pop()
 
 
-def test_six_processes_writing_one_name_all_succeed(tmp_path):
+@pytest.mark.parametrize("mode", ["write", "write-without-renameat2"])
+def test_six_processes_writing_one_name_all_succeed(tmp_path, mode):
     go = tmp_path / "go"
-    procs = [_spawn(WRITER, tmp_path, "take", f"w{i}", go, "write") for i in range(6)]
+    procs = [_spawn(WRITER, tmp_path, "take", f"w{i}", go, mode) for i in range(6)]
     time.sleep(0.5)  # let every interpreter start and wait at the line
     go.touch()
     outs = [p.communicate(timeout=60) for p in procs]
