@@ -207,9 +207,16 @@ def check_section(params: dict[str, Any], section: str) -> dict[str, Any]:
 
 def _a(value: Any) -> str:
     """'a list', 'a string', ...: how messages name a value's type."""
-    names = {list: "a list", dict: "a mapping", str: "a string", bool: "true/false", int: "a number"}
-    names[type(None)] = "nothing"
-    return names.get(type(value), "a number" if isinstance(value, float) else f"a {type(value).__name__}")
+    names = {
+        list: "a list",
+        dict: "a mapping",
+        str: "a string",
+        bool: "true/false",
+        int: "a number",
+        float: "a number",
+        type(None): "nothing",
+    }
+    return names.get(type(value), f"a {type(value).__name__}")
 
 
 def check_name(kind: Kind, name: str) -> str:
