@@ -118,3 +118,21 @@ class ArtifactError(HarmoniaError, LookupError):
     Example message:
         No artifact 'deadbeef' in /work/artifacts. Run 'harmonia artifacts list' to see the ids.
     """
+
+
+class FileFormatError(HarmoniaError, ValueError):
+    """A YAML or JSON file that is too big, not UTF-8, not well formed, too deeply nested, or an alias bomb.
+
+    Example message:
+        params.yaml line 3, column 5: mapping values are not allowed here. Fix the file.
+    """
+
+
+class RemoteCodeError(VerificationError):
+    """A snapshot whose config asks to run code shipped with the model (``auto_map``); never loaded.
+
+    Example message:
+        Model 'x' cannot be loaded: config.json has the key 'auto_map', which asks to run Python
+        code from the model's repo. Harmonia never runs remote code: pick a model whose
+        architecture transformers or diffusers ship.
+    """

@@ -19,10 +19,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from harmonia.errors import InventoryError
+from harmonia.safeload import load_json
 
 SCHEMA = "harmonia.inventory/1"
 INVENTORY_FILE = "inventory.json"
 SOURCE_TYPES = ("huggingface", "synthetic")
+
+MAX_INVENTORY_BYTES = 64 << 20  # about 400,000 files at ~150 bytes each
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -181,16 +184,16 @@ def read_inventory(snapshot_dir: str | os.PathLike[str]) -> Inventory:
     """Read and validate ``snapshot_dir/inventory.json``."""
     path = Path(snapshot_dir) / INVENTORY_FILE
     try:
-        text = path.read_text(encoding="utf-8")
+        data = load_json(
+            path,
+            str(path),
+            max_bytes=MAX_INVENTORY_BYTES,
+            error=InventoryError,
+            fix="The inventory is corrupt: fetch or build the snapshot again.",
+        )
     except FileNotFoundError:
         raise InventoryError(
             f"{path} does not exist: the folder is not a snapshot. Fetch or build it again."
-        ) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InventoryError(
-            f"{path}: malformed JSON ({exc}). The inventory is corrupt: fetch or build the snapshot again."
         ) from None
     return parse_inventory(data, str(path))
 

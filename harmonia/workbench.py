@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from harmonia.errors import ParamsError, UnknownSnapshotError, WorkbenchNotFoundError
+from harmonia.safeload import load_yaml
 
 Kind = Literal["model", "dataset"]
 KINDS: tuple[Kind, ...] = ("model", "dataset")
@@ -27,6 +26,8 @@ ROOT_ENV = "HARMONIA_ROOT"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Sections of settings (name -> value); models/datasets are checked entry by entry instead.
+SETTINGS_SECTIONS = ("music", "pipeline", "prompt_sets", "evaluate", "samples", "songs", "video", "text")
 _SPEC_KEYS = {
     "repo",
     "revision",
@@ -37,6 +38,13 @@ _SPEC_KEYS = {
     "builder",
     "seed",
     "description",
+}
+# Fields that hold one word or line of text, and how messages describe them.
+_TEXT_FIELDS = {
+    "builder": "a tiny builder name such as 'musicgen'",
+    "engine": "an engine name such as 'musicgen'",
+    "license": "a license id such as 'mit' or 'cc-by-nc-4.0'",
+    "description": "one line of text",
 }
 
 
@@ -144,22 +152,71 @@ def find_root(start: str | os.PathLike[str] | None = None) -> Path:
 
 
 def load_params(path: Path) -> dict[str, Any]:
-    """Parse params.yaml and check its models/datasets sections."""
+    """Parse params.yaml (size, encoding, nesting and aliases limited) and check its shape.
+
+    Every error is one line naming the field, the value and the fix (:class:`ParamsError`).
+    """
     try:
-        params = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path} is not valid YAML ({exc}). Fix the file.") from None
+        params = load_yaml(path, PARAMS_FILE, error=ParamsError)
+    except FileNotFoundError:
+        raise ParamsError(
+            f"{path} does not exist. Create it or run the command inside a workbench."
+        ) from None
+    if params is None:
+        params = {}
     if not isinstance(params, dict):
-        raise ParamsError(f"{path} must be a mapping at the top level, got {type(params).__name__}.")
+        raise ParamsError(
+            f"{PARAMS_FILE} must be a mapping of sections at the top level, got {_a(params)} ({params!r:.60}). "
+            "See the README's params.yaml section."
+        )
     for kind in KINDS:
         section = params.get(plural(kind))
         if section is not None and not isinstance(section, dict):
             raise ParamsError(
-                f"{path}: '{plural(kind)}' must map names to entries, got {type(section).__name__}."
+                f"{PARAMS_FILE}: '{plural(kind)}' must map names to entries, got {_a(section)} "
+                f"({section!r:.60}). See the README's params.yaml section."
             )
         for name, entry in (section or {}).items():
-            _parse_spec(kind, str(name), entry)
+            _parse_spec(kind, name, entry)
+    for section in SETTINGS_SECTIONS:
+        check_section(params, section)
     return params
+
+
+def check_section(params: dict[str, Any], section: str) -> dict[str, Any]:
+    """The settings section ``section`` of params.yaml (empty if absent); an error unless it is a mapping.
+
+    Example:
+        >>> check_section({"music": {"duration_s": 5.0}}, "music")
+        {'duration_s': 5.0}
+        >>> check_section({"music": [1, 2]}, "music")
+        Traceback (most recent call last):
+        ...
+        harmonia.errors.ParamsError: params.yaml: 'music' must be a mapping of settings, got a list ([1, 2]). See the README's params.yaml section.
+    """
+    value = params.get(section)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ParamsError(
+            f"{PARAMS_FILE}: '{section}' must be a mapping of settings, got {_a(value)} ({value!r:.60}). "
+            "See the README's params.yaml section."
+        )
+    return value
+
+
+def _a(value: Any) -> str:
+    """'a list', 'a string', ...: how messages name a value's type."""
+    names = {
+        list: "a list",
+        dict: "a mapping",
+        str: "a string",
+        bool: "true/false",
+        int: "a number",
+        float: "a number",
+        type(None): "nothing",
+    }
+    return names.get(type(value), f"a {type(value).__name__}")
 
 
 def check_name(kind: Kind, name: str) -> str:
@@ -176,10 +233,21 @@ def _parse_spec(kind: Kind, name: str, entry: Any) -> SnapshotSpec:
     where = f"params.yaml: {plural(kind)}.{name}"
     check_name(kind, name)
     if not isinstance(entry, dict):
-        raise ParamsError(f"{where} must be a mapping, got {type(entry).__name__}.")
+        raise ParamsError(
+            f"{where} must be a mapping with 'repo' or 'builder', got {_a(entry)} ({entry!r:.60}). "
+            "Fix the entry in params.yaml."
+        )
     unknown = set(entry) - _SPEC_KEYS
     if unknown:
-        raise ParamsError(f"{where} has unknown keys {sorted(unknown)}; allowed: {sorted(_SPEC_KEYS)}.")
+        raise ParamsError(
+            f"{where} has unknown keys {sorted(unknown, key=str)}; allowed: {sorted(_SPEC_KEYS)}."
+        )
+    for key, what in _TEXT_FIELDS.items():
+        value = entry.get(key)
+        if value is not None and (not isinstance(value, str) or not value.strip() or "\n" in value):
+            raise ParamsError(
+                f"{where}.{key} must be {what}, got {_a(value)} ({value!r:.60}). Fix the entry in params.yaml."
+            )
     repo, builder = entry.get("repo"), entry.get("builder")
     if (repo is None) == (builder is None):
         raise ParamsError(f"{where} needs exactly one of 'repo' (a hub repo) or 'builder' (a tiny builder).")

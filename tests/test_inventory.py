@@ -53,7 +53,10 @@ def test_valid_inventory_reads(tmp_path):
 @pytest.mark.parametrize(
     "data, message",
     [
-        ("{not json", "malformed JSON"),
+        (
+            "{not json",
+            "line 1, column 2: Expecting property name enclosed in double quotes. The inventory is corrupt",
+        ),
         ([], "must be a JSON object, got list."),
         (_valid(schema="harmonia.inventory/2"), "unknown schema 'harmonia.inventory/2'; this Harmonia reads"),
         (_valid(schema=None), "unknown schema None"),
@@ -90,3 +93,24 @@ def test_malformed_inventories_are_clear_errors(tmp_path, data, message):
 def test_missing_inventory(tmp_path):
     with pytest.raises(InventoryError, match="does not exist: the folder is not a snapshot"):
         read_inventory(tmp_path)
+
+
+def test_hostile_inventories_are_one_line_errors(tmp_path, monkeypatch):
+    path = tmp_path / "inventory.json"
+    fix = "The inventory is corrupt: fetch or build the snapshot again."
+    path.write_bytes(b'{"schema": "\xfe"}')
+    with pytest.raises(InventoryError) as exc:
+        read_inventory(tmp_path)
+    assert str(exc.value) == f"{path} is not UTF-8 text (byte 0xfe at offset 12). {fix}"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(InventoryError) as exc:
+        read_inventory(tmp_path)
+    assert str(exc.value) == f"{path}: collections nested more than 64 levels deep. {fix}"
+    monkeypatch.setattr("harmonia.inventory.MAX_INVENTORY_BYTES", 100)
+    _write(tmp_path, _valid())
+    with pytest.raises(InventoryError) as exc:
+        read_inventory(tmp_path)
+    assert (
+        str(exc.value)
+        == f"{path} is {path.stat().st_size:,} bytes, over the 100-byte limit for this file. {fix}"
+    )

@@ -2,13 +2,21 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 
 import pytest
 
-from harmonia.atomic import install
-from harmonia.errors import InventoryError, SnapshotMissingError, VerificationError
+from harmonia.atomic import discard, install
+from harmonia.errors import InventoryError, RemoteCodeError, SnapshotMissingError, VerificationError
 from harmonia.hashing import git_blob_sha1, hash_files, sha256_file
-from harmonia.snapshots import list_snapshots, require_verified, staging_dir, verify
+from harmonia.snapshots import (
+    list_snapshots,
+    require_loadable,
+    require_present,
+    require_verified,
+    staging_dir,
+    verify,
+)
 from tests.conftest import make_snapshot
 
 FILES = {
@@ -86,15 +94,80 @@ def test_fast_mode_skips_unchanged_files_and_rehashes_changed_ones(workbench, sn
     assert fourth.ok and fourth.hashed == 1
 
 
+def _overwrite_keeping_size_and_times(path, data: bytes) -> None:
+    st = path.stat()
+    assert len(data) == st.st_size
+    time.sleep(0.01)  # past a coarse filesystem clock's tick, as any real tampering would be
+    path.write_bytes(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # atime and mtime put back
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+
+
+def test_fast_mode_catches_a_same_size_overwrite_with_the_mtime_restored(workbench, snap):
+    assert verify(workbench, "model", "toy").hashed == 4
+    weights = bytearray(FILES["model.safetensors"])
+    weights[1000:1004] = b"EVIL"
+    _overwrite_keeping_size_and_times(snap / "model.safetensors", bytes(weights))
+    report = verify(workbench, "model", "toy")  # the ctime moved: re-hashed, not skipped
+    assert (report.hashed, report.skipped) == (1, 3)
+    assert [(p.kind, p.path) for p in report.problems] == [("modified", "model.safetensors")]
+    with pytest.raises(
+        VerificationError, match=r"^Model 'toy' failed verification: 1 modified \(model.safetensors\)"
+    ):
+        require_loadable(workbench, "model", "toy")
+
+
 def test_full_mode_rehashes_even_when_stat_is_unchanged(workbench, snap):
     verify(workbench, "model", "toy")
-    path = snap / "config.json"
-    st = path.stat()
-    path.write_bytes(b'{"a": 2}')  # same size
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the old mtime: fast mode cannot tell
-    assert verify(workbench, "model", "toy").ok
+    assert verify(workbench, "model", "toy").hashed == 0
     report = verify(workbench, "model", "toy", full=True)
-    assert [(p.kind, p.path) for p in report.problems] == [("modified", "config.json")]
+    assert report.ok and report.hashed == 4 and report.mode == "full"
+
+
+def test_an_old_state_file_means_hashing_again(workbench, snap):
+    verify(workbench, "model", "toy")
+    path = workbench.root / ".harmonia/verify/models/toy.json"
+    state = json.loads(path.read_text())
+    old = {rel: [st[0], st[1], st[3], st[5]] for rel, st in state["files"].items()}  # size, mtime, inode, sha
+    path.write_text(json.dumps({**state, "schema": "harmonia.verify-state/1", "files": old}))
+    assert verify(workbench, "model", "toy").hashed == 4
+
+
+def test_require_loadable_returns_the_inventory_of_an_intact_snapshot(workbench, snap):
+    inventory = require_loadable(workbench, "model", "toy")
+    assert inventory.name == "toy" and len(inventory.files) == 4
+    assert require_loadable(workbench, "model", "toy", full=True) == inventory
+
+
+@pytest.mark.parametrize(
+    "path, content, where",
+    [
+        ("config.json", b'{"model_type": "x", "auto_map": {"AutoModel": "modeling_x.XModel"}}', "auto_map"),
+        ("tokenizer_config.json", b'{"auto_map": {"AutoTokenizer": ["tok.T", null]}}', "auto_map"),
+        ("preprocessor_config.json", b'{"a": [{"auto_map": {}}]}', "a.0.auto_map"),
+        (
+            "config.json",
+            b'{"text_config": {"\\u0061uto_map": {"AutoConfig": "c.C"}}}',
+            "text_config.auto_map",
+        ),
+        ("text_encoder/config.json", b'{"auto_map": {"AutoModel": "m.M"}}', "auto_map"),
+    ],
+)
+def test_configs_that_name_remote_code_are_refused(workbench, path, content, where):
+    make_snapshot(workbench, "toy", {**FILES, path: content})
+    with pytest.raises(RemoteCodeError) as exc:
+        require_loadable(workbench, "model", "toy")
+    assert str(exc.value) == (
+        f"Model 'toy' cannot be loaded: {path} has the key '{where}', which asks to run Python code from "
+        "the model's repo. Harmonia never runs remote code: pick a model whose architecture transformers "
+        "or diffusers ship."
+    )
+    assert verify(workbench, "model", "toy").ok  # the inventory matches: it is refused all the same
+
+
+def test_data_files_below_the_root_may_mention_auto_map(workbench):
+    make_snapshot(workbench, "toy", {**FILES, "data/rows.json": b'[{"auto_map": "a column"}]'})
+    assert require_loadable(workbench, "model", "toy").name == "toy"
 
 
 def test_state_lives_outside_the_snapshot(workbench, snap):
@@ -102,7 +175,11 @@ def test_state_lives_outside_the_snapshot(workbench, snap):
     on_disk = sorted(str(p.relative_to(snap)) for p in snap.rglob("*") if p.is_file())
     assert on_disk == ["config.json", "empty.txt", "inventory.json", "model.safetensors", "sub/dir/vocab.txt"]
     state = json.loads((workbench.root / ".harmonia/verify/models/toy.json").read_text())
-    assert state["schema"] == "harmonia.verify-state/1" and state["last"]["ok"] is True
+    assert state["schema"] == "harmonia.verify-state/2" and state["last"]["ok"] is True
+    st = (snap / "config.json").stat()
+    assert state["files"]["config.json"] == [
+        st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, hashlib.sha256(FILES["config.json"]).hexdigest()
+    ]  # fmt: skip
 
 
 def test_symlink_leaving_the_snapshot_is_rejected(workbench, snap, tmp_path):
@@ -174,10 +251,13 @@ def test_install_replaces_a_snapshot_whole(workbench, snap):
     assert [p.name for p in workbench.kind_dir("model").iterdir()] == ["toy"]
 
 
-def test_stale_staging_folders_are_cleared(workbench):
-    old = staging_dir(workbench, "model", "toy")
-    new = staging_dir(workbench, "model", "toy")
-    assert not old.exists() and new.exists()
+def test_a_live_staging_folder_is_kept_and_a_discarded_one_is_gone(workbench):
+    first = staging_dir(workbench, "model", "toy")
+    second = staging_dir(workbench, "model", "toy")  # another thread's writer: left alone
+    assert first.exists() and second.exists()
+    discard(first)
+    discard(second)
+    assert list(workbench.kind_dir("model").iterdir()) == []
 
 
 def test_parallel_hashes_match_hashlib_and_git(tmp_path):
@@ -193,3 +273,29 @@ def test_parallel_hashes_match_hashlib_and_git(tmp_path):
     assert sum(seen) == sum(p.stat().st_size for p in paths)
     git = subprocess.run(["git", "hash-object", str(paths[3])], capture_output=True, text=True, check=True)
     assert git_blob_sha1(paths[3]) == git.stdout.strip()
+
+
+def test_the_report_names_the_inventory_digest(workbench, snap):
+    from harmonia.inventory import read_inventory
+
+    report = verify(workbench, "model", "toy")
+    assert report.inventory_digest == read_inventory(snap).digest
+    assert report.to_json()["inventory_digest"] == report.inventory_digest
+
+
+def test_require_present_names_every_missing_snapshot_and_how_to_get_it(workbench, snap):
+    require_present(workbench, [("model", "toy")])
+    targets = [("model", "toy"), ("model", "private"), ("model", "tiny-musicgen"), ("dataset", "captions")]
+    with pytest.raises(SnapshotMissingError) as exc:
+        require_present(workbench, [*targets, ("model", "private")])
+    assert str(exc.value) == (
+        "Not here yet: model private, model tiny-musicgen, dataset captions. Run: harmonia models fetch private "
+        "&& harmonia models tiny musicgen --name tiny-musicgen --seed 0 && harmonia datasets fetch captions "
+        "(or 'dvc pull' if your DVC remote holds them)."
+    )
+    with pytest.raises(SnapshotMissingError) as exc:
+        require_present(workbench, [("model", "private")])
+    assert str(exc.value) == (
+        "Not here yet: model private. Run: harmonia models fetch private (or 'dvc pull' if your DVC remote "
+        "holds it)."
+    )

@@ -1,9 +1,10 @@
+import time
 from pathlib import Path
 
 import pytest
 
 from harmonia.errors import ParamsError, UnknownSnapshotError, WorkbenchNotFoundError
-from harmonia.workbench import Workbench, find_root, load_params
+from harmonia.workbench import Workbench, check_section, find_root, load_params
 
 
 def test_root_is_found_from_a_subfolder(workbench, monkeypatch):
@@ -68,7 +69,36 @@ def test_spec_fields(workbench):
         ),
         ("{builder: musicgen, seed: -1}", "params.yaml: models.m.seed must be an integer >= 0, got -1."),
         ("{repo: a/b, allow_patterns: [1]}", "params.yaml: models.m.allow_patterns must be a list of glob"),
-        ("[1, 2]", "params.yaml: models.m must be a mapping, got list."),
+        (
+            "[1, 2]",
+            "params.yaml: models.m must be a mapping with 'repo' or 'builder', got a list ([1, 2]). "
+            "Fix the entry in params.yaml.",
+        ),
+        (
+            "{repo: a/b, engine: [1]}",
+            "params.yaml: models.m.engine must be an engine name such as 'musicgen', got a list ([1]). "
+            "Fix the entry in params.yaml.",
+        ),
+        (
+            "{repo: a/b, license: [mit, apache-2.0]}",
+            "params.yaml: models.m.license must be a license id such as 'mit' or 'cc-by-nc-4.0', "
+            "got a list (['mit', 'apache-2.0']). Fix the entry in params.yaml.",
+        ),
+        (
+            "{repo: a/b, description: {a: 1}}",
+            "params.yaml: models.m.description must be one line of text, got a mapping ({'a': 1}). "
+            "Fix the entry in params.yaml.",
+        ),
+        (
+            "{builder: 7}",
+            "params.yaml: models.m.builder must be a tiny builder name such as 'musicgen', got a number (7). "
+            "Fix the entry in params.yaml.",
+        ),
+        (
+            "{repo: a/b, engine: ''}",
+            "params.yaml: models.m.engine must be an engine name such as 'musicgen', got a string (''). "
+            "Fix the entry in params.yaml.",
+        ),
     ],
 )
 def test_bad_params_entries(tmp_path: Path, entry, message):
@@ -86,8 +116,82 @@ def test_names_must_be_plain_folder_names(tmp_path: Path):
         load_params(path)
 
 
-def test_invalid_yaml(tmp_path: Path):
+def _params_error(tmp_path: Path, content: str | bytes) -> str:
     path = tmp_path / "params.yaml"
-    path.write_text("models: [\n")
-    with pytest.raises(ParamsError, match="is not valid YAML"):
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ParamsError) as exc:
         load_params(path)
+    return str(exc.value)
+
+
+def test_invalid_yaml_is_one_line_with_the_place(tmp_path: Path):
+    assert _params_error(tmp_path, "models:\n  m:\n    repo: a/b: c\n") == (
+        "params.yaml line 3, column 14: mapping values are not allowed here. Fix the file."
+    )
+    assert _params_error(tmp_path, "models: [\n") == (
+        "params.yaml line 2, column 1: expected the node content, but found '<stream end>'. Fix the file."
+    )
+
+
+def test_params_that_are_not_utf8(tmp_path: Path):
+    assert _params_error(tmp_path, b"music:\n  model: caf\xe9\n") == (
+        "params.yaml is not UTF-8 text (byte 0xe9 at offset 19). Save it as UTF-8."
+    )
+
+
+@pytest.mark.parametrize("section", ["music", "pipeline", "prompt_sets", "evaluate", "samples", "video"])
+def test_settings_sections_must_be_mappings(tmp_path: Path, section):
+    assert _params_error(tmp_path, f"{section}: [1, 2]\n") == (
+        f"params.yaml: '{section}' must be a mapping of settings, got a list ([1, 2]). "
+        "See the README's params.yaml section."
+    )
+
+
+def test_other_shapes_of_params_are_one_line_errors(tmp_path: Path):
+    assert _params_error(tmp_path, "text: hello\n") == (
+        "params.yaml: 'text' must be a mapping of settings, got a string ('hello'). "
+        "See the README's params.yaml section."
+    )
+    assert _params_error(tmp_path, "- a\n- b\n") == (
+        "params.yaml must be a mapping of sections at the top level, got a list (['a', 'b']). "
+        "See the README's params.yaml section."
+    )
+    assert _params_error(tmp_path, "models: [a]\n") == (
+        "params.yaml: 'models' must map names to entries, got a list (['a']). "
+        "See the README's params.yaml section."
+    )
+    (tmp_path / "params.yaml").write_text("music:\nevaluate: {}\n")  # an empty section is allowed
+    assert load_params(tmp_path / "params.yaml") == {"music": None, "evaluate": {}}
+
+
+def test_check_section_returns_the_settings(tmp_path: Path):
+    assert check_section({"music": {"duration_s": 5.0}}, "music") == {"duration_s": 5.0}
+    assert check_section({}, "songs") == {} and check_section({"songs": None}, "songs") == {}
+
+
+def test_an_alias_bomb_in_params_fails_fast(tmp_path: Path):
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]  # 9**10 values
+    started = time.perf_counter()
+    message = _params_error(tmp_path, "\n".join(lines) + "\n")
+    assert time.perf_counter() - started < 5  # a generous bound: it takes milliseconds
+    assert message == (
+        "params.yaml line 6, column 5: more than 200,000 values, counting each alias as a full copy "
+        "(an alias bomb?). Use fewer aliases or a smaller file."
+    )
+
+
+def test_deep_nesting_in_params_fails_fast(tmp_path: Path):
+    started = time.perf_counter()
+    message = _params_error(tmp_path, "music: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    assert time.perf_counter() - started < 5
+    assert (
+        message
+        == "params.yaml line 1, column 72: collections nested more than 64 levels deep. Flatten the file."
+    )
+
+
+def test_anchors_and_merge_keys_still_work(tmp_path: Path):
+    path = tmp_path / "params.yaml"
+    path.write_text("defaults: &d {duration_s: 5.0, top_k: 250}\nmusic:\n  <<: *d\n  top_k: 50\n")
+    assert load_params(path)["music"] == {"duration_s": 5.0, "top_k": 50}
