@@ -13,16 +13,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from harmonia.atomic import install, staging_dir
+from harmonia.atomic import discard, install, staging_dir
 from harmonia.errors import ArtifactError
 from harmonia.hashing import sha256_file
 from harmonia.manifest import Manifest, OutputRecord
+from harmonia.safeload import load_json
 from harmonia.workbench import Workbench
 
 MANIFEST_FILE = "manifest.json"
@@ -109,13 +109,14 @@ def artifact_id(identity: dict[str, Any]) -> str:
 def _parse(folder: Path) -> Artifact:
     path = folder / MANIFEST_FILE
     try:
-        if path.stat().st_size > MAX_MANIFEST_BYTES:
-            raise ArtifactError(
-                f"{path} is larger than {MAX_MANIFEST_BYTES // 2**20} MiB; a manifest is a few kB. "
-                "Regenerate the artifact (--force)."
-            )
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        data = load_json(
+            path,
+            str(path),
+            max_bytes=MAX_MANIFEST_BYTES,
+            error=ArtifactError,
+            fix="Regenerate the artifact (--force).",
+        )
+    except OSError as exc:
         raise ArtifactError(f"{path} cannot be read ({exc}). Regenerate the artifact (--force).") from None
     manifest = Manifest.from_json(data, str(path))
     if manifest.id != folder.name:
@@ -200,5 +201,5 @@ def write_artifact(
         final = wb.artifacts_dir / artifact_id_
         install(staging, final)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        discard(staging)
     return _parse(final)

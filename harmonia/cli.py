@@ -19,6 +19,7 @@ from tqdm import tqdm
 from harmonia import __version__
 from harmonia.engines import KINDS
 from harmonia.errors import HarmoniaError, RequestError
+from harmonia.terminal import printable
 from harmonia.workbench import KINDS as SNAPSHOT_KINDS
 from harmonia.workbench import Kind, Workbench, plural
 
@@ -41,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args) or 0
     except HarmoniaError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted: nothing half-written was kept.", file=sys.stderr)
@@ -370,7 +371,7 @@ def _print_generated(wb: Workbench, done) -> None:
             f"{length}, {t.generate_s:.1f} s{rtf})"
         )
     for out in m.outputs:
-        print(f'  {_rel(wb, art.path / out.path).rstrip("/")}  "{_safe(out.prompt or "")}"')
+        print(f'  {_rel(wb, art.path / out.path).rstrip("/")}  "{printable(out.prompt or "")}"')
         if out.preview:
             print(f"  {_rel(wb, art.path / out.preview).rstrip('/')}")
     print(f"  {_rel(wb, art.path / 'manifest.json').rstrip('/')}")
@@ -398,7 +399,7 @@ def _artifacts_list(args) -> int:
         return 0
     table = [("ID", "CREATED", "KIND", "MODEL", "SEED", "TAKES", "SECONDS", "PROMPT")]
     for a in arts:
-        prompt = _safe(a.outputs[0].prompt or "" if a.outputs else "")
+        prompt = printable(a.outputs[0].prompt or "" if a.outputs else "")
         prompt = prompt if len(prompt) <= 48 else prompt[:47] + "…"
         dur = f"{a.outputs[0].duration_s:g}" if a.outputs and a.outputs[0].duration_s is not None else "-"
         kind = a.kind + (" (NC)" if a.manifest.non_commercial else "")
@@ -437,7 +438,7 @@ def _artifacts_show(args) -> int:
     )
     print(f"  engine    {m.engine.name} (code version {m.engine.code_version})")
     settings = ", ".join(
-        f"{k} {_safe(json.dumps(v, ensure_ascii=False))}"
+        f"{k} {printable(json.dumps(v, ensure_ascii=False))}"
         for k, v in m.request.items()
         if k not in ("prompts",) and v is not None
     )
@@ -457,7 +458,7 @@ def _artifacts_show(args) -> int:
             )
         else:
             what = f"{out.media}, {out.characters} characters" if out.media == "text" else out.media
-        print(f'  output    {out.path}  {what}, sha256 {out.sha256[:12]}  "{_safe(out.prompt or "")}"')
+        print(f'  output    {out.path}  {what}, sha256 {out.sha256[:12]}  "{printable(out.prompt or "")}"')
     for p in m.parents:
         print(f"  parent    {p.id} ({p.kind}, {p.role}: {p.file}, sha256 {p.sha256[:12]})")
     for child in children(wb, art.id):
@@ -624,6 +625,7 @@ def _stage_report(args) -> int:
 
 
 def _print_table(table) -> None:
+    table = [[printable(cell) for cell in row] for row in table]  # names and prompts are user text
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -648,15 +650,6 @@ def _build(args) -> int:
     )
     _after_snapshot_change(wb, args.kind)
     return 0
-
-
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
-_CONTROL.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
-
-
-def _safe(text: str) -> str:
-    """User text as it may be printed to a terminal: control characters (ANSI escapes, CR, newlines) shown escaped."""
-    return str(text).translate(_CONTROL)
 
 
 def _size(n: int) -> str:

@@ -34,7 +34,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import filter_repo_objects
 
-from harmonia.atomic import install
+from harmonia.atomic import discard, install
 from harmonia.errors import FetchError
 from harmonia.hashing import git_blob_sha1, hash_files
 from harmonia.inventory import FileEntry, Inventory, Source, read_inventory, write_inventory
@@ -188,7 +188,7 @@ def fetch(
         write_inventory(staging, inventory)
         install(staging, final)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        discard(staging)
     record_hashed(wb, kind, name, inventory)
     return FetchResult(name, kind, final, inventory, reused=False)
 

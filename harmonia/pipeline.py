@@ -19,7 +19,7 @@ from harmonia.defaults import kind_defaults
 from harmonia.errors import ParamsError
 from harmonia.evaluation import SILENCE_DBFS, ClapScorer, signal_facts, write_json
 from harmonia.generation import generate
-from harmonia.snapshots import verify
+from harmonia.snapshots import require_present, verify
 from harmonia.workbench import Workbench
 
 INDEX_FILE = "index.json"
@@ -43,6 +43,7 @@ def stage_verify(wb: Workbench, out: Path) -> dict:
     clap = (wb.params.get("evaluate") or {}).get("clap_model")
     if clap:
         targets.append(("model", clap))
+    require_present(wb, targets)  # a fresh clone: one sentence saying what to fetch or build first
     reports = [
         verify(wb, kind, name, full=bool(pipeline.get("verify_full", False))) for kind, name in targets
     ]

@@ -36,7 +36,7 @@ import torch
 
 from harmonia.errors import Cancelled, RequestError, VerificationError
 from harmonia.inventory import Inventory
-from harmonia.snapshots import require_snapshot, require_verified
+from harmonia.snapshots import require_loadable, require_snapshot
 from harmonia.workbench import SnapshotSpec, Workbench
 
 Progress = Callable[[int, int], None]
@@ -186,7 +186,7 @@ def open_snapshot(
             f"Model '{name}' is for the {spec.engine} engine, not {engine}. Pick a {engine} model."
         )
     path = require_snapshot(wb, "model", name)
-    inventory = require_verified(wb, "model", name)
+    inventory = require_loadable(wb, "model", name)  # verified, and no remote code named
     pickled = [f.path for f in inventory.files if f.path.endswith(PICKLED)]
     if pickled and not allow_pickle:
         raise VerificationError(
