@@ -25,6 +25,7 @@ FORMATS = {"wav": ("WAV", "FLOAT"), "flac": ("FLAC", "PCM_24")}
 SFC_SET_ADD_PEAK_CHUNK = 0x1050  # from sndfile.h
 SILENCE_DBFS = -60.0
 PEAK_GUARD_DBFS = -1.0
+MAX_INPUT_S = 600.0  # an input longer than ten minutes is refused before it is read
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,6 +72,12 @@ def read_audio(source: str | os.PathLike[str] | Audio, what: str = "audio") -> A
         return source
     path = Path(source)
     try:
+        info = sf.info(str(path))
+        if info.samplerate > 0 and info.frames / info.samplerate > MAX_INPUT_S:
+            raise AudioError(
+                f"{what}: {path} is {info.frames / info.samplerate:.1f} s long; audio inputs are limited to "
+                f"{MAX_INPUT_S:g} s. Trim it to the part you want used."
+            )
         data = path.read_bytes()
         with sf.SoundFile(path) as f:
             samples = f.read(dtype="float32", always_2d=True).T
@@ -81,6 +88,11 @@ def read_audio(source: str | os.PathLike[str] | Audio, what: str = "audio") -> A
         ) from None
     if samples.shape[1] == 0:
         raise AudioError(f"{what}: {path} holds no samples. Give a file with audio in it.")
+    bad = int(np.count_nonzero(~np.isfinite(samples)))
+    if bad:
+        raise AudioError(
+            f"{what}: {path} holds {bad} NaN or infinite samples; give a file of finite samples (re-export it)."
+        )
     return Audio(np.ascontiguousarray(samples), int(rate), hashlib.sha256(data).hexdigest(), str(path))
 
 

@@ -104,3 +104,39 @@ def test_facts():
     assert (f["sample_rate"], f["channels"], f["frames"], f["duration_s"]) == (RATE, 2, 2 * RATE, 2.0)
     assert abs(f["peak"] - 0.5) < 1e-3 and abs(f["peak_dbfs"] - (-6.02)) < 0.01
     assert f["loudness_lufs"] is not None
+
+
+def test_inputs_with_nan_or_inf_and_over_long_inputs_are_refused(tmp_path):
+    """Before: a NaN block was called "silent", an inf melody and a NaN continuation were accepted."""
+    from harmonia.audio import MAX_INPUT_S
+
+    for name, value in (("nan.wav", np.nan), ("inf.wav", np.inf)):
+        data = np.zeros(RATE, dtype=np.float32)
+        data[100:200] = value
+        sf.write(tmp_path / name, data, RATE, subtype="FLOAT")
+        with pytest.raises(
+            AudioError, match=rf"^melody: .*{name} holds 100 NaN or infinite samples; give a file"
+        ):
+            read_audio(tmp_path / name, "melody")
+    long = tmp_path / "long.wav"
+    with sf.SoundFile(long, "w", 1000, 1, "PCM_16") as f:  # 601 s at 1 kHz: 1.2 MB
+        f.write(np.zeros(int(1000 * (MAX_INPUT_S + 1)), dtype=np.int16))
+    with pytest.raises(
+        AudioError, match=r"^melody: .*long.wav is 601.0 s long; audio inputs are limited to 600 s\."
+    ):
+        read_audio(long, "melody")
+
+
+def test_devices_that_make_no_samples_and_too_many_threads():
+    import os
+    import warnings
+
+    from harmonia.engines.base import pick_device, pick_threads
+    from harmonia.errors import RequestError
+
+    with pytest.raises(RequestError, match=r"^device must be auto, cpu, cuda, cuda:N or mps, got 'meta'\.$"):
+        pick_device("meta")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert pick_threads(512) == 512
+    assert f"threads=512 is more than this machine's {os.cpu_count()} cores" in str(caught[0].message)

@@ -23,9 +23,11 @@ gallery's) never interleave their steps.
 
 from __future__ import annotations
 
+import os
 import secrets
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -147,8 +149,10 @@ def pick_device(device: str | None = None) -> torch.device:
         return torch.device("cpu")
     try:
         chosen = torch.device(device)
-    except RuntimeError:
+    except (RuntimeError, TypeError):
         raise RequestError(f"device must be auto, cpu, cuda, cuda:N or mps, got {device!r}.") from None
+    if chosen.type not in ("cpu", "cuda", "mps"):  # meta, xla, ...: no real samples come out
+        raise RequestError(f"device must be auto, cpu, cuda, cuda:N or mps, got {device!r}.")
     if chosen.type == "cuda" and not torch.cuda.is_available():
         raise RequestError(
             "device 'cuda' was asked for but no CUDA GPU is available; use device='cpu' or 'auto'."
@@ -171,6 +175,13 @@ def pick_dtype(dtype: str | None, device: torch.device) -> str:
 def pick_threads(threads: int | None) -> int:
     if threads is None:
         return torch.get_num_threads()
+    cores = os.cpu_count() or 1
+    if isinstance(threads, int) and not isinstance(threads, bool) and cores < threads <= MAX_THREADS:
+        warnings.warn(
+            f"threads={threads} is more than this machine's {cores} cores: generation will be slower, "
+            f"not faster. The setting is kept (it is recorded and changes the bits); use --threads {cores}.",
+            stacklevel=2,
+        )
     if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= MAX_THREADS:
         raise RequestError(f"threads must be an integer in [1, {MAX_THREADS}], got {threads!r}.")
     return threads
