@@ -406,3 +406,19 @@ def test_manifest_round_trip_refuses_unknown_fields(music_wb):
         Manifest.from_json(data)
     with pytest.raises(ArtifactError, match=r"has schema 'harmonia.manifest/9'; this Harmonia reads"):
         Manifest.from_json({**data, "schema": "harmonia.manifest/9"})
+
+
+def test_prompts_too_long_for_the_model_are_refused_before_it_loads(music_wb, monkeypatch):
+    from harmonia.engines.musicgen import MusicGenEngine
+
+    monkeypatch.setattr(
+        MusicGenEngine, "load", classmethod(lambda *a, **k: pytest.fail("the model was loaded"))
+    )
+    with pytest.raises(RequestError, match=r"^prompts\[0\] has 100000 characters; the limit is 2000\.$"):
+        generate(music_wb, "tiny-musicgen", MusicRequest("a" * 100_000, seed=1))
+    with pytest.raises(
+        RequestError,
+        match=r"^prompts\[1\] is 999 tokens long; the model's text encoder reads at most 512\. Shorten it\.$",
+    ):
+        generate(music_wb, "tiny-musicgen", MusicRequest(["ok", "a b " * 499], seed=1))
+    assert not music_wb.artifacts_dir.exists() or not any(music_wb.artifacts_dir.iterdir())

@@ -372,6 +372,14 @@ class MusicGenEngine:
             ) from None
         melody_model = config.get("model_type") == "musicgen_melody"
         request, _, _ = _check_request(request, snapshot.name, melody_model, frames / frame_rate)
+        tokenizer = _tokenizer(snapshot)
+        for i, prompt in enumerate(request.prompts):  # the tokenizer would cut a longer one silently
+            count = len(tokenizer(prompt)["input_ids"])
+            if count > tokenizer.model_max_length:
+                raise RequestError(
+                    f"prompts[{i}] is {count} tokens long; the model's text encoder reads at most "
+                    f"{tokenizer.model_max_length}. Shorten it."
+                )
         return request
 
     def _verify(self, request: MusicRequest) -> tuple[MusicRequest, Audio | None, Audio | None]:
@@ -542,6 +550,20 @@ class MusicGenEngine:
         norm = raw / raw.abs().amax(dim=0, keepdim=True).clamp(min=1e-6)
         one_hot = torch.zeros_like(norm).scatter_(0, norm.argmax(dim=0, keepdim=True), 1.0)
         return one_hot.T[None]
+
+
+_TOKENIZERS: dict[tuple[str, int], Any] = {}
+
+
+def _tokenizer(snapshot: Path):
+    """The snapshot's tokenizer (loaded once per snapshot folder and config version)."""
+    from transformers import AutoTokenizer
+
+    key = (str(snapshot), (snapshot / "config.json").stat().st_mtime_ns)
+    if key not in _TOKENIZERS:
+        with quiet_transformers():
+            _TOKENIZERS[key] = AutoTokenizer.from_pretrained(snapshot, local_files_only=True)
+    return _TOKENIZERS[key]
 
 
 def _check_request(
