@@ -207,6 +207,27 @@ def open_snapshot(
     return spec, path, inventory
 
 
+def available_memory_bytes() -> int | None:
+    """Memory the kernel says a new allocation can get (MemAvailable), or None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(needed_bytes: int, what: str, fits: str) -> None:
+    """Refuse a request whose estimated peak memory exceeds what is available (before any model loads)."""
+    free = available_memory_bytes()
+    if free is not None and needed_bytes > free:
+        raise RequestError(
+            f"{what} needs about {needed_bytes / 2**30:.1f} GiB of memory but {free / 2**30:.1f} GiB are "
+            f"available; {fits}"
+        )
+
+
 def choose_seed() -> int:
     """A fresh seed for requests that give none (it is recorded, so the result stays reproducible)."""
     return secrets.randbelow(2**31)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from harmonia.audio import Audio, conform, is_silent, read_audio
+from harmonia.audio import Audio, conform, from_array, is_silent, read_audio
 from harmonia.engines.base import (
     DTYPES,
     TORCH_LOCK,
@@ -38,6 +38,8 @@ from harmonia.engines.base import (
     Runtime,
     Steps,
     Timer,
+    available_memory_bytes,
+    check_memory,
     check_seed,
     choose_seed,
     open_snapshot,
@@ -371,7 +373,19 @@ class MusicGenEngine:
                 "Pick a MusicGen model."
             ) from None
         melody_model = config.get("model_type") == "musicgen_melody"
-        request, _, _ = _check_request(request, snapshot.name, melody_model, frames / frame_rate)
+        request, melody, _ = _check_request(request, snapshot.name, melody_model, frames / frame_rate)
+        if melody is not None:  # keep (and hash) only the span of the melody the model can read
+            chunk_s = json.loads((snapshot / "preprocessor_config.json").read_text())["chunk_length"]
+            request = replace(request, melody=used_span(melody, request.duration_s + chunk_s + 1.0))
+        per_take = _bytes_per_take(config, request, frames, frame_rate)
+        weights = sum(p.stat().st_size for p in snapshot.glob("*.safetensors"))
+        takes = len(request.prompts)
+        check_memory(
+            weights + takes * per_take,
+            f"{takes} prompt(s) of {request.duration_s:g} s",
+            f"give at most {max((int(available_memory_bytes() or 0) - weights) // per_take, 0)} prompts per "
+            "request (the pipeline's music.batch_size), or shorter clips.",
+        )
         tokenizer = _tokenizer(snapshot)
         for i, prompt in enumerate(request.prompts):  # the tokenizer would cut a longer one silently
             count = len(tokenizer(prompt)["input_ids"])
@@ -553,6 +567,18 @@ class MusicGenEngine:
 
 
 _TOKENIZERS: dict[tuple[str, int], Any] = {}
+DECODE_BYTES_PER_FILTER = 16  # EnCodec decoding: ~4 live float32 tensors of num_filters channels per sample
+
+
+def _bytes_per_take(config: dict, request: MusicRequest, window_frames: int, frame_rate: int) -> int:
+    """A conservative estimate of one take's peak memory: the decoder's keys and values over a window
+    (twice with guidance) and EnCodec's decoding of the whole clip at once."""
+    decoder, codec = config["decoder"], config["audio_encoder"]
+    rows = 2 if request.guidance_scale > 1 else 1
+    frames = min(math.ceil(request.duration_s * frame_rate), window_frames) + decoder["num_codebooks"]
+    kv = 2 * decoder["num_hidden_layers"] * rows * frames * decoder["hidden_size"] * 4
+    samples = math.ceil(request.duration_s * codec["sampling_rate"]) * decoder.get("audio_channels", 1)
+    return kv + samples * codec.get("num_filters", 32) * DECODE_BYTES_PER_FILTER
 
 
 def _tokenizer(snapshot: Path):
@@ -564,6 +590,19 @@ def _tokenizer(snapshot: Path):
         with quiet_transformers():
             _TOKENIZERS[key] = AutoTokenizer.from_pretrained(snapshot, local_files_only=True)
     return _TOKENIZERS[key]
+
+
+def used_span(clip: Audio, seconds: float) -> Audio:
+    """The first ``seconds`` of a clip (the clip itself when it is no longer).
+
+    A melody's chroma is read window by window from each window's start for at most the
+    feature extractor's chunk, so nothing past ``duration + chunk`` is ever read; the extra
+    second keeps the resampler's edge away from what is read (the same bytes, tested).
+    """
+    keep = math.ceil(seconds * clip.sample_rate)
+    if clip.samples.shape[1] <= keep:
+        return clip
+    return from_array(clip.samples[:, :keep], clip.sample_rate, "melody")
 
 
 def _check_request(
