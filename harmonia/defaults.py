@@ -20,7 +20,7 @@ from harmonia.engines import KINDS, request_type
 from harmonia.engines.base import Runtime
 from harmonia.errors import ParamsError
 from harmonia.manifest import OutputSettings
-from harmonia.workbench import Workbench
+from harmonia.workbench import Workbench, check_section
 
 OUTPUT_KEYS = {"format": "format", "normalize_lufs": "normalize_lufs"}
 RUNTIME_KEYS = ("device", "dtype", "threads", "precision")
@@ -60,15 +60,8 @@ class KindDefaults:
 def kind_defaults(wb: Workbench, kind: str) -> KindDefaults:
     """Read and check the params.yaml section of ``kind`` (an absent section means built-in defaults)."""
     info = KINDS[kind]
-    section = wb.params.get(info.section)
+    section = check_section(wb.params, info.section)
     where = f"params.yaml: {info.section}"
-    if section is None:
-        section = {}
-    if not isinstance(section, dict):
-        raise ParamsError(
-            f"{where} must be a mapping of settings, got {type(section).__name__}. "
-            "See the README's params.yaml section."
-        )
     req_fields = {f.name for f in fields(request_type(kind))} - {"prompts", "seed"}
     allowed = sorted({*req_fields, *OUTPUT_KEYS, *RUNTIME_KEYS, *OTHER_KEYS})
     unknown = sorted(set(section) - set(allowed))

@@ -32,6 +32,7 @@ import torch
 
 from harmonia.artifacts import Artifact, artifact_id, check_id, find_artifact, load_artifact, write_artifact
 from harmonia.audio import Audio, read_audio, write_audio
+from harmonia.calibration import cpu_model
 from harmonia.engines import engine_class
 from harmonia.engines.base import (
     TORCH_LOCK,
@@ -535,6 +536,8 @@ def _manifest(
             deterministic_algorithms=torch.are_deterministic_algorithms_enabled(),
             platform=platform.platform(),
             machine=platform.machine(),
+            cpu=cpu_model(),
+            choices=dict(loaded.choices),
         ),
         timings=Timings(
             load_s=round(loaded.load_s, 4),

@@ -107,6 +107,8 @@ class RuntimeRecord:
     deterministic_algorithms: bool = False
     platform: str = ""
     machine: str = ""
+    cpu: str = ""
+    choices: dict[str, str] = field(default_factory=dict)  # fast paths picked by measurement (same bits)
 
 
 @dataclass(frozen=True)

@@ -51,3 +51,29 @@ def test_repro_in_a_fresh_clone_stops_in_verify_with_what_to_run(tmp_path):
     (error,) = [line for line in output.splitlines() if line.startswith("error: ")]
     assert "Run: harmonia models fetch musicgen-small" in error  # the first thing the pipeline needs
     assert not (clone / "reports" / "verify.json").exists()
+
+
+@pytest.mark.slow
+def test_the_readme_offline_recipe_runs_exactly_as_written(tmp_path):
+    """The README's offline pipeline line, copied from the README and run in a fresh clone."""
+    import re
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    (recipe,) = re.findall(
+        r"^`(harmonia models tiny musicgen && .*dvc exp run .*)`\.?$", readme, re.MULTILINE
+    )
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    for name in (*TRACKED, ".dvc/config", ".dvc/.gitignore"):
+        (clone / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO_ROOT / name, clone / name)
+    shutil.copytree(REPO_ROOT / "notebooks", clone / "notebooks")
+    git = ["git", "-c", "user.email=ci@harmonia", "-c", "user.name=ci"]
+    assert _run("git", "init", "-q", cwd=clone).returncode == 0
+    assert _run(*git, "add", "-A", cwd=clone).returncode == 0
+    assert _run(*git, "commit", "-qm", "clone", cwd=clone).returncode == 0
+    proc = _run("bash", "-c", recipe, cwd=clone)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert "Ran experiment(s)" in proc.stdout + proc.stderr
+    shown = _run("dvc", "exp", "show", "--json", cwd=clone)
+    assert shown.returncode == 0 and "tiny-clap" in shown.stdout

@@ -13,6 +13,12 @@ from tests.conftest import run_cli
 
 
 def _build_in_fresh_process(workbench, builder, name, seed):
+    params = workbench.root / "params.yaml"  # a name must be declared before it is built
+    params.write_text(
+        params.read_text().replace(
+            "models:\n", f"models:\n  {name}: {{builder: {builder}, seed: {seed}, engine: musicgen}}\n", 1
+        )
+    )
     proc = run_cli("models", "tiny", builder, "--name", name, "--seed", str(seed), cwd=workbench.root)
     assert proc.returncode == 0, proc.stderr
     return read_inventory(workbench.snapshot_dir("model", name))

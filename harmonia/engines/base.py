@@ -30,7 +30,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -133,6 +133,7 @@ class LoadedModel:
     threads: int  # CPU threads used by every generate() call
     load_s: float
     precision: str = "exact"  # the precision mode (see engines/musicgen.py)
+    choices: dict[str, str] = field(default_factory=dict)  # fast paths chosen by calibration.py, and why
 
     @property
     def runtime(self) -> Runtime:

@@ -29,6 +29,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from harmonia.audio import Audio, conform, from_array, is_silent, read_audio
+from harmonia.calibration import Choice, choose
 from harmonia.engines.base import (
     DTYPES,
     TORCH_LOCK,
@@ -100,17 +101,18 @@ def check_precision(precision: str, device: torch.device) -> None:
         )
 
 
-def _set_precision(model, precision: str):
+def _set_precision(model, precision: str, few_rows: str = "matmul"):
     """Prepare the decoder of this model instance (only) for a precision mode; returns the model.
 
-    - exact: float32; on CPU the few-row products run as ``W @ x.T`` (same tokens as plain
-      transformers); elsewhere the decoder is left as transformers built it.
+    - exact: float32; on CPU the few-row products run as ``W @ x.T`` when ``few_rows`` is
+      "matmul" (the calibration's choice where it is faster and bit-identical; the same
+      tokens as plain transformers); otherwise the decoder is left as transformers built it.
     - bf16: the decoder's weights in bfloat16 (text encoder and EnCodec stay float32).
     - int8: the decoder's Linear layers dynamically quantised to int8 (torch.ao).
     """
     decoder = model.decoder
     if precision == "exact":
-        if decoder.device.type != "cpu":  # the one-thread few-row products are a CPU build's
+        if decoder.device.type != "cpu" or few_rows != "matmul":  # a CPU build's one-thread products
             return model
         for module in decoder.modules():
             for child in module.children():
@@ -136,6 +138,42 @@ def _set_precision(model, precision: str):
                 decoder, {torch.nn.Linear}, dtype=torch.qint8
             )
     return model
+
+
+def _choose_few_row_products(state_dir: Path, decoder: torch.nn.Module) -> Choice:
+    """``F.linear`` or ``W @ x.T`` for the decoder's two-row products, whichever is faster here.
+
+    Both run every Linear of the decoder once on the same two rows (one decoding step's
+    products at batch 1 with guidance). The two sum in different orders, so their products
+    differ in the last bits (measured here: up to 2e-6 on musicgen-small's widths); the
+    sampled tokens, and so the audio, are the same as plain transformers' (the engine tests
+    check tokens and audio against transformers on every run). A path whose products are
+    further off than rounding (rtol 1e-4) is never chosen. Measured once per CPU model, torch
+    version, thread count and decoder shape, then cached.
+    """
+    linears = [m for m in decoder.modules() if type(m) is torch.nn.Linear]
+    generator = torch.Generator().manual_seed(0)
+    inputs = {
+        width: torch.randn(FEW_ROWS, width, generator=generator) for width in {m.in_features for m in linears}
+    }
+
+    def plain() -> list[torch.Tensor]:
+        return [torch.nn.functional.linear(inputs[m.in_features], m.weight, m.bias) for m in linears]
+
+    def matmul() -> list[torch.Tensor]:
+        out = []
+        for m in linears:
+            y = (m.weight @ inputs[m.in_features].t()).t()  # as _FewRowsLinear.forward computes it
+            out.append(y + m.bias if m.bias is not None else y)
+        return out
+
+    widths = sorted({(m.out_features, m.in_features) for m in linears})
+    shape = f"{len(linears)} products of {FEW_ROWS} rows, {widths}"
+    with torch.inference_mode():
+        return choose(
+            state_dir, "few_row_products", shape, {"linear": plain, "matmul": matmul}, "linear",
+            agree=lambda a, b: torch.allclose(a, b, rtol=1e-4, atol=1e-6),
+        )  # fmt: skip
 
 
 def _fold_weight_norm(module: torch.nn.Module) -> None:
@@ -313,7 +351,12 @@ class MusicGenEngine:
                     trust_remote_code=False,
                     dtype=DTYPES[dtype],
                 )
-            model = _set_precision(model.to(chosen).eval(), precision)
+            model, choices, few_rows = model.to(chosen).eval(), {}, "linear"
+            if precision == "exact" and chosen.type == "cpu":  # faster here, and the same bits?
+                with pinned_threads(threads):
+                    choice = _choose_few_row_products(wb.state_dir, model.decoder)
+                choices[choice.name], few_rows = choice.describe(), choice.path
+            model = _set_precision(model, precision, few_rows)
             _fold_weight_norm(model.audio_encoder)
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
             chroma, step = None, None
@@ -322,7 +365,7 @@ class MusicGenEngine:
             else:  # compiled once, inside the load time (about 1 s for musicgen-small)
                 step = decoder_step(model)
         loaded = LoadedModel(
-            name, path, spec, inventory, str(chosen), dtype, threads, timer.seconds, precision
+            name, path, spec, inventory, str(chosen), dtype, threads, timer.seconds, precision, choices
         )
         return cls(model, tokenizer, loaded, chroma, step)
 

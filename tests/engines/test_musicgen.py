@@ -379,7 +379,7 @@ def test_faster_precisions_are_deterministic_and_touch_only_their_engine(wb, mon
     assert a.shape == (2, 1, round(0.6 * RATE)) and a.dtype == np.float32 and np.array_equal(a, b)
     assert not np.array_equal(a, mono.generate(request).audio)  # a different mode, other bytes
     # the exact engine loaded before is untouched, and so is torch
-    assert type(mono.model.decoder.lm_heads[0]).__name__ == "_FewRowsLinear"
+    assert type(mono.model.decoder.lm_heads[0]).__name__ == FEW_ROWS_CLASS[_few_rows(mono)]
     assert torch.nn.Linear.forward is torch.nn.modules.linear.Linear.forward
     assert mono.model.decoder.lm_heads[0].weight.dtype == torch.float32
 
@@ -398,8 +398,49 @@ def test_exact_rewrites_the_decoders_products_on_cpu_only(mono):
         elsewhere = _set_precision(MusicgenForConditionalGeneration(mono.model.config), "exact")
     assert type(elsewhere.decoder.lm_heads[0]) is torch.nn.Linear
     assert type(elsewhere.decoder.model.decoder.layers[0].fc1) is torch.nn.Linear
-    assert type(mono.model.decoder.lm_heads[0]).__name__ == "_FewRowsLinear"
-    assert type(mono.model.decoder.model.decoder.layers[0].fc1).__name__ == "_FewRowsLinear"
+    expected = FEW_ROWS_CLASS[_few_rows(mono)]  # what the calibration chose on this CPU
+    assert type(mono.model.decoder.lm_heads[0]).__name__ == expected
+    assert type(mono.model.decoder.model.decoder.layers[0].fc1).__name__ == expected
+
+
+FEW_ROWS_CLASS = {"matmul": "_FewRowsLinear", "linear": "Linear"}
+
+
+def _few_rows(engine) -> str:
+    return engine.loaded.choices["few_row_products"].split()[0]
+
+
+def test_the_few_row_path_is_chosen_by_measurement_cached_recorded_and_overridable(wb, monkeypatch):
+    """Either path gives the same bytes (a path whose bits differ is never chosen); the choice is
+    measured once per CPU, torch version, threads and shape, then read from .harmonia/calibration.json."""
+    import json
+
+    from harmonia.calibration import cpu_model
+
+    cache = wb.state_dir / "calibration.json"
+    cache.unlink(missing_ok=True)
+    measured = MusicGenEngine.load(wb, "tiny-musicgen", threads=2)
+    line = measured.loaded.choices["few_row_products"]
+    assert line.startswith(("matmul (measured: ", "linear (measured: ")) and "x faster than" in line
+    (key,) = json.loads(cache.read_text())
+    assert key.startswith(f"{cpu_model()} | torch {torch.__version__} | 2 threads | few_row_products ")
+    again = MusicGenEngine.load(wb, "tiny-musicgen", threads=2)
+    assert again.loaded.choices["few_row_products"].split()[:2] == [line.split()[0], "(cached:"]
+    request = MusicRequest(["calm piano", "drums"], duration_s=1.0, seed=5)
+    audio = {}
+    for path in ("linear", "matmul"):
+        monkeypatch.setenv("HARMONIA_FEW_ROW_PRODUCTS", path)
+        forced = MusicGenEngine.load(wb, "tiny-musicgen", threads=2)
+        assert forced.loaded.choices == {"few_row_products": f"{path} (forced)"}
+        assert type(forced.model.decoder.lm_heads[0]).__name__ == FEW_ROWS_CLASS[path]
+        audio[path] = forced.generate(request).audio
+    assert np.array_equal(audio["linear"], audio["matmul"])
+    assert np.array_equal(audio["linear"], measured.generate(request).audio)
+    monkeypatch.setenv("HARMONIA_FEW_ROW_PRODUCTS", "fast")
+    with pytest.raises(
+        RequestError, match=r"^HARMONIA_FEW_ROW_PRODUCTS must be auto or one of linear, matmul, got 'fast'\.$"
+    ):
+        MusicGenEngine.load(wb, "tiny-musicgen", threads=2)
 
 
 INT8_ON_GPU = (

@@ -124,7 +124,10 @@ def test_stop_ends_the_generation_and_leaves_no_artifact(studio, music_wb):
         studio._task.wait(0.05)
     studio.stop_button.click()
     studio.wait(60)
-    assert "Stopped at step " in studio.status.value and "nothing was written" in studio.status.value
+    assert (
+        "Generation cancelled at step " in studio.status.value
+        and "no artifact was written" in studio.status.value
+    )
     assert list_artifacts(music_wb) == [] and studio.last is None
     assert not music_wb.artifacts_dir.exists() or list(music_wb.artifacts_dir.iterdir()) == []
 

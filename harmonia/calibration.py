@@ -1,0 +1,125 @@
+"""Fast paths chosen by measurement on the machine at hand, not by assumption.
+
+Some ways of computing the same thing are faster on one CPU and slower on another (a
+few-row product as ``F.linear`` runs on one thread in this torch build on an AMD EPYC, and
+is the fastest path on an Intel Xeon with AMX). :func:`choose` times each candidate on the
+real weights and shapes, keeps only candidates whose results agree with the reference's
+(bit for bit by default; the caller may allow rounding differences where its own tests show
+they never reach the artifact), and caches the winner per CPU model, torch version, thread
+count and shape in ``.harmonia/calibration.json``. An
+environment variable forces a path (``HARMONIA_<NAME>=<path>``); the choice and how it was
+made are recorded in each manifest's runtime.
+
+This module knows timing and caching; it knows nothing about models or artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from harmonia.errors import RequestError
+
+CACHE_FILE = "calibration.json"
+REPEATS = 7  # best of; the first two calls of each candidate are warm-up
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Which path a calibration picked, and why."""
+
+    name: str  # what was chosen for, e.g. "few_row_products"
+    path: str  # the chosen candidate
+    how: str  # "measured", "cached" or "forced"
+    seconds: dict[str, float]  # best time per candidate (empty when forced)
+
+    def describe(self) -> str:
+        """One line for the manifest: the path, how it was chosen, and the measured ratio."""
+        if not self.seconds or self.path not in self.seconds:
+            return f"{self.path} ({self.how})"
+        others = {k: v for k, v in self.seconds.items() if k != self.path}
+        ratios = ", ".join(f"{v / self.seconds[self.path]:.2f}x faster than {k}" for k, v in others.items())
+        return f"{self.path} ({self.how}{': ' + ratios if ratios else ''})"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def choose(
+    state_dir: Path,
+    name: str,
+    shape: str,
+    candidates: dict[str, Callable[[], list[torch.Tensor]]],
+    reference: str,
+    agree: Callable[[torch.Tensor, torch.Tensor], bool] = torch.equal,
+) -> Choice:
+    """The fastest candidate whose outputs equal the reference's bit for bit (cached per machine).
+
+    Args:
+        state_dir: the workbench's private folder (``.harmonia/``).
+        name: what is being chosen; ``HARMONIA_<NAME>`` (upper case) forces a candidate.
+        shape: what the timing depends on besides the CPU, torch and threads (e.g. "24x6x1024x2").
+        candidates: name -> a function computing the same outputs a different way.
+        reference: the candidate whose results define "correct" (the plain library's path).
+        agree: whether a candidate's output tensor agrees with the reference's (default: the
+            same bits); a candidate that disagrees is never chosen.
+    """
+    forced = os.environ.get(f"HARMONIA_{name.upper()}")
+    if forced and forced != "auto":
+        if forced not in candidates:
+            raise RequestError(
+                f"HARMONIA_{name.upper()} must be auto or one of {', '.join(candidates)}, got {forced!r}."
+            )
+        return Choice(name, forced, "forced", {})
+    key = f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {name} {shape}"
+    cache = state_dir / CACHE_FILE
+    known = _read(cache)
+    if key in known and known[key].get("path") in candidates:
+        return Choice(name, known[key]["path"], "cached", known[key].get("seconds", {}))
+    expected = candidates[reference]()
+    seconds = {}
+    for label, run in candidates.items():
+        out = run()
+        if label != reference and not all(agree(a, b) for a, b in zip(out, expected, strict=True)):
+            continue  # a different result is never a faster path to the same one
+        run()
+        best = float("inf")
+        for _ in range(REPEATS):
+            start = time.perf_counter()
+            run()
+            best = min(best, time.perf_counter() - start)
+        seconds[label] = round(best, 6)
+    path = min(seconds, key=seconds.get)
+    known[key] = {"path": path, "seconds": seconds}
+    _write(cache, known)
+    return Choice(name, path, "measured", seconds)
+
+
+def _read(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}  # a missing or damaged cache is measured again
+
+
+def _write(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
