@@ -275,6 +275,11 @@ def test_bad_requests_are_refused_with_what_to_do():
         (lambda: slice_pack(x, RATE, types=()), "types must name at least one of one-shot, loop, got (). Pick one or both."),
         (lambda: slice_pack(x, RATE, loop_bars=0), "loop_bars must be an integer in [1, 64], got 0. Pick a loop length in that range."),
         (lambda: required_length_s(120, 1, margin_beats=-1), "margin_beats must be in [0, 16] beats, got -1. Give 2 for the default room."),
+        (lambda: loop(x, RATE, True, 1), "bpm must be a number in [20, 400] beats per minute, got True. Give the loop's tempo in that range."),
+        (lambda: loop(x, RATE, float("nan"), 1), "bpm must be a number in [20, 400] beats per minute, got nan. Give the loop's tempo in that range."),
+        (lambda: loop(x, RATE, 400, 1, crossfade_s=0.4), "crossfade_s must be in [0.001, 0.3] seconds, got 0.4. The default is 0.02."),
+        (lambda: one_shot(x, RATE, fade_out_s=-0.1), "fade_out_s must be in [0, 1] seconds, got -0.1. The default is 0.01."),
+        (lambda: slice_pack(x, RATE, max_one_shot_s=31), "max_one_shot_s must be > 0 and <= 30 seconds, got 31. Pick a one-shot length in that range."),
     ]  # fmt: skip
     for call, message in cases:
         with pytest.raises(RequestError) as info:
