@@ -61,9 +61,12 @@ HOP = 512  # librosa's frame hop, in samples
 LEAD_HOPS = 4  # silence put before a clip for onset analysis, in hops
 QUIET_BLOCK_S = 0.002  # onset refinement: a block this long under the threshold is silence
 STRONG_ONSET = 0.5  # a one-shot starts at the first onset at least this strong relative to the strongest
+BEAT_FMAX_HZ = 1000.0  # beats are tracked on the onset strength of the mel bands below this
+BEAT_MELS = 40  # mel bands below BEAT_FMAX_HZ (more leave empty bands at 2048-point resolution)
 SNAP_HOPS = 3  # a tracked beat snaps to an onset at most this many hops away
 ZERO_CROSSING_S = 0.002  # a loop cut moves at most this far from its beat to reach a quiet sample
 SEAM_WINDOW_S = 0.005  # half the window the spectral seam measure looks at
+SEAM_FLOOR_DB = -30.0  # high-pass energy this far below the loop's mean window counts as quiet
 
 PACK_FOLDERS = {"one-shot": "one-shots", "loop": "loops"}
 PACK_JSON = "pack.json"
@@ -91,8 +94,9 @@ class LoopFacts:
     - ``seam_hf_db``: the energy of the second difference (a +12 dB/octave high-pass, in
       which a click stands out against tones) in a Hann window of 2 × ``SEAM_WINDOW_S``
       across the wrap, in dB relative to the same window across the loop's end in the
-      source (the audio as it ran on). 0 dB: the wrap sounds like the source running on; a
-      click adds tens of dB.
+      source (the audio as it ran on), with a floor 30 dB under the loop's mean window
+      added to both (so stretches quiet in the highs do not inflate the ratio). 0 dB: the
+      wrap sounds like the source running on; a click adds tens of dB.
     """
 
     # The grid asked for.
@@ -384,6 +388,7 @@ class _Onsets:
     """librosa's onset analysis of a clip, in the clip's samples."""
 
     envelope: np.ndarray  # onset strength per frame, of the clip after LEAD_HOPS hops of silence
+    beat_envelope: np.ndarray  # the same from the mel bands below BEAT_FMAX_HZ: what beats are tracked on
     attacks: np.ndarray  # onset samples, refined (see _onsets), ascending
     strengths: np.ndarray  # the onset strength at each onset's peak frame
 
@@ -403,6 +408,9 @@ def _onsets(mono: np.ndarray, level: np.ndarray, rate: int, threshold: float) ->
     lead = LEAD_HOPS * HOP
     padded = np.concatenate([np.zeros(lead, dtype=np.float32), mono])
     envelope = librosa.onset.onset_strength(y=padded, sr=rate, hop_length=HOP)
+    beat_envelope = librosa.onset.onset_strength(
+        y=padded, sr=rate, hop_length=HOP, fmax=min(BEAT_FMAX_HZ, rate / 2), n_mels=BEAT_MELS
+    )
     peaks = librosa.onset.onset_detect(onset_envelope=envelope, sr=rate, hop_length=HOP, units="frames")
     starts = librosa.onset.onset_backtrack(peaks, envelope) if peaks.size else peaks
     block = max(1, round(QUIET_BLOCK_S * rate))
@@ -423,6 +431,7 @@ def _onsets(mono: np.ndarray, level: np.ndarray, rate: int, threshold: float) ->
     order = sorted(attacks)
     return _Onsets(
         envelope=envelope,
+        beat_envelope=beat_envelope,
         attacks=np.asarray(order, dtype=np.int64),
         strengths=np.asarray([attacks[a] for a in order], dtype=np.float64),
     )
@@ -445,8 +454,11 @@ def _beats(
 ) -> tuple[np.ndarray, float | None]:
     """Beat samples (snapped to onsets) and the tempo: fixed at ``bpm``, or measured.
 
-    1. librosa's dynamic-programming tracker gives the beats (at ``bpm`` if given); each
-       snaps to the nearest onset within ``SNAP_HOPS`` hops, beats with none are dropped.
+    1. librosa's dynamic-programming tracker gives the beats (at ``bpm`` if given) from the
+       onset strength of the mel bands below ``BEAT_FMAX_HZ``: over the full band, hi-hats
+       and other bright off-beat sounds pull it onto the off-beats and to double time,
+       while kicks, bass and snare bodies mark the beat. Each beat snaps to the nearest
+       onset (full band) within ``SNAP_HOPS`` hops; beats with none are dropped.
     2. The tracker places its first beat poorly (often a beat's worth before or after the
        first hit), so the grid is extended back from the first snapped beat, one beat
        period at a time, while an onset lies there.
@@ -458,7 +470,7 @@ def _beats(
 
     # 1. Track and snap.
     tempo, frames = librosa.beat.beat_track(
-        onset_envelope=onsets.envelope, sr=rate, hop_length=HOP, start_bpm=start_bpm, bpm=bpm, trim=False
+        onset_envelope=onsets.beat_envelope, sr=rate, hop_length=HOP, start_bpm=start_bpm, bpm=bpm, trim=False
     )
     tempo = float(bpm if bpm is not None else np.atleast_1d(tempo)[0])
     if not math.isfinite(tempo) or tempo <= 0:
@@ -648,10 +660,21 @@ def _hf_energy(x: np.ndarray) -> float:
     return float((np.hanning(curvature.shape[1]) * curvature**2).sum())
 
 
-def _seam_hf_db(loop_samples: np.ndarray, reference: np.ndarray, half: int) -> float:
-    """High-pass energy across the wrap relative to ``reference`` (the source across the cut), in dB."""
+def _hf_floor(plain: np.ndarray, half: int) -> float:
+    """``SEAM_FLOOR_DB`` below the mean high-pass energy of the loop's windows (what counts as quiet)."""
+    count = plain.shape[1] // (2 * half)
+    windows = plain[:, : count * 2 * half].reshape(plain.shape[0], count, 2 * half).transpose(1, 0, 2)
+    mean = float(np.mean([_hf_energy(w) for w in windows])) if count else 0.0
+    return mean * 10 ** (SEAM_FLOOR_DB / 10) + 1e-30
+
+
+def _seam_hf_db(loop_samples: np.ndarray, reference: np.ndarray, half: int, floor: float) -> float:
+    """High-pass energy across the wrap relative to ``reference`` (the source across the cut), in dB.
+
+    ``floor`` is added to both, so a wrap in a stretch far quieter (in the high-pass) than the
+    rest of the loop does not turn inaudible differences into large ratios.
+    """
     across = np.concatenate([loop_samples[:, -half:], loop_samples[:, :half]], axis=1)
-    floor = 1e-20 * across.shape[1]
     return 10 * math.log10((_hf_energy(across) + floor) / (_hf_energy(reference) + floor))
 
 
@@ -682,13 +705,14 @@ def _loop_at(
 
     half = min(round(SEAM_WINDOW_S * rate), fade, length // 2)
     reference = x[:, start + length - half : start + length + half]
+    floor = _hf_floor(plain, half)
     return (
         start,
         y,
         seam_jump_ratio(plain),
         seam_jump_ratio(y),
-        _seam_hf_db(plain, reference, half),
-        _seam_hf_db(y, reference, half),
+        _seam_hf_db(plain, reference, half, floor),
+        _seam_hf_db(y, reference, half, floor),
     )
 
 
@@ -817,6 +841,7 @@ def slice_pack(
     samples: np.ndarray,
     rate: int,
     types: tuple[str, ...] = SLICE_TYPES,
+    bpm: float | None = None,
     loop_bars: int = 1,
     max_one_shot_s: float = PACK_ONE_SHOT_S,
     crossfade_s: float = CROSSFADE_S,
@@ -828,10 +853,11 @@ def slice_pack(
     2. One-shots: from each onset to the next (at most ``max_one_shot_s``), trailing
        silence trimmed, a 10 ms fade at the end, levels untouched. Slices under 20 ms are
        dropped (two onsets that close are one sound).
-    3. Loops: librosa's beat tracker gives the tempo (refined on the onsets under its
-       beats); bars of 4 beats are laid from the first beat, and every ``loop_bars`` bars
-       that fit (with the crossfade after them) become a loop, cut and folded as in
-       :func:`loop`. No steady beat (a tempo outside [20, 400] bpm): no loops.
+    3. Loops: librosa's beat tracker gives the beats and the tempo (refined on the onsets
+       under its beats), or tracks at ``bpm`` when it is known (librosa's estimate can be
+       half or double the tempo). Bars of 4 beats are laid from the first beat, and every
+       ``loop_bars`` bars that fit (with the crossfade after them) become a loop, cut and
+       folded as in :func:`loop`. No steady beat (no tempo in [20, 400] bpm): no loops.
     4. Each slice gets its place in the source, duration, peak, loudness (BS.1770 via
        harmonia.audio), tempo (loops: the grid they were cut on) and key (:func:`estimate_key`).
 
@@ -839,6 +865,7 @@ def slice_pack(
         samples: float32 ``[channels, samples]``.
         rate: its sample rate in Hz.
         types: which slices to cut: "one-shot", "loop" or both.
+        bpm: the tempo if known, in [20, 400]; None: estimated.
         loop_bars: bars per loop, in [1, 64].
         max_one_shot_s: the longest one-shot, in (0, 30] seconds.
         crossfade_s: the folded tail of each loop, in [0.001, 0.5] seconds.
@@ -856,6 +883,7 @@ def slice_pack(
     source = _check_audio(samples, rate)
     x = source.samples
     types = _check_types(types)
+    bpm = None if bpm is None else _check_bpm(bpm)
     loop_bars = _check_bars(loop_bars, "loop_bars")
     max_one_shot_s = _check_seconds("max_one_shot_s", max_one_shot_s, MAX_ONE_SHOT_S, "a one-shot length")
     crossfade_s = _check_range("crossfade_s", crossfade_s, 0.001, 0.5, "seconds", "The default is 0.02.")
@@ -885,7 +913,7 @@ def slice_pack(
             slices.append(_slice(shot, "one-shot", len(slices) + 1, start, end, rate, None))
 
     # 4. Loops, bar to bar from the first beat.
-    beats, tempo = _beats(onsets, rate)
+    beats, tempo = _beats(onsets, rate, bpm=bpm)
     if tempo is not None and not BPM_RANGE[0] <= tempo <= BPM_RANGE[1]:
         tempo = None
     if "loop" in types and tempo is not None and beats.size:

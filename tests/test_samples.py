@@ -217,6 +217,18 @@ def test_slicing_a_click_track_finds_its_hits_and_tempo():
     assert pack.loops[0].loudness_lufs == pytest.approx(loudness_lufs(pack.loops[0].samples, RATE))
 
 
+def test_slicing_at_a_known_tempo():
+    # Loud hits at 60 bpm with soft ones between them; told the tempo is 60, bars are 4 s.
+    loud, _ = hits(60, 8, tail_s=1.0)
+    soft, _ = hits(60, 8, lead_s=0.75, tail_s=0.5, amp=0.15)
+    pack = slice_pack(loud + soft, RATE, types=("loop",), bpm=60)
+    assert pack.tempo_bpm == 60.0 and not pack.one_shots
+    assert [(round(s.start_s, 3), s.samples.shape[1]) for s in pack.loops] == [
+        (0.25, 176_400),
+        (4.25, 176_400),
+    ]
+
+
 def test_slicing_keeps_each_chord_with_its_key():
     progression = [(62, 66, 69), (67, 71, 74), (69, 73, 76), (62, 66, 69)]
     pack = slice_pack(chords(progression), RATE, types=("one-shot",))
@@ -273,6 +285,7 @@ def test_bad_requests_are_refused_with_what_to_do():
         (lambda: check_type("kick"), "type must be one of one-shot, loop, sfx, got 'kick'. Pick one of those."),
         (lambda: slice_pack(x, RATE, types=("sfx",)), "types must be one of one-shot, loop, got 'sfx'. Pick one of those."),
         (lambda: slice_pack(x, RATE, types=()), "types must name at least one of one-shot, loop, got (). Pick one or both."),
+        (lambda: slice_pack(x, RATE, bpm=-5), "bpm must be a number in [20, 400] beats per minute, got -5. Give the loop's tempo in that range."),
         (lambda: slice_pack(x, RATE, loop_bars=0), "loop_bars must be an integer in [1, 64], got 0. Pick a loop length in that range."),
         (lambda: required_length_s(120, 1, margin_beats=-1), "margin_beats must be in [0, 16] beats, got -1. Give 2 for the default room."),
         (lambda: loop(x, RATE, True, 1), "bpm must be a number in [20, 400] beats per minute, got True. Give the loop's tempo in that range."),
