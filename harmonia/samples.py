@@ -282,7 +282,7 @@ def _check_bpm(bpm) -> float:
     if not _is_number(bpm) or not low <= bpm <= high:
         raise RequestError(
             f"bpm must be a number in [{low:g}, {high:g}] beats per minute, got {bpm!r}. "
-            "Give the loop's tempo in that range."
+            "Give the tempo in that range."
         )
     return float(bpm)
 
@@ -362,7 +362,7 @@ def required_length_s(
     """
     bpm, bars = _check_bpm(bpm), _check_bars(bars)
     beats_per_bar = _check_beats_per_bar(beats_per_bar)
-    margin_beats = _check_range("margin_beats", margin_beats, 0, 16, "beats", "Give 2 for the default room.")
+    margin_beats = _check_range("margin_beats", margin_beats, 0, 16, "beats", "The default is 2.")
     crossfade_s = _check_range("crossfade_s", crossfade_s, 0.001, 0.5, "seconds", "The default is 0.02.")
     return (bars * beats_per_bar + margin_beats) * 60.0 / bpm + crossfade_s
 
