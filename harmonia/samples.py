@@ -509,14 +509,23 @@ def estimate_key(samples: np.ndarray, rate: int) -> KeyEstimate:
         >>> estimate_key(chord[None].astype(np.float32), 44100).key  # doctest: +SKIP
         'A minor'
     """
+    x = _check_audio(samples, rate).samples
+    return _key(_chroma(_mono(x), rate).sum(axis=1))
+
+
+def _chroma(mono: np.ndarray, rate: int) -> np.ndarray:
+    """librosa's CQT chroma ``[12, frames]`` (one frame per ``HOP`` samples), tuning fixed at A440."""
     import librosa
 
-    x = _check_audio(samples, rate).samples
     with warnings.catch_warnings():
         # A clip shorter than a low octave's CQT filter gets a coarser chroma there; say nothing.
         warnings.filterwarnings("ignore", message="n_fft=.* is too large", category=UserWarning)
-        chroma = librosa.feature.chroma_cqt(y=_mono(x), sr=rate, hop_length=HOP, tuning=0.0, norm=None)
-    profile = chroma.sum(axis=1).astype(np.float64)
+        return librosa.feature.chroma_cqt(y=mono, sr=rate, hop_length=HOP, tuning=0.0, norm=None)
+
+
+def _key(profile: np.ndarray) -> KeyEstimate:
+    """The best of the 24 rotated Krumhansl–Kessler profiles for a 12-bin chroma ``profile``."""
+    profile = profile.astype(np.float64)
     best: tuple[float, str] | None = None
     for mode, template in (("major", MAJOR_PROFILE), ("minor", MINOR_PROFILE)):
         for tonic in range(12):
@@ -818,10 +827,19 @@ def _check_types(types) -> tuple[str, ...]:
 
 
 def _slice(
-    y: np.ndarray, kind: str, index: int, start: int, end: int, rate: int, tempo: float | None
+    y: np.ndarray,
+    kind: str,
+    index: int,
+    start: int,
+    end: int,
+    rate: int,
+    tempo: float | None,
+    chroma: np.ndarray,
 ) -> Slice:
+    """A slice and its facts; its key from the source's chroma frames under it (computed once)."""
     peak = peak_dbfs(y)
-    key = None if is_silent(y) else estimate_key(y, rate)
+    frames = chroma[:, start // HOP : max(start // HOP + 1, -(-end // HOP))]
+    key = None if is_silent(y) else _key(frames.sum(axis=1))
     return Slice(
         type=kind,
         index=index,
@@ -859,7 +877,8 @@ def slice_pack(
        ``loop_bars`` bars that fit (with the crossfade after them) become a loop, cut and
        folded as in :func:`loop`. No steady beat (no tempo in [20, 400] bpm): no loops.
     4. Each slice gets its place in the source, duration, peak, loudness (BS.1770 via
-       harmonia.audio), tempo (loops: the grid they were cut on) and key (:func:`estimate_key`).
+       harmonia.audio), tempo (loops: the grid they were cut on) and key (as
+       :func:`estimate_key`, from the source's chroma frames under the slice, computed once).
 
     Args:
         samples: float32 ``[channels, samples]``.
@@ -902,6 +921,7 @@ def slice_pack(
         )
 
     # 3. One-shots, onset to onset.
+    chroma = _chroma(mono, rate)
     slices: list[Slice] = []
     if "one-shot" in types:
         ends = [*attacks[1:].tolist(), n]
@@ -910,7 +930,7 @@ def slice_pack(
             if end - start < MIN_ONE_SHOT_S * rate:
                 continue
             shot = _fade_out(x[:, start:end].copy(), round(FADE_OUT_S * rate))
-            slices.append(_slice(shot, "one-shot", len(slices) + 1, start, end, rate, None))
+            slices.append(_slice(shot, "one-shot", len(slices) + 1, start, end, rate, None, chroma))
 
     # 4. Loops, bar to bar from the first beat.
     beats, tempo = _beats(onsets, rate, bpm=bpm)
@@ -925,10 +945,10 @@ def slice_pack(
         while beat + reach + length + fade <= n:
             start, y, *_ = _loop_at(x, mono, beat, length, fade, reach, rate)
             index += 1
-            slices.append(_slice(y, "loop", index, start, start + length, rate, tempo))
+            slices.append(_slice(y, "loop", index, start, start + length, rate, tempo, chroma))
             beat += length
 
-    key = estimate_key(x, rate)
+    key = _key(chroma.sum(axis=1))
     return Pack(
         sample_rate=rate,
         channels=x.shape[0],
