@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import cpu_name
+from common import cpu_flags, cpu_name, torch_build
 
 from harmonia.engines.base import quiet_transformers
 from harmonia.engines.musicgen import MusicGenEngine, MusicRequest
@@ -198,11 +198,12 @@ def main() -> None:
         del plain_model
 
         # 3. Harmonia in each precision mode, same inputs and seed.
-        rows, load_s = [], None
+        rows, load_s, choices = [], None, {}
         for mode in modes:
             with quiet_transformers():
                 engine = MusicGenEngine.load(wb, "bench", threads=args.threads, precision=mode)
             load_s = load_s or engine.loaded.load_s
+            choices.update({f"{mode}: {k}": v for k, v in engine.loaded.choices.items()})
             weight_bytes = decoder_bytes(engine)
             engine.generate(MusicRequest([PROMPT], duration_s=0.1, seed=1))  # the same one-off costs
             for batch in batches + (["long"] if long_steps else []):
@@ -243,8 +244,9 @@ def main() -> None:
                 )
             del engine
         result = {
-            "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads,
-                        "python": platform.python_version(), "torch": torch.__version__},
+            "machine": {"cpu": cpu_name(), "flags": cpu_flags(), "cores": os.cpu_count(), "threads": args.threads,
+                        "python": platform.python_version(), "torch": torch_build()},
+            "calibration": choices,
             "model": "tiny MusicGen" if args.tiny else "musicgen-small architecture, random weights",
             "steps": args.steps,
             "memory_bandwidth_gib_s": round(bandwidth, 1),
@@ -261,8 +263,11 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     m = result["machine"]
     print(
-        f"machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads, torch {m['torch']}; model: {result['model']}"
+        f"machine: {m['cpu']} ({', '.join(m['flags']) or 'no AVX2'}), {m['cores']} cores, {m['threads']} threads, "
+        f"torch {m['torch']}; model: {result['model']}"
     )
+    for name, line in result["calibration"].items():
+        print(f"calibration: {name} -> {line}")
     print(f"memory bandwidth (read, {m['threads']} threads): {result['memory_bandwidth_gib_s']} GiB/s")
     print(
         f"load: {result['load_s']:.2f} s for {size / 1e9:.2f} GB (reading the bytes: {result['read_bytes_s']:.2f} s, "
