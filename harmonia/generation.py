@@ -310,7 +310,7 @@ def resolve_input(wb: Workbench, value: Any, role: str) -> tuple[Audio | None, P
     """
     if value is None or isinstance(value, Audio):
         return value, None
-    if isinstance(value, str | Path) and not isinstance(value, From):
+    if isinstance(value, str | Path):
         text = str(value)
         if not Path(text).exists() and re.fullmatch(r"[0-9a-f]{4,16}(/[\w.\-/]+)?", text):
             artifact, _, file = text.partition("/")
