@@ -172,6 +172,16 @@ def list_artifacts(wb: Workbench) -> list[Artifact]:
     return sorted(found, key=lambda a: (a.created, a.id), reverse=True)
 
 
+def intact(artifact: Artifact) -> bool:
+    """Every output and kept input the manifest names is on disk with its recorded sha256."""
+    recorded = artifact.manifest.files
+    for rel in [o.path for o in artifact.outputs] + [i.file for i in artifact.manifest.inputs.values()]:
+        path = artifact.path / rel
+        if not path.is_file() or (rel in recorded and sha256_file(path) != recorded[rel]):
+            return False
+    return True
+
+
 def children(wb: Workbench, artifact_id_: str) -> list[Artifact]:
     """Every artifact that names this one as a parent, newest first."""
     return [a for a in list_artifacts(wb) if any(p.id == artifact_id_ for p in a.manifest.parents)]

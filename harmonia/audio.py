@@ -12,7 +12,7 @@ import hashlib
 import io
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,9 @@ class Audio:
     sample_rate: int
     sha256: str  # of the source file's bytes, or of the array's float32 bytes and rate
     source: str | None = None  # the file it was read from
+    raw: bytes | None = field(
+        default=None, repr=False
+    )  # those bytes, read once (what was decoded is what is kept)
 
     @property
     def channels(self) -> int:
@@ -79,7 +82,7 @@ def read_audio(source: str | os.PathLike[str] | Audio, what: str = "audio") -> A
                 f"{MAX_INPUT_S:g} s. Trim it to the part you want used."
             )
         data = path.read_bytes()
-        with sf.SoundFile(path) as f:
+        with sf.SoundFile(io.BytesIO(data)) as f:  # decode the bytes that were hashed, not the file again
             samples = f.read(dtype="float32", always_2d=True).T
             rate = f.samplerate
     except (OSError, RuntimeError, sf.LibsndfileError) as exc:
@@ -93,7 +96,7 @@ def read_audio(source: str | os.PathLike[str] | Audio, what: str = "audio") -> A
         raise AudioError(
             f"{what}: {path} holds {bad} NaN or infinite samples; give a file of finite samples (re-export it)."
         )
-    return Audio(np.ascontiguousarray(samples), int(rate), hashlib.sha256(data).hexdigest(), str(path))
+    return Audio(np.ascontiguousarray(samples), int(rate), hashlib.sha256(data).hexdigest(), str(path), data)
 
 
 def from_array(samples: np.ndarray, sample_rate: int, what: str = "audio") -> Audio:

@@ -4,17 +4,18 @@ Some ways of computing the same thing are faster on one CPU and slower on anothe
 few-row product as ``F.linear`` runs on one thread in this torch build on an AMD EPYC, and
 is the fastest path on an Intel Xeon with AMX). :func:`choose` times each candidate on the
 real weights and shapes, keeps only candidates whose results agree with the reference's
-(bit for bit by default; the caller may allow rounding differences where its own tests show
-they never reach the artifact), and caches the winner per CPU model, torch version, thread
-count and shape in ``.harmonia/calibration.json``. An
-environment variable forces a path (``HARMONIA_<NAME>=<path>``); the choice and how it was
-made are recorded in each manifest's runtime.
+(bit for bit by default; the caller may allow rounding differences), and caches the winner
+per CPU model, torch version, thread count and shape in ``.harmonia/calibration.json``. An
+environment variable forces a path (``HARMONIA_<NAME>=<path>``). A path whose bits may
+differ is part of the artifact id (the engine puts it in its runtime), and ``reproduce``
+replays the recorded path, so a choice never changes bytes under an id.
 
 This module knows timing and caching; it knows nothing about models or artifacts.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -29,6 +30,7 @@ from harmonia.errors import RequestError
 
 CACHE_FILE = "calibration.json"
 REPEATS = 7  # best of; the first two calls of each candidate are warm-up
+MIN_GAIN = 1.10  # another path must beat the reference by 10 %: timing noise never flips a choice
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,25 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def known(state_dir: Path, name: str, shape: str, threads: int, paths: tuple[str, ...]) -> Choice | None:
+    """The forced or cached choice, without measuring (None: it must be measured first)."""
+    forced = os.environ.get(f"HARMONIA_{name.upper()}")
+    if forced and forced != "auto":
+        if forced not in paths:
+            raise RequestError(
+                f"HARMONIA_{name.upper()} must be auto or one of {', '.join(paths)}, got {forced!r}."
+            )
+        return Choice(name, forced, "forced", {})
+    entry = _read(state_dir / CACHE_FILE).get(_key(name, shape, threads))
+    if isinstance(entry, dict) and entry.get("path") in paths:
+        return Choice(name, entry["path"], "cached", entry.get("seconds", {}))
+    return None
+
+
+def _key(name: str, shape: str, threads: int) -> str:
+    return f"{cpu_model()} | torch {torch.__version__} | {threads} threads | {name} {shape}"
+
+
 def choose(
     state_dir: Path,
     name: str,
@@ -68,7 +89,10 @@ def choose(
     reference: str,
     agree: Callable[[torch.Tensor, torch.Tensor], bool] = torch.equal,
 ) -> Choice:
-    """The fastest candidate whose outputs equal the reference's bit for bit (cached per machine).
+    """The fastest candidate whose outputs agree with the reference's (cached per machine).
+
+    Another candidate wins only when it is at least 10 % faster than the reference (the
+    plain library's path); processes that start together wait for one measurement.
 
     Args:
         state_dir: the workbench's private folder (``.harmonia/``).
@@ -79,18 +103,17 @@ def choose(
         agree: whether a candidate's output tensor agrees with the reference's (default: the
             same bits); a candidate that disagrees is never chosen.
     """
-    forced = os.environ.get(f"HARMONIA_{name.upper()}")
-    if forced and forced != "auto":
-        if forced not in candidates:
-            raise RequestError(
-                f"HARMONIA_{name.upper()} must be auto or one of {', '.join(candidates)}, got {forced!r}."
-            )
-        return Choice(name, forced, "forced", {})
-    key = f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {name} {shape}"
-    cache = state_dir / CACHE_FILE
-    known = _read(cache)
-    if key in known and known[key].get("path") in candidates:
-        return Choice(name, known[key]["path"], "cached", known[key].get("seconds", {}))
+    found = known(state_dir, name, shape, torch.get_num_threads(), tuple(candidates))
+    if found is not None:
+        return found
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / f".{CACHE_FILE}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # processes starting together measure once and agree
+        found = known(state_dir, name, shape, torch.get_num_threads(), tuple(candidates))
+        return found or _measure(state_dir, name, shape, candidates, reference, agree)
+
+
+def _measure(state_dir, name, shape, candidates, reference, agree) -> Choice:
     expected = candidates[reference]()
     seconds = {}
     for label, run in candidates.items():
@@ -105,14 +128,20 @@ def choose(
             best = min(best, time.perf_counter() - start)
         seconds[label] = round(best, 6)
     path = min(seconds, key=seconds.get)
-    known[key] = {"path": path, "seconds": seconds}
-    _write(cache, known)
+    if seconds[reference] < seconds[path] * MIN_GAIN:
+        path = reference  # not clearly faster: keep the plain library's path
+    cache = state_dir / CACHE_FILE
+    entries = _read(cache)
+    entries[_key(name, shape, torch.get_num_threads())] = {"path": path, "seconds": seconds}
+    _write(cache, entries)
     return Choice(name, path, "measured", seconds)
 
 
 def _read(path: Path) -> dict:
+    from harmonia.safeload import load_json
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = load_json(path, str(path), max_bytes=1 << 20)
         return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}  # a missing or damaged cache is measured again

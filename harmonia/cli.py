@@ -375,7 +375,7 @@ def _print_generated(wb: Workbench, done) -> None:
         if out.preview:
             print(f"  {_rel(wb, art.path / out.preview).rstrip('/')}")
     print(f"  {_rel(wb, art.path / 'manifest.json').rstrip('/')}")
-    if m.non_commercial:
+    if m.non_commercial or m.licence_unknown:
         print(f"  licence: {_licence_line(m)}")
 
 
@@ -416,7 +416,14 @@ def _licence_line(m) -> str:
     for lic in m.licenses:
         via = f" via {lic.via}" if lic.via else ""
         parts.append(f"{lic.license or 'not recorded'} ({lic.model}{via})")
-    verdict = "NON-COMMERCIAL USE ONLY" if m.non_commercial else "no non-commercial licence found"
+    if m.non_commercial:
+        verdict = "NON-COMMERCIAL USE ONLY"
+    elif m.licence_unknown:
+        verdict = (
+            f"licence of {', '.join(m.licence_unknown)} not recorded: check it before any commercial use"
+        )
+    else:
+        verdict = "no non-commercial licence found"
     return f"{'; '.join(parts)}: {verdict}"
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import platform
 import re
-import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -30,7 +29,15 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from harmonia.artifacts import Artifact, artifact_id, check_id, find_artifact, load_artifact, write_artifact
+from harmonia.artifacts import (
+    Artifact,
+    artifact_id,
+    check_id,
+    find_artifact,
+    intact,
+    load_artifact,
+    write_artifact,
+)
 from harmonia.audio import Audio, read_audio, write_audio
 from harmonia.calibration import cpu_model
 from harmonia.engines import engine_class
@@ -48,7 +55,6 @@ from harmonia.hashing import sha256_file
 from harmonia.inventory import Inventory, utc_now
 from harmonia.manifest import (
     IDENTITY_SCHEMA,
-    LEGACY_SCHEMA,
     EngineRecord,
     InputRecord,
     LicenseRecord,
@@ -78,7 +84,6 @@ PACKAGES = (
 # Those that can change the bytes of any artifact: numpy (arrays), soundfile and libsndfile
 # (WAV/FLAC writing), soxr (resampling inputs), pyloudnorm (loudness targets); each engine adds its own.
 WRITER_PACKAGES = ("numpy", "soundfile", "libsndfile", "soxr", "pyloudnorm")
-LEGACY_PACKAGES = ("torch", "transformers", "numpy", "soundfile")  # what schema-1 ids covered
 _engines: dict[tuple, Any] = {}
 
 
@@ -185,7 +190,9 @@ def load_engine(
         key = (str(wb.root), model, inventory.digest, runtime)
         if key not in _engines:
             _engines.clear()  # one model in memory at a time
-            _engines[key] = cls.load(wb, model, runtime)
+            engine = _engines[key] = cls.load(wb, model, runtime)
+            # the paths it measured are now fixed: a request naming them finds this engine too
+            _engines[(*key[:3], replace(runtime, paths=engine.loaded.paths))] = engine
         return _engines[key]
 
 
@@ -267,18 +274,27 @@ def generate(
         inputs[role], parents[role] = resolve_input(wb, getattr(request, role), role)
     request = cls.check(replace(request, **inputs), path)
 
-    # 3. The id: engine, model bytes, request, inputs' bytes and parents, output settings, runtime, packages.
+    # 3. The id: engine, model bytes, request, inputs' bytes and parents, output settings, runtime
+    # (with the fast paths it will take: a first load on this machine measures them), packages.
+    paths, resources_checked = cls.fast_paths(wb, path, runtime), False
+    if paths is None:  # never before on this machine: a load measures them (check what it needs first)
+        cls.check_resources(request, path)
+        resources_checked = True
+        paths = load_engine(wb, model, runtime, inventory=inventory).loaded.paths
+    runtime = replace(runtime, paths=paths)
     identity = _identity(cls, inventory.digest, request, inputs, parents, output, runtime)
     new_id = artifact_id(identity)
     if not force:
-        for candidate in (
-            new_id,
-            _legacy_id(cls, inventory.digest, request, inputs, parents, output, runtime),
-        ):
-            if candidate and (existing := find_artifact(wb, candidate)) is not None:
+        legacy = getattr(cls, "legacy_identity", lambda *a: None)(identity, runtime)
+        for candidate in (new_id, artifact_id(legacy) if legacy else None):
+            existing = find_artifact(wb, candidate) if candidate else None
+            if existing is not None and intact(existing):  # a damaged one is made again
                 return Generated(existing, cached=True, result=None)
 
-    # 4. Load (or reuse) the engine and generate; the lock keeps torch's global state ours.
+    # 4. Check what only a generation needs (memory, the model's context), load (or reuse)
+    # the engine and generate; the lock keeps torch's global state ours.
+    if not resources_checked:
+        cls.check_resources(request, path)
     with TORCH_LOCK:
         engine = load_engine(wb, model, runtime, inventory=inventory)
         result = engine.generate(request, progress=progress, cancel=cancel)
@@ -364,8 +380,22 @@ def reproduce(
     stored = load_artifact(wb, artifact)
     m = stored.manifest
     cls = engine_class(m.engine.name)
+    now_engine = engine_for(wb, m.model.name)
+    if now_engine is not cls:
+        raise ArtifactError(
+            f"Artifact {stored.id} was made by the {cls.name} engine, but params.yaml now runs model "
+            f"'{m.model.name}' with {now_engine.name}. Set its engine back to {cls.name} to reproduce it."
+        )
+    for kept in m.inputs.values():
+        if not stored.file(kept.file).is_file():
+            raise ArtifactError(
+                f"Artifact {stored.id} lacks its kept input {kept.file}; it cannot be regenerated from its "
+                "own files. Restore the folder (e.g. from DVC) or regenerate it (--force)."
+            )
     inputs = {role: read_audio(stored.file(kept.file), role) for role, kept in m.inputs.items()}
     request = cls.request_type.from_json(m.request, inputs)
+    _, path, _ = open_snapshot(wb, m.model.name, cls.name)
+    request = cls.check(request, path)  # a manifest is a file like any other: its request is checked
 
     # 2. Note what differs between then and now.
     differences = []
@@ -394,7 +424,13 @@ def reproduce(
         device = "cpu"
 
     # 3. Regenerate with the recorded settings and render the outputs the same way.
-    runtime = Runtime(device, m.runtime.dtype, m.runtime.threads, m.runtime.precision)
+    runtime = Runtime(
+        device,
+        m.runtime.dtype,
+        m.runtime.threads,
+        m.runtime.precision,
+        tuple(sorted(m.runtime.paths.items())),
+    )  # the recorded fast paths are replayed, whatever this machine would choose
     with TORCH_LOCK:
         engine = load_engine(wb, m.model.name, runtime)
         if engine.loaded.inventory.digest != m.model.inventory_digest:
@@ -402,9 +438,18 @@ def reproduce(
         result = engine.generate(request, progress=progress, cancel=cancel)
     with tempfile.TemporaryDirectory(prefix="harmonia-reproduce-") as tmp:
         fresh = [write_take(Path(tmp), i, take, m.output, False) for i, take in enumerate(result.takes)]
+        if len(fresh) != len(m.outputs):
+            raise ArtifactError(
+                f"Artifact {stored.id}'s manifest lists {len(m.outputs)} outputs, but its request makes "
+                f"{len(fresh)}: the manifest was changed after writing. Regenerate the artifact (--force)."
+            )
         drifts = []
         for then, now in zip(m.outputs, fresh, strict=True):
             kept = stored.file(then.path)
+            if not kept.is_file():
+                differences.append(f"stored {then.path} is missing")
+                drifts.append(OutputDrift(then.path, False, math.inf, -math.inf))
+                continue
             if sha256_file(kept) != then.sha256:
                 differences.append(
                     f"stored {then.path} no longer matches its manifest sha256 (changed after writing)"
@@ -438,43 +483,18 @@ def _identity(
             "dtype": runtime.dtype,
             "threads": runtime.threads,
             "precision": runtime.precision,
+            **({"paths": dict(runtime.paths)} if runtime.paths else {}),
         },
         "packages": {name: _version(name, known) for name in names},
     }
 
 
-def _legacy_id(cls, digest, request, inputs, parents, output: OutputSettings, runtime: Runtime) -> str | None:
-    """The id a schema-1 Harmonia gave this request (MusicGen without parents), so old artifacts stay hits."""
-    if cls.name != "musicgen" or cls.code_version != 1 or any(parents.values()):
-        return None
-    legacy_runtime = {
-        "device": torch.device(runtime.device).type,
-        "dtype": runtime.dtype,
-        "threads": runtime.threads,
-    }
-    if runtime.precision != "exact":
-        legacy_runtime["precision"] = runtime.precision
-    known: dict[str, str] = {}
-    return artifact_id(
-        {
-            "schema": LEGACY_SCHEMA,
-            "kind": "music",
-            "engine": cls.name,
-            "model_inventory_digest": digest,
-            "request": request.to_json(_inputs_json(inputs)),
-            "output": {"format": output.format, "normalize_lufs": output.normalize_lufs},
-            "runtime": legacy_runtime,
-            "packages": {name: _version(name, known) for name in LEGACY_PACKAGES},
-        }
-    )
-
-
 def _keep_input(folder: Path, role: str, clip: Audio, parent: ParentRecord | None) -> InputRecord:
     """Copy an input into the artifact (inputs/ROLE.ext) so the artifact reproduces on its own."""
     (folder / "inputs").mkdir(exist_ok=True)
-    if clip.source is not None:
-        target = folder / "inputs" / f"{role}{Path(clip.source).suffix.lower()}"
-        shutil.copyfile(clip.source, target)
+    if clip.raw is not None:  # the very bytes that were hashed and decoded
+        target = folder / "inputs" / f"{role}{Path(clip.source or '.wav').suffix.lower()}"
+        target.write_bytes(clip.raw)
     else:
         target = write_audio(folder / "inputs" / f"{role}.wav", clip.samples, clip.sample_rate, "wav")
     return InputRecord(
@@ -537,6 +557,7 @@ def _manifest(
             platform=platform.platform(),
             machine=platform.machine(),
             cpu=cpu_model(),
+            paths=dict(loaded.paths),
             choices=dict(loaded.choices),
         ),
         timings=Timings(

@@ -14,8 +14,9 @@ This module knows the record's shape; it does not know engines, media writing or
 from __future__ import annotations
 
 import re
+import types
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from harmonia.errors import ArtifactError
 
@@ -108,7 +109,8 @@ class RuntimeRecord:
     platform: str = ""
     machine: str = ""
     cpu: str = ""
-    choices: dict[str, str] = field(default_factory=dict)  # fast paths picked by measurement (same bits)
+    paths: dict[str, str] = field(default_factory=dict)  # fast paths taken (part of the id; replayed)
+    choices: dict[str, str] = field(default_factory=dict)  # how each was chosen (measured, cached, ...)
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,11 @@ class Manifest:
         """True when any model behind the artifact (its own or a parent's) is non-commercial."""
         return any(lic.non_commercial for lic in self.licenses) or self.model.non_commercial
 
+    @property
+    def licence_unknown(self) -> tuple[str, ...]:
+        """The models behind the artifact whose licence was not recorded (schema 1 did not record it)."""
+        return tuple(lic.model for lic in self.licenses if not lic.license)
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["inputs"] = {k: asdict(v) for k, v in self.inputs.items()}
@@ -250,7 +257,29 @@ def _typed(cls: type, data: Any) -> Any:
     unknown = set(data) - names
     if unknown:
         raise KeyError(f"{cls.__name__}.{sorted(unknown)[0]} (unknown)")
+    hints = get_type_hints(cls)
+    for name, value in data.items():
+        if not _fits(value, hints[name]):
+            raise TypeError(f"{cls.__name__}.{name} (got {type(value).__name__} {value!r:.40})")
     return cls(**data)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a record field's annotation (str, int, float, bool, dict, X | None)."""
+    if isinstance(hint, types.UnionType) or get_origin(hint) is Union:
+        return any(_fits(value, h) for h in get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    origin = get_origin(hint) or hint
+    if origin is dict:
+        return isinstance(value, dict)
+    if origin in (list, tuple):
+        return isinstance(value, list | tuple)
+    return isinstance(value, origin) if isinstance(origin, type) else True
 
 
 def _dict(value: Any) -> dict:
@@ -304,7 +333,9 @@ def _from_legacy(data: dict[str, Any]) -> Manifest:
         )
         for o in data["outputs"]
     )
-    runtime = data["runtime"]
+    runtime = dict(data["runtime"])
+    if runtime.get("device") == "cpu" and runtime.get("precision", "exact") == "exact":
+        runtime["paths"] = {"few_row_products": "matmul"}  # schema 1 always ran W @ x.T there
     return Manifest(
         id=data["id"],
         kind=data["kind"],

@@ -57,7 +57,10 @@ Take = AudioTake | TextTake
 
 
 def check_output(settings: OutputSettings) -> OutputSettings:
-    """The format and loudness target are ones Harmonia writes (RequestError otherwise)."""
+    """The format and loudness target are ones Harmonia writes (RequestError otherwise).
+
+    The target comes back as a float, so -14 and -14.0 name the same artifact.
+    """
     if settings.format not in FORMATS:
         raise RequestError(f"format must be one of {', '.join(FORMATS)}, got {settings.format!r}.")
     target = settings.normalize_lufs
@@ -72,6 +75,7 @@ def check_output(settings: OutputSettings) -> OutputSettings:
             raise RequestError(
                 f"normalize_lufs must be in [{low:g}, {high:g}] LUFS (e.g. -14), got {target!r}."
             )
+        return OutputSettings(settings.format, float(target))
     return settings
 
 

@@ -174,5 +174,8 @@ class MusicRequest:
             raise RequestError(
                 f"request field {sorted(unknown)[0]!r} is not a music request field; known: {', '.join(sorted(known))}."
             )
+        prompts = data.get("prompts")
+        if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+            raise RequestError(f"request field 'prompts' must be a list of strings, got {prompts!r:.60}.")
         fields_ = {k: data[k] for k in known if k in data}
-        return cls(**{**fields_, "prompts": tuple(data["prompts"])}, **{r: inputs.get(r) for r in cls.INPUTS})
+        return cls(**{**fields_, "prompts": tuple(prompts)}, **{r: inputs.get(r) for r in cls.INPUTS})

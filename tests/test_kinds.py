@@ -60,7 +60,10 @@ def test_schema_1_artifacts_are_cache_hits_and_reproduce_identical(music_wb):
     shown = run_cli("artifacts", "show", LEGACY_CONTINUATION_ID, cwd=music_wb.root)
     assert shown.returncode == 0, shown.stderr
     assert "schema harmonia.manifest/1" in shown.stdout
-    assert "  licence   not recorded (tiny-musicgen): no non-commercial licence found\n" in shown.stdout
+    assert (
+        "  licence   not recorded (tiny-musicgen): licence of tiny-musicgen not recorded: "
+        "check it before any commercial use\n" in shown.stdout
+    )
 
 
 # -- the whole request is checked before the cache ----------------------------------------------
@@ -249,12 +252,23 @@ def test_two_threads_at_once_give_the_bytes_of_one_after_the_other(music_wb, tmp
     ]
     other = tmp_path / "other"
     shutil.copytree(music_wb.root, other)
-    alone = [generate(music_wb, "tiny-musicgen", r, threads=1, previews=False).artifact for r in requests]
+    import torch
+
+    default = torch.get_num_threads()
+    settings = [None, 1]  # thread 0 takes the default thread count while thread 1 pins 1 thread
+    alone = [
+        generate(music_wb, "tiny-musicgen", r, threads=t, previews=False).artifact
+        for r, t in zip(requests, settings, strict=True)
+    ]
     wb2, found, errors = Workbench.open(other), {}, []
+    start = threading.Barrier(2)
 
     def run(i: int) -> None:
         try:
-            found[i] = generate(wb2, "tiny-musicgen", requests[i], threads=2 - i, previews=False).artifact
+            start.wait(10)  # both enter generate() together
+            found[i] = generate(
+                wb2, "tiny-musicgen", requests[i], threads=settings[i], previews=False
+            ).artifact
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -264,11 +278,11 @@ def test_two_threads_at_once_give_the_bytes_of_one_after_the_other(music_wb, tmp
     for w in workers:
         w.join(120)
     assert not errors, errors
-    # thread 0 asked for 2 threads, thread 1 for 1: each records (and used) its own
-    assert found[0].manifest.runtime.threads == 2 and found[1].manifest.runtime.threads == 1
-    assert sha(found[1].file(found[1].outputs[0])) == sha(alone[1].file(alone[1].outputs[0]))
-    again = generate(wb2, "tiny-musicgen", requests[0], threads=1, previews=False).artifact
-    assert sha(again.file(again.outputs[0])) == sha(alone[0].file(alone[0].outputs[0]))
+    # thread 0 took the default, thread 1 asked for 1: each records (and used) its own
+    assert found[0].manifest.runtime.threads == default and found[1].manifest.runtime.threads == 1
+    for i in range(2):  # the same ids and bytes as the same requests one after the other
+        assert found[i].id == alone[i].id
+        assert sha(found[i].file(found[i].outputs[0])) == sha(alone[i].file(alone[i].outputs[0]))
     assert reproduce(wb2, found[0].id).identical and reproduce(wb2, found[1].id).identical
 
 
@@ -422,3 +436,71 @@ def test_prompts_too_long_for_the_model_are_refused_before_it_loads(music_wb, mo
     ):
         generate(music_wb, "tiny-musicgen", MusicRequest(["ok", "a b " * 499], seed=1))
     assert not music_wb.artifacts_dir.exists() or not any(music_wb.artifacts_dir.iterdir())
+
+
+def test_the_same_output_has_one_id_and_a_damaged_artifact_is_made_again(music_wb):
+    request = MusicRequest("x", duration_s=0.6, seed=2)
+    a = generate(music_wb, "tiny-musicgen", request, normalize_lufs=-14, previews=False).artifact
+    b = generate(music_wb, "tiny-musicgen", request, normalize_lufs=-14.0, previews=False)
+    assert b.cached and b.artifact.id == a.id  # -14 and -14.0 are one loudness target
+    good = sha(a.file("take-0.wav"))
+    a.file("take-0.wav").unlink()
+    again = generate(music_wb, "tiny-musicgen", request, normalize_lufs=-14, previews=False)
+    assert not again.cached and again.artifact.id == a.id and sha(again.artifact.file("take-0.wav")) == good
+
+
+def test_the_fast_path_is_part_of_the_id_and_reproduce_replays_it(music_wb, monkeypatch):
+    request = MusicRequest("x", duration_s=0.6, seed=2)
+    made = {}
+    for path in ("linear", "matmul"):
+        monkeypatch.setenv("HARMONIA_FEW_ROW_PRODUCTS", path)
+        made[path] = generate(music_wb, "tiny-musicgen", request, threads=2, previews=False).artifact
+        assert made[path].manifest.runtime.paths == {"few_row_products": path}
+        assert made[path].manifest.identity["runtime"]["paths"] == {"few_row_products": path}
+    assert made["linear"].id != made["matmul"].id
+    monkeypatch.setenv("HARMONIA_FEW_ROW_PRODUCTS", "linear")  # this machine would now pick linear
+    verdict = reproduce(music_wb, made["matmul"].id)  # ... but the artifact's own path is replayed
+    assert verdict.identical
+    from harmonia.generation import load_engine
+
+    assert load_engine(
+        music_wb, "tiny-musicgen", threads=2, paths=(("few_row_products", "matmul"),)
+    ).loaded.choices == {"few_row_products": "matmul (recorded)"}
+
+
+def test_reproduce_refuses_a_tampered_manifest_in_one_line(music_wb):
+    art = generate(
+        music_wb, "tiny-musicgen", MusicRequest(["a", "b"], duration_s=0.5, seed=1), previews=False
+    ).artifact
+    path = art.path / "manifest.json"
+    original = path.read_text()
+    cases = [
+        (
+            lambda d: d["outputs"].pop(),
+            rf"^Artifact {art.id}'s manifest lists 1 outputs, but its request makes 2",
+        ),
+        (
+            lambda d: d["request"].pop("prompts"),
+            r"^request field 'prompts' must be a list of strings, got None\.$",
+        ),
+        (
+            lambda d: d["request"].update(prompts="ab"),
+            r"^request field 'prompts' must be a list of strings, got 'ab'\.$",
+        ),
+        (
+            lambda d: d["runtime"].update(device=3),
+            r"lacks or mistypes field RuntimeRecord.device \(got int 3\)",
+        ),
+        (lambda d: d["model"].update(name=["x"]), r"lacks or mistypes field ModelRecord.name \(got list"),
+        (lambda d: d["request"].update(top_k=-5), r"^top_k must be an integer in \[0, 65536\]"),
+    ]
+    for change, message in cases:
+        data = json.loads(original)
+        change(data)
+        path.write_text(json.dumps(data))
+        with pytest.raises((ArtifactError, RequestError), match=message):
+            reproduce(music_wb, art.id)
+    path.write_text(original)
+    art.file("take-1.wav").unlink()
+    verdict = reproduce(music_wb, art.id)
+    assert not verdict.identical and "stored take-1.wav is missing" in verdict.differences

@@ -9,9 +9,14 @@ An engine module declares one engine class with:
 - ``request_type``: a frozen dataclass whose numeric fields carry their limits
   (:func:`limit`), with ``to_json(inputs)`` / ``from_json(data, inputs)`` and ``inputs()``
   naming its media inputs (recorded by sha256, never by path alone);
-- ``check(request, snapshot)``: every check that needs no loaded model, run before the cache
-  lookup; ``load(wb, name, runtime)``; ``generate(request, progress, cancel)`` returning a
-  result whose ``takes`` are media (harmonia.media) and whose ``details()`` go in the manifest.
+- ``check_runtime(runtime)``; ``check(request, snapshot)``: every check of the request that
+  needs no loaded model, run before the cache lookup; ``check_resources(request, snapshot)``:
+  what only a generation needs (memory, context), run after it; ``fast_paths(wb, snapshot,
+  runtime)``: the calibrated paths a load will take (part of the id; None when the load must
+  measure them, () for none); ``load(wb, name, runtime)``; ``generate(request, progress,
+  cancel)`` returning a result whose ``takes`` are media (harmonia.media), with ``inputs``,
+  ``request``, ``steps``, ``generate_s`` and ``details()`` for the manifest. An engine whose
+  old artifacts had other ids may offer ``legacy_identity(identity, runtime)``.
 
 An engine is loaded once from a local snapshot and then called many times; a call never
 changes the engine. Each call seeds its own random stream (the caller's RNG state is left
@@ -62,13 +67,19 @@ class Runtime:
     dtype: str | None = None  # None: float32
     threads: int | None = None  # None: torch's current setting
     precision: str = "exact"  # an engine's precision mode (MusicGen: exact, bf16, int8)
+    # fast paths fixed for the run, (name, path): chosen by calibration.py or replayed from a manifest
+    paths: tuple[tuple[str, str], ...] = ()
 
     def resolved(self) -> Runtime:
-        """The same settings with every choice made (device, dtype, threads), checked."""
+        """The same settings with every choice made (device, dtype, threads), checked.
+
+        torch's thread count is process-global and pinned while a generation runs, so the
+        default is read under :data:`TORCH_LOCK` (never another generation's pinned value).
+        """
         chosen = pick_device(self.device)
-        return Runtime(
-            str(chosen), pick_dtype(self.dtype, chosen), pick_threads(self.threads), self.precision
-        )
+        with TORCH_LOCK:
+            threads = pick_threads(self.threads)
+        return Runtime(str(chosen), pick_dtype(self.dtype, chosen), threads, self.precision, self.paths)
 
 
 class Engine(Protocol):
@@ -79,10 +90,22 @@ class Engine(Protocol):
     code_version: ClassVar[int]
     packages: ClassVar[tuple[str, ...]]
     request_type: ClassVar[type]
+    precisions: ClassVar[tuple[str, ...]]
     loaded: LoadedModel
 
     @classmethod
+    def check_runtime(cls, runtime: Runtime) -> None: ...
+
+    @classmethod
     def check(cls, request: Any, snapshot: Path) -> Any: ...
+
+    @classmethod
+    def check_resources(cls, request: Any, snapshot: Path) -> None: ...
+
+    @classmethod
+    def fast_paths(
+        cls, wb: Workbench, snapshot: Path, runtime: Runtime
+    ) -> tuple[tuple[str, str], ...] | None: ...
 
     @classmethod
     def load(cls, wb: Workbench, name: str, runtime: Runtime) -> Engine: ...
@@ -137,7 +160,12 @@ class LoadedModel:
 
     @property
     def runtime(self) -> Runtime:
-        return Runtime(self.device, self.dtype, self.threads, self.precision)
+        return Runtime(self.device, self.dtype, self.threads, self.precision, self.paths)
+
+    @property
+    def paths(self) -> tuple[tuple[str, str], ...]:
+        """The fast paths this engine runs, (name, path), as its choices record them."""
+        return tuple(sorted((name, line.split()[0]) for name, line in self.choices.items()))
 
 
 def pick_device(device: str | None = None) -> torch.device:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -29,7 +30,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from harmonia.audio import Audio, conform, from_array, is_silent, read_audio
-from harmonia.calibration import Choice, choose
+from harmonia.calibration import Choice, choose, known
 from harmonia.engines.base import (
     DTYPES,
     TORCH_LOCK,
@@ -140,16 +141,29 @@ def _set_precision(model, precision: str, few_rows: str = "matmul"):
     return model
 
 
-def _choose_few_row_products(state_dir: Path, decoder: torch.nn.Module) -> Choice:
+FEW_ROW_PATHS = ("linear", "matmul")
+
+
+def _decoder_shape(config: dict) -> str:
+    """What the few-row products' speed depends on, from config.json's decoder entry."""
+    d = config["decoder"]
+    return (
+        f"{FEW_ROWS} rows, {d['num_hidden_layers']} layers of {d['hidden_size']}/{d.get('ffn_dim')}, "
+        f"{d['num_codebooks']} heads of {d['vocab_size']}"
+    )
+
+
+def _choose_few_row_products(state_dir: Path, decoder: torch.nn.Module, shape: str) -> Choice:
     """``F.linear`` or ``W @ x.T`` for the decoder's two-row products, whichever is faster here.
 
     Both run every Linear of the decoder once on the same two rows (one decoding step's
     products at batch 1 with guidance). The two sum in different orders, so their products
     differ in the last bits (measured here: up to 2e-6 on musicgen-small's widths); the
     sampled tokens, and so the audio, are the same as plain transformers' (the engine tests
-    check tokens and audio against transformers on every run). A path whose products are
-    further off than rounding (rtol 1e-4) is never chosen. Measured once per CPU model, torch
-    version, thread count and decoder shape, then cached.
+    check tokens and audio against transformers on every run), yet a draw could flip on a
+    rare step, so the path is part of the artifact id and ``reproduce`` replays it. A path
+    whose products are further off than rounding (rtol 1e-4) is never chosen. Measured once
+    per CPU model, torch version, thread count and decoder shape, then cached.
     """
     linears = [m for m in decoder.modules() if type(m) is torch.nn.Linear]
     generator = torch.Generator().manual_seed(0)
@@ -167,8 +181,6 @@ def _choose_few_row_products(state_dir: Path, decoder: torch.nn.Module) -> Choic
             out.append(y + m.bias if m.bias is not None else y)
         return out
 
-    widths = sorted({(m.out_features, m.in_features) for m in linears})
-    shape = f"{len(linears)} products of {FEW_ROWS} rows, {widths}"
     with torch.inference_mode():
         return choose(
             state_dir, "few_row_products", shape, {"linear": plain, "matmul": matmul}, "linear",
@@ -266,7 +278,7 @@ class MusicGenEngine:
     name: ClassVar[str] = "musicgen"
     kind: ClassVar[str] = "music"
     code_version: ClassVar[int] = 1  # bump when a change here changes output bytes
-    packages: ClassVar[tuple[str, ...]] = ("torch", "transformers", "numpy")
+    packages: ClassVar[tuple[str, ...]] = ("torch", "transformers", "tokenizers", "numpy")
     request_type: ClassVar[type] = MusicRequest
     precisions: ClassVar[tuple[str, ...]] = PRECISIONS
 
@@ -352,9 +364,14 @@ class MusicGenEngine:
                     dtype=DTYPES[dtype],
                 )
             model, choices, few_rows = model.to(chosen).eval(), {}, "linear"
-            if precision == "exact" and chosen.type == "cpu":  # faster here, and the same bits?
-                with pinned_threads(threads):
-                    choice = _choose_few_row_products(wb.state_dir, model.decoder)
+            if precision == "exact" and chosen.type == "cpu":  # the faster product path here
+                recorded = dict(runtime.paths).get("few_row_products")
+                if recorded is not None:  # replayed from a manifest, or fixed by generate()
+                    choice = Choice("few_row_products", recorded, "recorded", {})
+                else:
+                    config = json.loads((path / "config.json").read_text())
+                    with pinned_threads(threads):
+                        choice = _choose_few_row_products(wb.state_dir, model.decoder, _decoder_shape(config))
                 choices[choice.name], few_rows = choice.describe(), choice.path
             model = _set_precision(model, precision, few_rows)
             _fold_weight_norm(model.audio_encoder)
@@ -401,25 +418,18 @@ class MusicGenEngine:
 
         Returns the request with its seed (drawn when None) and its audio inputs read.
         """
-        config = json.loads((snapshot / "config.json").read_text(encoding="utf-8"))
-        decoder, codec = config.get("decoder") or {}, config.get("audio_encoder") or {}
-        try:
-            hop = math.prod(codec.get("upsampling_ratios") or [1])
-            frame_rate = math.ceil(codec["sampling_rate"] / hop)
-            frames = min(
-                round(TRAINED_WINDOW_S * frame_rate),
-                decoder["max_position_embeddings"] - decoder["num_codebooks"],
-            )
-        except (KeyError, TypeError, ZeroDivisionError):
-            raise RequestError(
-                f"{snapshot / 'config.json'} is not a MusicGen config (no decoder/audio_encoder sizes). "
-                "Pick a MusicGen model."
-            ) from None
+        config, frame_rate, frames = _config_facts(snapshot)
         melody_model = config.get("model_type") == "musicgen_melody"
         request, melody, _ = _check_request(request, snapshot.name, melody_model, frames / frame_rate)
         if melody is not None:  # keep (and hash) only the span of the melody the model can read
             chunk_s = json.loads((snapshot / "preprocessor_config.json").read_text())["chunk_length"]
             request = replace(request, melody=used_span(melody, request.duration_s + chunk_s + 1.0))
+        return request
+
+    @classmethod
+    def check_resources(cls, request: MusicRequest, snapshot: Path) -> None:
+        """What a generation needs that a cache hit does not: memory, and prompts the encoder reads whole."""
+        config, frame_rate, frames = _config_facts(snapshot)
         per_take = _bytes_per_take(config, request, frames, frame_rate)
         weights = sum(p.stat().st_size for p in snapshot.glob("*.safetensors"))
         takes = len(request.prompts)
@@ -429,15 +439,53 @@ class MusicGenEngine:
             f"give at most {max((int(available_memory_bytes() or 0) - weights) // per_take, 0)} prompts per "
             "request (the pipeline's music.batch_size), or shorter clips.",
         )
-        tokenizer = _tokenizer(snapshot)
-        for i, prompt in enumerate(request.prompts):  # the tokenizer would cut a longer one silently
-            count = len(tokenizer(prompt)["input_ids"])
+        with _TOKENIZER_LOCK:  # a fast tokenizer is not safe to share between threads
+            tokenizer = _tokenizer(snapshot)
+            counts = [len(tokenizer(prompt)["input_ids"]) for prompt in request.prompts]
+        for i, count in enumerate(counts):  # the tokenizer would cut a longer prompt silently
             if count > tokenizer.model_max_length:
                 raise RequestError(
                     f"prompts[{i}] is {count} tokens long; the model's text encoder reads at most "
                     f"{tokenizer.model_max_length}. Shorten it."
                 )
-        return request
+
+    @classmethod
+    def fast_paths(
+        cls, wb: Workbench, snapshot: Path, runtime: Runtime
+    ) -> tuple[tuple[str, str], ...] | None:
+        """The paths a load would take, known without loading (None: the load must measure them)."""
+        if runtime.precision != "exact" or torch.device(runtime.device).type != "cpu":
+            return ()
+        if "few_row_products" in dict(runtime.paths):
+            return runtime.paths
+        config, _, _ = _config_facts(snapshot)
+        choice = known(
+            wb.state_dir, "few_row_products", _decoder_shape(config), runtime.threads, FEW_ROW_PATHS
+        )
+        return None if choice is None else (("few_row_products", choice.path),)
+
+    @classmethod
+    def legacy_identity(cls, identity: dict[str, Any], runtime: Runtime) -> dict[str, Any] | None:
+        """What a schema-1 Harmonia hashed for this request (MusicGen without parents), so artifacts
+        made before schema 2 stay cache hits. Exact on a CPU always ran ``W @ x.T`` then, one of
+        the two paths exact takes now: such an artifact answers the request whichever path this
+        machine would pick, and ``reproduce`` replays ``W @ x.T`` for it."""
+        if identity["parents"] or cls.code_version != 1:
+            return None
+        legacy_runtime = {k: identity["runtime"][k] for k in ("device", "dtype", "threads")}
+        if runtime.precision != "exact":
+            legacy_runtime["precision"] = runtime.precision
+        packages = {k: identity["packages"][k] for k in ("torch", "transformers", "numpy", "soundfile")}
+        return {
+            "schema": "harmonia.manifest/1",
+            "kind": "music",
+            "engine": cls.name,
+            "model_inventory_digest": identity["model_inventory_digest"],
+            "request": identity["request"],
+            "output": identity["output"],
+            "runtime": legacy_runtime,
+            "packages": packages,
+        }
 
     def _verify(self, request: MusicRequest) -> tuple[MusicRequest, Audio | None, Audio | None]:
         return _check_request(request, self.loaded.name, self.takes_melody, self.window_s)
@@ -610,6 +658,28 @@ class MusicGenEngine:
 
 
 _TOKENIZERS: dict[tuple[str, int], Any] = {}
+_TOKENIZER_LOCK = threading.Lock()
+
+
+def _config_facts(snapshot: Path) -> tuple[dict, int, int]:
+    """config.json, the codec's frame rate and the decoder's window in frames."""
+    config = json.loads((snapshot / "config.json").read_text(encoding="utf-8"))
+    decoder, codec = config.get("decoder") or {}, config.get("audio_encoder") or {}
+    try:
+        hop = math.prod(codec.get("upsampling_ratios") or [1])
+        frame_rate = math.ceil(codec["sampling_rate"] / hop)
+        frames = min(
+            round(TRAINED_WINDOW_S * frame_rate),
+            decoder["max_position_embeddings"] - decoder["num_codebooks"],
+        )
+    except (KeyError, TypeError, ZeroDivisionError):
+        raise RequestError(
+            f"{snapshot / 'config.json'} is not a MusicGen config (no decoder/audio_encoder sizes). "
+            "Pick a MusicGen model."
+        ) from None
+    return config, frame_rate, frames
+
+
 DECODE_BYTES_PER_FILTER = 16  # EnCodec decoding: ~4 live float32 tensors of num_filters channels per sample
 
 

@@ -49,6 +49,11 @@ def licence_html(art: Artifact) -> str:
     """A plain warning when any model behind the artifact is for non-commercial use only."""
     m = art.manifest
     if not m.non_commercial:
+        if m.licence_unknown:
+            return (
+                "<div class='harmonia-licence' style='color:#8a5a00'>Licence not recorded for "
+                f"{html.escape(', '.join(m.licence_unknown))}: check it before any commercial use.</div>"
+            )
         return ""
     names = ", ".join(sorted({f"{x.model} ({x.license})" for x in m.licenses if x.non_commercial}))
     return (
