@@ -44,11 +44,10 @@ class Choice:
 
     def describe(self) -> str:
         """One line for the manifest: the path, how it was chosen, and the measured ratio."""
-        if not self.seconds or self.path not in self.seconds:
+        if not self.seconds:
             return f"{self.path} ({self.how})"
-        others = {k: v for k, v in self.seconds.items() if k != self.path}
-        ratios = ", ".join(f"{v / self.seconds[self.path]:.2f}x faster than {k}" for k, v in others.items())
-        return f"{self.path} ({self.how}{': ' + ratios if ratios else ''})"
+        times = ", ".join(f"{k} {v * 1000:.3g} ms" for k, v in sorted(self.seconds.items()))
+        return f"{self.path} ({self.how}: {times})"
 
 
 def cpu_model() -> str:

@@ -162,7 +162,7 @@ def _choose_few_row_products(state_dir: Path, decoder: torch.nn.Module, shape: s
     sampled tokens, and so the audio, are the same as plain transformers' (the engine tests
     check tokens and audio against transformers on every run), yet a draw could flip on a
     rare step, so the path is part of the artifact id and ``reproduce`` replays it. A path
-    whose products are further off than rounding (rtol 1e-4) is never chosen. Measured once
+    whose products are further off than rounding (1e-4 of the largest value) is never chosen. Measured once
     per CPU model, torch version, thread count and decoder shape, then cached.
     """
     linears = [m for m in decoder.modules() if type(m) is torch.nn.Linear]
@@ -184,7 +184,7 @@ def _choose_few_row_products(state_dir: Path, decoder: torch.nn.Module, shape: s
     with torch.inference_mode():
         return choose(
             state_dir, "few_row_products", shape, {"linear": plain, "matmul": matmul}, "linear",
-            agree=lambda a, b: torch.allclose(a, b, rtol=1e-4, atol=1e-6),
+            agree=lambda a, b: bool((a - b).abs().max() <= 1e-4 * b.abs().max()),
         )  # fmt: skip
 
 

@@ -421,7 +421,9 @@ def test_the_few_row_path_is_chosen_by_measurement_cached_recorded_and_overridab
     cache.unlink(missing_ok=True)
     measured = MusicGenEngine.load(wb, "tiny-musicgen", threads=2)
     line = measured.loaded.choices["few_row_products"]
-    assert line.startswith(("matmul (measured: ", "linear (measured: ")) and "x faster than" in line
+    assert (
+        line.startswith(("matmul (measured: linear ", "linear (measured: linear ")) and " ms, matmul " in line
+    )
     (key,) = json.loads(cache.read_text())
     assert key.startswith(f"{cpu_model()} | torch {torch.__version__} | 2 threads | few_row_products ")
     again = MusicGenEngine.load(wb, "tiny-musicgen", threads=2)
