@@ -6,8 +6,9 @@ everything that determines the output, returns the existing artifact when there 
 cache hit), and otherwise loads (or reuses) the engine, generates, and writes the artifact
 whole. Inputs may come from other artifacts (:class:`From`): media inputs (a melody, a
 continuation, a track) and text inputs (a prompt or an idea written by a language model,
-role "text"); they become the new artifact's parents. ``reproduce`` regenerates an artifact from its manifest and says
-whether the bytes are identical or how far they drifted, and why they might have.
+role "text"); they become the new artifact's parents. ``reproduce`` regenerates an
+artifact from its manifest and says whether the bytes are identical or how far they
+drifted, and why they might have (or that its engine cannot promise the same bytes).
 
 The path never branches on a kind: the engine class (from params.yaml's ``engine:``) says
 what it makes, and each take is written by the writer of its media type (media.py).
@@ -268,6 +269,10 @@ def generate(
         ideas = tuple(ideas)
         if not ideas:
             raise RequestError("ideas must not be empty: give one idea per prompt.")
+        if not hasattr(request, "prompts"):
+            raise RequestError(
+                f"ideas become prompts, and a {type(request).__name__} has none; give the idea in the request."
+            )
         request = replace(request, prompts=prompts_from_ideas(ideas))
     request = replace(request, seed=choose_seed() if request.seed is None else check_seed(request.seed))
 
