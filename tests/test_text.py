@@ -395,6 +395,12 @@ class _Scripted(BaseHTTPRequestHandler):
             return self._send(200, json.dumps({"object": "list", "data": []}).encode())
         if mode == "error":
             return self._send(500, json.dumps({"error": {"message": "CUDA out of memory"}}).encode())
+        if mode == "redirect":
+            self.send_response(307)
+            self.send_header("Location", "http://127.0.0.2:9/steal")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
         if mode == "unauthorized":
             return self._send(401, json.dumps({"error": {"message": "bad key"}}).encode())
         if body["model"] != "acme/lm-7b":
@@ -525,6 +531,7 @@ def test_server_answers_become_artifacts_that_say_they_are_not_reproducible(line
         ("not-a-completion", "acme/lm-7b", 5.0, r"^The text server at {url} answered JSON that is not a chat completion \(no choices\[0\]\.message\.content: 'choices'\)\. Is it an OpenAI-compatible server\? Nothing was written\.$"),
         ("error", "acme/lm-7b", 5.0, r'^The text server at {url} answered HTTP 500 \(Internal Server Error\): \{"error": \{"message": "CUDA out of memory"\}\}\. Nothing was written\.$'),
         ("unauthorized", "acme/lm-7b", 5.0, r"^The text server at {url} refused the request \(HTTP 401\): set HARMONIA_TEXT_API_KEY in the environment or \.env to a key it accepts\. Nothing was written\.$"),
+        ("redirect", "acme/lm-7b", 5.0, r"^The text server at {url} redirects \(HTTP 307\); Harmonia does not follow redirects, which would send the key elsewhere\. Set models\.remote\.endpoint in params\.yaml to the final base URL\. Nothing was written\.$"),
         ("ok", "acme/nope", 5.0, r"^The text server at {url} does not serve the model 'acme/nope' \(HTTP 404: .*model_not_found.*\)\. Fix models\.remote\.served_model in params\.yaml \(the server's /models lists what it serves\)\. Nothing was written\.$"),
         ("slow", "acme/lm-7b", 0.5, r"^The text server at {url} did not answer within 0\.5 s \(models\.remote\.timeout_s in params\.yaml\)\. Raise the timeout, ask for fewer tokens, or check the server\. Nothing was written\.$"),
     ],

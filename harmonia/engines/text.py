@@ -649,6 +649,16 @@ def api_key(spec: SnapshotSpec, root: Path) -> str | None:
     return None
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are refused: urllib would send the Authorization header (the key) to the new host."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None  # urllib then raises HTTPError with the 3xx code
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 def _post_json(spec: SnapshotSpec, root: Path, route: str, body: dict[str, Any]) -> dict[str, Any]:
     """POST JSON to the endpoint and parse the JSON answer, within the spec's timeout."""
     key = api_key(spec, root)
@@ -664,7 +674,7 @@ def _post_json(spec: SnapshotSpec, root: Path, route: str, body: dict[str, Any])
 
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=spec.timeout_s) as answer:
+        with _OPENER.open(request, timeout=spec.timeout_s) as answer:
             payload = answer.read(MAX_ANSWER_BYTES + 1)
     except urllib.error.HTTPError as exc:
         detail = redact(exc.read(2000).decode("utf-8", "replace").strip())
@@ -679,6 +689,11 @@ def _post_json(spec: SnapshotSpec, root: Path, route: str, body: dict[str, Any])
                 f"{where} does not serve the model '{spec.served_model}' (HTTP {exc.code}: {detail[:300]}). "
                 f"Fix {fix}.served_model in params.yaml (the server's /models lists what it serves). "
                 "Nothing was written."
+            ) from None
+        if 300 <= exc.code < 400:
+            raise EndpointError(
+                f"{where} redirects (HTTP {exc.code}); Harmonia does not follow redirects, which would send "
+                f"the key elsewhere. Set {fix}.endpoint in params.yaml to the final base URL. Nothing was written."
             ) from None
         raise EndpointError(
             f"{where} answered HTTP {exc.code} ({exc.reason}): {detail[:300] or 'no detail'}. Nothing was written."
