@@ -52,13 +52,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harmonia",
-        description="Local, reproducible generation of music: snapshots, engines, artifacts.",
+        description="Local, reproducible generation of music and words: snapshots, engines, artifacts.",
     )
     parser.add_argument("--version", action="version", version=f"harmonia {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     for kind in SNAPSHOT_KINDS:
         _add_snapshot_commands(commands, kind)
     _add_generation_commands(commands)
+    _add_write_command(commands)
     return parser
 
 
@@ -139,7 +140,18 @@ def _add_request_flags(p: argparse.ArgumentParser, info) -> None:
     from harmonia.engines import request_type
     from harmonia.requests import limits, options
 
-    p.add_argument("prompts", nargs="+", metavar="PROMPT", help="one prompt per take (several make a batch)")
+    takes_text = bool(getattr(request_type(info.name), "TEXT_INPUTS", ()))
+    p.add_argument(
+        "prompts",
+        nargs="*" if takes_text else "+",
+        metavar="PROMPT",
+        help="one prompt per take (several make a batch)",
+    )
+    if takes_text:
+        p.add_argument(
+            "--from-text", metavar="ID[/FILE]",
+            help="take the prompt(s) from a text artifact (harmonia write ...), which becomes a parent",
+        )  # fmt: skip
     p.add_argument("--model", help=f"a model from params.yaml (default: {info.section}.model there)")
     p.add_argument("--seed", type=int, help="random seed (default: drawn and recorded)")
     bounds = limits(request_type(info.name))
@@ -207,7 +219,9 @@ def _add_snapshot_commands(commands, kind: Kind) -> None:
         p.set_defaults(run=_build, kind=kind)
     if kind == "model":
         p = sub.add_parser("tiny", help="build a tiny random model of an engine's architecture")
-        p.add_argument("builder", metavar="BUILDER", help="musicgen, musicgen-stereo or musicgen-melody")
+        p.add_argument(
+            "builder", metavar="BUILDER", help="musicgen, musicgen-stereo, musicgen-melody, clap or lm"
+        )
         p.add_argument("--name", help="snapshot name (default: tiny-ENGINE)")
         p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
         p.set_defaults(run=_build, kind=kind)
@@ -337,8 +351,15 @@ def _generate(args) -> int:
     if not model:
         raise RequestError(f"no model given: pass --model NAME or set {args.kind}.model in params.yaml.")
     flags = {name: getattr(args, name) for name, _ in options(request_type(args.kind))}
-    request = defaults.request_for(tuple(args.prompts), seed=args.seed, **flags)
+    prompts = _prompts_or_text(args.prompts, getattr(args, "from_text", None))
+    request = defaults.request_for(prompts, seed=args.seed, **flags)
     ideas = None
+    if not isinstance(prompts, tuple) and any(
+        (args.genre, args.mood, args.tempo_bpm, args.key, args.instruments)
+    ):
+        raise RequestError(
+            "--genre, --mood, --tempo, --key and --instrument shape typed prompts, not --from-text."
+        )
     if any((args.genre, args.mood, args.tempo_bpm, args.key, args.instruments)):
         ideas = [
             Idea(p, genre=args.genre, mood=args.mood, tempo_bpm=args.tempo_bpm, key=args.key,
@@ -356,6 +377,99 @@ def _generate(args) -> int:
         bar.close()
     _print_generated(wb, done)
     return 0
+
+
+def _prompts_or_text(words: Sequence[str], from_text: str | None):
+    """The typed prompts, or the text artifact named by --from-text (ID or ID/FILE), not both."""
+    from harmonia.generation import From
+
+    if from_text is None:
+        if not words:
+            raise RequestError("give a PROMPT, or --from-text ID to take it from a text artifact.")
+        return tuple(words)
+    if words:
+        raise RequestError("give a PROMPT or --from-text ID, not both.")
+    artifact, _, file = from_text.partition("/")
+    return From(artifact, file or None)
+
+
+def _write(args) -> int:
+    """`harmonia write TASK IDEA...`: a language model writes; print the text and the artifact id."""
+    from harmonia.defaults import kind_defaults
+    from harmonia.generation import generate
+    from harmonia.requests import TextRequest, options
+
+    wb = Workbench.open()
+    defaults = kind_defaults(wb, "text")
+    model = args.model or defaults.model
+    if not model:
+        raise RequestError("no model given: pass --model NAME or set text.model in params.yaml.")
+    flags = {name: getattr(args, name) for name, _ in options(TextRequest) if name != "task"}
+    idea = _prompts_or_text(args.idea, args.from_text)
+    request = defaults.request_for(idea, seed=args.seed, task=args.task, **flags)
+    settings = defaults.run_settings()
+    settings.update(
+        {k: v for k, v in {"device": args.device, "threads": args.threads}.items() if v is not None}
+    )
+    bar = _Steps("writing")
+    try:
+        done = generate(wb, model, request, force=args.force, progress=bar, **settings)
+    finally:
+        bar.close()
+    art, m = done.artifact, done.artifact.manifest
+    out = m.outputs[0]
+    for line in art.file(out).read_text(encoding="utf-8").rstrip("\n").split("\n"):
+        print(printable(line))  # model-written text is escaped like any user text
+    if done.cached:
+        print(f"cached: artifact {art.id} (the identical request was made before; --force asks again)")
+    else:
+        tokens = m.engine.details.get("new_tokens")
+        print(
+            f"written: artifact {art.id} ({args.task}, {art.model}, seed {art.seed}, "
+            f"{tokens if tokens is not None else '?'} tokens, {m.timings.generate_s:.1f} s) "
+            f"{_rel(wb, art.path / out.path).rstrip('/')}"
+        )
+    if m.engine.details.get("reproducible") is False:
+        print(f"  not reproducible: {m.engine.details.get('why_not_reproducible')}")
+    return 0
+
+
+def _add_write_command(commands) -> None:
+    from harmonia.requests import TEXT_TASKS, TextRequest, limits, options
+
+    group = commands.add_parser(
+        "write", help="a language model writes a prompt, lyrics, a shot list or sfx prompts"
+    )
+    sub = group.add_subparsers(title="tasks", metavar="TASK", required=True)
+    helps = {
+        "prompt": "an idea to one music prompt",
+        "lyrics": "an idea to lyrics with section tags ([verse], [chorus], ...) that fit --duration",
+        "shots": "an idea and a track (--track or --duration, --sections) to a JSON shot list",
+        "sfx": "a scene to a JSON list of --count sample prompts",
+    }
+    bounds = limits(TextRequest)
+    for task in TEXT_TASKS:
+        p = sub.add_parser(task, help=helps[task])
+        p.add_argument("idea", nargs="*", metavar="IDEA", help="what to write about (words are joined)")
+        p.add_argument(
+            "--from-text", metavar="ID[/FILE]", help="take the idea from a text artifact (a parent)"
+        )
+        p.add_argument("--model", help="a text model from params.yaml (default: text.model there)")
+        p.add_argument("--seed", type=int, help="random seed (default: drawn and recorded)")
+        for name, meta in options(TextRequest):
+            if name == "task":
+                continue
+            bound = bounds.get(name)
+            kind = (int if bound.integer else float) if bound else str
+            extra = f" [{bound.low:g}, {bound.high:g}] {bound.unit}".rstrip() if bound else ""
+            p.add_argument(meta["flag"], dest=name, type=kind, metavar=meta.get("metavar"),
+                           help=f"{meta.get('help') or name.replace('_', ' ')}{extra} (default: text.{name})")  # fmt: skip
+        p.add_argument("--force", action="store_true", help="ask again even if the identical artifact exists")
+        p.add_argument("--device", help="auto (default), cpu, cuda, mps")
+        p.add_argument(
+            "--threads", type=int, help="CPU threads (default: all cores); recorded, they change the bits"
+        )
+        p.set_defaults(run=_write, task=task)
 
 
 def _print_generated(wb: Workbench, done) -> None:
@@ -437,7 +551,9 @@ def _artifacts_show(args) -> int:
         print(json.dumps(m.to_json(), indent=2, ensure_ascii=False))
         return 0
     model, rt, t = m.model, m.runtime, m.timings
-    revision = model.revision or f"synthetic seed {model.seed}"
+    revision = model.revision or (
+        f"synthetic seed {model.seed}" if model.source == "synthetic" else model.source
+    )
     print(f"artifact {art.id}  ({m.kind}, created {art.created}, schema {m.schema})")
     print(f"  path      {_rel(wb, art.path)}")
     print(
@@ -489,7 +605,7 @@ def _reproduce(args) -> int:
             print(f"  {o.path}: max abs difference {o.max_abs_diff:.3g}, SNR {o.snr_db:.1f} dB")
     for d in verdict.differences:
         print(f"  differs: {d}")
-    return 0 if verdict.identical else EXIT_FAILED
+    return 0 if verdict.verified else EXIT_FAILED
 
 
 def _doctor(args) -> int:

@@ -4,7 +4,8 @@ the CLI, the studio, the pipeline and the notebooks.
 A kind's section (``music:`` for music) may hold: ``model``; any field of the kind's request
 type (``duration_s``, ``temperature``, ``extend_stride_s``, ...); output settings (``format``,
 ``normalize_lufs``); runtime settings (``device``, ``dtype``, ``threads``, ``precision``); and
-``batch_size`` (the pipeline's prompts per generation). Anything else is refused with the
+``batch_size`` (the pipeline's prompts per generation); and, for a kind whose requests have a
+``task`` and a ``template`` (text), ``templates`` (task -> template). Anything else is refused with the
 list of what is allowed. Values are checked by the engine's own checks when the request is
 made, so a bad default fails the same way as a bad flag.
 
@@ -24,7 +25,7 @@ from harmonia.workbench import Workbench, check_section
 
 OUTPUT_KEYS = {"format": "format", "normalize_lufs": "normalize_lufs"}
 RUNTIME_KEYS = ("device", "dtype", "threads", "precision")
-OTHER_KEYS = ("model", "batch_size")
+OTHER_KEYS = ("model", "batch_size", "templates")
 DEFAULT_BATCH = 8
 
 
@@ -38,6 +39,7 @@ class KindDefaults:
     output: OutputSettings = OutputSettings()
     runtime: Runtime = Runtime()
     batch_size: int = DEFAULT_BATCH
+    templates: dict[str, str] = field(default_factory=dict)  # task -> template (text)
 
     def run_settings(self) -> dict[str, Any]:
         """Keyword arguments of :func:`harmonia.generation.generate` for output and runtime."""
@@ -54,6 +56,11 @@ class KindDefaults:
     def request_for(self, prompts: Any, seed: int | None = None, **overrides: Any) -> Any:
         """The kind's request: these defaults, then ``overrides`` (None values keep the default)."""
         chosen = {**self.request, **{k: v for k, v in overrides.items() if v is not None}}
+        task = chosen.get("task")
+        if task is None and "task" in {f.name for f in fields(request_type(self.kind))}:
+            task = next(f.default for f in fields(request_type(self.kind)) if f.name == "task")
+        if chosen.get("template") is None and task in self.templates:
+            chosen["template"] = self.templates[task]
         return request_type(self.kind)(prompts, seed=seed, **chosen)
 
 
@@ -75,6 +82,13 @@ def kind_defaults(wb: Workbench, kind: str) -> KindDefaults:
         raise ParamsError(
             f"{where}.batch_size must be a whole number >= 1 (prompts per generation), got {batch!r}."
         )
+    templates = section.get("templates") or {}
+    if not isinstance(templates, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in templates.items()
+    ):
+        raise ParamsError(f"{where}.templates must map task names to template text, got {templates!r:.80}.")
+    if templates and "template" not in req_fields:
+        raise ParamsError(f"{where}.templates is not a setting of {kind}: its requests take no template.")
     return KindDefaults(
         kind=kind,
         model=model,
@@ -82,4 +96,5 @@ def kind_defaults(wb: Workbench, kind: str) -> KindDefaults:
         output=OutputSettings(section.get("format", "wav"), section.get("normalize_lufs")),
         runtime=Runtime(*(section.get(k) for k in RUNTIME_KEYS[:3]), section.get("precision") or "exact"),
         batch_size=batch,
+        templates=dict(templates),
     )

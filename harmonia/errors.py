@@ -136,3 +136,26 @@ class RemoteCodeError(VerificationError):
         code from the model's repo. Harmonia never runs remote code: pick a model whose
         architecture transformers or diffusers ship.
     """
+
+
+class EndpointError(HarmoniaError, ConnectionError):
+    """An OpenAI-compatible text server that could not be reached or did not answer properly.
+
+    The message names the server's URL, never the key. Nothing was written.
+
+    Example message:
+        The text server at http://127.0.0.1:8000/v1 refused the connection (is it running?).
+        Start it (e.g. `transformers serve`) or fix models.local-lm.endpoint in params.yaml.
+        Nothing was written.
+    """
+
+
+class OutputError(HarmoniaError, ValueError):
+    """A language model's answer that fails its task's check; no artifact was made.
+
+    Example message:
+        lyrics: the model's answer failed the check: the sections are [verse], [chorus] but the
+        structure asks for verse, chorus, bridge, chorus. No artifact was made; the raw answer
+        is kept in .harmonia/rejected/lyrics-3f0c8a4b2d1e.txt. Try another seed or model, or
+        edit text.templates.lyrics in params.yaml.
+    """

@@ -118,6 +118,11 @@ def fetch(
         raise FetchError(
             f"{kind.capitalize()} '{name}' is built in code, not fetched. Run: {how_to_get(spec, kind, name)}"
         )
+    if spec.remote:
+        raise FetchError(
+            f"Model '{name}' is served by {spec.endpoint}, not fetched: there are no weights to download. "
+            "Generate with it directly."
+        )
     assert spec.repo is not None
     endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
     if constants.HF_HUB_OFFLINE:

@@ -43,7 +43,7 @@ class FileEntry:
 class Source:
     """Where a snapshot's bytes came from."""
 
-    type: str  # "huggingface" or "synthetic"
+    type: str  # "huggingface", "synthetic" (or "endpoint", in memory only)
     # huggingface: the repo and the 40-hex commit its revision resolved to
     repo: str | None = None
     repo_type: str | None = None
@@ -53,6 +53,9 @@ class Source:
     builder: str | None = None
     seed: int | None = None
     versions: dict[str, str] | None = None
+    # endpoint (never on disk: a model served by an OpenAI-compatible server): its base URL;
+    # repo is then the model name sent to it
+    endpoint: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}

@@ -18,6 +18,9 @@ from harmonia.errors import RequestError
 MAX_DURATION_S = 300.0
 MAX_PROMPT_CHARS = 2000
 MAX_TOP_K = 65536  # above the codebook size every token is kept
+MAX_IDEA_CHARS = 20_000  # a text request's idea; the model's context may allow fewer (the engine says)
+MAX_NEW_TOKENS = 8192
+TEXT_TASKS = ("prompt", "lyrics", "shots", "sfx")
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,7 @@ class MusicRequest:
     )  # fmt: skip
 
     INPUTS: ClassVar[tuple[str, ...]] = ("melody", "continuation")  # media inputs, kept by sha256
+    TEXT_INPUTS: ClassVar[tuple[str, ...]] = ("prompts",)  # may come From a text artifact (role "text")
 
     def __post_init__(self) -> None:
         if isinstance(self.prompts, str):
@@ -179,3 +183,80 @@ class MusicRequest:
             raise RequestError(f"request field 'prompts' must be a list of strings, got {prompts!r:.60}.")
         fields_ = {k: data[k] for k in known if k in data}
         return cls(**{**fields_, "prompts": tuple(prompts)}, **{r: inputs.get(r) for r in cls.INPUTS})
+
+
+@dataclass(frozen=True)
+class TextRequest:
+    """Ask a language model to write: a music prompt, lyrics, a shot list or sample prompts.
+
+    ``template`` is the task's template (params.yaml ``text.templates.TASK``, filled with the
+    fields below); None takes the built-in one. The idea may come from another text
+    artifact (``From(id)``, which becomes a parent with role "text").
+
+    Example:
+        >>> TextRequest("rain on a tin roof, lo-fi", task="lyrics", duration_s=60, seed=0).task
+        'lyrics'
+    """
+
+    # what to write about, and what to write
+    idea: Any  # text, or From(a text artifact)
+    task: str = option("prompt", flag="--task", help="prompt, lyrics, shots or sfx")
+    seed: int | None = None  # None: drawn at random and recorded (greedy decoding does not use it)
+    # what the tasks need
+    duration_s: float | None = limit(
+        None, 0, MAX_DURATION_S, "seconds", low_open=True, step=1.0, flag="--duration",
+        help="lyrics: the song's length; shots: the track's (default: the --track's)",
+    )  # fmt: skip
+    structure: str | None = option(
+        None,
+        flag="--structure",
+        help="lyrics: sections in order, e.g. 'verse chorus verse chorus bridge chorus'",
+    )
+    sections: str | None = option(
+        None, flag="--sections", help="shots: the track's sections or beats, e.g. '0-12 intro, 12-40 verse'"
+    )
+    count: int = limit(
+        5, 1, 50, "prompts", integer=True, step=1, flag="--count", help="sfx: how many sample prompts"
+    )
+    # decoding
+    max_new_tokens: int = limit(
+        512, 1, MAX_NEW_TOKENS, "tokens", integer=True, step=16, flag="--max-tokens", help="longest answer"
+    )
+    temperature: float = limit(
+        0.0, 0, 2, "(0: greedy, the same answer every time)", step=0.05, flag="--temperature"
+    )
+    top_p: float = limit(1.0, 0, 1, "(1.0 turns it off)", low_open=True, step=0.01, flag="--top-p")
+    # the task's template, with its placeholders ({idea}, {duration_s}, ...); None: the built-in one
+    template: str | None = None
+    # a media input: the track a shot list is cut to (shots)
+    track: Any = option(
+        None, flag="--track", metavar="FILE|ID", help="shots: the song or music the shots cut to"
+    )
+
+    INPUTS: ClassVar[tuple[str, ...]] = ("track",)
+    TEXT_INPUTS: ClassVar[tuple[str, ...]] = ("idea",)
+    _FIELDS: ClassVar[tuple[str, ...]] = (
+        "task", "idea", "seed", "duration_s", "structure", "sections", "count", "max_new_tokens",
+        "temperature", "top_p", "template",
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        if isinstance(self.idea, tuple | list) and all(isinstance(w, str) for w in self.idea):
+            object.__setattr__(self, "idea", " ".join(self.idea))  # the CLI's words
+
+    def to_json(self, inputs: dict[str, dict | None]) -> dict[str, Any]:
+        """The JSON form; ``inputs`` gives the track's record (by sha256) or None."""
+        data = {name: getattr(self, name) for name in self._FIELDS}
+        for name in ("duration_s", "temperature", "top_p"):
+            data[name] = None if data[name] is None else float(data[name])
+        return {**data, "track": inputs.get("track")}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], inputs: dict[str, Any]) -> TextRequest:
+        """The request of a JSON form, its track given (``inputs``: role -> Audio)."""
+        unknown = set(data) - set(cls._FIELDS) - set(cls.INPUTS)
+        if unknown:
+            raise RequestError(
+                f"request field {sorted(unknown)[0]!r} is not a text request field; known: {', '.join(cls._FIELDS)}."
+            )
+        return cls(**{k: data[k] for k in cls._FIELDS if k in data}, track=inputs.get("track"))

@@ -433,6 +433,8 @@ def list_snapshots(wb: Workbench, kind: Kind) -> list[SnapshotStatus]:
         folder = wb.snapshot_dir(kind, name)
         last = _State(wb, kind, name).load()["last"] or {}
         source = f"hf:{spec.repo}" if spec and spec.repo else (f"synthetic:{spec.builder}" if spec else "-")
+        if spec is not None and spec.remote:  # served by an endpoint: there is no snapshot to have
+            source = f"endpoint:{spec.endpoint}"
         row = dict(
             name=name,
             kind=kind,
@@ -442,7 +444,7 @@ def list_snapshots(wb: Workbench, kind: Kind) -> list[SnapshotStatus]:
             revision=None,
             size=None,
             license=spec.license if spec else None,
-            verified="missing",
+            verified="remote" if spec is not None and spec.remote else "missing",
             verified_at=None,
         )
         if (folder / INVENTORY_FILE).is_file():

@@ -237,18 +237,70 @@ def build_musicgen_stereo(out: Path) -> None:
     build_musicgen(out, channels=2)
 
 
+# A chat template in Qwen2's shape (ChatML), short enough for a byte-level tokenizer's context.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+LM_CONTEXT = 2048  # byte-level: one token per byte; room for a template, an idea and an answer
+LM_SPEAKS = string.ascii_lowercase + " "  # the tiny LM's answers use these bytes only
+
+
+def build_lm(out: Path) -> None:
+    """transformers Qwen2 causal LM (a small instruct model's architecture) with a byte-level tokenizer.
+
+    The tokenizer has the 256 byte-level symbols and ChatML's special tokens, no merges (one
+    token per byte), and a chat template. The output head is zero except for lowercase
+    letters, space and ``<|im_end|>``, so the random model's answers are printable words
+    (a prompt its task's check can accept) and the code path from snapshot to artifact is
+    the real one.
+    """
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    symbols = sorted(ByteLevel.alphabet())
+    vocab = {tok: i for i, tok in enumerate(symbols + specials)}
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab, merges=[], eos_token="<|im_end|>", pad_token="<|endoftext|>", model_max_length=LM_CONTEXT
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": specials[1:]})
+    tokenizer.chat_template = CHAT_TEMPLATE
+    config = Qwen2Config(
+        vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=LM_CONTEXT,
+        tie_word_embeddings=False, bos_token_id=None, eos_token_id=vocab["<|im_end|>"],
+        pad_token_id=vocab["<|endoftext|>"],
+    )  # fmt: skip
+    model = Qwen2ForCausalLM(config).eval()
+    speaks = [tokenizer.convert_tokens_to_ids(tokenizer.tokenize(c))[0] for c in LM_SPEAKS]
+    with torch.no_grad():
+        head = model.lm_head.weight
+        keep = torch.zeros(head.shape[0], dtype=torch.bool)
+        keep[[*speaks, vocab["<|im_end|>"]]] = True
+        head.normal_(0.0, 1.0)
+        head[~keep] = 0.0
+    model.generation_config = GenerationConfig(
+        eos_token_id=vocab["<|im_end|>"], pad_token_id=vocab["<|endoftext|>"], do_sample=False
+    )
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "musicgen": build_musicgen,
     "musicgen-stereo": build_musicgen_stereo,
     "musicgen-melody": build_musicgen_melody,
     "clap": build_clap,
+    "lm": build_lm,
 }
-DEFAULT_NAMES = {name: f"tiny-{name}" for name in BUILDERS}
+DEFAULT_NAMES = {name: f"tiny-{name}" for name in BUILDERS}  # "lm" -> tiny-lm
 BUILDER_ENGINES = {
     "musicgen": "musicgen",
     "musicgen-stereo": "musicgen",
     "musicgen-melody": "musicgen",
     "clap": "clap",
+    "lm": "text",
 }
 
 

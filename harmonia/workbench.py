@@ -38,14 +38,24 @@ _SPEC_KEYS = {
     "builder",
     "seed",
     "description",
+    # a model served by an OpenAI-compatible server instead of a snapshot (the text engine)
+    "endpoint",
+    "served_model",
+    "timeout_s",
+    "api_key_env",
 }
+_URL = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,99}$")
 # Fields that hold one word or line of text, and how messages describe them.
 _TEXT_FIELDS = {
     "builder": "a tiny builder name such as 'musicgen'",
     "engine": "an engine name such as 'musicgen'",
     "license": "a license id such as 'mit' or 'cc-by-nc-4.0'",
     "description": "one line of text",
+    "served_model": "the model name the server knows, such as 'Qwen/Qwen2.5-0.5B-Instruct'",
 }
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_API_KEY_ENV = "HARMONIA_TEXT_API_KEY"
 
 
 def plural(kind: Kind) -> str:
@@ -71,11 +81,21 @@ class SnapshotSpec:
     # what it is for
     engine: str | None = None
     license: str | None = None
+    # or no snapshot at all: a model answered by an OpenAI-compatible server at this base URL
+    endpoint: str | None = None
+    served_model: str | None = None  # the model name sent to the server
+    timeout_s: float = DEFAULT_TIMEOUT_S  # per request
+    api_key_env: str = DEFAULT_API_KEY_ENV  # the variable (environment, then .env) holding the key
 
     @property
     def synthetic(self) -> bool:
         """True for snapshots built in code by a tiny builder rather than fetched."""
         return self.builder is not None
+
+    @property
+    def remote(self) -> bool:
+        """True for a model served by an endpoint: nothing to fetch, build or verify."""
+        return self.endpoint is not None
 
 
 @dataclass(frozen=True)
@@ -248,9 +268,13 @@ def _parse_spec(kind: Kind, name: str, entry: Any) -> SnapshotSpec:
             raise ParamsError(
                 f"{where}.{key} must be {what}, got {_a(value)} ({value!r:.60}). Fix the entry in params.yaml."
             )
-    repo, builder = entry.get("repo"), entry.get("builder")
-    if (repo is None) == (builder is None):
-        raise ParamsError(f"{where} needs exactly one of 'repo' (a hub repo) or 'builder' (a tiny builder).")
+    repo, builder, endpoint = entry.get("repo"), entry.get("builder"), entry.get("endpoint")
+    if sum(x is not None for x in (repo, builder, endpoint)) != 1:
+        raise ParamsError(
+            f"{where} needs exactly one of 'repo' (a hub repo), 'builder' (a tiny builder) or "
+            "'endpoint' (an OpenAI-compatible server's base URL)."
+        )
+    remote = _parse_remote(where, entry) if endpoint is not None else {}
     if repo is not None and (not isinstance(repo, str) or not _REPO.match(repo)):
         raise ParamsError(f"{where}.repo must be 'owner/name', got {repo!r}.")
     revision = entry.get("revision")
@@ -270,7 +294,41 @@ def _parse_spec(kind: Kind, name: str, entry: Any) -> SnapshotSpec:
         ignore_patterns=_patterns(where, "ignore_patterns", entry.get("ignore_patterns")) or (),
         engine=entry.get("engine"),
         license=entry.get("license"),
+        **remote,
     )
+
+
+def _parse_remote(where: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a model served by an endpoint, checked (no key is ever read from params.yaml)."""
+    endpoint = entry["endpoint"]
+    if not isinstance(endpoint, str) or not _URL.match(endpoint):
+        raise ParamsError(
+            f"{where}.endpoint must be the server's base URL, such as 'http://127.0.0.1:8000/v1', "
+            f"got {endpoint!r:.80}."
+        )
+    if entry.get("served_model") is None:
+        raise ParamsError(
+            f"{where} has an endpoint but no 'served_model': name the model the server should answer "
+            "with (its /v1/models lists them)."
+        )
+    timeout = entry.get("timeout_s", DEFAULT_TIMEOUT_S)
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not 0 < timeout <= 3600:
+        raise ParamsError(f"{where}.timeout_s must be seconds in (0, 3600], got {timeout!r}.")
+    key_env = entry.get("api_key_env", DEFAULT_API_KEY_ENV)
+    if not isinstance(key_env, str) or not _ENV_NAME.match(key_env):
+        raise ParamsError(
+            f"{where}.api_key_env must name an environment variable (such as {DEFAULT_API_KEY_ENV}), "
+            f"got {key_env!r:.60}; the key itself goes in the environment or .env, never in params.yaml."
+        )
+    for key in ("repo", "revision", "allow_patterns", "ignore_patterns", "builder", "seed"):
+        if key in entry:
+            raise ParamsError(f"{where}.{key} makes no sense for a model served by an endpoint; remove it.")
+    return {
+        "endpoint": endpoint.rstrip("/"),
+        "served_model": entry["served_model"],
+        "timeout_s": float(timeout),
+        "api_key_env": key_env,
+    }
 
 
 def _patterns(where: str, key: str, value: Any) -> tuple[str, ...] | None:

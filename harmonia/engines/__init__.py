@@ -19,6 +19,7 @@ from harmonia.errors import RequestError
 
 ENGINES: dict[str, str] = {
     "musicgen": "harmonia.engines.musicgen:MusicGenEngine",
+    "text": "harmonia.engines.text:TextEngine",
 }
 
 
@@ -34,6 +35,12 @@ class KindInfo:
 
 KINDS: dict[str, KindInfo] = {
     "music": KindInfo("music", "music", "harmonia.requests:MusicRequest", "text (and melody) to music"),
+    "text": KindInfo(
+        "text",
+        "text",
+        "harmonia.requests:TextRequest",
+        "an idea to a prompt, lyrics, shots or sfx (a language model)",
+    ),
 }
 
 

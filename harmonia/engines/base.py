@@ -28,6 +28,8 @@ gallery's) never interleave their steps.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import secrets
 import threading
@@ -42,7 +44,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 
 from harmonia.errors import Cancelled, RequestError, VerificationError
-from harmonia.inventory import Inventory
+from harmonia.inventory import Inventory, Source
 from harmonia.snapshots import require_loadable, require_snapshot
 from harmonia.workbench import SnapshotSpec, Workbench
 
@@ -216,15 +218,42 @@ def pick_threads(threads: int | None) -> int:
     return threads
 
 
+@dataclass(frozen=True)
+class RemoteInventory(Inventory):
+    """What stands for an inventory when a model is served by an endpoint: there are no files.
+
+    Its digest names the server's base URL and the model asked for, so an artifact's id
+    says which server and model answered (never the key). It cannot say which weights the
+    server runs: a remote answer is cached by id but is not reproducible by construction.
+    """
+
+    @property
+    def digest(self) -> str:
+        canon = json.dumps({"endpoint": self.source.endpoint, "served_model": self.source.repo})
+        return hashlib.sha256(canon.encode()).hexdigest()
+
+
+def remote_inventory(spec: SnapshotSpec) -> RemoteInventory:
+    """The stand-in inventory of an endpoint model (source type "endpoint": repo = served model)."""
+    source = Source(type="endpoint", repo=spec.served_model, endpoint=spec.endpoint)
+    return RemoteInventory(spec.name, "model", source, spec.license, files=(), created="")
+
+
 def open_snapshot(
     wb: Workbench, name: str, engine: str, allow_pickle: bool = False
-) -> tuple[SnapshotSpec, Path, Inventory]:
-    """A declared model snapshot, present and verified, for ``engine``; clear errors otherwise."""
+) -> tuple[SnapshotSpec, Path | None, Inventory]:
+    """A declared model snapshot, present and verified, for ``engine``; clear errors otherwise.
+
+    A model served by an endpoint (params.yaml ``endpoint:``) has no snapshot: its path is
+    None and its inventory a :class:`RemoteInventory` (nothing to verify, no weights here).
+    """
     spec = wb.spec("model", name)
     if spec.engine is not None and spec.engine != engine:
         raise RequestError(
             f"Model '{name}' is for the {spec.engine} engine, not {engine}. Pick a {engine} model."
         )
+    if spec.remote:
+        return spec, None, remote_inventory(spec)
     path = require_snapshot(wb, "model", name)
     inventory = require_loadable(wb, "model", name)  # verified, and no remote code named
     pickled = [f.path for f in inventory.files if f.path.endswith(PICKLED)]

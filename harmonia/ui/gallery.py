@@ -159,7 +159,7 @@ class Gallery:
         def work() -> str:
             verdict = reproduce(self.wb, art.id, progress=step)
             lines = [verdict.summary(), *(f"differs: {d}" for d in verdict.differences)]
-            return "; ".join(lines), "ok" if verdict.identical else "error"
+            return "; ".join(lines), "ok" if verdict.verified else "error"
 
         return self._task.start(work)
 
