@@ -471,7 +471,9 @@ class TextEngine:
         """Nothing beyond check(): a small LM's memory is its weights (the context is checked there)."""
 
     @classmethod
-    def fast_paths(cls, wb: Workbench, snapshot: Path | None, runtime: Runtime) -> tuple[tuple[str, str], ...]:
+    def fast_paths(
+        cls, wb: Workbench, snapshot: Path | None, runtime: Runtime
+    ) -> tuple[tuple[str, str], ...]:
         """None: the text engine takes transformers' own paths."""
         return ()
 
