@@ -350,3 +350,19 @@ def quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(level)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+_TOKENIZERS: dict[tuple[str, int], Any] = {}
+TOKENIZER_LOCK = threading.Lock()
+"""Held while a shared fast tokenizer is used outside a generation (they are not thread-safe)."""
+
+
+def snapshot_tokenizer(snapshot: Path) -> Any:
+    """The snapshot's tokenizer, loaded once per snapshot folder and config version (for checks)."""
+    from transformers import AutoTokenizer
+
+    key = (str(snapshot), (snapshot / "config.json").stat().st_mtime_ns)
+    if key not in _TOKENIZERS:
+        with quiet_transformers():
+            _TOKENIZERS[key] = AutoTokenizer.from_pretrained(snapshot, local_files_only=True)
+    return _TOKENIZERS[key]

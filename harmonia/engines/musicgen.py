@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,6 +32,7 @@ from harmonia.audio import Audio, conform, from_array, is_silent, read_audio
 from harmonia.calibration import Choice, choose, known
 from harmonia.engines.base import (
     DTYPES,
+    TOKENIZER_LOCK,
     TORCH_LOCK,
     Cancel,
     LoadedModel,
@@ -51,6 +51,7 @@ from harmonia.engines.base import (
     pinned_threads,
     quiet_transformers,
     seeded,
+    snapshot_tokenizer,
 )
 from harmonia.engines.decoding import Sampling, decoder_step, sample_window
 from harmonia.errors import AudioError, RequestError
@@ -439,8 +440,8 @@ class MusicGenEngine:
             f"give at most {max((int(available_memory_bytes() or 0) - weights) // per_take, 0)} prompts per "
             "request (the pipeline's music.batch_size), or shorter clips.",
         )
-        with _TOKENIZER_LOCK:  # a fast tokenizer is not safe to share between threads
-            tokenizer = _tokenizer(snapshot)
+        with TOKENIZER_LOCK:  # a fast tokenizer is not safe to share between threads
+            tokenizer = snapshot_tokenizer(snapshot)
             counts = [len(tokenizer(prompt)["input_ids"]) for prompt in request.prompts]
         for i, count in enumerate(counts):  # the tokenizer would cut a longer prompt silently
             if count > tokenizer.model_max_length:
@@ -657,10 +658,6 @@ class MusicGenEngine:
         return one_hot.T[None]
 
 
-_TOKENIZERS: dict[tuple[str, int], Any] = {}
-_TOKENIZER_LOCK = threading.Lock()
-
-
 def _config_facts(snapshot: Path) -> tuple[dict, int, int]:
     """config.json, the codec's frame rate and the decoder's window in frames."""
     config = json.loads((snapshot / "config.json").read_text(encoding="utf-8"))
@@ -692,17 +689,6 @@ def _bytes_per_take(config: dict, request: MusicRequest, window_frames: int, fra
     kv = 2 * decoder["num_hidden_layers"] * rows * frames * decoder["hidden_size"] * 4
     samples = math.ceil(request.duration_s * codec["sampling_rate"]) * decoder.get("audio_channels", 1)
     return kv + samples * codec.get("num_filters", 32) * DECODE_BYTES_PER_FILTER
-
-
-def _tokenizer(snapshot: Path):
-    """The snapshot's tokenizer (loaded once per snapshot folder and config version)."""
-    from transformers import AutoTokenizer
-
-    key = (str(snapshot), (snapshot / "config.json").stat().st_mtime_ns)
-    if key not in _TOKENIZERS:
-        with quiet_transformers():
-            _TOKENIZERS[key] = AutoTokenizer.from_pretrained(snapshot, local_files_only=True)
-    return _TOKENIZERS[key]
 
 
 def used_span(clip: Audio, seconds: float) -> Audio:

@@ -43,6 +43,7 @@ import torch
 from harmonia.audio import Audio, read_audio
 from harmonia.engines.base import (
     DTYPES,
+    TOKENIZER_LOCK,
     TORCH_LOCK,
     Cancel,
     LoadedModel,
@@ -59,6 +60,7 @@ from harmonia.engines.base import (
     pinned_threads,
     quiet_transformers,
     seeded,
+    snapshot_tokenizer,
 )
 from harmonia.errors import EndpointError, OutputError, RequestError
 from harmonia.media import TextTake
@@ -379,7 +381,7 @@ class TextEngine:
             dtype, threads = pick_dtype(runtime.dtype, chosen), pick_threads(runtime.threads)
             model = tokenizer = None
             if path is not None:
-                from transformers import AutoModelForCausalLM
+                from transformers import AutoModelForCausalLM, AutoTokenizer
 
                 with pinned_threads(threads), quiet_transformers():
                     model = AutoModelForCausalLM.from_pretrained(
@@ -387,7 +389,8 @@ class TextEngine:
                         dtype=DTYPES[dtype],
                     )  # fmt: skip
                 model = model.to(chosen).eval()
-                tokenizer = _tokenizer(path)
+                with quiet_transformers():  # its own instance: checks use the shared one
+                    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         loaded = LoadedModel(name, path, spec, inventory, str(chosen), dtype, threads, timer.seconds)
         return cls(loaded, wb.root, model, tokenizer)
 
@@ -607,18 +610,6 @@ class TextEngine:
 
 
 # -- helpers ------------------------------------------------------------------------------------
-_TOKENIZERS: dict[tuple[str, int], Any] = {}
-
-
-def _tokenizer(snapshot: Path):
-    """The snapshot's tokenizer (loaded once per snapshot folder and config version)."""
-    from transformers import AutoTokenizer
-
-    key = (str(snapshot), (snapshot / "config.json").stat().st_mtime_ns)
-    if key not in _TOKENIZERS:
-        with quiet_transformers():
-            _TOKENIZERS[key] = AutoTokenizer.from_pretrained(snapshot, local_files_only=True)
-    return _TOKENIZERS[key]
 
 
 def _context(snapshot: Path) -> int:
@@ -634,11 +625,15 @@ def _context(snapshot: Path) -> int:
 
 def _check_context(request: TextRequest, snapshot: Path) -> None:
     """The chat prompt plus max_new_tokens fit the model's context; RequestError saying the limit otherwise."""
-    tokenizer, context = _tokenizer(snapshot), _context(snapshot)
-    if tokenizer.chat_template is None:
-        raise RequestError(f"model '{snapshot.name}' has no chat template; pick an instruct (chat) model.")
-    count = len(tokenizer.apply_chat_template(messages_of(request), add_generation_prompt=True, tokenize=True,
-                                              return_dict=True)["input_ids"])  # fmt: skip
+    context = _context(snapshot)
+    with TOKENIZER_LOCK:  # a fast tokenizer is not safe to share between threads
+        tokenizer = snapshot_tokenizer(snapshot)
+        if tokenizer.chat_template is None:
+            raise RequestError(
+                f"model '{snapshot.name}' has no chat template; pick an instruct (chat) model."
+            )
+        count = len(tokenizer.apply_chat_template(messages_of(request), add_generation_prompt=True, tokenize=True,
+                                                  return_dict=True)["input_ids"])  # fmt: skip
     if count + request.max_new_tokens > context:
         over = count + request.max_new_tokens - context
         raise RequestError(
