@@ -152,6 +152,7 @@ class OutputRecord:
     width: int | None = None
     height: int | None = None
     fps: float | None = None
+    frame_count: int | None = None
     # text
     characters: int | None = None
 

@@ -1,9 +1,12 @@
 """Takes of media and the one writer per media type.
 
 An engine's result is a tuple of takes: :class:`AudioTake` (float32 ``[channels, samples]``
-and a rate) or :class:`TextTake`. ``write_take`` writes a take into an artifact folder the
-one way its media type is written (audio: WAV or FLAC, optional loudness target, a
-waveform/spectrogram picture; text: UTF-8) and returns its :class:`OutputRecord`. The
+and a rate), :class:`VideoTake` (uint8 frames ``[frames, height, width, 3]``, a frame rate
+and an optional audio track) or :class:`TextTake`. ``write_take`` writes a take into an
+artifact folder the one way its media type is written (audio: WAV or FLAC, optional loudness
+target, a waveform/spectrogram picture; video: an H.264 yuv420p MP4 through PyAV with the
+encoder's threads pinned, so the same frames give the same bytes, the track as AAC, a poster
+frame and a contact sheet; text: UTF-8) and returns its :class:`OutputRecord`. The
 generation path never branches on a kind, only on the media type of a take.
 
 This module knows samples, text and files; it knows nothing about engines or manifests'
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +57,23 @@ class TextTake:
         return None
 
 
-Take = AudioTake | TextTake
+@dataclass(frozen=True, eq=False)
+class VideoTake:
+    """One video take: uint8 RGB frames ``[frames, height, width, 3]`` at ``fps``, and its soundtrack."""
+
+    frames: np.ndarray
+    fps: float
+    audio: AudioTake | None = None
+    prompt: str | None = None
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames.shape[0] / self.fps
+
+
+Take = AudioTake | VideoTake | TextTake
+VIDEO_CRF = 18  # libx264's constant quality (visually near-lossless)
+CONTACT_SHEET_FRAMES = 8
 
 
 def check_output(settings: OutputSettings) -> OutputSettings:
@@ -85,6 +105,8 @@ def write_take(
     """Write ``take-INDEX.<ext>`` (and its picture) into ``folder``; return its record."""
     if isinstance(take, AudioTake):
         return _write_audio(folder, f"take-{index}", take, settings, previews)
+    if isinstance(take, VideoTake):
+        return _write_video(folder, f"take-{index}", take, settings, previews)
     if isinstance(take, TextTake):
         path = folder / f"take-{index}{take.suffix}"
         path.write_text(take.text, encoding="utf-8")
@@ -107,3 +129,84 @@ def _write_audio(
     return OutputRecord(
         path.name, sha256_file(path), "audio", take.prompt, preview, **facts(samples, take.sample_rate)
     )
+
+
+def _write_video(
+    folder: Path, stem: str, take: VideoTake, settings: OutputSettings, previews: bool
+) -> OutputRecord:
+    """An MP4 (H.264 yuv420p, one encoder thread, no timestamps of the clock) and its pictures."""
+    import av
+
+    frames = np.ascontiguousarray(take.frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise TypeError(
+            f"video frames must be uint8 [frames, height, width, 3], got {frames.dtype} {frames.shape}"
+        )
+    count, height, width, _ = frames.shape
+    path = folder / f"{stem}.mp4"
+    rate = Fraction(take.fps).limit_denominator(1001)
+    with av.open(str(path), "w", options={"fflags": "+bitexact"}) as container:
+        video = container.add_stream("libx264", rate=rate)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.thread_count = 1  # the encoder's threads change its bytes: pinned
+        video.options = {"crf": str(VIDEO_CRF), "preset": "medium", "threads": "1"}
+        video.codec_context.flags |= av.codec.context.Flags.bitexact
+        audio_stream, track = None, take.audio
+        if track is not None:
+            samples = track.samples
+            if settings.normalize_lufs is not None:
+                samples = normalize_loudness(samples, track.sample_rate, settings.normalize_lufs)
+            audio_stream = container.add_stream("aac", rate=track.sample_rate)
+            audio_stream.layout = "stereo" if samples.shape[0] == 2 else "mono"
+            audio_stream.codec_context.flags |= av.codec.context.Flags.bitexact
+        for i in range(count):
+            frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
+            frame.pts = i
+            for packet in video.encode(frame):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+        if audio_stream is not None:
+            layout = audio_stream.layout.name
+            pcm = np.ascontiguousarray(np.clip(samples, -1, 1).astype(np.float32))
+            block = 1024
+            for start in range(0, pcm.shape[1], block):
+                chunk = av.AudioFrame.from_ndarray(
+                    np.ascontiguousarray(pcm[:, start : start + block]), format="fltp", layout=layout
+                )
+                chunk.sample_rate, chunk.pts = track.sample_rate, start
+                for packet in audio_stream.encode(chunk):
+                    container.mux(packet)
+            for packet in audio_stream.encode():
+                container.mux(packet)
+    preview = None
+    if previews:
+        preview = _video_pictures(folder, stem, frames)
+    facts_ = {}
+    if take.audio is not None:
+        facts_ = {"sample_rate": take.audio.sample_rate, "channels": int(take.audio.samples.shape[0])}
+    return OutputRecord(
+        path.name, sha256_file(path), "video", take.prompt, preview, duration_s=round(count / take.fps, 6),
+        width=width, height=height, fps=float(take.fps), frame_count=count, **facts_,
+    )  # fmt: skip
+
+
+def _video_pictures(folder: Path, stem: str, frames: np.ndarray) -> str:
+    """``STEM.png`` (the poster: the middle frame) and ``STEM-sheet.png`` (frames spread over the clip)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    poster = folder / f"{stem}.png"
+    plt.imsave(poster, frames[len(frames) // 2], metadata={"Software": None})
+    picks = np.linspace(0, len(frames) - 1, min(CONTACT_SHEET_FRAMES, len(frames))).round().astype(int)
+    columns = min(4, len(picks))
+    rows = -(-len(picks) // columns)
+    height, width = frames.shape[1:3]
+    sheet = np.full((rows * height, columns * width, 3), 255, dtype=np.uint8)
+    for n, i in enumerate(picks):
+        r, c = divmod(n, columns)
+        sheet[r * height : (r + 1) * height, c * width : (c + 1) * width] = frames[i]
+    plt.imsave(folder / f"{stem}-sheet.png", sheet, metadata={"Software": None})
+    return poster.name

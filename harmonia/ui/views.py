@@ -93,6 +93,9 @@ def artifact_view(art: Artifact, takes: int | None = None) -> widgets.VBox:
         if out.media == "audio":
             samples, rate = read_take(art.file(out))
             items += [player(art.file(out)), picture(samples, rate, out.prompt or "")]
+        elif out.media == "video" and out.preview:  # the poster frame; the player comes with the video view
+            data = (art.path / out.preview).read_bytes()
+            items.append(widgets.Image(value=data, format="png", layout=widgets.Layout(max_width="100%")))
         elif out.media == "text":
             text = art.file(out).read_text(encoding="utf-8")
             items.append(widgets.HTML(f"<pre style='white-space:pre-wrap'>{html.escape(text)}</pre>"))
