@@ -12,6 +12,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import ipywidgets as widgets
 
@@ -19,7 +20,7 @@ from harmonia.defaults import kind_defaults
 from harmonia.engines.base import choose_seed
 from harmonia.engines.musicgen import PRECISIONS
 from harmonia.errors import HarmoniaError, RequestError
-from harmonia.generation import Generated, generate
+from harmonia.generation import From, Generated, generate
 from harmonia.prompts import Idea, canonical_prompt
 from harmonia.requests import MusicRequest, limits
 from harmonia.snapshots import list_snapshots
@@ -75,6 +76,21 @@ class Studio:
         self.prompt_preview = widgets.HTML()
         for field in (self.idea, self.genre, self.mood, self.tempo, self.key, self.instruments):
             field.observe(lambda _: self._update_preview(), names="value")
+        # A language model may expand the idea into a prompt (a text artifact, the parent of the music).
+        self.text_defaults = kind_defaults(self.wb, "text")
+        self.writer = widgets.Dropdown(
+            description="writer", style=style, layout=widgets.Layout(width="320px")
+        )
+        self.expand_button = widgets.Button(
+            description="Expand with the LM",
+            icon="pencil",
+            tooltip="a language model writes a prompt from the idea",
+        )
+        self.expand_button.on_click(lambda _: self.expand())
+        self._written: tuple[str, str] | None = (
+            None  # (text artifact id, its text) while the idea is that text
+        )
+        self.refresh_writers()
 
         # 3. Generation parameters.
         self.duration = widgets.BoundedFloatText(value=float(defaults.get("duration_s", 10.0)), min=0.1,
@@ -128,6 +144,7 @@ class Studio:
                 widgets.HTML("<h3 style='margin:0'>Harmonia studio</h3>"),
                 widgets.HBox([self.model, self.refresh_button]),
                 self.idea,
+                widgets.HBox([self.writer, self.expand_button]),
                 widgets.HBox([self.genre, self.mood, self.tempo]),
                 widgets.HBox([self.key, self.instruments]),
                 self.prompt_preview,
@@ -154,12 +171,64 @@ class Studio:
 
     # -- the parts -------------------------------------------------------------------------
     def refresh_models(self, prefer: str | None = None) -> None:
-        """List local model snapshots with their verification state; keep or pick the selection."""
-        rows = [r for r in list_snapshots(self.wb, "model") if r.present]
+        """List local music models with their verification state; keep or pick the selection."""
+        music = {name for name, spec in self.wb.specs("model").items() if _kind_of(spec) == "music"}
+        rows = [r for r in list_snapshots(self.wb, "model") if r.present and r.name in music]
         options = [(f"{r.name}  ({r.verified})", r.name) for r in rows]
         keep = prefer if prefer in {r.name for r in rows} else self.model.value
         self.model.options = options or [("no local models: fetch or build one (see Models)", None)]
         self.model.value = keep if keep in {r.name for r in rows} else (options[0][1] if options else None)
+
+    def refresh_writers(self) -> None:
+        """The language models that can expand an idea: present text snapshots and servers."""
+        specs = self.wb.specs("model")
+        names = [
+            r.name
+            for r in list_snapshots(self.wb, "model")
+            if r.name in specs
+            and _kind_of(specs[r.name]) == "text"
+            and (r.present or r.source.startswith("endpoint"))
+        ]
+        prefer = self.text_defaults.model
+        self.writer.options = names or [("no language model: build tiny-lm or fetch one", None)]
+        self.writer.value = prefer if prefer in names else (names[0] if names else None)
+        self.expand_button.disabled = not names
+
+    def expand(self) -> threading.Thread | None:
+        """A language model writes a prompt from the idea, in a worker thread; the text replaces the
+        idea, editable, and while it is left as written the music names the text artifact as its parent."""
+        if self._task.running:
+            return None
+        try:
+            if not self.writer.value:
+                raise RequestError(
+                    "no language model: build one (harmonia models tiny lm) or fetch one, then refresh."
+                )
+            if not self.idea.value.strip():
+                raise RequestError("idea is empty: write a few words for the language model to expand.")
+            request = self.text_defaults.request_for(
+                self.idea.value, seed=int(self.seed.value), task="prompt"
+            )
+        except HarmoniaError as exc:
+            self.status.value = status_html(str(exc), "error")
+            return None
+        self._stop.clear()
+        self.generate_button.disabled = self.expand_button.disabled = True
+        self.stop_button.disabled = False
+        model, settings = self.writer.value, self.text_defaults.run_settings()
+
+        def work() -> str:
+            done = generate(self.wb, model, request, progress=self._on_step, cancel=self._stop, **settings)
+            text = done.artifact.file(done.artifact.outputs[0]).read_text(encoding="utf-8").strip()
+            self.idea.value = text
+            self._written = (done.artifact.id, text)
+            return f"{model} wrote the prompt (artifact {done.artifact.id}); edit it, or generate with it as it is."
+
+        def finished() -> None:
+            self.generate_button.disabled, self.stop_button.disabled = False, True
+            self.expand_button.disabled = not self.writer.value
+
+        return self._task.start(work, finished)
 
     def _idea(self) -> Idea:
         tempo = self.tempo.value.strip()
@@ -209,13 +278,17 @@ class Studio:
         path.write_bytes(data)
         return str(path)
 
-    def build_request(self) -> tuple[str, MusicRequest, list[Idea]]:
+    def build_request(self) -> tuple[str, MusicRequest, list[Idea] | None]:
         """The model, request and idea the current field values describe (RequestError if they are off)."""
         if not self.model.value:
             raise RequestError("no model selected: fetch a model or build a tiny one, then refresh the list.")
         idea = self._idea()
+        prompts: Any = (canonical_prompt(idea),)
+        written = self._written is not None and prompts == (self._written[1],)
+        if written:  # the language model's words, untouched: the text artifact is the parent
+            prompts = From(self._written[0])
         request = self.defaults.request_for(
-            (canonical_prompt(idea),),
+            prompts,
             seed=int(self.seed.value),
             duration_s=float(self.duration.value),
             temperature=float(self.temperature.value),
@@ -225,7 +298,7 @@ class Studio:
             melody=self._upload(self.melody, "melody"),
             continuation=self._upload(self.continuation, "continuation"),
         )
-        return self.model.value, request, [idea]
+        return self.model.value, request, None if written else [idea]
 
     # -- actions ---------------------------------------------------------------------------
     def generate(self) -> threading.Thread | None:
@@ -276,3 +349,10 @@ class Studio:
     def wait(self, timeout: float | None = None) -> None:
         """Block until the running generation (if any) has finished."""
         self._task.wait(timeout)
+
+
+def _kind_of(spec) -> str | None:
+    """The kind of artifact a model's engine makes (None when its engine is unknown or not a generator)."""
+    from harmonia.engines import ENGINES, engine_class
+
+    return engine_class(spec.engine).kind if spec.engine in ENGINES else None

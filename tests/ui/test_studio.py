@@ -10,6 +10,7 @@ import soundfile as sf
 from harmonia.artifacts import list_artifacts
 from harmonia.engines.musicgen import MusicRequest
 from harmonia.ui import Studio
+from harmonia.workbench import Workbench
 
 RATE = 32_000
 
@@ -162,3 +163,39 @@ def _upload(name: str, data: bytes) -> dict:
         "content": memoryview(data),
         "last_modified": dt.datetime.now(dt.UTC),
     }
+
+
+def test_the_language_model_expands_the_idea_and_becomes_the_parent(music_wb):
+    """The "Expand with the LM" button: the text appears, editable; left as written, the music names
+    the text artifact as its parent (role text); edited, the words are the user's own."""
+    from harmonia.tiny import build_tiny
+
+    params = music_wb.root / "params.yaml"
+    params.write_text(
+        params.read_text().replace(
+            "models:\n", "models:\n  tiny-lm: {builder: lm, seed: 0, engine: text, license: mit}\n", 1
+        )
+        + "text:\n  model: tiny-lm\n  max_new_tokens: 24\n"
+    )
+    wb = Workbench.open(music_wb.root)
+    build_tiny(wb, "lm", name="tiny-lm")
+    studio = Studio(wb, model="tiny-musicgen")
+    assert studio.writer.value == "tiny-lm" and "tiny-lm" not in dict((v, k) for k, v in studio.model.options)
+    studio.idea.value = "rain on a tin roof"
+    studio.expand_button.click()
+    studio.wait(120)
+    (text,) = list_artifacts(wb)
+    assert text.kind == "text" and "wrote the prompt (artifact " in studio.status.value
+    assert studio.idea.value == text.file(text.outputs[0]).read_text(encoding="utf-8").strip()
+    studio.duration.value, studio.seed.value = 0.5, 4
+    studio.generate_button.click()
+    studio.wait(120)
+    music = studio.last.artifact
+    (parent,) = music.manifest.parents
+    assert (parent.id, parent.role, parent.kind) == (text.id, "text", "text")
+    studio.idea.value = studio.idea.value + " with strings"  # edited: the user's words, no parent
+    _, request, ideas = studio.build_request()
+    assert ideas is not None and isinstance(request.prompts, tuple)
+    studio.idea.value = ""
+    studio.expand_button.click()
+    assert "idea is empty: write a few words for the language model to expand." in studio.status.value
