@@ -85,6 +85,7 @@ class Studio:
             description="Expand with the LM",
             icon="pencil",
             tooltip="a language model writes a prompt from the idea",
+            layout=widgets.Layout(width="190px"),
         )
         self.expand_button.on_click(lambda _: self.expand())
         self._written: tuple[str, str] | None = (
@@ -182,13 +183,13 @@ class Studio:
     def refresh_writers(self) -> None:
         """The language models that can expand an idea: present text snapshots and servers."""
         specs = self.wb.specs("model")
-        names = [
-            r.name
+        rows = [
+            r
             for r in list_snapshots(self.wb, "model")
-            if r.name in specs
-            and _kind_of(specs[r.name]) == "text"
-            and (r.present or r.source.startswith("endpoint"))
+            if r.name in specs and _kind_of(specs[r.name]) == "text"
         ]
+        local = [r.name for r in rows if r.present]  # models on disk first, then servers (which may be down)
+        names = local + [r.name for r in rows if not r.present and r.source.startswith("endpoint")]
         prefer = self.text_defaults.model
         self.writer.options = names or [("no language model: build tiny-lm or fetch one", None)]
         self.writer.value = prefer if prefer in names else (names[0] if names else None)
