@@ -3,8 +3,9 @@ the CLI, the studio, the pipeline and the notebooks.
 
 A kind's section (``music:`` for music) may hold: ``model``; any field of the kind's request
 type (``duration_s``, ``temperature``, ``extend_stride_s``, ...); output settings (``format``,
-``normalize_lufs``); runtime settings (``device``, ``dtype``, ``threads``, ``precision``); and
-``batch_size`` (the pipeline's prompts per generation). Anything else is refused with the
+``normalize_lufs``); runtime settings (``device``, ``dtype``, ``threads``, ``precision``);
+``batch_size`` (the pipeline's prompts per generation); and ``prompts`` (a list of prompts for
+the kind's pipeline stage, e.g. the samples stage's pack). Anything else is refused with the
 list of what is allowed. Values are checked by the engine's own checks when the request is
 made, so a bad default fails the same way as a bad flag.
 
@@ -24,7 +25,7 @@ from harmonia.workbench import Workbench, check_section
 
 OUTPUT_KEYS = {"format": "format", "normalize_lufs": "normalize_lufs"}
 RUNTIME_KEYS = ("device", "dtype", "threads", "precision")
-OTHER_KEYS = ("model", "batch_size")
+OTHER_KEYS = ("model", "batch_size", "prompts")
 DEFAULT_BATCH = 8
 
 
@@ -38,6 +39,7 @@ class KindDefaults:
     output: OutputSettings = OutputSettings()
     runtime: Runtime = Runtime()
     batch_size: int = DEFAULT_BATCH
+    prompts: tuple[str, ...] = ()  # the kind's pipeline stage's prompt list
 
     def run_settings(self) -> dict[str, Any]:
         """Keyword arguments of :func:`harmonia.generation.generate` for output and runtime."""
@@ -75,6 +77,9 @@ def kind_defaults(wb: Workbench, kind: str) -> KindDefaults:
         raise ParamsError(
             f"{where}.batch_size must be a whole number >= 1 (prompts per generation), got {batch!r}."
         )
+    prompts = section.get("prompts", [])
+    if not isinstance(prompts, list) or not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise ParamsError(f"{where}.prompts must be a list of prompts (non-empty text), got {prompts!r}.")
     return KindDefaults(
         kind=kind,
         model=model,
@@ -82,4 +87,5 @@ def kind_defaults(wb: Workbench, kind: str) -> KindDefaults:
         output=OutputSettings(section.get("format", "wav"), section.get("normalize_lufs")),
         runtime=Runtime(*(section.get(k) for k in RUNTIME_KEYS[:3]), section.get("precision") or "exact"),
         batch_size=batch,
+        prompts=tuple(prompts),
     )

@@ -19,6 +19,8 @@ from harmonia.errors import RequestError
 
 ENGINES: dict[str, str] = {
     "musicgen": "harmonia.engines.musicgen:MusicGenEngine",
+    "stable-audio": "harmonia.engines.stable_audio:StableAudioEngine",
+    "slicer": "harmonia.engines.slicer:SlicerEngine",  # no weights: audio -> sample pack
 }
 
 
@@ -30,10 +32,21 @@ class KindInfo:
     section: str  # params.yaml's section of defaults (and the CLI's `generate KIND`)
     request: str  # "module:Class" of the request dataclass
     help: str
+    prompted: bool = True  # made from prompts: `harmonia generate KIND PROMPT...` exists
 
 
 KINDS: dict[str, KindInfo] = {
     "music": KindInfo("music", "music", "harmonia.requests:MusicRequest", "text (and melody) to music"),
+    "sample": KindInfo(
+        "sample",
+        "samples",
+        "harmonia.requests:SampleRequest",
+        "text to one-shots, loops at a bpm, sound effects",
+    ),
+    # made from another artifact, not from prompts: `harmonia samples slice ARTIFACT`
+    "pack": KindInfo(
+        "pack", "samples", "harmonia.requests:SliceRequest", "audio cut into a sample pack", False
+    ),
 }
 
 
