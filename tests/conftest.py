@@ -59,6 +59,11 @@ models:
     seed: 0
     engine: musicgen
     license: mit
+  tiny-stable-audio:
+    builder: stable-audio
+    seed: 0
+    engine: stable-audio
+    license: mit
 music:
   model: tiny-musicgen
   duration_s: 1.0
