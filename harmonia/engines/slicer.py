@@ -123,6 +123,13 @@ class SlicerEngine:
             except AudioError as exc:
                 where = source.source or "the audio"
                 raise AudioError(str(exc).replace("audio: ", f"source: {where}: ", 1)) from None
+        if not pack.slices:
+            where = source.source or "the audio"
+            raise AudioError(
+                f"source: {where}: nothing to cut: {pack.onsets} onset(s) but no one-shot of at least 20 ms"
+                f"{' and no steady beat for loops' if 'loop' in request.types else ''}. "
+                "Slice audio with distinct hits or notes, or give --bpm."
+            )
         step()
 
         # 3. Lay it out as the pack folder would be, and take its files' bytes.
