@@ -210,7 +210,8 @@ class SampleRequest:
     ``takes`` takes per prompt; take ``i`` of every prompt runs from seed ``seed + i``. A loop's
     length is exact: ``bars × beats_per_bar`` beats at ``bpm`` (the engine generates a little
     more and cuts it on the beat grid); ``duration_s`` is for one-shots and sound effects (None:
-    the type's default, within the model's limit). Numeric fields carry their limits.
+    the type's default, within the model's limit); for one-shots and sound effects the loop
+    fields are dropped (recorded as None). Numeric fields carry their limits.
 
     Example:
         >>> SampleRequest("tight funk drum loop", type="loop", bpm=100, bars=2, seed=1).prompts

@@ -470,10 +470,6 @@ def _check_request(r: SampleRequest, facts: ModelFacts, name: str) -> SampleRequ
             raise RequestError(
                 "a loop needs a tempo: give bpm (e.g. --bpm 120) and, if not 1, bars (--bars 2)."
             )
-        if r.duration_s is not None:
-            raise RequestError(
-                f"duration_s is {r.duration_s:g} but a loop's length is set by bpm and bars; leave duration_s out."
-            )
         bars = DEFAULT_BARS if r.bars is None else r.bars
         beats = DEFAULT_BEATS_PER_BAR if r.beats_per_bar is None else r.beats_per_bar
         need = required_length_s(r.bpm, bars, beats)
@@ -494,14 +490,11 @@ def _check_request(r: SampleRequest, facts: ModelFacts, name: str) -> SampleRequ
                 f"({MARGIN_BEATS:g} more beats to find the first beat, and the crossfade), but model '{name}' "
                 f"generates at most {longest:.2f} s; {advice}"
             )
-        r = replace(r, bars=bars, beats_per_bar=beats)
+        r = replace(r, bars=bars, beats_per_bar=beats, duration_s=None)  # its length is the grid's
     else:
-        given = [f for f in ("bpm", "bars", "beats_per_bar") if getattr(r, f) is not None]
-        if given:
-            raise RequestError(
-                f"{', '.join(given)} shape{'s' if len(given) == 1 else ''} loops only, but type is {r.type!r}. "
-                "Use type loop, or leave them out."
-            )
+        # bpm, bars and beats_per_bar shape loops only; a default for loops (params.yaml's samples:)
+        # must not stop a one-shot, so they are dropped here and recorded as None.
+        r = replace(r, bpm=None, bars=None, beats_per_bar=None)
         duration = min(DEFAULT_DURATION_S[r.type], longest) if r.duration_s is None else r.duration_s
         if duration > longest:
             raise RequestError(
