@@ -463,9 +463,12 @@ def _artifacts_show(args) -> int:
     revision = model.revision or f"synthetic seed {model.seed}"
     print(f"artifact {art.id}  ({m.kind}, created {art.created}, schema {m.schema})")
     print(f"  path      {_rel(wb, art.path)}")
-    print(
-        f"  model     {model.name} ({model.repo or model.builder} @ {revision}, inventory {model.inventory_digest[:12]})"
-    )
+    if model.source == "none":  # an engine without weights (the slicer)
+        print(f"  model     none ({model.name} runs no model)")
+    else:
+        print(
+            f"  model     {model.name} ({model.repo or model.builder} @ {revision}, inventory {model.inventory_digest[:12]})"
+        )
     print(f"  engine    {m.engine.name} (code version {m.engine.code_version})")
     settings = ", ".join(
         f"{k} {printable(json.dumps(v, ensure_ascii=False))}"

@@ -122,6 +122,9 @@ def test_slice_a_music_artifact_into_a_pack(sample_wb, tmp_path):
     assert [c.id for c in children(sample_wb, music.id)] == [pack.id]
     shown = run_cli("artifacts", "show", music.id, cwd=sample_wb.root).stdout
     assert f"  child     {pack.id} (pack, as source)\n" in shown
+    shown = run_cli("artifacts", "show", pack.id, cwd=sample_wb.root).stdout
+    assert "  model     none (slicer runs no model)\n" in shown
+    assert f"  parent    {music.id} (music, source: take-0.wav, sha256 {parent.sha256[:12]})\n" in shown
     again = run_cli("samples", "slice", music.id, "--zip", cwd=sample_wb.root)
     assert again.stdout.startswith(f"cached: pack {pack.id} ")
     verdict = run_cli("reproduce", pack.id, cwd=sample_wb.root)
