@@ -66,7 +66,9 @@ def _parser() -> argparse.ArgumentParser:
 def _add_generation_commands(commands) -> None:
     group = commands.add_parser("generate", help="generate media into artifacts/")
     sub = group.add_subparsers(title="kinds", metavar="KIND", required=True)
-    for info in KINDS.values():  # one table: every kind gets the same command shape
+    for info in KINDS.values():  # one table: every kind made from prompts gets the same command shape
+        if not info.prompted:
+            continue
         p = sub.add_parser(info.name, help=info.help)
         _add_request_flags(p, info)
         p.set_defaults(run=_generate, kind=info.name)
@@ -80,6 +82,21 @@ def _add_generation_commands(commands) -> None:
     p.add_argument("artifact", metavar="ID", help="an artifact id or a unique prefix of one")
     p.add_argument("--json", action="store_true", help="print the whole manifest")
     p.set_defaults(run=_artifacts_show)
+
+    group = commands.add_parser("samples", help="cut audio into sample packs")
+    sub = group.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    p = sub.add_parser("slice", help="cut an audio artifact (or file) into a pack: one-shots and loops")
+    p.add_argument("source", metavar="ARTIFACT", help="an artifact id (ID or ID/FILE) or an audio file")
+    p.add_argument("--zip", action="store_true", help="also write pack.zip")
+    p.add_argument("--bpm", type=float, help="the source's tempo if known [20, 400] (default: estimated)")
+    p.add_argument(
+        "--loop-bars", type=int, dest="loop_bars", default=1, help="bars per loop [1, 64] (default 1)"
+    )
+    p.add_argument(
+        "--types", choices=["one-shot", "loop", "both"], default="both", help="what to cut (default: both)"
+    )
+    p.add_argument("--force", action="store_true", help="slice again even if the identical pack exists")
+    p.set_defaults(run=_samples_slice)
 
     p = commands.add_parser("reproduce", help="regenerate an artifact and compare it bit for bit")
     p.add_argument("artifact", metavar="ID", help="an artifact id or a unique prefix of one")
@@ -108,6 +125,10 @@ def _add_generation_commands(commands) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(run=_stage_generate)
+    p = sub.add_parser("samples", help="render samples.prompts with a model into one pack")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=_stage_samples)
     p = sub.add_parser("evaluate", help="signal facts and CLAP alignment of generated takes")
     p.add_argument("--generated", required=True)
     p.add_argument("--metrics", required=True)
@@ -160,7 +181,12 @@ def _add_request_flags(p: argparse.ArgumentParser, info) -> None:
         kind = (int if bound.integer else float) if bound else str
         extra = f" [{bound.low:g}, {bound.high:g}] {bound.unit}".rstrip() if bound else ""
         help_ = f"{meta.get('help') or name.replace('_', ' ')}{extra} (default: {info.section}.{name})"
-        p.add_argument(meta["flag"], dest=name, type=kind, metavar=meta.get("metavar"), help=help_)
+        choices = meta.get("choices")
+        if choices:
+            help_ = f"{meta.get('help') or name.replace('_', ' ')}: {', '.join(choices)} (default: {info.section}.{name})"
+        p.add_argument(
+            meta["flag"], dest=name, type=kind, metavar=meta.get("metavar"), choices=choices, help=help_
+        )
     p.add_argument(
         "--format", choices=["wav", "flac"], dest="fmt", help="wav (32-bit float) or flac (24-bit)"
     )
@@ -220,7 +246,9 @@ def _add_snapshot_commands(commands, kind: Kind) -> None:
     if kind == "model":
         p = sub.add_parser("tiny", help="build a tiny random model of an engine's architecture")
         p.add_argument(
-            "builder", metavar="BUILDER", help="musicgen, musicgen-stereo, musicgen-melody, clap or lm"
+            "builder",
+            metavar="BUILDER",
+            help="musicgen, musicgen-stereo, musicgen-melody, clap, lm or stable-audio",
         )
         p.add_argument("--name", help="snapshot name (default: tiny-ENGINE)")
         p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
@@ -556,9 +584,12 @@ def _artifacts_show(args) -> int:
     )
     print(f"artifact {art.id}  ({m.kind}, created {art.created}, schema {m.schema})")
     print(f"  path      {_rel(wb, art.path)}")
-    print(
-        f"  model     {model.name} ({model.repo or model.builder} @ {revision}, inventory {model.inventory_digest[:12]})"
-    )
+    if model.source == "none":  # an engine without weights (the slicer)
+        print(f"  model     none ({model.name} runs no model)")
+    else:
+        print(
+            f"  model     {model.name} ({model.repo or model.builder} @ {revision}, inventory {model.inventory_digest[:12]})"
+        )
     print(f"  engine    {m.engine.name} (code version {m.engine.code_version})")
     settings = ", ".join(
         f"{k} {printable(json.dumps(v, ensure_ascii=False))}"
@@ -587,6 +618,38 @@ def _artifacts_show(args) -> int:
     for child in children(wb, art.id):
         roles = ", ".join(p.role for p in child.manifest.parents if p.id == art.id)
         print(f"  child     {child.id} ({child.kind}, as {roles})")
+    return 0
+
+
+def _samples_slice(args) -> int:
+    """`harmonia samples slice ARTIFACT`: the slicer through the one artifact path (derive)."""
+    from harmonia.generation import derive
+    from harmonia.requests import SLICE_TYPES, SliceRequest
+
+    wb = Workbench.open()
+    types = SLICE_TYPES if args.types == "both" else (args.types,)
+    request = SliceRequest(
+        source=args.source, types=types, bpm=args.bpm, loop_bars=args.loop_bars, zip=args.zip
+    )
+    done = derive(wb, "slicer", request, force=args.force)
+    art, m = done.artifact, done.artifact.manifest
+    facts = m.engine.details
+    if done.cached:
+        print(f"cached: pack {art.id} (the identical slice was made before; --force slices again)")
+    else:
+        tempo = f", {facts['tempo_bpm']:.1f} bpm" if facts.get("tempo_bpm") else ", no steady tempo"
+        print(
+            f"sliced: pack {art.id} ({facts['one_shots']} one-shots, {facts['loops']} loops{tempo}, "
+            f"key {facts.get('key')})"
+        )
+    for parent in m.parents:
+        print(f"  from      {parent.id}/{parent.file} ({parent.kind})")
+    print(f"  folder    {_rel(wb, art.path).rstrip('/')}")
+    for out in m.outputs:
+        if not out.path.endswith(".wav"):
+            print(f"  {out.path}")
+    if m.non_commercial:
+        print(f"  licence: {_licence_line(m)}")
     return 0
 
 
@@ -724,6 +787,20 @@ def _stage_generate(args) -> int:
         bar.close()
     artifacts = sorted({t["artifact"] for t in index["takes"]})
     print(f"generate: {len(index['takes'])} takes in {len(artifacts)} artifacts -> {args.out}")
+    return 0
+
+
+def _stage_samples(args) -> int:
+    from pathlib import Path
+
+    from harmonia.pipeline import stage_samples
+
+    bar = _Steps(f"samples with {args.model}")
+    try:
+        index = stage_samples(Workbench.open(), args.model, Path(args.out), progress=bar)
+    finally:
+        bar.close()
+    print(f"samples: {len(index['takes'])} takes from {len(index['artifacts'])} artifacts -> {args.out}")
     return 0
 
 

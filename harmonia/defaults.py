@@ -4,7 +4,8 @@ the CLI, the studio, the pipeline and the notebooks.
 A kind's section (``music:`` for music) may hold: ``model``; any field of the kind's request
 type (``duration_s``, ``temperature``, ``extend_stride_s``, ...); output settings (``format``,
 ``normalize_lufs``); runtime settings (``device``, ``dtype``, ``threads``, ``precision``); and
-``batch_size`` (the pipeline's prompts per generation); and, for a kind whose requests have a
+``batch_size`` (the pipeline's prompts per generation); ``prompts`` (a list of prompts for
+the kind's pipeline stage, e.g. the samples stage's pack); and, for a kind whose requests have a
 ``task`` and a ``template`` (text), ``templates`` (task -> template). Anything else is refused with the
 list of what is allowed. Values are checked by the engine's own checks when the request is
 made, so a bad default fails the same way as a bad flag.
@@ -25,7 +26,7 @@ from harmonia.workbench import Workbench, check_section
 
 OUTPUT_KEYS = {"format": "format", "normalize_lufs": "normalize_lufs"}
 RUNTIME_KEYS = ("device", "dtype", "threads", "precision")
-OTHER_KEYS = ("model", "batch_size", "templates")
+OTHER_KEYS = ("model", "batch_size", "templates", "prompts")
 DEFAULT_BATCH = 8
 
 
@@ -40,6 +41,7 @@ class KindDefaults:
     runtime: Runtime = Runtime()
     batch_size: int = DEFAULT_BATCH
     templates: dict[str, str] = field(default_factory=dict)  # task -> template (text)
+    prompts: tuple[str, ...] = ()  # the kind's pipeline stage's prompt list
 
     def run_settings(self) -> dict[str, Any]:
         """Keyword arguments of :func:`harmonia.generation.generate` for output and runtime."""
@@ -89,6 +91,9 @@ def kind_defaults(wb: Workbench, kind: str) -> KindDefaults:
         raise ParamsError(f"{where}.templates must map task names to template text, got {templates!r:.80}.")
     if templates and "template" not in req_fields:
         raise ParamsError(f"{where}.templates is not a setting of {kind}: its requests take no template.")
+    prompts = section.get("prompts", [])
+    if not isinstance(prompts, list) or not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise ParamsError(f"{where}.prompts must be a list of prompts (non-empty text), got {prompts!r}.")
     return KindDefaults(
         kind=kind,
         model=model,
@@ -97,4 +102,5 @@ def kind_defaults(wb: Workbench, kind: str) -> KindDefaults:
         runtime=Runtime(*(section.get(k) for k in RUNTIME_KEYS[:3]), section.get("precision") or "exact"),
         batch_size=batch,
         templates=dict(templates),
+        prompts=tuple(prompts),
     )

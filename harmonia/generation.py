@@ -196,17 +196,29 @@ def load_engine(
     verification); otherwise the snapshot is verified here.
     """
     cls = engine_for(wb, model)
-    runtime = (runtime or Runtime(**settings)).resolved()
+    return _load(wb, cls, model, (runtime or Runtime(**settings)).resolved(), inventory)
+
+
+def _load(wb: Workbench, cls, model: str | None, runtime: Runtime, inventory: Inventory | None) -> Any:
+    """The engine ``cls`` for ``model`` (None: an engine without weights), reused when already loaded."""
     with TORCH_LOCK:
-        if inventory is None:
-            _, _, inventory = open_snapshot(wb, model, cls.name)
-        key = (str(wb.root), model, inventory.digest, runtime)
+        if model is None:
+            key = (str(wb.root), cls.name, None, runtime)
+        else:
+            if inventory is None:
+                _, _, inventory = open_snapshot(wb, model, cls.name)
+            key = (str(wb.root), model, inventory.digest, runtime)
         if key not in _engines:
             _engines.clear()  # one model in memory at a time
             engine = _engines[key] = cls.load(wb, model, runtime)
             # the paths it measured are now fixed: a request naming them finds this engine too
             _engines[(*key[:3], replace(runtime, paths=engine.loaded.paths))] = engine
         return _engines[key]
+
+
+def uses_model(cls) -> bool:
+    """Whether an engine runs a model snapshot (the slicer, for one, has no weights)."""
+    return getattr(cls, "uses_model", True)
 
 
 def prompts_from_ideas(ideas: Sequence[Idea]) -> tuple[str, ...]:
@@ -263,14 +275,59 @@ def generate(
         >>> done.artifact.path  # doctest: +SKIP
         PosixPath('/work/artifacts/5f0c8a4b2d1e9f37')
     """
+    return _make(
+        wb, engine_for(wb, model), model, request, ideas=ideas, fmt=fmt, normalize_lufs=normalize_lufs,
+        force=force, progress=progress, cancel=cancel, device=device, dtype=dtype, threads=threads,
+        precision=precision, previews=previews,
+    )  # fmt: skip
+
+
+def derive(
+    wb: Workbench,
+    engine: str,
+    request: Any,
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+    previews: bool = False,
+) -> Generated:
+    """Make an artifact with an engine that runs no model (e.g. "slicer": audio -> sample pack).
+
+    The same path as :func:`generate` (checks, id, cache hit, atomic write, manifest, parents,
+    ``reproduce``), without a snapshot: the id covers the engine, its code version, the request,
+    the inputs' bytes and parents, and the packages that change its bytes.
+
+    Example:
+        >>> derive(wb, "slicer", SliceRequest(source=From("5f0c8a4b"), zip=True)).artifact.kind  # doctest: +SKIP
+        'pack'
+    """
+    from harmonia.engines import engine_class
+
+    cls = engine_class(engine)
+    if uses_model(cls):
+        raise RequestError(
+            f"engine {engine!r} runs a model; call generate() with one of its models instead of derive()."
+        )
+    return _make(
+        wb, cls, None, request, ideas=None, fmt="wav", normalize_lufs=None, force=force, progress=progress,
+        cancel=cancel, device="cpu", dtype=None, threads=1, precision="exact", previews=previews,
+    )  # fmt: skip
+
+
+def _make(
+    wb: Workbench, cls, model: str | None, request: Any, *, ideas, fmt, normalize_lufs, force, progress, cancel,
+    device, dtype, threads, precision, previews,
+) -> Generated:  # fmt: skip
+    """The one path of :func:`generate` and :func:`derive` (``model`` None: an engine without weights)."""
     # 1. Check what needs no model: output settings, runtime, ideas; fix the seed.
-    cls = engine_for(wb, model)
     output = check_output(OutputSettings(fmt, normalize_lufs))
     runtime = Runtime(device, dtype, threads, precision).resolved()
     cls.check_runtime(runtime)  # before the snapshot's verification reads every byte
     if not isinstance(request, cls.request_type):
         raise RequestError(
-            f"model '{model}' runs the {cls.name} engine, which takes a {cls.request_type.__name__}, "
+            f"{f'model {model!r}' if model else 'this'} runs the {cls.name} engine, which takes a "
+            f"{cls.request_type.__name__}, "
             f"not a {type(request).__name__}. Pick a {cls.kind} request or another model."
         )
     if ideas is not None:
@@ -282,10 +339,14 @@ def generate(
                 f"ideas become prompts, and a {type(request).__name__} has none; give the idea in the request."
             )
         request = replace(request, prompts=prompts_from_ideas(ideas))
-    request = replace(request, seed=choose_seed() if request.seed is None else check_seed(request.seed))
+    if hasattr(request, "seed"):  # a request without one (a slice) has no randomness
+        request = replace(request, seed=choose_seed() if request.seed is None else check_seed(request.seed))
 
     # 2. Read the inputs (files or other artifacts) and check the whole request against the snapshot.
-    _, path, inventory = open_snapshot(wb, model, cls.name)
+    path, inventory = None, None
+    if model is not None:
+        _, path, inventory = open_snapshot(wb, model, cls.name)
+    digest = inventory.digest if inventory is not None else None
     inputs, parents = {}, {}
     for name in getattr(cls.request_type, "TEXT_INPUTS", ()):  # text written by another artifact
         if isinstance(getattr(request, name), From):
@@ -301,12 +362,12 @@ def generate(
     if paths is None:  # never before on this machine: a load measures them (check what it needs first)
         cls.check_resources(request, path)
         resources_checked = True
-        paths = load_engine(wb, model, runtime, inventory=inventory).loaded.paths
+        paths = _load(wb, cls, model, runtime, inventory).loaded.paths
     runtime = replace(runtime, paths=paths)
-    identity = _identity(cls, inventory.digest, request, inputs, parents, output, runtime)
+    identity = _identity(cls, digest, request, inputs, parents, output, runtime)
     new_id = artifact_id(identity)
     if not force:
-        legacy = getattr(cls, "legacy_identity", lambda *a: None)(identity, runtime)
+        legacy = getattr(cls, "legacy_identity", lambda *a: None)(identity, runtime) if model else None
         for candidate in (new_id, artifact_id(legacy) if legacy else None):
             existing = find_artifact(wb, candidate) if candidate else None
             if existing is not None and intact(existing):  # a damaged one is made again
@@ -317,7 +378,7 @@ def generate(
     if not resources_checked:
         cls.check_resources(request, path)
     with TORCH_LOCK:
-        engine = load_engine(wb, model, runtime, inventory=inventory)
+        engine = _load(wb, cls, model, runtime, inventory)
         result = engine.generate(request, progress=progress, cancel=cancel)
 
     # 5. Write the artifact whole: media, kept inputs, previews, manifest.
@@ -489,8 +550,11 @@ def reproduce(
         tuple(sorted(m.runtime.paths.items())),
     )  # the recorded fast paths are replayed, whatever this machine would choose
     with TORCH_LOCK:
-        engine = load_engine(wb, m.model.name, runtime)
-        if engine.loaded.inventory.digest != m.model.inventory_digest:
+        if not uses_model(cls):
+            engine = _load(wb, cls, None, runtime.resolved(), None)
+        else:
+            engine = load_engine(wb, m.model.name, runtime)
+        if uses_model(cls) and engine.loaded.inventory.digest != m.model.inventory_digest:
             differences.append(f"model {m.model.name} snapshot changed (inventory digest differs)")
         result = engine.generate(request, progress=progress, cancel=cancel)
     with tempfile.TemporaryDirectory(prefix="harmonia-reproduce-") as tmp:
@@ -572,8 +636,8 @@ def _keep_input(folder: Path, role: str, clip: Audio, parent: ParentRecord | Non
 
 
 def _licenses(wb: Workbench, model: ModelRecord, parents: list[ParentRecord]) -> tuple[LicenseRecord, ...]:
-    """The licence of this artifact's model and of every model behind its parents."""
-    found = [LicenseRecord(model.name, model.license)]
+    """The licence of this artifact's model (if it has one) and of every model behind its parents."""
+    found = [LicenseRecord(model.name, model.license)] if model.source != "none" else []
     for parent in parents:
         art = find_artifact(wb, parent.id)
         if art is not None:
@@ -587,17 +651,20 @@ def _manifest(
     new_id, identity, cls, engine, result, ideas, kept, parents, outputs, output, wb, write_s
 ) -> Manifest:
     loaded = engine.loaded
-    src, spec = loaded.inventory.source, loaded.spec
-    model = ModelRecord(
-        name=loaded.name,
-        repo=src.repo,
-        revision=src.revision,
-        source=src.type,
-        builder=src.builder,
-        seed=src.seed,
-        inventory_digest=loaded.inventory.digest,
-        license=loaded.inventory.license or spec.license,
-    )
+    if loaded.inventory is None:  # an engine without weights: no model behind it
+        model = ModelRecord(loaded.name, None, None, "none", None, None, "", None)
+    else:
+        src, spec = loaded.inventory.source, loaded.spec
+        model = ModelRecord(
+            name=loaded.name,
+            repo=src.repo,
+            revision=src.revision,
+            source=src.type,
+            builder=src.builder,
+            seed=src.seed,
+            inventory_digest=loaded.inventory.digest,
+            license=loaded.inventory.license or spec.license,
+        )
     request = result.request.to_json({role: {"sha256": k.sha256, "file": k.file} for role, k in kept.items()})
     chosen_parents = [p for p in parents.values() if p is not None]
     duration = sum(o.duration_s or 0 for o in outputs) / max(len(outputs), 1)
@@ -608,7 +675,7 @@ def _manifest(
         engine=EngineRecord(cls.name, cls.code_version, {**engine.describe(), **result.details()}),
         model=model,
         request=request,
-        seed=result.request.seed,
+        seed=getattr(result.request, "seed", None),
         packages=package_versions(),
         runtime=RuntimeRecord(
             device=torch.device(loaded.device).type,

@@ -2,12 +2,13 @@
 
 An engine's result is a tuple of takes: :class:`AudioTake` (float32 ``[channels, samples]``
 and a rate), :class:`VideoTake` (uint8 frames ``[frames, height, width, 3]``, a frame rate
-and an optional audio track) or :class:`TextTake`. ``write_take`` writes a take into an
-artifact folder the one way its media type is written (audio: WAV or FLAC, optional loudness
-target, a waveform/spectrogram picture; video: an H.264 yuv420p MP4 through PyAV with the
-encoder's threads pinned, so the same frames give the same bytes, the track as AAC, a poster
-frame and a contact sheet; text: UTF-8) and returns its :class:`OutputRecord`. The
-generation path never branches on a kind, only on the media type of a take.
+and an optional audio track), :class:`TextTake`, or :class:`FileTake` (bytes written as
+they are under a relative path: a sample pack's WAVs, its pack.json and zip).
+``write_take`` writes a take into an artifact folder the one way its media type is written
+(audio: WAV or FLAC, optional loudness target, a waveform/spectrogram picture; video: an
+H.264 yuv420p MP4 through PyAV with the encoder's threads pinned, so the same frames give
+the same bytes, the track as AAC, a poster frame and a contact sheet; text: UTF-8) and
+returns its :class:`OutputRecord`. The generation path never branches on a kind, only on the media type of a take.
 
 This module knows samples, text and files; it knows nothing about engines or manifests'
 other fields.
@@ -71,7 +72,25 @@ class VideoTake:
         return self.frames.shape[0] / self.fps
 
 
-Take = AudioTake | VideoTake | TextTake
+@dataclass(frozen=True)
+class FileTake:
+    """Bytes written as they are at ``path`` (relative, inside the artifact: ``loops/001.wav``).
+
+    ``media`` says what the bytes are: "audio" (a WAV or FLAC: the manifest records its audio
+    facts and it can feed another generation), "text" or "file".
+    """
+
+    path: str
+    data: bytes
+    media: str = "file"
+    prompt: str | None = None
+
+    @property
+    def duration_s(self) -> None:
+        return None
+
+
+Take = AudioTake | VideoTake | TextTake | FileTake
 VIDEO_CRF = 18  # libx264's constant quality (visually near-lossless)
 CONTACT_SHEET_FRAMES = 8
 
@@ -111,7 +130,27 @@ def write_take(
         path = folder / f"take-{index}{take.suffix}"
         path.write_text(take.text, encoding="utf-8")
         return OutputRecord(path.name, sha256_file(path), "text", take.prompt, characters=len(take.text))
+    if isinstance(take, FileTake):
+        return _write_file(folder, take)
     raise TypeError(f"no writer for a {type(take).__name__}")
+
+
+def _write_file(folder: Path, take: FileTake) -> OutputRecord:
+    relative = Path(take.path)
+    if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+        raise ValueError(f"a file take's path must stay inside the artifact, got {take.path!r}")
+    path = folder / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(take.data)
+    extra = {}
+    if take.media == "audio":
+        import soundfile as sf
+
+        samples, rate = sf.read(path, dtype="float32", always_2d=True)
+        extra = facts(np.ascontiguousarray(samples.T), rate)
+    elif take.media == "text":
+        extra = {"characters": len(take.data.decode("utf-8"))}
+    return OutputRecord(relative.as_posix(), sha256_file(path), take.media, take.prompt, **extra)
 
 
 def _write_audio(

@@ -1,4 +1,4 @@
-"""The DVC pipeline's stages: verify, generate, evaluate, report (see dvc.yaml).
+"""The DVC pipeline's stages: verify, generate, evaluate, report, samples (see dvc.yaml).
 
 Each stage reads its own section of params.yaml, takes its paths from the command line
 (`harmonia pipeline STAGE ...`), and calls the same functions as the CLI and the notebooks:
@@ -39,6 +39,7 @@ def stage_verify(wb: Workbench, out: Path) -> dict:
     pipeline = _section(wb, "pipeline")
     sets = _section(wb, "prompt_sets")
     targets = [("model", m) for m in pipeline.get("models", [])]
+    targets += [("model", m) for m in pipeline.get("sample_models", []) if ("model", m) not in targets]
     targets += sorted({("dataset", sets[s]["dataset"]) for s in pipeline.get("prompt_sets", [])})
     clap = (wb.params.get("evaluate") or {}).get("clap_model")
     if clap:
@@ -96,6 +97,51 @@ def stage_generate(wb: Workbench, prompt_set: str, model: str, out: Path, progre
             )  # fmt: skip
     index = {"prompt_set": prompt_set, "model": model, "takes": takes}
     write_json(out / INDEX_FILE, index)
+    return index
+
+
+def stage_samples(wb: Workbench, model: str, out: Path, progress=None) -> dict:
+    """Render ``samples.prompts`` with one model, once per pipeline seed, into one pack folder.
+
+    Each prompt is one ``harmonia generate sample`` request with the ``samples:`` defaults (so
+    a re-run is a cache hit and ``dvc exp run -S samples.bpm=100`` a sweep); its takes are
+    linked into ``out/<type folder>/NNN-sSEED-tTAKE.wav`` and listed in ``out/pack.json`` with
+    their artifact, sha256 and the engine's facts (a loop's seam and measured tempo).
+    """
+    from harmonia.samples import PACK_FOLDERS
+
+    samples = kind_defaults(wb, "sample")  # the same defaults as `harmonia generate sample`
+    if not samples.prompts:
+        raise ParamsError(
+            "params.yaml: samples.prompts is empty; list the prompts the samples stage renders into its pack."
+        )
+    seeds = _section(wb, "pipeline").get("seeds", [0])
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    takes, artifacts = [], []
+    for seed in seeds:
+        for number, prompt in enumerate(samples.prompts, start=1):
+            request = samples.request_for((prompt,), seed=seed)
+            art = generate(wb, model, request, progress=progress, **samples.run_settings()).artifact
+            artifacts.append(art.id)
+            details = art.manifest.engine.details
+            folder = PACK_FOLDERS.get(details["type"], details["type"])
+            for output, facts in zip(art.outputs, details["takes"], strict=True):
+                name = f"{folder}/{number:03d}-s{seed}-t{facts['take']}{Path(output.path).suffix}"
+                (out / name).parent.mkdir(exist_ok=True)
+                _link_or_copy(art.file(output), out / name)
+                takes.append(
+                    {"prompt": prompt, "seed": facts["seed"], "artifact": art.id, "take": output.path, "file": name,
+                     "sha256": output.sha256, "duration_s": output.duration_s, "loop": facts.get("loop")}
+                )  # fmt: skip
+    index = {
+        "model": model,
+        "type": samples.request.get("type", "sfx"),
+        "artifacts": artifacts,
+        "takes": takes,
+    }
+    write_json(out / "pack.json", index)
     return index
 
 

@@ -21,6 +21,8 @@ MAX_TOP_K = 65536  # above the codebook size every token is kept
 MAX_IDEA_CHARS = 20_000  # a text request's idea; the model's context may allow fewer (the engine says)
 MAX_NEW_TOKENS = 8192
 TEXT_TASKS = ("prompt", "lyrics", "shots", "sfx")
+SAMPLE_TYPES = ("one-shot", "loop", "sfx")  # as harmonia.samples.SAMPLE_TYPES (which imports librosa)
+SLICE_TYPES = ("one-shot", "loop")  # as harmonia.samples.SLICE_TYPES
 
 
 @dataclass(frozen=True)
@@ -68,9 +70,19 @@ def limit(
     )
 
 
-def option(default: Any, *, flag: str, help: str = "", metavar: str | None = None) -> Any:
-    """A request field without a numeric range (text, a media input), with its CLI flag and help."""
-    return field(default=default, metadata={"flag": flag, "help": help, "metavar": metavar})
+def option(
+    default: Any,
+    *,
+    flag: str,
+    help: str = "",
+    metavar: str | None = None,
+    choices: tuple[str, ...] | None = None,
+) -> Any:
+    """A request field without a numeric range (text, a media input, one of ``choices``), with its
+    CLI flag and help; the CLI offers ``choices`` as argparse choices."""
+    return field(
+        default=default, metadata={"flag": flag, "help": help, "metavar": metavar, "choices": choices}
+    )
 
 
 def options(request_type: type) -> list[tuple[str, dict]]:
@@ -260,3 +272,145 @@ class TextRequest:
                 f"request field {sorted(unknown)[0]!r} is not a text request field; known: {', '.join(cls._FIELDS)}."
             )
         return cls(**{k: data[k] for k in cls._FIELDS if k in data}, track=inputs.get("track"))
+
+
+def _unknown(data: dict[str, Any], known: set[str], inputs: tuple[str, ...], what: str) -> None:
+    unknown = set(data) - known - set(inputs)
+    if unknown:
+        raise RequestError(
+            f"request field {sorted(unknown)[0]!r} is not a {what} request field; known: {', '.join(sorted(known))}."
+        )
+
+
+def _float(value: Any) -> Any:
+    """A number as float for the JSON form (any other value as given: the check reports it)."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """One text-to-sample generation: one-shots, seamless loops at a tempo, or sound effects.
+
+    ``takes`` takes per prompt; take ``i`` of every prompt runs from seed ``seed + i``. A loop's
+    length is exact: ``bars × beats_per_bar`` beats at ``bpm`` (the engine generates a little
+    more and cuts it on the beat grid); ``duration_s`` is for one-shots and sound effects (None:
+    the type's default, within the model's limit); for one-shots and sound effects the loop
+    fields are dropped (recorded as None). Numeric fields carry their limits.
+
+    Example:
+        >>> SampleRequest("tight funk drum loop", type="loop", bpm=100, bars=2, seed=1).prompts
+        ('tight funk drum loop',)
+    """
+
+    # what to make
+    prompts: tuple[str, ...] | str
+    type: str = option(
+        "sfx", flag="--type", choices=SAMPLE_TYPES, help="one-shot (a hit), loop (bars at a bpm) or sfx"
+    )
+    duration_s: float | None = limit(
+        None, 0, MAX_DURATION_S, "seconds", low_open=True, step=0.5, flag="--duration",
+        help="seconds to generate for a one-shot or sfx (default: 4 / 10, within the model's limit)",
+    )  # fmt: skip
+    negative_prompt: str | None = option(
+        None, flag="--negative", metavar="TEXT", help="what to steer away from"
+    )
+    seed: int | None = None  # None: drawn at random and recorded; take i uses seed + i
+    takes: int = limit(1, 1, 16, "per prompt", integer=True, step=1, flag="--takes", help="takes per prompt")
+    # loops: the grid
+    bpm: float | None = limit(
+        None, 20, 400, "bpm", step=1.0, flag="--bpm", help="a loop's tempo, beats per minute"
+    )
+    bars: int | None = limit(
+        None, 1, 64, "bars", integer=True, step=1, flag="--bars", help="a loop's length (default 1)"
+    )
+    beats_per_bar: int | None = limit(
+        None,
+        1,
+        16,
+        "beats",
+        integer=True,
+        step=1,
+        flag="--beats-per-bar",
+        help="4 for 4/4 (default), 3 for 3/4",
+    )
+    # diffusion
+    steps: int = limit(100, 1, 1000, "steps", integer=True, step=1, flag="--steps", help="denoising steps")
+    guidance_scale: float = limit(
+        7.0, 1, 30, "(1.0 turns guidance off)", step=0.5, flag="--guidance", help="classifier-free guidance"
+    )
+    # a variation of this audio: a file path, harmonia.audio.Audio, or an artifact (harmonia.generation.From)
+    init: Any = option(
+        None, flag="--init", metavar="FILE|ID", help="audio to make a variation of (weak: see README)"
+    )
+
+    INPUTS: ClassVar[tuple[str, ...]] = ("init",)  # media inputs, kept by sha256
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "prompts", "type", "duration_s", "negative_prompt", "seed", "takes", "bpm", "bars", "beats_per_bar",
+        "steps", "guidance_scale",
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        if isinstance(self.prompts, str):
+            object.__setattr__(self, "prompts", (self.prompts,))
+        elif isinstance(self.prompts, list):
+            object.__setattr__(self, "prompts", tuple(self.prompts))
+
+    def to_json(self, inputs: dict[str, dict | None]) -> dict[str, Any]:
+        """The JSON form; ``inputs`` gives each media input's record (by sha256) or None."""
+        data = {name: getattr(self, name) for name in self.FIELDS}
+        data["prompts"] = list(self.prompts)
+        for name in ("duration_s", "bpm", "guidance_scale"):
+            data[name] = _float(data[name])
+        return {**data, "init": inputs.get("init")}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], inputs: dict[str, Any]) -> SampleRequest:
+        """The request of a JSON form, its media inputs given (``inputs``: role -> Audio)."""
+        _unknown(data, set(cls.FIELDS), cls.INPUTS, "sample")
+        fields_ = {k: data[k] for k in cls.FIELDS if k in data}
+        return cls(**{**fields_, "prompts": tuple(data["prompts"])}, **{r: inputs.get(r) for r in cls.INPUTS})
+
+
+@dataclass(frozen=True)
+class SliceRequest:
+    """Cut audio into a sample pack: one-shots at its onsets, loops at its bar boundaries (4/4).
+
+    No model and no randomness: the same source gives the same pack. ``source`` is an audio
+    file, :class:`~harmonia.audio.Audio`, or an artifact (``From(id)``: the pack's parent).
+
+    Example:
+        >>> SliceRequest(source="drums.wav", bpm=120, zip=True).types
+        ('one-shot', 'loop')
+    """
+
+    source: Any
+    types: tuple[str, ...] = SLICE_TYPES
+    bpm: float | None = limit(
+        None, 20, 400, "bpm", step=1.0, flag="--bpm", help="the source's tempo if known"
+    )
+    loop_bars: int = limit(1, 1, 64, "bars", integer=True, step=1, flag="--loop-bars", help="bars per loop")
+    zip: bool = False  # also write pack.zip
+
+    INPUTS: ClassVar[tuple[str, ...]] = ("source",)
+    FIELDS: ClassVar[tuple[str, ...]] = ("types", "bpm", "loop_bars", "zip")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.types, str):
+            object.__setattr__(self, "types", (self.types,))
+        elif isinstance(self.types, list):
+            object.__setattr__(self, "types", tuple(self.types))
+
+    def to_json(self, inputs: dict[str, dict | None]) -> dict[str, Any]:
+        return {
+            "types": list(self.types),
+            "bpm": _float(self.bpm),
+            "loop_bars": self.loop_bars,
+            "zip": self.zip,
+            "source": inputs.get("source"),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], inputs: dict[str, Any]) -> SliceRequest:
+        _unknown(data, set(cls.FIELDS), cls.INPUTS, "slice")
+        fields_ = {k: data[k] for k in cls.FIELDS if k in data}
+        return cls(**fields_, source=inputs.get("source"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import string
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -46,8 +47,11 @@ class TinyBuild:
     inventory: Inventory
 
 
-def _versions() -> dict[str, str]:
-    return {pkg: version(pkg) for pkg in ("torch", "transformers", "safetensors", "tokenizers")}
+def _versions(builder: str = "") -> dict[str, str]:
+    packages = ["torch", "transformers", "safetensors", "tokenizers"]
+    if builder == "stable-audio":
+        packages.append("diffusers")
+    return {pkg: version(pkg) for pkg in packages}
 
 
 def _t5_tokenizer():
@@ -287,12 +291,110 @@ def build_lm(out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+# Stable Audio's audio side at its real rates (44.1 kHz stereo, Oobleck hop 2048) with tiny widths.
+SA_SAMPLE_RATE = 44_100
+SA_DOWNSAMPLING = [2, 4, 4, 8, 8]  # hop 2048 samples, as Stable Audio Open
+SA_LATENT_CHANNELS = 8  # Stable Audio Open: 64
+SA_LATENT_FRAMES = 128  # 128 x 2048 / 44100 = 5.94 s at most (Stable Audio Open: 1024, 47.55 s)
+SA_CONDITIONING_DIM = 16  # Stable Audio Open: 768
+SA_TEXT_TOKENS = 64  # Stable Audio Open: 128 (T5-base)
+SA_PROMPT_SCALE = 8.0  # see build_stable_audio
+SA_DECODER_GAIN = 4.0  # see build_stable_audio
+
+
+def _oobleck(cls):
+    return cls(
+        encoder_hidden_size=2 * SA_LATENT_CHANNELS,  # mean and scale of each latent channel
+        downsampling_ratios=SA_DOWNSAMPLING,
+        channel_multiples=[1, 2, 2, 4, 4],
+        decoder_channels=8,
+        decoder_input_channels=SA_LATENT_CHANNELS,
+        audio_channels=2,
+        sampling_rate=SA_SAMPLE_RATE,
+    ).eval()
+
+
+def build_stable_audio(out: Path) -> None:
+    """diffusers StableAudioPipeline: tiny T5 + projection + DiT + Oobleck VAE, Stable Audio Open's scheduler.
+
+    Two changes to the random init (measured by tools/tiny_stable_audio_probe.py):
+
+    - Oobleck's decoder at its init scale ignores its input (its convolution biases, through
+      the Snake activations, make 97 % of the output): its biases are zeroed and its first
+      convolution's weight-norm gain is scaled by ``SA_DECODER_GAIN``, so the audio follows
+      the latents (peak about 0.5).
+    - The text path (T5 -> projection -> the DiT's cross-attention) is scaled by
+      ``SA_PROMPT_SCALE`` on the projection's text Linear and the cross-attention value
+      projections, so a prompt moves the latents as much as a seed does.
+    """
+    from diffusers import (
+        AutoencoderOobleck,
+        CosineDPMSolverMultistepScheduler,
+        StableAudioDiTModel,
+        StableAudioPipeline,
+        StableAudioProjectionModel,
+    )
+    from transformers import T5EncoderModel
+
+    tokenizer = _t5_tokenizer()
+    tokenizer.model_max_length = SA_TEXT_TOKENS
+    config = _t5_config(len(tokenizer))
+    text_encoder = T5EncoderModel(config).eval()
+    projection_model = StableAudioProjectionModel(
+        text_encoder_dim=config.d_model, conditioning_dim=SA_CONDITIONING_DIM, min_value=0, max_value=512
+    ).eval()
+    transformer = StableAudioDiTModel(
+        sample_size=SA_LATENT_FRAMES,
+        in_channels=SA_LATENT_CHANNELS,
+        num_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=4,
+        num_key_value_attention_heads=2,
+        out_channels=SA_LATENT_CHANNELS,
+        cross_attention_dim=64,
+        time_proj_dim=32,
+        global_states_input_dim=2 * SA_CONDITIONING_DIM,
+        cross_attention_input_dim=SA_CONDITIONING_DIM,
+    ).eval()
+    with warnings.catch_warnings():  # Oobleck uses torch's deprecated (but working) weight_norm
+        warnings.simplefilter("ignore", FutureWarning)
+        vae = _oobleck(AutoencoderOobleck)
+    with torch.no_grad():
+        projection_model.text_projection.weight.mul_(SA_PROMPT_SCALE)
+        for block in transformer.transformer_blocks:
+            block.attn2.to_v.weight.mul_(SA_PROMPT_SCALE)
+        for name, parameter in vae.decoder.named_parameters():
+            if name.endswith("bias"):
+                parameter.zero_()
+        vae.decoder.conv1.weight_g.mul_(SA_DECODER_GAIN)
+    scheduler = CosineDPMSolverMultistepScheduler(  # Stable Audio Open's scheduler config
+        sigma_min=0.3,
+        sigma_max=500,
+        sigma_data=1.0,
+        sigma_schedule="exponential",
+        solver_order=2,
+        prediction_type="v_prediction",
+        rho=7.0,
+        final_sigmas_type="zero",
+    )
+    pipe = StableAudioPipeline(
+        transformer=transformer,
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        projection_model=projection_model,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "musicgen": build_musicgen,
     "musicgen-stereo": build_musicgen_stereo,
     "musicgen-melody": build_musicgen_melody,
     "clap": build_clap,
     "lm": build_lm,
+    "stable-audio": build_stable_audio,
 }
 DEFAULT_NAMES = {name: f"tiny-{name}" for name in BUILDERS}  # "lm" -> tiny-lm
 BUILDER_ENGINES = {
@@ -301,6 +403,7 @@ BUILDER_ENGINES = {
     "musicgen-melody": "musicgen",
     "clap": "clap",
     "lm": "text",
+    "stable-audio": "stable-audio",
 }
 
 
@@ -342,6 +445,6 @@ def build_tiny(wb: Workbench, builder: str, name: str | None = None, seed: int =
             torch.manual_seed(seed)
             BUILDERS[builder](folder)
 
-    source = Source(type="synthetic", builder=builder, seed=seed, versions=_versions())
+    source = Source(type="synthetic", builder=builder, seed=seed, versions=_versions(builder))
     inventory = install_built(wb, "model", name, build, source, license="mit")
     return TinyBuild(name, wb.snapshot_dir("model", name), inventory)

@@ -59,6 +59,11 @@ models:
     seed: 0
     engine: musicgen
     license: mit
+  tiny-stable-audio:
+    builder: stable-audio
+    seed: 0
+    engine: stable-audio
+    license: mit
 music:
   model: tiny-musicgen
   duration_s: 1.0
@@ -213,3 +218,22 @@ def jupyter_lab(root: Path, home: Path, env: dict[str, str] | None = None):
                 server.wait(10)
             except subprocess.TimeoutExpired:
                 server.kill()
+
+
+@pytest.fixture(scope="session")
+def tiny_stable_audio(tmp_path_factory) -> Path:
+    """The tiny Stable Audio snapshot, built once per test session (a models/ folder)."""
+    from harmonia.tiny import build_tiny
+
+    root = tmp_path_factory.mktemp("tiny-stable-audio")
+    (root / "params.yaml").write_text(PARAMS)
+    build_tiny(Workbench.open(root), "stable-audio", name="tiny-stable-audio", seed=0)
+    return root / "models"
+
+
+@pytest.fixture
+def sample_wb(workbench, tiny_stable_audio, tiny_models) -> Workbench:
+    """A fresh workbench holding tiny-stable-audio and tiny-musicgen (for lineage from music)."""
+    shutil.copytree(tiny_stable_audio, workbench.root / "models")
+    shutil.copytree(tiny_models / "tiny-musicgen", workbench.root / "models" / "tiny-musicgen")
+    return workbench

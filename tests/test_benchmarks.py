@@ -43,3 +43,17 @@ def test_bench_generate_runs_on_the_tiny_model(tmp_path):
     assert result["steps"] == 13 and result["load_s"] > 0 and result["memory_bandwidth_gib_s"] > 0
     per_step = {mode: rows[mode, 1]["decoder_bytes_per_step"] for mode in ("exact", "bf16", "int8")}
     assert per_step["int8"] < per_step["bf16"] < per_step["exact"]
+
+
+def test_bench_samples_runs_on_the_tiny_model(tmp_path):
+    out = tmp_path / "samples.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/bench_samples.py"), "--tiny", "--steps", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert [r["dtype"] for r in result["rows"]] == ["float32", "bfloat16"] and result["steps"] == 2
+    for row in result["rows"]:
+        assert row["same_samples"] and row["plain"]["seconds"] > 0 and row["engine"]["seconds_per_step"] > 0
+        assert row["peak_rss_gib"] > 0 and "engine_overhead_pct" in row

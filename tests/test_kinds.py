@@ -93,7 +93,8 @@ def test_engines_declare_the_contract():
         assert callable(cls.check) and callable(cls.load) and callable(cls.check_runtime)
         assert cls.request_type.INPUTS is not None
     with pytest.raises(
-        RequestError, match=r"^engine 'nope' is not one Harmonia runs; known engines: musicgen, text\."
+        RequestError,
+        match=r"^engine 'nope' is not one Harmonia runs; known engines: musicgen, text, stable-audio, slicer\.",
     ):
         engine_class("nope")
 

@@ -20,6 +20,8 @@ from harmonia.errors import RequestError
 ENGINES: dict[str, str] = {
     "musicgen": "harmonia.engines.musicgen:MusicGenEngine",
     "text": "harmonia.engines.text:TextEngine",
+    "stable-audio": "harmonia.engines.stable_audio:StableAudioEngine",
+    "slicer": "harmonia.engines.slicer:SlicerEngine",  # no weights: audio -> sample pack
 }
 
 
@@ -31,6 +33,7 @@ class KindInfo:
     section: str  # params.yaml's section of defaults (and the CLI's `generate KIND`)
     request: str  # "module:Class" of the request dataclass
     help: str
+    prompted: bool = True  # made from prompts: `harmonia generate KIND PROMPT...` exists
 
 
 KINDS: dict[str, KindInfo] = {
@@ -40,6 +43,16 @@ KINDS: dict[str, KindInfo] = {
         "text",
         "harmonia.requests:TextRequest",
         "an idea to a prompt, lyrics, shots or sfx (a language model)",
+    ),
+    "sample": KindInfo(
+        "sample",
+        "samples",
+        "harmonia.requests:SampleRequest",
+        "text to one-shots, loops at a bpm, sound effects",
+    ),
+    # made from another artifact, not from prompts: `harmonia samples slice ARTIFACT`
+    "pack": KindInfo(
+        "pack", "samples", "harmonia.requests:SliceRequest", "audio cut into a sample pack", False
     ),
 }
 

@@ -1,4 +1,5 @@
-"""The gallery: recent artifacts, filtered by model, prompt and date; play, read, reproduce, compare."""
+"""The gallery: recent artifacts, filtered by model, prompt and date; play, read, reproduce, compare,
+and slice an audio artifact into a sample pack."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import ipywidgets as widgets
 
 from harmonia.artifacts import Artifact, list_artifacts, load_artifact
 from harmonia.errors import RequestError
-from harmonia.generation import reproduce
+from harmonia.generation import From, derive, reproduce
+from harmonia.requests import SliceRequest
 from harmonia.ui.views import Task, ab_view, artifact_view, manifest_html, status_html
 from harmonia.workbench import Workbench
 
@@ -38,6 +40,9 @@ class Gallery:
         self.manifest_button = widgets.Button(description="Manifest", icon="file")
         self.reproduce_button = widgets.Button(description="Reproduce", icon="repeat")
         self.ab_button = widgets.Button(description="A/B", icon="columns")
+        self.slice_button = widgets.Button(
+            description="Slice into a pack", icon="cut", tooltip="one-shots and loops of the selected audio"
+        )
         self.progress = widgets.IntProgress(value=0, min=0, max=1, layout=widgets.Layout(width="200px"))
         self.status = widgets.HTML()
         self.log = widgets.Output()
@@ -51,6 +56,7 @@ class Gallery:
         self.manifest_button.on_click(lambda _: self.show_manifest())
         self.reproduce_button.on_click(lambda _: self.reproduce())
         self.ab_button.on_click(lambda _: self.ab())
+        self.slice_button.on_click(lambda _: self.slice())
         self.widget = widgets.VBox(
             [
                 widgets.HTML("<h3 style='margin:0'>Artifacts</h3>"),
@@ -62,6 +68,7 @@ class Gallery:
                         self.manifest_button,
                         self.reproduce_button,
                         self.ab_button,
+                        self.slice_button,
                         self.progress,
                     ]
                 ),
@@ -160,6 +167,29 @@ class Gallery:
             verdict = reproduce(self.wb, art.id, progress=step)
             lines = [verdict.summary(), *(f"differs: {d}" for d in verdict.differences)]
             return "; ".join(lines), "ok" if verdict.verified else "error"
+
+        return self._task.start(work)
+
+    def slice(self):
+        """Cut the selected artifact's first audio take into a pack (a child artifact), in a worker thread."""
+        try:
+            (art,) = self._selected(1)
+        except RequestError as exc:
+            self.status.value = status_html(str(exc), "error")
+            return None
+        self.status.value = status_html(f"slicing {art.id}…")
+
+        def work() -> str:
+            done = derive(self.wb, "slicer", SliceRequest(source=From(art.id), zip=True))
+            self.last_pack = done.artifact
+            facts = done.artifact.manifest.engine.details
+            self.view.children = [artifact_view(done.artifact, takes=8)]
+            self.refresh()
+            verb = "Found" if done.cached else "Made"
+            return (
+                f"{verb} pack {done.artifact.id} from {art.id}: {facts['one_shots']} one-shots, "
+                f"{facts['loops']} loops (pack.zip in {done.artifact.path})."
+            )
 
         return self._task.start(work)
 

@@ -69,7 +69,7 @@ def summary_html(art: Artifact) -> str:
     rows = [
         ("artifact", f"{art.id} ({m.kind})"),
         ("seed", str(art.seed)),
-        ("model", f"{model.name} @ {revision}"),
+        ("model", f"{model.name} @ {revision}" if model.source != "none" else f"none ({model.name})"),
         ("licence", ", ".join(sorted({str(x.license or "not recorded") for x in m.licenses}))),
         ("runtime", f"{rt.device} {rt.dtype} ({rt.precision}), {rt.threads} threads"),
         ("timings", f"load {t.load_s:.2f} s, generate {t.generate_s:.2f} s"),
