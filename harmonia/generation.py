@@ -498,12 +498,13 @@ def reproduce(
     stored = load_artifact(wb, artifact)
     m = stored.manifest
     cls = engine_class(m.engine.name)
-    now_engine = engine_for(wb, m.model.name)
-    if now_engine is not cls:
-        raise ArtifactError(
-            f"Artifact {stored.id} was made by the {cls.name} engine, but params.yaml now runs model "
-            f"'{m.model.name}' with {now_engine.name}. Set its engine back to {cls.name} to reproduce it."
-        )
+    if uses_model(cls):  # an engine without weights (the slicer) has no model to check
+        now_engine = engine_for(wb, m.model.name)
+        if now_engine is not cls:
+            raise ArtifactError(
+                f"Artifact {stored.id} was made by the {cls.name} engine, but params.yaml now runs model "
+                f"'{m.model.name}' with {now_engine.name}. Set its engine back to {cls.name} to reproduce it."
+            )
     for kept in m.inputs.values():
         if not stored.file(kept.file).is_file():
             raise ArtifactError(
@@ -512,7 +513,7 @@ def reproduce(
             )
     inputs = {role: read_audio(stored.file(kept.file), role) for role, kept in m.inputs.items()}
     request = cls.request_type.from_json(m.request, inputs)
-    _, path, _ = open_snapshot(wb, m.model.name, cls.name)
+    path = open_snapshot(wb, m.model.name, cls.name)[1] if uses_model(cls) else None
     request = cls.check(request, path)  # a manifest is a file like any other: its request is checked
 
     # 2. Note what differs between then and now.
