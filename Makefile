@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export HARMONIA_ROOT := $(CURDIR)
 
-.PHONY: setup system demo test notebooks lint format bench lock hooks clean
+.PHONY: setup system audiocraft demo test notebooks lint format bench lock hooks clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,12 @@ system:
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing > /dev/null; fi
+
+# audiocraft's engines (audiogen, magnet) run in a worker with an environment of its own:
+# audiocraft 1.3.0 and its light dependencies at exact pins, reading torch from .venv (never a
+# second torch). Made here, or on first use of an audiocraft model.
+audiocraft: setup
+	$(BIN)/python -c "from harmonia.engines.audiocraft import ensure_worker_env; print(ensure_worker_env())"
 
 # The main job: generate a clip end to end (musicgen-small when the hub answers, else a tiny
 # model), print where the artifact went, and draw its spectrogram.
@@ -64,4 +70,4 @@ hooks: setup
 	$(BIN)/nbstripout --install --attributes .gitattributes
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-audiocraft .pytest_cache .ruff_cache

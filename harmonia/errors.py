@@ -112,6 +112,16 @@ class Cancelled(HarmoniaError, RuntimeError):
     """
 
 
+class WorkerError(HarmoniaError, RuntimeError):
+    """A worker process (audiocraft's engines run in one) failed, died, or its environment could not be made.
+
+    Example message:
+        The audiocraft worker exited with code 3 during 'generate'; nothing was written. Its last
+        words: nothing on stderr. Run again (a new worker starts); if it repeats, run `make
+        audiocraft` to remake its environment.
+    """
+
+
 class ArtifactError(HarmoniaError, LookupError):
     """An artifact that does not exist or whose manifest cannot be read.
 

@@ -48,6 +48,11 @@ class TinyBuild:
 
 
 def _versions(builder: str = "") -> dict[str, str]:
+    if builder in AUDIOCRAFT_BUILDERS:  # built in the worker: its versions
+        from harmonia.engines.audiocraft import Worker
+
+        found = Worker.shared().hello()["versions"]
+        return {pkg: found[pkg] for pkg in ("torch", "audiocraft", "numpy", "omegaconf")}
     packages = ["torch", "transformers", "safetensors", "tokenizers"]
     if builder == "stable-audio":
         packages.append("diffusers")
@@ -388,6 +393,29 @@ def build_stable_audio(out: Path) -> None:
     pipe.save_pretrained(out, safe_serialization=True)
 
 
+def build_audiocraft(out: Path, family: str) -> None:
+    """audiocraft AudioGen or MAGNeT after its debug models, built by the audiocraft worker (see its
+    ``tiny_configs``), saved as audiocraft saves checkpoints (``state_dict.bin``,
+    ``compression_state_dict.bin``: torch pickles of a state dict and a YAML config).
+
+    The worker seeds itself from the torch seed drawn here, so the same seed gives the same bytes.
+    """
+    from harmonia.engines.audiocraft import Worker
+
+    seed = int(torch.randint(0, 2**62, (1,)).item())
+    Worker.shared().call("build", family=family, out=str(out), seed=seed)
+
+
+def build_audiogen(out: Path) -> None:
+    """audiocraft AudioGen (text to sound): 16 kHz mono EnCodec with 4 codebooks and a causal LM."""
+    build_audiocraft(out, "audiogen")
+
+
+def build_magnet(out: Path) -> None:
+    """audiocraft MAGNeT (masked non-autoregressive music): 32 kHz mono EnCodec and a non-causal LM."""
+    build_audiocraft(out, "magnet")
+
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "musicgen": build_musicgen,
     "musicgen-stereo": build_musicgen_stereo,
@@ -395,6 +423,8 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "clap": build_clap,
     "lm": build_lm,
     "stable-audio": build_stable_audio,
+    "audiogen": build_audiogen,
+    "magnet": build_magnet,
 }
 DEFAULT_NAMES = {name: f"tiny-{name}" for name in BUILDERS}  # "lm" -> tiny-lm
 BUILDER_ENGINES = {
@@ -404,7 +434,10 @@ BUILDER_ENGINES = {
     "clap": "clap",
     "lm": "text",
     "stable-audio": "stable-audio",
+    "audiogen": "audiogen",
+    "magnet": "magnet",
 }
+AUDIOCRAFT_BUILDERS = ("audiogen", "magnet")  # built in the audiocraft worker
 
 
 def build_tiny(wb: Workbench, builder: str, name: str | None = None, seed: int = 0) -> TinyBuild:
@@ -427,7 +460,8 @@ def build_tiny(wb: Workbench, builder: str, name: str | None = None, seed: int =
         raise BuilderError(f"seed must be an integer in [0, 2**63), got {seed!r}.")
     name = check_name("model", name or DEFAULT_NAMES[builder])
     declared = wb.specs("model").get(name)
-    entry = f"{name}: {{builder: {builder}, seed: {seed}, engine: {BUILDER_ENGINES[builder]}}}"
+    pickles = ", allow_pickle: true" if builder in AUDIOCRAFT_BUILDERS else ""
+    entry = f"{name}: {{builder: {builder}, seed: {seed}, engine: {BUILDER_ENGINES[builder]}{pickles}}}"
     if declared is None:
         raise BuilderError(
             f"Model '{name}' is not declared in params.yaml, so nothing could use it after the build. "

@@ -38,6 +38,7 @@ _SPEC_KEYS = {
     "builder",
     "seed",
     "description",
+    "allow_pickle",  # load pickled weights (audiocraft's checkpoints) from this verified snapshot
     # a model served by an OpenAI-compatible server instead of a snapshot (the text engine)
     "endpoint",
     "served_model",
@@ -81,6 +82,7 @@ class SnapshotSpec:
     # what it is for
     engine: str | None = None
     license: str | None = None
+    allow_pickle: bool = False  # its pickled weights may be loaded (after verification); audiocraft needs it
     # or no snapshot at all: a model answered by an OpenAI-compatible server at this base URL
     endpoint: str | None = None
     served_model: str | None = None  # the model name sent to the server
@@ -280,6 +282,9 @@ def _parse_spec(kind: Kind, name: str, entry: Any) -> SnapshotSpec:
     revision = entry.get("revision")
     if revision is not None and (not isinstance(revision, str) or not revision.strip()):
         raise ParamsError(f"{where}.revision must be a branch, tag or 40-hex commit, got {revision!r}.")
+    allow_pickle = entry.get("allow_pickle", False)
+    if not isinstance(allow_pickle, bool):
+        raise ParamsError(f"{where}.allow_pickle must be true or false, got {allow_pickle!r}.")
     seed = entry.get("seed")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
         raise ParamsError(f"{where}.seed must be an integer >= 0, got {seed!r}.")
@@ -294,6 +299,7 @@ def _parse_spec(kind: Kind, name: str, entry: Any) -> SnapshotSpec:
         ignore_patterns=_patterns(where, "ignore_patterns", entry.get("ignore_patterns")) or (),
         engine=entry.get("engine"),
         license=entry.get("license"),
+        allow_pickle=allow_pickle,
         **remote,
     )
 

@@ -22,6 +22,9 @@ ENGINES: dict[str, str] = {
     "text": "harmonia.engines.text:TextEngine",
     "stable-audio": "harmonia.engines.stable_audio:StableAudioEngine",
     "slicer": "harmonia.engines.slicer:SlicerEngine",  # no weights: audio -> sample pack
+    # audiocraft's own models, run in a worker process with its own environment (engines/audiocraft.py)
+    "audiogen": "harmonia.engines.audiocraft:AudioGenEngine",
+    "magnet": "harmonia.engines.audiocraft:MagnetEngine",
 }
 
 

@@ -257,10 +257,11 @@ def open_snapshot(
     path = require_snapshot(wb, "model", name)
     inventory = require_loadable(wb, "model", name)  # verified, and no remote code named
     pickled = [f.path for f in inventory.files if f.path.endswith(PICKLED)]
-    if pickled and not allow_pickle:
+    if pickled and not (allow_pickle or spec.allow_pickle):  # params.yaml's allow_pickle: true says it
         raise VerificationError(
             f"Model '{name}' contains pickled weights ({', '.join(pickled[:3])}); Harmonia loads safetensors "
-            "only. Fetch it without --allow-pickle, or pass allow_pickle=True if you trust the files."
+            "only. Fetch it without --allow-pickle, or pass allow_pickle=True (or set 'allow_pickle: true' in "
+            "its params.yaml entry) if you trust the files."
         )
     return spec, path, inventory
 
