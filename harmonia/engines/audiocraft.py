@@ -477,13 +477,16 @@ class _AudiocraftEngine:
             dtype, threads = pick_dtype(runtime.dtype, chosen), pick_threads(runtime.threads)
             facts = model_facts(path, True)
             _check_family(facts, cls, name)
-            worker = Worker.shared()
-            worker.hello()
-            answer = worker.call(
-                "load", snapshot=str(path), family=cls.family, allow_pickle=True, threads=threads
-            )
+            worker, answer = _load_in_worker(path, cls.family, threads, inventory.digest)
         loaded = LoadedModel(name, path, spec, inventory, str(chosen), dtype, threads, timer.seconds)
         return cls(worker, loaded, facts, answer, pickled)
+
+    def _ensure(self) -> Worker:
+        """The worker, holding this engine's model (a new worker after a crash; a reload after another model)."""
+        key = (str(self.loaded.path), self.family, self.loaded.inventory.digest)
+        if not self.worker.alive or self.worker.loaded != key or self.worker is not Worker.shared():
+            self.worker, self.answer = _load_in_worker(*key[:2], self.loaded.threads, key[2])
+        return self.worker
 
     def describe(self) -> dict:
         """The manifest's engine entry: the worker's packages, the stand-ins, the pickles and how they loaded."""
@@ -536,7 +539,7 @@ class _AudiocraftEngine:
 
     def _run(self, takes: list[dict], duration_s: float, params: dict, steps_per_take: int, progress, cancel):
         """The worker's generation: float32 ``[channels, samples]`` per take, and its step count."""
-        answer = self.worker.call(
+        answer = self._ensure().call(
             "generate", progress, cancel, takes=takes, duration_s=duration_s, params=params,
             steps_per_take=steps_per_take, threads=self.loaded.threads,
         )  # fmt: skip
@@ -545,6 +548,15 @@ class _AudiocraftEngine:
             raw = np.frombuffer(base64.b64decode(item["data"]), dtype="<f4").reshape(item["shape"])
             audio.append(np.ascontiguousarray(raw, dtype=np.float32))
         return audio, int(answer["steps"]), float(answer["generate_s"])
+
+
+def _load_in_worker(path, family: str, threads: int, digest: str) -> tuple[Worker, dict]:
+    worker = Worker.shared()
+    worker.hello()
+    worker.loaded = None
+    answer = worker.call("load", snapshot=str(path), family=family, allow_pickle=True, threads=threads)
+    worker.loaded = (str(path), family, digest)
+    return worker, answer
 
 
 def _open(wb: Workbench, name: str, engine: str):

@@ -1,0 +1,298 @@
+"""audiocraft's AudioGen and MAGNeT through the worker, on tiny models built in code.
+
+Fast tests: the main environment never imports audiocraft, xformers or the stand-ins; the
+pickles are refused unless params.yaml allows them; a worker that dies gives a clear error.
+Slow tests (they make the worker's environment once per session, from PyPI, and start the
+worker): each engine's shapes and rates, the same bytes across processes, reproduce, cancel,
+a crash mid-generation writes nothing.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from harmonia.artifacts import list_artifacts
+from harmonia.audio import Audio
+from harmonia.errors import Cancelled, RequestError, VerificationError, WorkerError
+from harmonia.requests import MusicRequest, SampleRequest
+from harmonia.workbench import Workbench
+from tests.conftest import PARAMS, REPO_ROOT, run_cli
+
+MODELS = """\
+  tiny-audiogen:
+    builder: audiogen
+    seed: 0
+    engine: audiogen
+    license: mit
+    allow_pickle: true
+  tiny-magnet:
+    builder: magnet
+    seed: 0
+    engine: magnet
+    license: mit
+    allow_pickle: true
+  tiny-audiogen-strict:
+    builder: audiogen
+    seed: 0
+    engine: audiogen
+    license: mit
+"""
+
+
+def _params() -> str:
+    return PARAMS.replace("models:\n", "models:\n" + MODELS, 1)
+
+
+def _workbench(root: Path) -> Workbench:
+    (root / "notebooks").mkdir(parents=True, exist_ok=True)
+    (root / "params.yaml").write_text(_params())
+    return Workbench.open(root)
+
+
+# -- fast: no worker environment needed -------------------------------------------------------------
+def test_the_main_environment_never_imports_audiocraft_xformers_or_the_standins(tmp_path):
+    code = """
+import sys
+import harmonia.engines.audiocraft, harmonia.generation, harmonia.tiny, harmonia.cli
+from harmonia.engines import engine_class
+engine_class("audiogen"), engine_class("magnet")
+bad = sorted(m for m in sys.modules if m.split(".")[0] in ("audiocraft", "xformers", "torchaudio"))
+print(bad)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    with pytest.raises(ImportError):  # and nothing of them is installed where Harmonia runs
+        __import__("audiocraft")
+
+
+def test_a_dead_worker_gives_a_clear_error(tmp_path):
+    from harmonia.engines.audiocraft import Worker
+
+    worker = Worker(Path(sys.executable))  # the worker's loop needs only the standard library
+    with pytest.raises(WorkerError, match=r"could not frobnicate: ValueError: unknown op 'frobnicate'"):
+        worker.call("frobnicate")
+    with pytest.raises(WorkerError) as caught:
+        worker.call("crash", code=7)
+    assert str(caught.value).startswith(
+        "The audiocraft worker exited with code 7 during 'crash'; nothing was written. Its last words: "
+    )
+    assert not worker.alive
+
+
+def test_allow_pickle_must_be_a_boolean(tmp_path):
+    from harmonia.errors import ParamsError
+
+    root = tmp_path / "wb"
+    _workbench(root)
+    (root / "params.yaml").write_text(_params().replace("allow_pickle: true", "allow_pickle: yes please", 1))
+    with pytest.raises(
+        ParamsError, match=r"tiny-audiogen\.allow_pickle must be true or false, got 'yes please'"
+    ):
+        Workbench.open(root).specs("model")
+
+
+def test_worker_pins_are_exact_and_never_name_torch():
+    from harmonia.engines.audiocraft import WORKER_PINS
+
+    names = {pin.split("==")[0].lower() for pin in WORKER_PINS}
+    assert all("==" in pin for pin in WORKER_PINS)
+    assert not names & {"torch", "torchaudio", "xformers", "torchvision", "numpy", "av", "transformers"}
+
+
+# -- slow: the worker's environment and the tiny models ------------------------------------------------
+@pytest.fixture(scope="session")
+def worker_env():
+    """The worker's environment (made once, from PyPI, when missing) and a shared worker."""
+    from harmonia.engines.audiocraft import ensure_worker_env, shutdown
+
+    python = ensure_worker_env(quiet=True)
+    yield python
+    shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_audiocraft(tmp_path_factory, worker_env) -> Path:
+    from harmonia.tiny import build_tiny
+
+    root = tmp_path_factory.mktemp("tiny-audiocraft")
+    wb = _workbench(root)
+    build_tiny(wb, "audiogen", seed=0)
+    build_tiny(wb, "magnet", seed=0)
+    return root / "models"
+
+
+@pytest.fixture
+def ac_wb(tmp_path, tiny_audiocraft) -> Workbench:
+    import shutil
+
+    wb = _workbench(tmp_path / "wb")
+    shutil.copytree(tiny_audiocraft, wb.root / "models")
+    return wb
+
+
+@pytest.mark.slow
+def test_tiny_models_are_the_same_bytes_in_another_process(ac_wb, tmp_path):
+    first = json.loads((ac_wb.root / "models" / "tiny-audiogen" / "inventory.json").read_text())
+    other = _workbench(tmp_path / "other")
+    done = run_cli("models", "tiny", "audiogen", cwd=other.root, timeout=300)
+    assert done.returncode == 0, done.stderr
+    second = json.loads((other.root / "models" / "tiny-audiogen" / "inventory.json").read_text())
+    assert first["files"] == second["files"]
+    assert {f["path"] for f in first["files"]} == {"state_dict.bin", "compression_state_dict.bin"}
+    assert first["source"]["versions"]["audiocraft"] == "1.3.0"
+
+
+@pytest.mark.slow
+def test_audiogen_makes_samples_by_type_at_its_rate(ac_wb):
+    from harmonia.generation import generate
+
+    fx = generate(
+        ac_wb, "tiny-audiogen", SampleRequest("dog barking", type="sfx", duration_s=1.0, seed=3), threads=1
+    )
+    (out,) = fx.artifact.manifest.outputs
+    audio, rate = sf.read(fx.artifact.file(out), dtype="float32", always_2d=True)
+    assert rate == 16_000 and audio.shape[1] == 1 and 0 < audio.shape[0] <= 16_000
+    m = fx.artifact.manifest
+    assert m.kind == "sample" and m.engine.name == "audiogen" and m.request["steps"] is None
+    pickles = m.engine.details["pickled_weights"]
+    assert pickles["files"] == ["compression_state_dict.bin", "state_dict.bin"]
+    assert pickles["allowed_by"] == "params.yaml allow_pickle: true" and pickles["full_unpickling"] is False
+    assert m.engine.details["worker"]["versions"]["audiocraft"] == "1.3.0"
+    assert m.engine.details["worker"]["standins"] == {
+        "xformers": "0.0.0+harmonia.standin", "torchaudio": "0.0.0+harmonia.standin",
+    }  # fmt: skip
+    loop = generate(
+        ac_wb, "tiny-audiogen", SampleRequest("drums", type="loop", bpm=240, seed=1), threads=1
+    ).result
+    assert loop.audio[0].shape == (1, 16_000)  # 1 bar of 4 at 240 bpm, exact
+    takes = generate(
+        ac_wb, "tiny-audiogen", SampleRequest(["a", "b"], duration_s=0.5, takes=2, seed=5)
+    ).result
+    assert [(d["prompt"], d["take"], d["seed"]) for d in takes.take_details] == [
+        (0, 0, 5), (0, 1, 6), (1, 0, 5), (1, 1, 6),
+    ]  # fmt: skip
+    assert takes.audio[0].tobytes() != takes.audio[1].tobytes()
+
+
+@pytest.mark.slow
+def test_magnet_makes_music_of_the_asked_length(ac_wb):
+    from harmonia.generation import generate
+
+    seen = []
+    done = generate(
+        ac_wb, "tiny-magnet", MusicRequest(["calm piano", "fast drums"], duration_s=1.5, seed=2),
+        progress=lambda d, t: seen.append((d, t)), threads=1,
+    )  # fmt: skip
+    result = done.result
+    assert result.sample_rate == 32_000 and [a.shape for a in result.audio] == [(1, 48_000)] * 2
+    assert done.artifact.manifest.kind == "music" and done.artifact.manifest.engine.name == "magnet"
+    assert (
+        seen[-1] == (2 * 50, 2 * 50) and len(seen) == 2 * 50
+    )  # MAGNeT's decoding steps, 20+10+10+10 a prompt
+    assert result.audio[0].tobytes() != result.audio[1].tobytes()
+
+
+@pytest.mark.slow
+def test_refusals_come_before_the_model_loads(ac_wb):
+    from harmonia.generation import generate
+
+    cases = [
+        ("tiny-magnet", MusicRequest("x", duration_s=3.0, seed=0),
+         "duration_s is 3 s but model 'tiny-magnet' makes at most 2 s (MAGNeT decodes one fixed window); "
+         "ask for at most 2 s."),
+        ("tiny-magnet", MusicRequest("x", duration_s=1.0, melody=Audio(np.ones((1, 800), np.float32), 8000, "0" * 64), seed=0),
+         "melody: magnet takes no melody; leave --melody out (musicgen models take it)."),
+        ("tiny-audiogen", SampleRequest("x", negative_prompt="noise", seed=0),
+         "negative_prompt: audiogen has no negative prompt; leave --negative out."),
+        ("tiny-audiogen", SampleRequest("x", duration_s=31.0, seed=0),
+         "duration_s is 31 s but model 'tiny-audiogen' generates at most 30.00 s; ask for at most 30 s."),
+        ("tiny-audiogen", SampleRequest("x", type="loop", seed=0),
+         "a loop needs a tempo: give bpm (e.g. --bpm 120) and, if not 1, bars (--bars 2)."),
+    ]  # fmt: skip
+    for model, request, message in cases:
+        with pytest.raises(RequestError) as caught:
+            generate(ac_wb, model, request, threads=1)
+        assert str(caught.value) == message
+    import shutil
+
+    shutil.copytree(ac_wb.root / "models" / "tiny-audiogen", ac_wb.root / "models" / "tiny-audiogen-strict")
+    with pytest.raises(VerificationError, match="contains pickled weights"):
+        generate(ac_wb, "tiny-audiogen-strict", SampleRequest("x", seed=0))
+    assert list_artifacts(ac_wb) == []
+
+
+@pytest.mark.slow
+def test_the_same_request_gives_the_same_bytes_in_another_process_and_reproduces(ac_wb):
+    from harmonia.generation import generate, reproduce
+
+    here = generate(ac_wb, "tiny-audiogen", SampleRequest("rain", duration_s=1.0, seed=9), threads=1)
+    (out,) = here.artifact.manifest.outputs
+    done = run_cli(
+        "generate", "sample", "--model", "tiny-audiogen", "--type", "sfx", "--duration", "1", "--seed", "9",
+        "--threads", "1", "--force", "rain", cwd=ac_wb.root, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    again = [a for a in list_artifacts(ac_wb) if a.id == here.artifact.id]
+    assert again and again[0].manifest.outputs[0].sha256 == out.sha256
+    music = generate(ac_wb, "tiny-magnet", MusicRequest("calm piano", duration_s=1.0, seed=4), threads=1)
+    for artifact in (here.artifact, music.artifact):
+        verdict = reproduce(ac_wb, artifact.id)
+        assert verdict.identical, verdict.summary()
+
+
+@pytest.mark.slow
+def test_cancel_stops_between_steps_and_writes_nothing(ac_wb):
+    from harmonia.generation import generate
+
+    stop = threading.Event()
+
+    def progress(done, total):
+        if done == 3:
+            stop.set()
+
+    with pytest.raises(
+        Cancelled, match=r"^Generation cancelled at step \d+ of \d+; no artifact was written\.$"
+    ):
+        generate(ac_wb, "tiny-audiogen", SampleRequest("wind", duration_s=1.0, seed=1), progress=progress,
+                 cancel=stop, threads=1)  # fmt: skip
+    assert list_artifacts(ac_wb) == []
+    # the worker is still there and answers the next request
+    assert (
+        generate(ac_wb, "tiny-audiogen", SampleRequest("wind", duration_s=0.5, seed=1), threads=1).result
+        is not None
+    )
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_generation_gives_a_clear_error_and_no_artifact(ac_wb):
+    from harmonia.engines.audiocraft import Worker
+    from harmonia.generation import generate
+
+    def progress(done, total):
+        if done == 2:
+            os.kill(Worker.shared().process.pid, signal.SIGKILL)
+
+    with pytest.raises(
+        WorkerError, match=r"^The audiocraft worker exited with code -9 during 'generate'; nothing"
+    ):
+        generate(
+            ac_wb, "tiny-magnet", MusicRequest("x", duration_s=1.0, seed=1), progress=progress, threads=1
+        )
+    assert list_artifacts(ac_wb) == []
+    assert not any((ac_wb.root / "artifacts").glob("*")) if (ac_wb.root / "artifacts").exists() else True
+    again = generate(
+        ac_wb, "tiny-magnet", MusicRequest("x", duration_s=1.0, seed=1), threads=1
+    )  # a new worker starts
+    assert np.isfinite(again.result.audio[0]).all()
