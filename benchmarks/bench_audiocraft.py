@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def in_worker(seconds: float, threads: int) -> dict:
+def in_worker(seconds: float, threads: int, dim: int = 1024, layers: int = 24) -> dict:
     """Run inside the worker's environment (imports audiocraft)."""
     import torch
     from audiocraft.models import MAGNeT, MusicGen, builders
@@ -44,7 +44,7 @@ def in_worker(seconds: float, threads: int) -> dict:
         cfg = {
             "lm_model": "transformer_lm_magnet" if magnet else "transformer_lm", "device": "cpu", "dtype": "float32",
             "dataset": {"segment_duration": 10 if magnet else 30},  # musicgen-small: 30 s windows
-            "transformer_lm": {"n_q": 4, "card": 2048, "dim": 1024, "num_heads": 16, "num_layers": 24,
+            "transformer_lm": {"n_q": 4, "card": 2048, "dim": dim, "num_heads": 16, "num_layers": layers,
                                "hidden_scale": 4, "custom": False, "causal": not magnet, "norm_first": True,
                                "memory_efficient": magnet, "bias_proj": False},
             "codebooks_pattern": {"modeling": "parallel" if magnet else "delay",
@@ -52,7 +52,7 @@ def in_worker(seconds: float, threads: int) -> dict:
             "attribute_dropout": {}, "classifier_free_guidance": {"training_dropout": 0.0, "inference_coef": 3.0},
             "fuser": {"cross_attention_pos_emb": False, "cross_attention_pos_emb_scale": 1, "sum": [],
                       "prepend": [], "cross": ["description"], "input_interpolate": []},
-            "conditioners": {"description": {"model": "lut", "lut": {"n_bins": 256, "dim": 1024, "tokenizer": "noop"}}},
+            "conditioners": {"description": {"model": "lut", "lut": {"n_bins": 256, "dim": dim, "tokenizer": "noop"}}},
         }  # fmt: skip
         if magnet:
             cfg["transformer_lm"].update(subcodes_context=5, compression_model_framerate=50,
@@ -89,10 +89,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dim", type=int, default=1024, help="transformer width (1024: the -small models)")
+    parser.add_argument("--layers", type=int, default=24, help="transformer layers (24: the -small models)")
+    parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
     parser.add_argument("--in-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.in_worker:
-        print(json.dumps(in_worker(args.seconds, args.threads)))
+        print(json.dumps(in_worker(args.seconds, args.threads, args.dim, args.layers)))
         return
     sys.path.insert(0, str(ROOT))
     from harmonia.calibration import cpu_model
@@ -100,17 +103,23 @@ def main() -> None:
 
     python = ensure_worker_env()
     done = subprocess.run(
-        [str(python), __file__, "--in-worker", "--seconds", str(args.seconds), "--threads", str(args.threads)],
+        [str(python), __file__, "--in-worker", "--seconds", str(args.seconds), "--threads", str(args.threads),
+         "--dim", str(args.dim), "--layers", str(args.layers)],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     results = json.loads(done.stdout.strip().splitlines()[-1])
     cpu = cpu_model() or platform.processor()
-    print(f"{cpu}, {args.threads} threads, {args.seconds:g} s clips, random weights (audiocraft 1.3.0):")
+    print(f"{cpu}, {args.threads} threads, {args.seconds:g} s clips, random weights (audiocraft 1.3.0), "
+          f"width {args.dim}, {args.layers} layers:")  # fmt: skip
     for name, r in results.items():
         print(f"  {name:15s} {r['lm_params_m']:7.1f} M LM params  {r['compute_s']:7.2f} s  "
               f"{r['s_per_audio_s']:7.3f} s per s of audio")  # fmt: skip
     ratio = results["musicgen-small"]["s_per_audio_s"] / results["magnet-small"]["s_per_audio_s"]
     print(f"  MAGNeT is {ratio:.2f}x MusicGen's speed on this clip")
+    if args.out is not None:
+        figures = {"cpu": cpu, "threads": args.threads, "seconds": args.seconds, "dim": args.dim,
+                   "layers": args.layers, "models": results, "magnet_speedup": round(ratio, 3)}  # fmt: skip
+        args.out.write_text(json.dumps(figures, indent=1) + "\n")
 
 
 if __name__ == "__main__":

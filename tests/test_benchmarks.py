@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -57,3 +59,17 @@ def test_bench_samples_runs_on_the_tiny_model(tmp_path):
     for row in result["rows"]:
         assert row["same_samples"] and row["plain"]["seconds"] > 0 and row["engine"]["seconds_per_step"] > 0
         assert row["peak_rss_gib"] > 0 and "engine_overhead_pct" in row
+
+
+@pytest.mark.slow
+def test_bench_audiocraft_runs_on_a_small_width(tmp_path):
+    out = tmp_path / "audiocraft.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/bench_audiocraft.py"), "--seconds", "0.2", "--threads", "1",
+         "--dim", "64", "--layers", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert set(result["models"]) == {"musicgen-small", "magnet-small"} and result["magnet_speedup"] > 0
+    assert "MAGNeT is" in proc.stdout
