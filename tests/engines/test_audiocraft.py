@@ -296,3 +296,46 @@ def test_a_worker_killed_mid_generation_gives_a_clear_error_and_no_artifact(ac_w
         ac_wb, "tiny-magnet", MusicRequest("x", duration_s=1.0, seed=1), threads=1
     )  # a new worker starts
     assert np.isfinite(again.result.audio[0]).all()
+
+
+def _load_standin(relative: str):
+    """A stand-in module loaded under a private name (never as xformers or torchaudio here)."""
+    import importlib.util
+
+    path = REPO_ROOT / "harmonia" / "workers" / "standins" / relative
+    spec = importlib.util.spec_from_file_location("standin_" + relative.replace("/", "_")[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_attention_standin_matches_plain_attention():
+    import torch
+
+    ops = _load_standin("xformers/ops.py")
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 7, 4, 8, generator=g) for _ in range(3))  # xformers' [batch, time, heads, dim]
+
+    def reference(bias):
+        scores = torch.einsum("bthd,bshd->bhts", q, k) / 8**0.5 + bias
+        return torch.einsum("bhts,bshd->bthd", scores.softmax(-1), v)
+
+    causal = torch.full((7, 7), float("-inf")).triu(1)
+    got = ops.memory_efficient_attention(q, k, v, ops.LowerTriangularMask())
+    assert got.shape == (2, 7, 4, 8) and (got - reference(causal)).abs().max() < 5e-7
+    bias = torch.randn(2, 4, 7, 7, generator=g)
+    assert (ops.memory_efficient_attention(q, k, v, bias) - reference(bias)).abs().max() < 5e-7
+    assert [t.shape for t in ops.unbind(torch.zeros(2, 3, 5), dim=1)] == [(2, 5)] * 3
+
+
+def test_the_spectrogram_standin_is_the_hann_power_spectrogram():
+    import torch
+
+    transforms = _load_standin("torchaudio/transforms.py")
+    wave = torch.sin(torch.arange(4000) * 2 * torch.pi * 440 / 16000)[None]
+    spec = transforms.Spectrogram(n_fft=512, hop_length=128, power=2, normalized=True)(wave)
+    assert spec.shape == (1, 257, 4000 // 128 + 1)
+    assert int(spec[0].mean(-1).argmax()) == round(440 * 512 / 16000)  # the tone's bin
+    window = torch.hann_window(512)
+    plain = torch.stft(wave, 512, 128, 512, window, center=True, return_complex=True).abs().pow(2)
+    assert torch.allclose(spec, plain / window.pow(2).sum(), rtol=1e-5, atol=1e-9)
