@@ -351,6 +351,7 @@ def _row(wb: Workbench, name: str, index: int, where: str, entry: dict[str, Any]
     settings.update({("fmt" if k == "format" else k): entry[k] for k in SETTING_KEYS if k in entry})
     if info.prompted and settings.get("threads") is None:
         settings["threads"] = threads  # fixed, so every executor makes the same id
+    _check_settings(at, settings)
     # the seed: given, or derived from what the row asks (stable across runs and executors)
     seed = entry.get("seed")
     if seed is None and "seed" in req_fields:
@@ -373,6 +374,27 @@ def _row(wb: Workbench, name: str, index: int, where: str, entry: dict[str, Any]
         raise RequestError(f"{at}: {exc}") from None
     plain = {f.name: _plain(getattr(built, f.name)) for f in fields(built)}
     return BatchRow(index, where, kind, model if info.prompted else None, engine, plain, settings)
+
+
+def _check_settings(at: str, settings: dict[str, Any]) -> None:
+    """Output and runtime settings that need no model: format, loudness target, threads."""
+    from harmonia.engines.base import MAX_THREADS
+    from harmonia.manifest import OutputSettings
+    from harmonia.media import check_output
+
+    try:
+        if "fmt" in settings:
+            check_output(OutputSettings(settings["fmt"], settings.get("normalize_lufs")))
+        threads = settings.get("threads")
+        if threads is not None and (
+            not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= MAX_THREADS
+        ):
+            raise RequestError(f"threads must be an integer in [1, {MAX_THREADS}], got {threads!r}.")
+        for key in ("device", "dtype", "precision"):
+            if settings.get(key) is not None and not isinstance(settings[key], str):
+                raise RequestError(f"{key} must be text (e.g. cpu, float32, exact), got {settings[key]!r}.")
+    except HarmoniaError as exc:
+        raise RequestError(f"{at}: {exc}") from None
 
 
 def _check_model(wb: Workbench, at: str, kind: str, model: str) -> None:

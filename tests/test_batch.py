@@ -1,0 +1,336 @@
+"""Batches: every row checked before anything runs (one-line errors naming the row and field), the local
+pool and a real Ray head on 127.0.0.1 making the same artifacts, one bad row recorded, a killed actor's
+rows run again, nothing half-written, Ray never imported by the plain CLI."""
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from harmonia.artifacts import intact, list_artifacts, load_artifact
+from harmonia.batch import (
+    BatchReport,
+    ExecutorConfig,
+    RowResult,
+    check_cluster,
+    executor_config,
+    fit_actors,
+    load_batch,
+    run_batch,
+)
+from harmonia.errors import ClusterError, FileFormatError, ParamsError, RequestError
+from tests.conftest import REPO_ROOT, run_cli
+
+BATCH = """\
+defaults: {duration_s: 0.5}
+rows:
+  - {prompt: calm piano, seed: 1}
+  - {prompt: a melody that is not there, seed: 2, melody: nothere.wav}
+product:
+  prompts: [funk drums, warm bass]
+  seeds: [0, 1]
+  models: [tiny-musicgen]
+"""
+BAD_ROW = "rows[1]: melody: cannot read nothere.wav as audio"
+
+
+def write(wb, text, name="batch.yaml") -> Path:
+    path = wb.root / name
+    path.write_text(text)
+    return path
+
+
+def outputs(wb) -> dict[str, list[str]]:
+    """artifact id -> the sha256 of each output file, read from the files themselves."""
+    found = {}
+    for art in list_artifacts(wb):
+        found[art.id] = [hashlib.sha256(art.file(o).read_bytes()).hexdigest() for o in art.outputs]
+    return found
+
+
+# -- reading and checking ---------------------------------------------------------------------
+def test_rows_and_a_product_become_checked_rows_seeded_per_row(workbench):
+    rows = load_batch(workbench, write(workbench, BATCH))
+    assert [r.where for r in rows] == [
+        "rows[0]", "rows[1]",
+        "product[prompt 0, seed 0, model tiny-musicgen]", "product[prompt 0, seed 1, model tiny-musicgen]",
+        "product[prompt 1, seed 0, model tiny-musicgen]", "product[prompt 1, seed 1, model tiny-musicgen]",
+    ]  # fmt: skip
+    assert [r.request["seed"] for r in rows] == [1, 2, 0, 1, 0, 1]
+    assert rows[2].request["prompts"] == ["funk drums"] and rows[2].request["duration_s"] == 0.5
+    assert rows[0].request["guidance_scale"] == 3.0  # params.yaml's music defaults fill the rest
+    assert {r.settings["threads"] for r in rows} == {1}  # fixed: the id is the same on every executor
+    assert all(r.model == "tiny-musicgen" for r in rows)
+    assert not (workbench.root / "artifacts").exists()  # checking writes nothing
+
+
+def test_a_row_without_a_seed_gets_one_from_its_content(workbench):
+    text = "- {prompt: calm piano}\n- {prompt: calm piano}\n- {prompt: calm piano, duration_s: 2}\n"
+    a = load_batch(workbench, write(workbench, text))
+    b = load_batch(workbench, write(workbench, text))
+    assert (
+        a[0].request["seed"] == a[1].request["seed"] == b[0].request["seed"]
+    )  # stable: re-runs hit the cache
+    assert a[2].request["seed"] != a[0].request["seed"]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("- {prompt: x, temprature: 1}\n", "batch.yaml rows[0].temprature is not a field of a music row; allowed: "),
+        ("- {prompt: x, duration_s: 999}\n", "batch.yaml rows[0]: duration_s must be > 0 and <= "),
+        ("- {prompt: x, top_k: 2.5}\n", "batch.yaml rows[0]: top_k must be an integer in [0, "),
+        ("- {prompt: x, seed: -1}\n", "batch.yaml rows[0].seed must be an integer in [0, 2**63), got -1."),
+        ("- {prompt: x, kind: poem}\n", "batch.yaml rows[0].kind: 'poem' is not a kind Harmonia makes; known kinds: "),
+        ("- {prompt: x, model: nope}\n", "batch.yaml rows[0].model: Unknown model 'nope'."),
+        ("- {prompt: x, model: tiny-stable-audio}\n", "batch.yaml rows[0].model: 'tiny-stable-audio' makes sample, not music"),
+        ("- {seed: 1}\n", "batch.yaml rows[0]: give 'prompt' (one) or 'prompts' (a list), exactly one of them."),
+        ("- {prompt: '  '}\n", "batch.yaml rows[0].prompt must be non-empty text"),
+        ("- calm piano\n", "batch.yaml rows[0]: must be a mapping (kind, model, prompt, seed, ...), got str 'calm piano'."),
+        ("product: {prompts: [a]}\n", "batch.yaml product.seeds: must be a non-empty list, got NoneType None."),
+        ("rowz: []\n", "batch.yaml: 'rowz' is not a batch key; allowed: defaults, rows, product."),
+        ("rows: []\n", "batch.yaml: no rows; give 'rows' (a list) or a 'product' of prompts x seeds x models."),
+        ("- {prompt: x, format: mp4}\n", "batch.yaml rows[0]: format must be one of wav, flac, got 'mp4'."),
+        ("- {prompt: x, threads: 0}\n", "batch.yaml rows[0]: threads must be an integer in [1, "),
+    ],
+)  # fmt: skip
+def test_a_bad_row_is_one_line_naming_the_row_and_the_field_and_nothing_runs(workbench, text, message):
+    with pytest.raises((RequestError, ParamsError)) as exc:
+        rows = load_batch(workbench, write(workbench, text))
+        run_batch(workbench, rows, ExecutorConfig(workers=1))  # only reached if the check let it through
+    assert str(exc.value).startswith(message), str(exc.value)
+    assert "\n" not in str(exc.value)
+    assert not (workbench.root / "artifacts").exists()
+
+
+def test_the_file_is_read_with_the_safe_loader_limits(workbench):
+    bomb = 'a: &a ["x","x","x","x","x","x","x","x","x","x"]\n' + "".join(
+        f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdef", "bcdefg", strict=True)
+    )
+    with pytest.raises(FileFormatError, match=r"batch.yaml line \d+, column \d+: more than 200,000 values"):
+        load_batch(workbench, write(workbench, bomb))
+    with pytest.raises(FileFormatError, match=r"batch\.yaml line 2, column 1: expected the node content"):
+        load_batch(workbench, write(workbench, "- [\n"))
+    with pytest.raises(RequestError, match=r"batch file .*missing\.yaml does not exist"):
+        load_batch(workbench, workbench.root / "missing.yaml")
+
+
+def test_executor_settings_come_from_params_and_are_checked(workbench):
+    params = workbench.root / "params.yaml"
+    params.write_text(
+        params.read_text()
+        + "batch:\n  executor: ray\n  workers: 3\n  ray: {gpus_per_actor: 1, max_restarts: 5}\n"
+    )
+    from harmonia.workbench import Workbench
+
+    wb = Workbench.open(workbench.root)
+    config = executor_config(wb)
+    assert (config.executor, config.workers, config.gpus_per_actor, config.max_restarts) == ("ray", 3, 1, 5)
+    assert executor_config(wb, executor="local", workers=None).executor == "local"
+    with pytest.raises(ParamsError, match=r"batch.executor must be one of local, ray, got 'slurm'."):
+        executor_config(wb, executor="slurm")
+    with pytest.raises(ParamsError, match=r"batch.workers must be a whole number in \[1, 1024\], got 0."):
+        executor_config(wb, workers=0)
+    params.write_text(params.read_text() + "  color: red\n")
+    with pytest.raises(
+        ParamsError, match=r"params\.yaml: batch\.color is not a batch setting; allowed: executor"
+    ):
+        executor_config(Workbench.open(workbench.root))
+
+
+def test_the_resource_check_refuses_an_actor_no_node_can_hold():
+    nodes = [{"CPU": 2.0, "memory": 1e9}, {"CPU": 16.0}]
+    assert fit_actors(nodes, cpus=1, gpus=0) == 18 and fit_actors(nodes, cpus=4, gpus=0) == 4
+    assert check_cluster(nodes, ExecutorConfig(workers=2), "127.0.0.1:6379") == 2  # no more than asked
+    with pytest.raises(ClusterError) as exc:
+        check_cluster(nodes, ExecutorConfig(gpus_per_actor=1), "127.0.0.1:6379")
+    assert str(exc.value) == (
+        "ray: no node of the cluster at 127.0.0.1:6379 has 1 CPU and 1 GPU for one actor (nodes: 2 CPU, 0 GPU; "
+        "16 CPU, 0 GPU). Lower batch.ray.cpus_per_actor / gpus_per_actor in params.yaml, or add a node that "
+        "has them (ray start --address ...)."
+    )
+
+
+def test_the_summary_counts_done_cached_and_failed():
+    results = (
+        RowResult(0, "rows[0]", "a" * 16, False, None, 1.0),
+        RowResult(1, "rows[1]", "b" * 16, True, None, 0.1),
+        RowResult(2, "rows[2]", None, False, "boom", 0.1),
+    )
+    report = BatchReport("local", results, seconds=60.0, startup_s=2.0)
+    assert (report.done, report.cached, [r.where for r in report.failed]) == (1, 1, ["rows[2]"])
+    assert report.table()[1] == ("local", "3", "1", "1", "1", "60.0", "2.0", "2.0")
+    assert report.to_json()["rows"][2]["error"] == "boom"
+
+
+def test_the_cli_refuses_a_bad_batch_in_one_line_and_never_imports_ray(workbench):
+    write(workbench, "- {prompt: x, duration_s: -1}\n")
+    probe = (
+        "import sys; from harmonia.cli import main; code = main(['batch', 'batch.yaml']); "
+        "print('ray imported' if 'ray' in sys.modules else 'no ray', code)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HARMONIA_ROOT": str(workbench.root)}
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=workbench.root, env=env, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.stdout.strip() == "no ray 2", proc.stderr
+    assert (
+        proc.stderr.strip()
+        == "error: batch.yaml rows[0]: duration_s must be > 0 and <= 300 seconds, got -1."
+    )
+    assert not (workbench.root / "artifacts").exists()
+
+
+# -- running ----------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_the_local_pool_records_the_bad_row_and_a_rerun_is_all_cached(music_wb):
+    path = write(music_wb, BATCH)
+    seen = []
+    report = run_batch(music_wb, load_batch(music_wb, path), ExecutorConfig(workers=2), on_row=seen.append)
+    assert len(seen) == 6 and (report.done, report.cached) == (5, 0)
+    (bad,) = report.failed
+    assert bad.where == "rows[1]" and bad.error.startswith("melody: cannot read nothere.wav as audio")
+    arts = {a.id: a for a in list_artifacts(music_wb)}
+    assert set(arts) == {r.artifact for r in report.results if r.artifact}
+    assert all(intact(a) and a.manifest.runtime.threads == 1 for a in arts.values())
+    assert [arts[r.artifact].seed for r in report.results if r.artifact] == [1, 0, 1, 0, 1]
+    # the same row through a plain `harmonia generate`: the same id
+    out = run_cli("generate", "music", "calm piano", "--model", "tiny-musicgen", "--seed", "1",
+                  "--duration", "0.5", "--threads", "1", cwd=music_wb.root)  # fmt: skip
+    assert out.returncode == 0 and f"cached: artifact {report.results[0].artifact}" in out.stdout, out.stderr
+    again = run_batch(music_wb, load_batch(music_wb, path), ExecutorConfig(workers=2))
+    assert (again.done, again.cached, len(again.failed)) == (0, 5, 1)
+    assert [r.artifact for r in again.results] == [r.artifact for r in report.results]
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.fixture
+def ray_head():
+    """A real Ray head on 127.0.0.1 (2 CPUs, token auth, its own temp folder), stopped at the end.
+
+    ``ray start --block`` keeps the head's processes its children; the fixture ends them through
+    that process and then its process group, never with ``ray stop`` (which stops every Ray on
+    the machine).
+    """
+    pytest.importorskip("ray")
+    gcs, *agent = _free_ports(6)
+    temp = tempfile.mkdtemp(prefix="hr-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0"}  # fmt: skip
+    args = [
+        str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+        f"--port={gcs}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", f"--temp-dir={temp}",
+        f"--dashboard-agent-listen-port={agent[0]}", f"--dashboard-agent-grpc-port={agent[1]}",
+        f"--runtime-env-agent-port={agent[2]}", f"--metrics-export-port={agent[3]}",
+        f"--node-manager-port={agent[4]}", "--disable-usage-stats",
+    ]  # fmt: skip
+    head = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while True:  # ready when the head answers a driver
+            probe = subprocess.run(
+                [sys.executable, "-c", f"import ray; ray.init(address='127.0.0.1:{gcs}', logging_level='ERROR'); "
+                 "print(int(ray.cluster_resources().get('CPU', 0)))"],
+                env=env, capture_output=True, text=True, timeout=90,
+            )  # fmt: skip
+            if probe.stdout.strip() == "2":
+                break
+            assert head.poll() is None and time.monotonic() < deadline, probe.stderr[-2000:]
+            time.sleep(1)
+        yield {**env, "RAY_ADDRESS": f"127.0.0.1:{gcs}"}, os.getpgid(head.pid)
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(head.pid, signal.SIGKILL)  # whatever of ours is left (workers, raylet)
+        except ProcessLookupError:
+            pass
+        head.wait(timeout=10)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _actor_pids(group: int) -> list[int]:
+    """The head's Ray Data actors running our rows (their title names the class)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            title = (proc / "cmdline").read_bytes().decode(errors="replace")
+            if "HarmoniaRows" in title and os.getpgid(int(proc.name)) == group:
+                found.append(int(proc.name))
+        except (OSError, ProcessLookupError):
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_ray_makes_the_local_pools_bytes_with_a_bad_row_and_a_killed_actor(
+    music_wb, tiny_models, tmp_path, ray_head
+):
+    env, group = ray_head
+    text = BATCH.replace("duration_s: 0.5", "duration_s: 1.5").replace("seeds: [0, 1]", "seeds: [0, 1, 2]")
+    # 1. The local pool, in a workbench of its own: the reference bytes.
+    from harmonia.workbench import Workbench
+
+    local_root = tmp_path / "local"
+    shutil.copytree(music_wb.root, local_root)
+    local_wb = Workbench.open(local_root)
+    local = run_batch(local_wb, load_batch(local_wb, write(local_wb, text)), ExecutorConfig(workers=2))
+    assert (local.done, len(local.failed)) == (7, 1)
+
+    # 2. The same batch through `harmonia batch --executor ray` on the head; one actor killed mid-run.
+    write(music_wb, text)
+    report_path = music_wb.root / "report.json"
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "harmonia", "batch", "batch.yaml", "--executor", "ray", "--report", str(report_path)],
+        cwd=music_wb.root, env={**env, "HARMONIA_ROOT": str(music_wb.root)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    killed, deadline = None, time.monotonic() + 240
+    while killed is None and cli.poll() is None and time.monotonic() < deadline:
+        arts = music_wb.root / "artifacts"
+        if arts.is_dir() and any(not p.name.startswith(".") for p in arts.iterdir()):  # a row is done
+            pids = _actor_pids(group)
+            if pids:
+                killed = pids[0]
+                os.kill(killed, signal.SIGKILL)
+        time.sleep(0.05)
+    stdout, stderr = cli.communicate(timeout=max(10, deadline - time.monotonic()))
+    assert killed is not None, "no actor was seen running before the batch ended"
+    assert cli.returncode == 1, stderr[-3000:]  # 1: a row failed; everything else was made
+    assert f"failed: {BAD_ROW}" in stdout
+    report = json.loads(report_path.read_text())
+    assert (report["done"], report["cached"], report["failed"]) == (7, 0, 1)
+    workers = {r["worker"] for r in report["rows"]}
+    assert killed not in workers or len(workers) >= 3  # the killed actor's rows ran elsewhere or again
+
+    # 3. Every good row: the same id and the same bytes as the local pool's; nothing half-written.
+    assert [r["artifact"] for r in report["rows"]] == [r.artifact for r in local.results]
+    assert outputs(music_wb) == outputs(local_wb)
+    assert all(intact(load_artifact(music_wb, a)) for a in outputs(music_wb))
+    assert not [p.name for p in (music_wb.root / "artifacts").iterdir() if p.name.startswith(".")]
