@@ -376,6 +376,28 @@ def _row(wb: Workbench, name: str, index: int, where: str, entry: dict[str, Any]
     return BatchRow(index, where, kind, model if info.prompted else None, engine, plain, settings)
 
 
+def request_rows(
+    kind: str, model: str, requests: list[Any], settings: dict[str, Any], threads: int = DEFAULT_THREADS
+) -> list[BatchRow]:
+    """Rows from requests already made and checked (the pipeline's): one row per request.
+
+    ``settings`` are generate()'s keywords; unset threads become ``threads`` (fixed, so every
+    executor makes the same id). A request without a seed gets one from its content.
+    """
+    from harmonia.requests import check_limits
+
+    rows = []
+    for i, request in enumerate(requests):
+        check_limits(request)
+        plain = {f.name: _plain(getattr(request, f.name)) for f in fields(request)}
+        chosen = {**settings, "threads": settings.get("threads") or threads}
+        if "seed" in plain and plain["seed"] is None:
+            blob = json.dumps([kind, model, None, plain, chosen], sort_keys=True, default=str)
+            plain["seed"] = int.from_bytes(hashlib.sha256(blob.encode()).digest()[:4], "big") & 0x7FFFFFFF
+        rows.append(BatchRow(i, f"generation {i}", kind, model, None, plain, chosen))
+    return rows
+
+
 def _check_settings(at: str, settings: dict[str, Any]) -> None:
     """Output and runtime settings that need no model: format, loudness target, threads."""
     from harmonia.engines.base import MAX_THREADS
@@ -677,5 +699,5 @@ def _run_ray(wb: Workbench, rows: list[BatchRow], config: ExecutorConfig, on_row
 
 __all__ = [
     "EXECUTORS", "BatchReport", "BatchRow", "ExecutorConfig", "RowResult", "check_cluster",
-    "executor_config", "fit_actors", "load_batch", "run_batch", "run_row",
+    "executor_config", "fit_actors", "load_batch", "request_rows", "run_batch", "run_row",
 ]  # fmt: skip

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from harmonia.artifacts import intact, list_artifacts, load_artifact
 from harmonia.batch import (
@@ -330,3 +331,45 @@ def test_ray_makes_the_local_pools_bytes_with_a_bad_row_and_a_killed_actor(music
     again = run_batch(local_wb, load_batch(local_wb, path), ExecutorConfig(workers=1))
     assert (again.done, again.cached, len(again.failed)) == (0, 5, 1)
     assert [r.artifact for r in again.results] == [r.artifact for r in local.results]
+
+
+# -- the pipeline's generate stage ------------------------------------------------------------
+def test_the_generate_stage_refuses_an_unknown_executor_before_any_work(music_wb):
+    from harmonia.datasets import build_dataset
+    from harmonia.pipeline import stage_generate
+
+    params = yaml.safe_load((music_wb.root / "params.yaml").read_text())
+    params.update(
+        pipeline={"seeds": [0], "executor": "slurm"},
+        prompt_sets={"eval": {"dataset": "eval-prompts", "limit": 2}},
+    )
+    (music_wb.root / "params.yaml").write_text(yaml.safe_dump(params))
+    wb = Workbench.open(music_wb.root)
+    build_dataset(wb, "eval-prompts")
+    with pytest.raises(ParamsError, match=r"pipeline.executor must be inline, local or ray, got 'slurm'\."):
+        stage_generate(wb, "eval", "tiny-musicgen", music_wb.root / "generated")
+    assert not (music_wb.root / "artifacts").exists()
+
+
+@pytest.mark.slow
+def test_the_generate_stage_on_the_local_pool_makes_the_inline_stages_takes(music_wb, tmp_path):
+    from harmonia.datasets import build_dataset
+    from harmonia.pipeline import stage_generate
+
+    params = yaml.safe_load((music_wb.root / "params.yaml").read_text())
+    params["music"].update(duration_s=0.5, threads=1, batch_size=2)
+    params.update(pipeline={"seeds": [0, 1]}, prompt_sets={"eval": {"dataset": "eval-prompts", "limit": 3}})
+    (music_wb.root / "params.yaml").write_text(yaml.safe_dump(params))
+    other = tmp_path / "pool"
+    shutil.copytree(music_wb.root, other)
+    params["pipeline"]["executor"] = "local"
+    (other / "params.yaml").write_text(yaml.safe_dump(params))
+    indexes, ticks = [], []
+    for root in (music_wb.root, other):
+        wb = Workbench.open(root)
+        build_dataset(wb, "eval-prompts")
+        progress = (lambda done, total: ticks.append((done, total))) if root == other else None
+        indexes.append(stage_generate(wb, "eval", "tiny-musicgen", root / "generated", progress=progress))
+    inline, pool = indexes
+    assert len(pool["takes"]) == 6 and pool["takes"] == inline["takes"]  # same artifacts, files and sha256
+    assert ticks == [(1, 4), (2, 4), (3, 4), (4, 4)]  # 2 seeds x 2 generations of up to 2 prompts
