@@ -21,7 +21,6 @@ import secrets
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -49,17 +48,12 @@ def batch_text(rows: int, duration_s: float) -> str:
 def run_once(wb: Workbench, executor: str, workers: int, path: Path, fresh: bool) -> dict:
     if fresh:
         shutil.rmtree(wb.artifacts_dir, ignore_errors=True)
-    first = []
-    started = time.perf_counter()
-    report = run_batch(
-        wb, load_batch(wb, path), executor_config(wb, executor=executor, workers=workers),
-        on_row=lambda r: first.append(time.perf_counter() - started) if not first else None,
-    )  # fmt: skip
+    report = run_batch(wb, load_batch(wb, path), executor_config(wb, executor=executor, workers=workers))
     made = len(report.results) - len(report.failed)
     return {
         "executor": executor, "rows": len(report.results), "done": report.done, "cached": report.cached,
         "failed": len(report.failed), "seconds": round(report.seconds, 2), "startup_s": round(report.startup_s, 2),
-        "first_row_s": round(first[0], 2) if first else None,
+        "first_row_s": round(report.first_row_s, 2) if report.first_row_s is not None else None,
         "rows_per_min": round(60 * made / report.seconds, 1), "artifacts": [r.artifact for r in report.results],
     }  # fmt: skip
 

@@ -111,7 +111,8 @@ class BatchReport:
     executor: str
     results: tuple[RowResult, ...]
     seconds: float  # wall time, start-up included
-    startup_s: float  # starting the pool or connecting to (or starting) the cluster
+    startup_s: float  # starting the pool, or connecting to (or starting) the cluster and checking it
+    first_row_s: float | None = None  # until the first result came back (workers up, a model loaded)
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -130,15 +131,17 @@ class BatchReport:
         """The summary: rows, done, cached, failed, seconds, rows per minute."""
         made = len(self.results) - len(self.failed)
         rate = f"{60 * made / self.seconds:.1f}" if self.seconds > 0 else "-"
+        first = f"{self.first_row_s:.1f}" if self.first_row_s is not None else "-"
         return [
-            ("EXECUTOR", "ROWS", "DONE", "CACHED", "FAILED", "SECONDS", "START-UP S", "ROWS/MIN"),
+            ("EXECUTOR", "ROWS", "DONE", "CACHED", "FAILED", "SECONDS", "START-UP S", "FIRST ROW S", "ROWS/MIN"),
             (self.executor, str(len(self.results)), str(self.done), str(self.cached), str(len(self.failed)),
-             f"{self.seconds:.1f}", f"{self.startup_s:.1f}", rate),
+             f"{self.seconds:.1f}", f"{self.startup_s:.1f}", first, rate),
         ]  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         return {
             "executor": self.executor, "seconds": round(self.seconds, 3), "startup_s": round(self.startup_s, 3),
+            "first_row_s": None if self.first_row_s is None else round(self.first_row_s, 3),
             "done": self.done, "cached": self.cached, "failed": len(self.failed),
             "rows": [r.to_json() for r in self.results],
         }  # fmt: skip
@@ -543,14 +546,25 @@ def run_batch(
     config = config or executor_config(wb)
     started = time.perf_counter()
     run = _run_ray if config.executor == "ray" else _run_local
-    results, startup_s, notes = run(wb, rows, config, on_row or (lambda r: None))
+    first: list[float] = []
+
+    def arrived(result: RowResult) -> None:
+        if not first:
+            first.append(time.perf_counter() - started)
+        if on_row is not None:
+            on_row(result)
+
+    results, startup_s, notes = run(wb, rows, config, arrived)
     by_index = {r.index: r for r in results}
     missing = [r for r in rows if r.index not in by_index]
     for row in missing:  # never silently lost: a row the executor did not answer is a failure
         by_index[row.index] = RowResult(row.index, row.where, None, False,
                                         "no result came back from the executor (the worker was lost)", 0.0)  # fmt: skip
     ordered = tuple(by_index[r.index] for r in rows)
-    return BatchReport(config.executor, ordered, time.perf_counter() - started, startup_s, tuple(notes))
+    seconds = time.perf_counter() - started
+    return BatchReport(
+        config.executor, ordered, seconds, startup_s, first[0] if first else None, tuple(notes)
+    )
 
 
 def _order(rows: list[BatchRow]) -> list[BatchRow]:

@@ -170,9 +170,9 @@ def test_the_summary_counts_done_cached_and_failed():
         RowResult(1, "rows[1]", "b" * 16, True, None, 0.1),
         RowResult(2, "rows[2]", None, False, "boom", 0.1),
     )
-    report = BatchReport("local", results, seconds=60.0, startup_s=2.0)
+    report = BatchReport("local", results, seconds=60.0, startup_s=2.0, first_row_s=12.5)
     assert (report.done, report.cached, [r.where for r in report.failed]) == (1, 1, ["rows[2]"])
-    assert report.table()[1] == ("local", "3", "1", "1", "1", "60.0", "2.0", "2.0")
+    assert report.table()[1] == ("local", "3", "1", "1", "1", "60.0", "2.0", "12.5", "2.0")
     assert report.to_json()["rows"][2]["error"] == "boom"
 
 
