@@ -79,6 +79,28 @@ def test_rows_and_a_product_become_checked_rows_seeded_per_row(workbench):
     assert not (workbench.root / "artifacts").exists()  # checking writes nothing
 
 
+def test_rows_of_any_kind_take_their_kinds_defaults(workbench):
+    text = (
+        "- {kind: sample, model: tiny-stable-audio, prompt: funk drums, type: loop, bpm: 100, steps: 3, seed: 4}\n"
+        "- {kind: pack, source: 5f0c8a4b2d1e9f37, types: [one-shot]}\n"
+    )
+    sample, pack = load_batch(workbench, write(workbench, text))
+    assert (sample.kind, sample.model, sample.request["prompts"], sample.request["bpm"]) == (
+        "sample", "tiny-stable-audio", ["funk drums"], 100,
+    )  # fmt: skip
+    assert sample.request["guidance_scale"] == 7.0 and sample.settings["threads"] == 1
+    assert (pack.kind, pack.model, pack.engine, pack.request["types"]) == (
+        "pack",
+        None,
+        "slicer",
+        ["one-shot"],
+    )
+    with pytest.raises(
+        RequestError, match=r"rows\[0\]: a pack row is made from an artifact, not from prompts"
+    ):
+        load_batch(workbench, write(workbench, "- {kind: pack, source: 5f0c8a4b, prompt: x}\n"))
+
+
 def test_a_row_without_a_seed_gets_one_from_its_content(workbench):
     text = "- {prompt: calm piano}\n- {prompt: calm piano}\n- {prompt: calm piano, duration_s: 2}\n"
     a = load_batch(workbench, write(workbench, text))
