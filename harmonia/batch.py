@@ -557,9 +557,10 @@ def run_batch(
     results, startup_s, notes = run(wb, rows, config, arrived)
     by_index = {r.index: r for r in results}
     missing = [r for r in rows if r.index not in by_index]
+    why = next((n for n in notes if n.startswith("ray stopped")), "the worker was lost")
     for row in missing:  # never silently lost: a row the executor did not answer is a failure
         by_index[row.index] = RowResult(row.index, row.where, None, False,
-                                        "no result came back from the executor (the worker was lost)", 0.0)  # fmt: skip
+                                        f"no result came back from the executor ({why})", 0.0)  # fmt: skip
     ordered = tuple(by_index[r.index] for r in rows)
     seconds = time.perf_counter() - started
     return BatchReport(
@@ -605,7 +606,7 @@ def _run_local(wb: Workbench, rows: list[BatchRow], config: ExecutorConfig, on_r
                 on_row(result)
         if lost:
             notes.append(f"a worker died; {len(lost)} row(s) run again on a fresh pool")
-            if attempt > config.max_task_retries:
+            if attempt > (config.max_task_retries if config.max_task_retries >= 0 else 10):
                 for row in lost:
                     result = RowResult(row.index, row.where, None, False,
                                        f"the worker running it died {attempt} times", 0.0)  # fmt: skip
@@ -697,15 +698,16 @@ def _run_ray(wb: Workbench, rows: list[BatchRow], config: ExecutorConfig, on_row
                 max_task_retries=config.max_task_retries,
             )
         results = []
-        for item in ds.iter_rows():
-            result = RowResult(**json.loads(item["result"]))
-            results.append(result)
-            on_row(result)
-        return (
-            results,
-            startup_s,
-            [f"{actors} actor(s) of {config.cpus_per_actor:g} CPU, {config.gpus_per_actor:g} GPU"],
-        )
+        notes = [f"{actors} actor(s) of {config.cpus_per_actor:g} CPU, {config.gpus_per_actor:g} GPU"]
+        try:
+            for item in ds.iter_rows():
+                result = RowResult(**json.loads(item["result"]))
+                results.append(result)
+                on_row(result)
+        except Exception as exc:  # the dataset gave up (retries spent): the rows that came back count
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            notes.append(f"ray stopped the batch: {reason}")
+        return results, startup_s, notes
     finally:
         if owned:
             ray.shutdown()
