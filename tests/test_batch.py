@@ -299,14 +299,24 @@ def ray_head():
 def test_ray_makes_the_local_pools_bytes_with_a_bad_row_and_a_killed_actor(music_wb, tmp_path, ray_head):
     env, head = ray_head
     text = BATCH.replace("duration_s: 0.5", "duration_s: 1.0")
-    # 1. The local pool, in a workbench of its own: the reference bytes, the bad row recorded.
+    # 1. The local pool, in a workbench of its own: the reference bytes, the bad row recorded; the
+    # worker that sent the first result is killed, which breaks the pool: its rows run on a fresh one.
     local_root = tmp_path / "local"
     shutil.copytree(music_wb.root, local_root)
     local_wb = Workbench.open(local_root)
     path = write(local_wb, text)
     seen = []
-    local = run_batch(local_wb, load_batch(local_wb, path), ExecutorConfig(workers=2), on_row=seen.append)
-    assert len(seen) == 6 and (local.done, local.cached) == (5, 0)
+
+    def kill_the_first_worker(result):
+        seen.append(result)
+        if len(seen) == 1:
+            os.kill(result.worker, signal.SIGKILL)
+
+    local = run_batch(
+        local_wb, load_batch(local_wb, path), ExecutorConfig(workers=2), on_row=kill_the_first_worker
+    )
+    assert len(seen) == 6 and local.done + local.cached == 5  # a row written just before the kill: cached
+    assert any(n.startswith("a worker died; ") for n in local.notes), local.notes
     (bad,) = local.failed
     assert bad.where == "rows[1]" and bad.error.startswith("melody: cannot read nothere.wav as audio")
     arts = {a.id: a for a in list_artifacts(local_wb)}
