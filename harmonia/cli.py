@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
         _add_snapshot_commands(commands, kind)
     _add_generation_commands(commands)
     _add_write_command(commands)
+    _add_batch_command(commands)
     return parser
 
 
@@ -498,6 +499,63 @@ def _add_write_command(commands) -> None:
             "--threads", type=int, help="CPU threads (default: all cores); recorded, they change the bits"
         )
         p.set_defaults(run=_write, task=task)
+
+
+def _add_batch_command(commands) -> None:
+    p = commands.add_parser(
+        "batch", help="run a file of requests (rows, or prompts x seeds x models) on a pool or a Ray cluster"
+    )
+    p.add_argument("file", metavar="FILE.yaml", help="the batch: a list of rows, or rows/product/defaults")
+    p.add_argument(
+        "--executor", choices=["local", "ray"], help="local: a process pool here; ray: a Ray cluster "
+        "(RAY_ADDRESS, or one started for the run) (default: batch.executor, else local)",
+    )  # fmt: skip
+    p.add_argument(
+        "--workers", type=int, help="pool processes or Ray actors (default: batch.workers, else 2)"
+    )
+    p.add_argument(
+        "--threads", type=int, help="torch threads per row when a row sets none (default: batch.threads, "
+        "else 1); part of the artifact id",
+    )  # fmt: skip
+    p.add_argument("--report", metavar="FILE.json", help="also write every row's result as JSON")
+    p.set_defaults(run=_batch)
+
+
+def _batch(args) -> int:
+    """`harmonia batch FILE.yaml`: check every row, run them, print failures and a summary table."""
+    from pathlib import Path
+
+    from harmonia.batch import executor_config, load_batch, run_batch
+
+    wb = Workbench.open()
+    config = executor_config(wb, executor=args.executor, workers=args.workers, threads=args.threads)
+    rows = load_batch(wb, args.file, threads=config.threads)  # every row checked before anything runs
+    print(
+        f"batch: {len(rows)} rows from {args.file} on {config.executor} ({config.workers} workers)",
+        flush=True,
+    )
+    bar = tqdm(total=len(rows), unit="row", desc="batch", disable=None)
+    failed = 0
+
+    def on_row(result) -> None:
+        nonlocal failed
+        failed += result.error is not None
+        bar.set_postfix(failed=failed, refresh=False)
+        bar.update(1)
+
+    try:
+        report = run_batch(wb, rows, config, on_row=on_row)
+    finally:
+        bar.close()
+    for note in report.notes:
+        print(f"  {note}")
+    for r in report.failed:
+        print(f"failed: {r.where}: {printable(r.error)}")
+    _print_table(report.table())
+    if args.report:
+        Path(args.report).write_text(json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n")
+        print(f"report: {args.report}")
+    return EXIT_FAILED if report.failed else 0
 
 
 def _print_generated(wb: Workbench, done) -> None:

@@ -169,3 +169,13 @@ class OutputError(HarmoniaError, ValueError):
         is kept in .harmonia/rejected/lyrics-3f0c8a4b2d1e.txt. Try another seed or model, or
         edit text.templates.lyrics in params.yaml.
     """
+
+
+class ClusterError(HarmoniaError, RuntimeError):
+    """The Ray cluster cannot run a batch as asked (checked before anything starts).
+
+    Example message:
+        ray: no node of the cluster at 10.0.0.5:6379 has 1 CPU and 1 GPU for one actor (nodes:
+        16 CPU, 0 GPU). Lower batch.ray.cpus_per_actor / gpus_per_actor in params.yaml, or add a
+        node that has them (ray start --address ...).
+    """

@@ -85,9 +85,13 @@ def stage_generate(wb: Workbench, prompt_set: str, model: str, out: Path, progre
     out.mkdir(parents=True)
     takes = []
     batches = [(seed, prompts[i : i + size]) for seed in seeds for i in range(0, len(prompts), size)]
-    for seed, batch in batches:
-        request = music.request_for(tuple(p["caption"] for p in batch), seed=seed)
-        art = generate(wb, model, request, progress=progress, **music.run_settings()).artifact
+    requests = [music.request_for(tuple(p["caption"] for p in batch), seed=seed) for seed, batch in batches]
+    executor = _section(wb, "pipeline").get("executor", "inline")
+    if executor == "inline":  # here, one generation after another (progress per decoding step)
+        made = [generate(wb, model, r, progress=progress, **music.run_settings()).artifact for r in requests]
+    else:  # a batch on the local pool or Ray: the same path per generation, progress per generation
+        made = _run_as_batch(wb, executor, model, requests, music.run_settings(), progress)
+    for (seed, batch), art in zip(batches, made, strict=True):
         for entry, output in zip(batch, art.outputs, strict=True):
             name = f"{entry['id']}-s{seed}.{fmt}"
             _link_or_copy(art.file(output), out / name)
@@ -98,6 +102,35 @@ def stage_generate(wb: Workbench, prompt_set: str, model: str, out: Path, progre
     index = {"prompt_set": prompt_set, "model": model, "takes": takes}
     write_json(out / INDEX_FILE, index)
     return index
+
+
+def _run_as_batch(wb: Workbench, executor: str, model: str, requests: list, settings: dict, progress) -> list:
+    """The stage's generations as one batch (``pipeline.executor: local`` or ``ray``); all must succeed."""
+    from harmonia.artifacts import load_artifact
+    from harmonia.batch import EXECUTORS, executor_config, request_rows, run_batch
+
+    if executor not in EXECUTORS:
+        raise ParamsError(
+            f"params.yaml: pipeline.executor must be inline, {' or '.join(EXECUTORS)}, got {executor!r}."
+        )
+    config = executor_config(wb, executor=executor)
+    rows = request_rows("music", model, requests, settings, threads=config.threads)
+    count = 0
+
+    def on_row(result) -> None:
+        nonlocal count
+        count += 1
+        if progress is not None:
+            progress(count, len(rows))
+
+    report = run_batch(wb, rows, config, on_row=on_row)
+    if report.failed:
+        first = report.failed[0]
+        raise ParamsError(
+            f"generate: {len(report.failed)} of {len(rows)} generations failed on {executor}; first: "
+            f"{first.where}: {first.error}. Fix it and run 'dvc repro' again (what was made is kept)."
+        )
+    return [load_artifact(wb, r.artifact) for r in report.results]
 
 
 def stage_samples(wb: Workbench, model: str, out: Path, progress=None) -> dict:

@@ -48,7 +48,7 @@ def compose_config(tmp_path: Path, *files: str) -> dict:
 def test_cpu_compose_file(tmp_path):
     config = compose_config(tmp_path, "docker-compose.yml")
     services = config["services"]
-    assert set(services) == {"lab", "pipeline", "fetch"}
+    assert set(services) == {"lab", "pipeline", "fetch", "ray-head"}
     lab = services["lab"]
     assert lab["ports"] == ["127.0.0.1:8888:8888/tcp"]  # loopback only by default
     assert lab["restart"] == "unless-stopped"
@@ -68,6 +68,10 @@ def test_cpu_compose_file(tmp_path):
     )
     assert "profiles" not in lab
     assert set(config["volumes"]) == {"hf-cache", "dvc-cache"}
+    head = services["ray-head"]  # optional (a profile): a Ray head with token auth, on loopback
+    assert head["profiles"] == ["ray"] and head["entrypoint"] == ["tini", "--", "ray"]
+    assert head["command"][:4] == ["start", "--head", "--block", "--port=6379"]
+    assert head["environment"]["RAY_AUTH_MODE"] == "token" and head["ports"] == ["127.0.0.1:6379:6379/tcp"]
 
 
 def test_settings_come_from_env(tmp_path):
