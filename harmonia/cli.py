@@ -13,6 +13,8 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -161,7 +163,8 @@ def _add_request_flags(p: argparse.ArgumentParser, info) -> None:
     from harmonia.engines import request_type
     from harmonia.requests import limits, options
 
-    takes_text = bool(getattr(request_type(info.name), "TEXT_INPUTS", ()))
+    first = fields(request_type(info.name))[0].name  # what the PROMPT words fill
+    takes_text = first in getattr(request_type(info.name), "TEXT_INPUTS", ())
     p.add_argument(
         "prompts",
         nargs="*" if takes_text else "+",
@@ -205,10 +208,12 @@ def _add_request_flags(p: argparse.ArgumentParser, info) -> None:
         help="exact (default: plain transformers' bytes, faster), bf16 or int8 (faster still; CPU only)",
     )
     idea = p.add_argument_group("idea", "give any of these and each PROMPT becomes an idea's text")
+    taken = {meta["flag"] for _, meta in options(request_type(info.name))}  # a request's own --key wins
     idea.add_argument("--genre")
     idea.add_argument("--mood")
     idea.add_argument("--tempo", type=float, dest="tempo_bpm", metavar="BPM")
-    idea.add_argument("--key", help="e.g. 'A minor', 'Bb'")
+    if "--key" not in taken:
+        idea.add_argument("--key", help="e.g. 'A minor', 'Bb'")
     idea.add_argument("--instrument", action="append", dest="instruments", default=[], help="repeatable")
 
 
@@ -377,20 +382,27 @@ def _generate(args) -> int:
     defaults = kind_defaults(wb, args.kind)
     model = args.model or defaults.model
     if not model:
-        raise RequestError(f"no model given: pass --model NAME or set {args.kind}.model in params.yaml.")
-    flags = {name: getattr(args, name) for name, _ in options(request_type(args.kind))}
+        raise RequestError(
+            f"no model given: pass --model NAME or set {KINDS[args.kind].section}.model in params.yaml."
+        )
+    kind_type = request_type(args.kind)
+    flags = {name: getattr(args, name) for name, _ in options(kind_type)}
+    for name in getattr(kind_type, "TEXT_INPUTS", ()):  # a text flag (--lyrics): a file, an artifact, or text
+        if isinstance(flags.get(name), str):
+            flags[name] = _text_or_file(flags[name], name)
     prompts = _prompts_or_text(args.prompts, getattr(args, "from_text", None))
     request = defaults.request_for(prompts, seed=args.seed, **flags)
     ideas = None
+    idea_key = None if "key" in flags else args.key
     if not isinstance(prompts, tuple) and any(
-        (args.genre, args.mood, args.tempo_bpm, args.key, args.instruments)
+        (args.genre, args.mood, args.tempo_bpm, idea_key, args.instruments)
     ):
         raise RequestError(
             "--genre, --mood, --tempo, --key and --instrument shape typed prompts, not --from-text."
         )
-    if any((args.genre, args.mood, args.tempo_bpm, args.key, args.instruments)):
+    if any((args.genre, args.mood, args.tempo_bpm, idea_key, args.instruments)):
         ideas = [
-            Idea(p, genre=args.genre, mood=args.mood, tempo_bpm=args.tempo_bpm, key=args.key,
+            Idea(p, genre=args.genre, mood=args.mood, tempo_bpm=args.tempo_bpm, key=idea_key,
                  instruments=tuple(args.instruments))
             for p in args.prompts
         ]  # fmt: skip
@@ -405,6 +417,24 @@ def _generate(args) -> int:
         bar.close()
     _print_generated(wb, done)
     return 0
+
+
+def _text_or_file(value: str, name: str):
+    """A text flag's value: a file's text (FILE), a text artifact (ID or ID/FILE), or the text itself."""
+    import re
+
+    from harmonia.generation import From
+
+    path = Path(value)
+    if "\n" not in value and len(value) < 4096 and path.is_file():
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RequestError(f"--{name}: cannot read {value} as UTF-8 text ({exc}).") from None
+    if re.fullmatch(r"[0-9a-f]{8,16}(/[\w.\-/]+)?", value):
+        artifact, _, file = value.partition("/")
+        return From(artifact, file or None)
+    return value
 
 
 def _prompts_or_text(words: Sequence[str], from_text: str | None):

@@ -49,7 +49,7 @@ class TinyBuild:
 
 def _versions(builder: str = "") -> dict[str, str]:
     packages = ["torch", "transformers", "safetensors", "tokenizers"]
-    if builder == "stable-audio":
+    if builder in ("stable-audio", "ace-step"):
         packages.append("diffusers")
     return {pkg: version(pkg) for pkg in packages}
 
@@ -388,6 +388,88 @@ def build_stable_audio(out: Path) -> None:
     pipe.save_pretrained(out, safe_serialization=True)
 
 
+# ACE-Step 1.5's audio side at its real rates (48 kHz stereo, hop 1920: 25 latent frames/s) with tiny widths.
+ACE_LATENT_CHANNELS = 8  # ACE-Step 1.5: 64
+ACE_DOWNSAMPLING = [2, 4, 4, 6, 10]  # hop 1920 samples, as ACE-Step 1.5's VAE
+ACE_TEXT_CONTEXT = 4096  # byte-level: one token per byte; the pipeline reads up to 2048 of lyrics
+
+
+def build_ace_step(out: Path) -> None:
+    """diffusers AceStepPipeline: a byte-level Qwen3 tokenizer, tiny Qwen3 text encoder, condition
+    encoder, DiT, audio tokenizer and detokenizer (for covers), and an Oobleck VAE at 48 kHz.
+
+    The tokenizer has the 256 byte-level symbols and ``<|endoftext|>`` (the pipeline's prompt
+    template ends with it), no merges. The VAE's decoder gets the fix of build_stable_audio
+    (biases zeroed, first gain scaled) so the audio follows the latents.
+    """
+    from diffusers import AceStepPipeline, AceStepTransformer1DModel, AutoencoderOobleck
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.ace_step.modeling_ace_step import (
+        AceStepAudioTokenDetokenizer,
+        AceStepAudioTokenizer,
+        AceStepConditionEncoder,
+    )
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import Qwen2Tokenizer, Qwen3Config, Qwen3Model
+
+    specials = ["<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(sorted(ByteLevel.alphabet()) + specials)}
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab, merges=[], eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+        model_max_length=ACE_TEXT_CONTEXT,
+    )  # fmt: skip
+    text_encoder = Qwen3Model(
+        Qwen3Config(
+            vocab_size=len(vocab),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=8,
+            max_position_embeddings=ACE_TEXT_CONTEXT,
+        )  # fmt: skip
+    ).eval()
+    width = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                 sliding_window=16)  # fmt: skip
+    latent = ACE_LATENT_CHANNELS
+    condition_encoder = AceStepConditionEncoder(
+        text_hidden_dim=16, timbre_hidden_dim=latent, num_lyric_encoder_hidden_layers=1,
+        num_timbre_encoder_hidden_layers=1, **width,
+    ).eval()  # fmt: skip
+    transformer = AceStepTransformer1DModel(
+        num_hidden_layers=2, in_channels=3 * latent, audio_acoustic_hidden_dim=latent, patch_size=2, **width
+    ).eval()
+    audio_tokenizer = AceStepAudioTokenizer(
+        audio_acoustic_hidden_dim=latent, fsq_dim=32, num_attention_pooler_hidden_layers=1, **width
+    ).eval()
+    audio_token_detokenizer = AceStepAudioTokenDetokenizer(
+        audio_acoustic_hidden_dim=latent, num_attention_pooler_hidden_layers=1, **width
+    ).eval()
+    with warnings.catch_warnings():  # Oobleck uses torch's deprecated (but working) weight_norm
+        warnings.simplefilter("ignore", FutureWarning)
+        vae = AutoencoderOobleck(
+            encoder_hidden_size=2 * latent, downsampling_ratios=ACE_DOWNSAMPLING, channel_multiples=[1, 2, 2, 4, 4],
+            decoder_channels=8, decoder_input_channels=latent, audio_channels=2, sampling_rate=48_000,
+        ).eval()  # fmt: skip
+    with torch.no_grad():
+        for name, parameter in vae.decoder.named_parameters():
+            if name.endswith("bias"):
+                parameter.zero_()
+        vae.decoder.conv1.weight_g.mul_(SA_DECODER_GAIN)
+    pipe = AceStepPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+        condition_encoder=condition_encoder,
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0),
+        audio_tokenizer=audio_tokenizer,
+        audio_token_detokenizer=audio_token_detokenizer,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "musicgen": build_musicgen,
     "musicgen-stereo": build_musicgen_stereo,
@@ -395,6 +477,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "clap": build_clap,
     "lm": build_lm,
     "stable-audio": build_stable_audio,
+    "ace-step": build_ace_step,
 }
 DEFAULT_NAMES = {name: f"tiny-{name}" for name in BUILDERS}  # "lm" -> tiny-lm
 BUILDER_ENGINES = {
@@ -404,6 +487,7 @@ BUILDER_ENGINES = {
     "clap": "clap",
     "lm": "text",
     "stable-audio": "stable-audio",
+    "ace-step": "ace-step",
 }
 
 

@@ -22,6 +22,7 @@ ENGINES: dict[str, str] = {
     "text": "harmonia.engines.text:TextEngine",
     "stable-audio": "harmonia.engines.stable_audio:StableAudioEngine",
     "slicer": "harmonia.engines.slicer:SlicerEngine",  # no weights: audio -> sample pack
+    "ace-step": "harmonia.engines.ace_step:AceStepEngine",
 }
 
 
@@ -49,6 +50,12 @@ KINDS: dict[str, KindInfo] = {
         "samples",
         "harmonia.requests:SampleRequest",
         "text to one-shots, loops at a bpm, sound effects",
+    ),
+    "song": KindInfo(
+        "song",
+        "songs",
+        "harmonia.requests:SongRequest",
+        "a style and lyrics to a sung song (edits: harmonia edit repaint|extend|cover)",
     ),
     # made from another artifact, not from prompts: `harmonia samples slice ARTIFACT`
     "pack": KindInfo(
