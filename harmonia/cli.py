@@ -425,8 +425,12 @@ def _text_or_file(value: str, name: str):
 
     from harmonia.generation import From
 
-    path = Path(value)
-    if "\n" not in value and len(value) < 4096 and path.is_file():
+    try:
+        is_file = "\n" not in value and Path(value).is_file()
+    except OSError:  # a name too long for a file: text
+        is_file = False
+    if is_file:
+        path = Path(value)
         try:
             return path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:

@@ -402,8 +402,12 @@ def build_ace_step(out: Path) -> None:
     template ends with it), no merges. The VAE's decoder gets the fix of build_stable_audio
     (biases zeroed, first gain scaled) so the audio follows the latents.
     """
-    from diffusers import AceStepPipeline, AceStepTransformer1DModel, AutoencoderOobleck
-    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers import (
+        AceStepPipeline,
+        AceStepTransformer1DModel,
+        AutoencoderOobleck,
+        FlowMatchEulerDiscreteScheduler,
+    )
     from diffusers.pipelines.ace_step.modeling_ace_step import (
         AceStepAudioTokenDetokenizer,
         AceStepAudioTokenizer,
@@ -428,7 +432,7 @@ def build_ace_step(out: Path) -> None:
             num_key_value_heads=1,
             head_dim=8,
             max_position_embeddings=ACE_TEXT_CONTEXT,
-        )  # fmt: skip
+        )
     ).eval()
     width = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
                  sliding_window=16)  # fmt: skip
