@@ -100,6 +100,30 @@ def _add_generation_commands(commands) -> None:
     p.add_argument("--force", action="store_true", help="slice again even if the identical pack exists")
     p.set_defaults(run=_samples_slice)
 
+    group = commands.add_parser("edit", help="repaint, extend or cover a song (a new artifact, its child)")
+    sub = group.add_subparsers(title="edits", metavar="EDIT", required=True)
+    p = sub.add_parser("repaint", help="regenerate a time range of a song; every other sample is kept")
+    p.add_argument("--start", type=float, required=True, dest="start_s", help="range start, seconds")
+    p.add_argument("--end", type=float, required=True, dest="end_s", help="range end, seconds")
+    p.set_defaults(edit="repaint")
+    q = sub.add_parser("extend", help="add seconds after (or --before) a song")
+    q.add_argument("--seconds", type=float, required=True, dest="extend_s", help="seconds to add")
+    q.add_argument("--before", action="store_true", default=None, help="add them before the song")
+    q.set_defaults(edit="extend")
+    c = sub.add_parser("cover", help="a new song from a song's structure")
+    c.add_argument("--strength", type=float, required=True, help="[0, 1]: 1 follows the source closely")
+    c.add_argument("--reference", metavar="FILE|ID", help="a clip whose timbre to follow")
+    c.set_defaults(edit="cover")
+    for p in (p, q, c):
+        p.add_argument("song", metavar="ID", help="the song (or any audio artifact) to edit")
+        p.add_argument("--style", help="the style prompt (default: the song's)")
+        p.add_argument("--lyrics", metavar="FILE|TEXT|ID", help="lyrics (default: the song's)")
+        p.add_argument("--seed", type=int, help="random seed (default: drawn and recorded)")
+        p.add_argument("--steps", type=int, help="denoising steps (default: the song's)")
+        p.add_argument("--model", help="an ace-step model (default: the song's)")
+        p.add_argument("--force", action="store_true", help="make it again even if the identical edit exists")
+        p.set_defaults(run=_edit)
+
     p = commands.add_parser("reproduce", help="regenerate an artifact and compare it bit for bit")
     p.add_argument("artifact", metavar="ID", help="an artifact id or a unique prefix of one")
     p.set_defaults(run=_reproduce)
@@ -684,6 +708,39 @@ def _samples_slice(args) -> int:
             print(f"  {out.path}")
     if m.non_commercial:
         print(f"  licence: {_licence_line(m)}")
+    return 0
+
+
+def _edit(args) -> int:
+    """`harmonia edit repaint|extend|cover ID ...`: a child artifact of the song, through generate()."""
+    from harmonia.songs import edit
+
+    wb = Workbench.open()
+    fields = {
+        name: getattr(args, name, None)
+        for name in ("start_s", "end_s", "extend_s", "before", "strength", "reference", "seed", "steps")
+    }
+    if args.style is not None:
+        fields["prompts"] = (args.style,)
+    if args.lyrics is not None:
+        fields["lyrics"] = _text_or_file(args.lyrics, "lyrics")
+    bar = _Steps(args.edit)
+    try:
+        done = edit(wb, args.edit, args.song, model=args.model, force=args.force, progress=bar, **fields)
+    finally:
+        bar.close()
+    _print_generated(wb, done)
+    m = done.artifact.manifest
+    for parent in m.parents:
+        print(f"  from      {parent.id}/{parent.file} ({parent.kind}, as {parent.role})")
+    for take in m.engine.details.get("takes", []):
+        if "outside_max_abs_diff" in take:
+            start, end = take["range_samples"]
+            rate = m.outputs[0].sample_rate or 1
+            print(
+                f"  kept      every sample outside {start / rate:.2f}-{end / rate:.2f} s (max abs difference "
+                f"{take['outside_max_abs_diff']:g}; the model alone: {take['model_outside_max_abs_diff']:.3g})"
+            )
     return 0
 
 

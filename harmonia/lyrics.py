@@ -13,6 +13,7 @@ signatures (from ACE-Step 1.5's own constants). This module imports no torch.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -149,10 +150,10 @@ def check_lyrics(text: str, duration_s: float) -> Lyrics:
     """Parsed lyrics that fit ``duration_s``; RequestError saying how long they need otherwise."""
     lyrics = parse_lyrics(text)
     if lyrics.needed_s > duration_s:
-        need = int(lyrics.needed_s) + 1
+        need = math.ceil(lyrics.needed_s)
         raise RequestError(
             f"lyrics are too long for {duration_s:g} s: {lyrics.lines} lines, {lyrics.syllables} syllables "
-            f"need about {lyrics.needed_s:.0f} s sung ({SYLLABLES_PER_S:g} syllables a second and a breath "
+            f"need about {need} s sung ({SYLLABLES_PER_S:g} syllables a second and a breath "
             f"per line); give --duration {need} or more, or cut lines."
         )
     return lyrics

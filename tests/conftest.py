@@ -64,6 +64,11 @@ models:
     seed: 0
     engine: stable-audio
     license: mit
+  tiny-ace-step:
+    builder: ace-step
+    seed: 0
+    engine: ace-step
+    license: mit
 music:
   model: tiny-musicgen
   duration_s: 1.0
@@ -236,4 +241,22 @@ def sample_wb(workbench, tiny_stable_audio, tiny_models) -> Workbench:
     """A fresh workbench holding tiny-stable-audio and tiny-musicgen (for lineage from music)."""
     shutil.copytree(tiny_stable_audio, workbench.root / "models")
     shutil.copytree(tiny_models / "tiny-musicgen", workbench.root / "models" / "tiny-musicgen")
+    return workbench
+
+
+@pytest.fixture(scope="session")
+def tiny_ace_step(tmp_path_factory) -> Path:
+    """The tiny ACE-Step snapshot, built once per test session (a models/ folder)."""
+    from harmonia.tiny import build_tiny
+
+    root = tmp_path_factory.mktemp("tiny-ace-step")
+    (root / "params.yaml").write_text(PARAMS)
+    build_tiny(Workbench.open(root), "ace-step", name="tiny-ace-step", seed=0)
+    return root / "models"
+
+
+@pytest.fixture
+def song_wb(workbench, tiny_ace_step) -> Workbench:
+    """A fresh workbench holding tiny-ace-step."""
+    shutil.copytree(tiny_ace_step, workbench.root / "models")
     return workbench

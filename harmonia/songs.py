@@ -1,0 +1,101 @@
+"""Songs: edits of a song (repaint, extend, cover) as new artifacts whose parent is the song.
+
+An edit is a :class:`~harmonia.requests.SongRequest` with a ``task`` and a ``source``
+(``From(id)``) run through the one generation path (:func:`harmonia.generation.generate`):
+its id hashes the source's bytes, the source becomes its parent (role "source"), an
+identical edit is a cache hit and ``harmonia reproduce`` regenerates it. What the edit does
+not say is taken from the song it edits (its style, lyrics, language, tempo, key, steps and
+model), so ``harmonia edit repaint ID --start 10 --end 14`` needs nothing else.
+
+This module knows requests, artifacts and params.yaml's ``songs:`` section; not the CLI or UI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from harmonia.artifacts import check_id, load_artifact
+from harmonia.defaults import kind_defaults
+from harmonia.engines.base import Cancel, Progress
+from harmonia.errors import AudioError, RequestError
+from harmonia.generation import From, Generated, generate
+from harmonia.requests import SongRequest
+from harmonia.workbench import Workbench
+
+EDITS = ("repaint", "extend", "cover")
+INHERITED = (
+    "prompts",
+    "lyrics",
+    "language",
+    "bpm",
+    "key",
+    "time_signature",
+    "steps",
+    "guidance_scale",
+    "shift",
+)
+
+
+def edit_request(
+    wb: Workbench, task: str, artifact: str, *, model: str | None = None, **fields: Any
+) -> tuple[str, SongRequest]:
+    """The model and request of an edit of ``artifact``: ``fields`` (None keeps the song's own).
+
+    A song made by ace-step lends its style, lyrics, metadata, steps and model; any other audio
+    artifact (music, a sample) needs a style (``prompts``) and takes params.yaml's ``songs:``.
+
+    Example:
+        >>> edit_request(wb, "repaint", "5f0c8a4b", start_s=10, end_s=14)  # doctest: +SKIP
+        ('tiny-ace-step', SongRequest(prompts=('dreamy synth pop',), ..., task='repaint', ...))
+    """
+    if task not in EDITS:
+        raise RequestError(f"edit must be one of {', '.join(EDITS)}, got {task!r}.")
+    parent = load_artifact(wb, check_id(artifact))
+    if not parent.audio_outputs():
+        raise AudioError(
+            f"source: artifact {parent.id} is a {parent.kind} artifact with no audio output; {task} edits a "
+            "song (or any audio artifact)."
+        )
+    given = {k: v for k, v in fields.items() if v is not None}
+    defaults = kind_defaults(wb, "song")
+    if parent.kind == "song":
+        inherited = {k: parent.manifest.request[k] for k in INHERITED if k in parent.manifest.request}
+        inherited["prompts"] = tuple(inherited["prompts"])
+        model = model or parent.manifest.model.name
+    else:
+        inherited = dict(defaults.request)
+        model = model or defaults.model
+        if "prompts" not in given:
+            raise RequestError(
+                f"artifact {parent.id} is {parent.kind}, not a song: give its style with --style TEXT."
+            )
+    if not model:
+        raise RequestError("no model given: pass --model NAME or set songs.model in params.yaml.")
+    chosen = {**inherited, **given}
+    prompts = chosen.pop("prompts")
+    chosen.pop("duration_s", None)  # an edit's length is the source's (and the extension)
+    request = SongRequest(prompts, task=task, source=From(parent.id), **chosen)
+    return model, request
+
+
+def edit(
+    wb: Workbench,
+    task: str,
+    artifact: str,
+    *,
+    model: str | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+    **fields: Any,
+) -> Generated:
+    """Repaint, extend or cover a song into a new artifact whose parent is the song.
+
+    Example:
+        >>> edit(wb, "extend", "5f0c8a4b", extend_s=10).artifact.manifest.parents[0].role  # doctest: +SKIP
+        'source'
+    """
+    model, request = edit_request(wb, task, artifact, model=model, **fields)
+    settings = kind_defaults(wb, "song").run_settings()
+    return generate(wb, model, replace(request), force=force, progress=progress, cancel=cancel, **settings)
