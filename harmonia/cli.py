@@ -102,10 +102,10 @@ def _add_generation_commands(commands) -> None:
 
     group = commands.add_parser("edit", help="repaint, extend or cover a song (a new artifact, its child)")
     sub = group.add_subparsers(title="edits", metavar="EDIT", required=True)
-    p = sub.add_parser("repaint", help="regenerate a time range of a song; every other sample is kept")
-    p.add_argument("--start", type=float, required=True, dest="start_s", help="range start, seconds")
-    p.add_argument("--end", type=float, required=True, dest="end_s", help="range end, seconds")
-    p.set_defaults(edit="repaint")
+    r = sub.add_parser("repaint", help="regenerate a time range of a song; every other sample is kept")
+    r.add_argument("--start", type=float, required=True, dest="start_s", help="range start, seconds")
+    r.add_argument("--end", type=float, required=True, dest="end_s", help="range end, seconds")
+    r.set_defaults(edit="repaint")
     q = sub.add_parser("extend", help="add seconds after (or --before) a song")
     q.add_argument("--seconds", type=float, required=True, dest="extend_s", help="seconds to add")
     q.add_argument("--before", action="store_true", default=None, help="add them before the song")
@@ -114,7 +114,7 @@ def _add_generation_commands(commands) -> None:
     c.add_argument("--strength", type=float, required=True, help="[0, 1]: 1 follows the source closely")
     c.add_argument("--reference", metavar="FILE|ID", help="a clip whose timbre to follow")
     c.set_defaults(edit="cover")
-    for p in (p, q, c):
+    for p in (r, q, c):
         p.add_argument("song", metavar="ID", help="the song (or any audio artifact) to edit")
         p.add_argument("--style", help="the style prompt (default: the song's)")
         p.add_argument("--lyrics", metavar="FILE|TEXT|ID", help="lyrics (default: the song's)")

@@ -11,7 +11,7 @@ import soundfile as sf
 from harmonia.artifacts import list_artifacts
 from harmonia.engines.ace_step import AceStepEngine, splice
 from harmonia.errors import AudioError, Cancelled, RequestError
-from harmonia.generation import From, generate, load_engine, reproduce
+from harmonia.generation import generate, load_engine, reproduce
 from harmonia.lyrics import parse_lyrics
 from harmonia.requests import SongRequest
 from harmonia.songs import edit
