@@ -124,6 +124,14 @@ def _add_generation_commands(commands) -> None:
         p.add_argument("--force", action="store_true", help="make it again even if the identical edit exists")
         p.set_defaults(run=_edit)
 
+    p = commands.add_parser(
+        "stems", help="split a song (any audio artifact or file) into vocals, drums, bass, other"
+    )
+    p.add_argument("source", metavar="ID", help="an artifact id (ID or ID/FILE) or an audio file")
+    p.add_argument("--model", help="a demucs model (default: songs.stems_model in params.yaml)")
+    p.add_argument("--force", action="store_true", help="split again even if the identical stems exist")
+    p.set_defaults(run=_stems)
+
     p = commands.add_parser("reproduce", help="regenerate an artifact and compare it bit for bit")
     p.add_argument("artifact", metavar="ID", help="an artifact id or a unique prefix of one")
     p.set_defaults(run=_reproduce)
@@ -741,6 +749,33 @@ def _edit(args) -> int:
                 f"  kept      every sample outside {start / rate:.2f}-{end / rate:.2f} s (max abs difference "
                 f"{take['outside_max_abs_diff']:g}; the model alone: {take['model_outside_max_abs_diff']:.3g})"
             )
+    return 0
+
+
+def _stems(args) -> int:
+    """`harmonia stems ID`: demucs through the one artifact path; the stems' parent is the source."""
+    from harmonia.songs import stems
+
+    wb = Workbench.open()
+    bar = _Steps("separating")
+    try:
+        done = stems(wb, args.source, model=args.model, force=args.force, progress=bar)
+    finally:
+        bar.close()
+    art, m = done.artifact, done.artifact.manifest
+    facts = m.engine.details
+    snr = "exact" if facts.get("sum_snr_db") is None else f"SNR {facts['sum_snr_db']:.1f} dB"
+    if done.cached:
+        print(f"cached: stems {art.id} (the identical split was made before; --force splits again)")
+    else:
+        print(
+            f"separated: stems {art.id} ({art.model}, {m.timings.generate_s:.1f} s); the stems add up to the "
+            f"source within {facts['sum_max_abs_diff']:.3g} ({snr})"
+        )
+    for parent in m.parents:
+        print(f"  from      {parent.id}/{parent.file} ({parent.kind})")
+    for out in m.outputs:
+        print(f"  {_rel(wb, art.path / out.path).rstrip('/')}")
     return 0
 
 

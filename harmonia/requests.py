@@ -498,3 +498,33 @@ class SongRequest:
         _unknown(data, set(cls.FIELDS), cls.INPUTS, "song")
         fields_ = {k: data[k] for k in cls.FIELDS if k in data}
         return cls(**{**fields_, "prompts": tuple(data["prompts"])}, **{r: inputs.get(r) for r in cls.INPUTS})
+
+
+@dataclass(frozen=True)
+class StemsRequest:
+    """Split audio into stems (vocals, drums, bass, other) with a source-separation model.
+
+    No randomness: the model runs without random shifts, so the same source gives the same
+    stems. ``source`` is an audio file, :class:`~harmonia.audio.Audio`, or an artifact
+    (``From(id)``: the stems' parent).
+
+    Example:
+        >>> StemsRequest(source="song.wav").overlap
+        0.25
+    """
+
+    source: Any
+    overlap: float = limit(
+        0.25, 0, 0.9, "", step=0.05, flag="--overlap", help="overlap of the model's segments"
+    )
+
+    INPUTS: ClassVar[tuple[str, ...]] = ("source",)
+    FIELDS: ClassVar[tuple[str, ...]] = ("overlap",)
+
+    def to_json(self, inputs: dict[str, dict | None]) -> dict[str, Any]:
+        return {"overlap": _float(self.overlap), "source": inputs.get("source")}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], inputs: dict[str, Any]) -> StemsRequest:
+        _unknown(data, set(cls.FIELDS), cls.INPUTS, "stems")
+        return cls(**{k: data[k] for k in cls.FIELDS if k in data}, source=inputs.get("source"))

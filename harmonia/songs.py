@@ -20,7 +20,7 @@ from harmonia.defaults import kind_defaults
 from harmonia.engines.base import Cancel, Progress
 from harmonia.errors import AudioError, RequestError
 from harmonia.generation import From, Generated, generate
-from harmonia.requests import SongRequest
+from harmonia.requests import SongRequest, StemsRequest
 from harmonia.workbench import Workbench
 
 EDITS = ("repaint", "extend", "cover")
@@ -99,3 +99,32 @@ def edit(
     model, request = edit_request(wb, task, artifact, model=model, **fields)
     settings = kind_defaults(wb, "song").run_settings()
     return generate(wb, model, replace(request), force=force, progress=progress, cancel=cancel, **settings)
+
+
+def _setting(wb: Workbench, key: str, what: str, flag: str) -> str:
+    value = wb.params.get("songs", {}).get(key) if isinstance(wb.params.get("songs"), dict) else None
+    if not isinstance(value, str) or not value:
+        raise RequestError(f"no {what} model given: pass {flag} NAME or set songs.{key} in params.yaml.")
+    return value
+
+
+def stems(
+    wb: Workbench,
+    source: Any,
+    *,
+    model: str | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+) -> Generated:
+    """Split a song (an artifact id, ``From``, a file or Audio) into vocals, drums, bass and other.
+
+    The model is ``model`` or params.yaml's ``songs.stems_model``; the stems are one artifact
+    whose parent is the song, and its manifest records how far their sum is from the song.
+
+    Example:
+        >>> stems(wb, "5f0c8a4b").artifact.outputs[0].path  # doctest: +SKIP
+        'vocals.wav'
+    """
+    model = model or _setting(wb, "stems_model", "stems", "--model")
+    return generate(wb, model, StemsRequest(source=source), force=force, progress=progress, cancel=cancel)

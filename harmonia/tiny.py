@@ -51,6 +51,8 @@ def _versions(builder: str = "") -> dict[str, str]:
     packages = ["torch", "transformers", "safetensors", "tokenizers"]
     if builder in ("stable-audio", "ace-step"):
         packages.append("diffusers")
+    if builder == "demucs":
+        packages.append("demucs")
     return {pkg: version(pkg) for pkg in packages}
 
 
@@ -474,6 +476,44 @@ def build_ace_step(out: Path) -> None:
     pipe.save_pretrained(out, safe_serialization=True)
 
 
+DEMUCS_SIG = "0badc0de"  # the tiny bag's one model (htdemucs: 955717e8)
+
+
+def build_demucs(out: Path) -> None:
+    """demucs HTDemucs (htdemucs's architecture: 4 stems, 44.1 kHz stereo, 7.8 s segments, nfft 4096,
+    depth 4, a cross-domain transformer) with 4 channels and one transformer layer, saved the
+    way the demucs hub repos are: ``htdemucs.yaml`` naming the model, and its safetensors with
+    the class and arguments in the metadata (as demucs' tools/export_hf.py writes them)."""
+    from fractions import Fraction
+
+    import yaml
+    from demucs.htdemucs import HTDemucs
+    from safetensors.torch import save_file
+
+    kwargs = dict(
+        sources=["drums", "bass", "other", "vocals"], audio_channels=2, samplerate=44_100, segment=Fraction(39, 5),
+        channels=4, depth=4, t_layers=1, t_heads=2, dconv_comp=4, bottom_channels=0,
+    )  # fmt: skip
+    model = HTDemucs(**kwargs).eval()
+
+    def encode(value):
+        if isinstance(value, Fraction):
+            return {"_type": "fraction", "numerator": value.numerator, "denominator": value.denominator}
+        return value
+
+    metadata = {
+        "klass": "demucs.htdemucs.HTDemucs",
+        "args": "[]",
+        "kwargs": json.dumps({k: encode(v) for k, v in kwargs.items()}, sort_keys=True),
+    }
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out / f"{DEMUCS_SIG}.safetensors"), metadata=metadata)
+    (out / "htdemucs.yaml").write_text(
+        yaml.safe_dump({"models": [DEMUCS_SIG], "segment": None, "weights": None})
+    )
+
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "musicgen": build_musicgen,
     "musicgen-stereo": build_musicgen_stereo,
@@ -482,6 +522,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "lm": build_lm,
     "stable-audio": build_stable_audio,
     "ace-step": build_ace_step,
+    "demucs": build_demucs,
 }
 DEFAULT_NAMES = {name: f"tiny-{name}" for name in BUILDERS}  # "lm" -> tiny-lm
 BUILDER_ENGINES = {
@@ -492,6 +533,7 @@ BUILDER_ENGINES = {
     "lm": "text",
     "stable-audio": "stable-audio",
     "ace-step": "ace-step",
+    "demucs": "demucs",
 }
 
 

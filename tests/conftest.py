@@ -69,6 +69,11 @@ models:
     seed: 0
     engine: ace-step
     license: mit
+  tiny-demucs:
+    builder: demucs
+    seed: 0
+    engine: demucs
+    license: mit
 music:
   model: tiny-musicgen
   duration_s: 1.0
@@ -255,8 +260,26 @@ def tiny_ace_step(tmp_path_factory) -> Path:
     return root / "models"
 
 
+@pytest.fixture(scope="session")
+def tiny_demucs(tmp_path_factory) -> Path:
+    """The tiny demucs snapshot, built once per test session (a models/ folder)."""
+    from harmonia.tiny import build_tiny
+
+    root = tmp_path_factory.mktemp("tiny-demucs")
+    (root / "params.yaml").write_text(PARAMS)
+    build_tiny(Workbench.open(root), "demucs", name="tiny-demucs", seed=0)
+    return root / "models"
+
+
 @pytest.fixture
 def song_wb(workbench, tiny_ace_step) -> Workbench:
     """A fresh workbench holding tiny-ace-step."""
     shutil.copytree(tiny_ace_step, workbench.root / "models")
+    return workbench
+
+
+@pytest.fixture
+def stems_wb(workbench, tiny_demucs) -> Workbench:
+    """A fresh workbench holding tiny-demucs."""
+    shutil.copytree(tiny_demucs, workbench.root / "models")
     return workbench

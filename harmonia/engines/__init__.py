@@ -23,6 +23,7 @@ ENGINES: dict[str, str] = {
     "stable-audio": "harmonia.engines.stable_audio:StableAudioEngine",
     "slicer": "harmonia.engines.slicer:SlicerEngine",  # no weights: audio -> sample pack
     "ace-step": "harmonia.engines.ace_step:AceStepEngine",
+    "demucs": "harmonia.engines.demucs:DemucsEngine",  # audio -> vocals, drums, bass, other
 }
 
 
@@ -60,6 +61,14 @@ KINDS: dict[str, KindInfo] = {
     # made from another artifact, not from prompts: `harmonia samples slice ARTIFACT`
     "pack": KindInfo(
         "pack", "samples", "harmonia.requests:SliceRequest", "audio cut into a sample pack", False
+    ),
+    # `harmonia stems ARTIFACT`
+    "stems": KindInfo(
+        "stems",
+        "songs",
+        "harmonia.requests:StemsRequest",
+        "audio split into vocals, drums, bass, other",
+        False,
     ),
 }
 
