@@ -132,6 +132,16 @@ def _add_generation_commands(commands) -> None:
     p.add_argument("--force", action="store_true", help="split again even if the identical stems exist")
     p.set_defaults(run=_stems)
 
+    p = commands.add_parser("transcribe", help="transcribe a song's vocals; word and character error rates")
+    p.add_argument(
+        "source", metavar="ID", help="stems (their vocals.wav), a song, any audio artifact, or a file"
+    )
+    p.add_argument("--lyrics", metavar="FILE|TEXT", help="the reference (default: the song's lyrics)")
+    p.add_argument("--language", help="the sung language (default: the song's, else detected)")
+    p.add_argument("--model", help="a whisper model (default: songs.transcribe_model in params.yaml)")
+    p.add_argument("--force", action="store_true", help="transcribe again even if the identical one exists")
+    p.set_defaults(run=_transcribe)
+
     p = commands.add_parser("reproduce", help="regenerate an artifact and compare it bit for bit")
     p.add_argument("artifact", metavar="ID", help="an artifact id or a unique prefix of one")
     p.set_defaults(run=_reproduce)
@@ -776,6 +786,44 @@ def _stems(args) -> int:
         print(f"  from      {parent.id}/{parent.file} ({parent.kind})")
     for out in m.outputs:
         print(f"  {_rel(wb, art.path / out.path).rstrip('/')}")
+    return 0
+
+
+def _transcribe(args) -> int:
+    """`harmonia transcribe ID`: whisper through the one artifact path; WER/CER against the lyrics."""
+    from harmonia.songs import transcribe
+
+    wb = Workbench.open()
+    lyrics = None if args.lyrics is None else _text_or_file(args.lyrics, "lyrics")
+    if lyrics is not None and not isinstance(lyrics, str):
+        raise RequestError("--lyrics takes text or a file here, not an artifact id.")
+    bar = _Steps("transcribing")
+    try:
+        done = transcribe(
+            wb,
+            args.source,
+            lyrics=lyrics,
+            language=args.language,
+            model=args.model,
+            force=args.force,
+            progress=bar,
+        )
+    finally:
+        bar.close()
+    art, m = done.artifact, done.artifact.manifest
+    details = m.engine.details
+    print(f"{'cached' if done.cached else 'transcribed'}: transcript {art.id} ({art.model})")
+    print(f'  text      "{printable(details["transcript"])}"')
+    scores = details.get("intelligibility")
+    if scores is None:
+        print("  no lyrics to compare with (give --lyrics)")
+    elif scores["wer"] is None:
+        print("  the lyrics have no words (an instrumental): no error rates")
+    else:
+        print(f"  WER       {scores['wer']:.3f}  (words against the lyrics, normalised)")
+        print(f"  CER       {scores['cer']:.3f}  (characters)")
+    for parent in m.parents:
+        print(f"  from      {parent.id}/{parent.file} ({parent.kind})")
     return 0
 
 

@@ -184,3 +184,58 @@ def check_time_signature(value: str) -> str:
     if value not in TIME_SIGNATURES:
         raise RequestError(f"time_signature must be one of {', '.join(TIME_SIGNATURES)}, got {value!r}.")
     return value
+
+
+def normalise(text: str) -> str:
+    """Text as words to compare: section tags and punctuation dropped, lower case, single spaces.
+
+    Example:
+        >>> normalise("[verse]\\nHello, there -- my FRIEND!")
+        'hello there my friend'
+    """
+    text = re.sub(r"^\s*\[[^\]]*\]\s*$", " ", text, flags=re.MULTILINE)
+    text = re.sub(r"[^\w\s']", " ", text.lower()).replace("'", "")
+    return " ".join(text.split())
+
+
+@dataclass(frozen=True)
+class Intelligibility:
+    """How well a transcript matches the lyrics: word and character error rates on normalised text."""
+
+    reference: str  # the lyrics, normalised
+    hypothesis: str  # the transcript, normalised
+    wer: float | None  # None: the lyrics have no words (an instrumental)
+    cer: float | None
+    words: tuple[tuple[str, str, str], ...]  # (op, reference words, transcript words): equal, substitute, ...
+
+    def to_json(self) -> dict:
+        return {
+            "reference": self.reference,
+            "hypothesis": self.hypothesis,
+            "wer": self.wer,
+            "cer": self.cer,
+            "words": [list(w) for w in self.words],
+        }
+
+
+def intelligibility(transcript: str, lyrics: str) -> Intelligibility:
+    """Word and character error rates of a transcript against the lyrics (jiwer, on normalised text).
+
+    Example:
+        >>> intelligibility("hello their my friend", "[verse]\\nHello, there my friend!").wer
+        0.25
+    """
+    import jiwer
+
+    reference, hypothesis = normalise(lyrics), normalise(transcript)
+    if not reference:
+        return Intelligibility(reference, hypothesis, None, None, ())
+    words = jiwer.process_words(reference, hypothesis)
+    ref, hyp = words.references[0], words.hypotheses[0]
+    ops = tuple(
+        (chunk.type, " ".join(ref[chunk.ref_start_idx : chunk.ref_end_idx]),
+         " ".join(hyp[chunk.hyp_start_idx : chunk.hyp_end_idx]))
+        for chunk in words.alignments[0]
+    )  # fmt: skip
+    cer = jiwer.cer(reference, hypothesis) if hypothesis else 1.0
+    return Intelligibility(reference, hypothesis, round(words.wer, 6), round(float(cer), 6), ops)

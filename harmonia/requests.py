@@ -528,3 +528,35 @@ class StemsRequest:
     def from_json(cls, data: dict[str, Any], inputs: dict[str, Any]) -> StemsRequest:
         _unknown(data, set(cls.FIELDS), cls.INPUTS, "stems")
         return cls(**{k: data[k] for k in cls.FIELDS if k in data}, source=inputs.get("source"))
+
+
+@dataclass(frozen=True)
+class TranscribeRequest:
+    """Transcribe sung (or spoken) audio, and score it against the lyrics when they are given.
+
+    Greedy decoding, no randomness. ``source`` is an audio file, Audio, or an artifact
+    (``From(id)``; for stems, ``From(id, "vocals.wav")``); ``lyrics`` is the reference text
+    (section tags are ignored); ``language`` None lets the model detect it.
+
+    Example:
+        >>> TranscribeRequest(source="vocals.wav", lyrics="[verse]\\nhello", language="en").language
+        'en'
+    """
+
+    source: Any
+    lyrics: str | None = None  # the reference for word and character error rates
+    language: str | None = option(None, flag="--language", help="the sung language (default: detected)")
+    max_new_tokens: int = limit(
+        440, 1, 440, "tokens", integer=True, step=8, flag="--max-tokens", help="longest text per 30 s window"
+    )
+
+    INPUTS: ClassVar[tuple[str, ...]] = ("source",)
+    FIELDS: ClassVar[tuple[str, ...]] = ("lyrics", "language", "max_new_tokens")
+
+    def to_json(self, inputs: dict[str, dict | None]) -> dict[str, Any]:
+        return {**{k: getattr(self, k) for k in self.FIELDS}, "source": inputs.get("source")}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], inputs: dict[str, Any]) -> TranscribeRequest:
+        _unknown(data, set(cls.FIELDS), cls.INPUTS, "transcribe")
+        return cls(**{k: data[k] for k in cls.FIELDS if k in data}, source=inputs.get("source"))

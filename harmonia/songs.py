@@ -13,6 +13,7 @@ This module knows requests, artifacts and params.yaml's ``songs:`` section; not 
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from harmonia.artifacts import check_id, load_artifact
@@ -20,7 +21,7 @@ from harmonia.defaults import kind_defaults
 from harmonia.engines.base import Cancel, Progress
 from harmonia.errors import AudioError, RequestError
 from harmonia.generation import From, Generated, generate
-from harmonia.requests import SongRequest, StemsRequest
+from harmonia.requests import SongRequest, StemsRequest, TranscribeRequest
 from harmonia.workbench import Workbench
 
 EDITS = ("repaint", "extend", "cover")
@@ -128,3 +129,74 @@ def stems(
     """
     model = model or _setting(wb, "stems_model", "stems", "--model")
     return generate(wb, model, StemsRequest(source=source), force=force, progress=progress, cancel=cancel)
+
+
+def song_lyrics(wb: Workbench, artifact: str) -> str | None:
+    """The lyrics a song was made from: of the artifact if it is a song, else of its source's song
+    (stems of a song, a repaint of it); None when no song is found in its lineage."""
+    seen = set()
+    current = load_artifact(wb, check_id(artifact))
+    while current.id not in seen:
+        seen.add(current.id)
+        if current.kind == "song":
+            lyrics = current.manifest.request.get("lyrics")
+            return lyrics if isinstance(lyrics, str) else None
+        parent = next((p for p in current.manifest.parents if p.role == "source"), None)
+        if parent is None:
+            return None
+        try:
+            current = load_artifact(wb, parent.id)
+        except Exception:  # the parent is gone: no lyrics to compare with
+            return None
+    return None
+
+
+def transcribe(
+    wb: Workbench,
+    artifact: str,
+    *,
+    lyrics: str | None = None,
+    language: str | None = None,
+    model: str | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+) -> Generated:
+    """Transcribe a song's vocals and score them against its lyrics.
+
+    ``artifact``: a stems artifact (its vocals.wav is transcribed), a song, or any audio
+    artifact (its first take). ``lyrics``: the reference (default: the lyrics of the song in
+    the artifact's lineage); ``language``: default the song's. The model is ``model`` or
+    params.yaml's ``songs.transcribe_model``.
+
+    Example:
+        >>> transcribe(wb, "5f0c8a4b").artifact.manifest.engine.details["intelligibility"]["wer"]  # doctest: +SKIP
+        0.42
+    """
+    model = model or _setting(wb, "transcribe_model", "transcription", "--model")
+    if Path(str(artifact)).is_file():  # a file: nothing to look up
+        request = TranscribeRequest(source=str(artifact), lyrics=lyrics, language=language)
+        return generate(wb, model, request, force=force, progress=progress, cancel=cancel)
+    art = load_artifact(wb, check_id(artifact))
+    vocals = next((o for o in art.outputs if o.path == "vocals.wav"), None)
+    source = From(art.id, "vocals.wav" if vocals is not None else None)
+    if lyrics is None:
+        lyrics = song_lyrics(wb, art.id)
+    if language is None and lyrics is not None:
+        song = _song_of(wb, art.id)
+        language = song.manifest.request.get("language") if song is not None else None
+    request = TranscribeRequest(source=source, lyrics=lyrics, language=language)
+    return generate(wb, model, request, force=force, progress=progress, cancel=cancel)
+
+
+def _song_of(wb: Workbench, artifact: str):
+    current, seen = load_artifact(wb, artifact), set()
+    while current.id not in seen:
+        seen.add(current.id)
+        if current.kind == "song":
+            return current
+        parent = next((p for p in current.manifest.parents if p.role == "source"), None)
+        if parent is None:
+            return None
+        current = load_artifact(wb, parent.id)
+    return None

@@ -514,6 +514,63 @@ def build_demucs(out: Path) -> None:
     )
 
 
+WHISPER_LANGUAGES = ("en", "de", "fr", "es", "it", "ja", "zh")  # the tiny model's; Whisper has 99
+
+
+def build_whisper(out: Path) -> None:
+    """transformers Whisper (speech recognition): tiny encoder and decoder over Whisper's real audio
+    side (16 kHz, 80 mel bins, 30 s windows: 1500 encoder positions), a byte-level tokenizer
+    with Whisper's special tokens (start of transcript, languages, tasks, no timestamps), and a
+    generation config naming them as the hub's do. The output head is zero except for
+    lowercase letters, space and end of text, so the random model writes words."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperTokenizer,
+    )
+
+    tasks = ["<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>"]
+    specials = ["<|endoftext|>", "<|startoftranscript|>", *[f"<|{x}|>" for x in WHISPER_LANGUAGES], *tasks,
+                "<|notimestamps|>"]  # fmt: skip
+    vocab = {tok: i for i, tok in enumerate(sorted(ByteLevel.alphabet()) + specials)}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "vocab.json").write_text(json.dumps(vocab))
+    (out / "merges.txt").write_text("#version: 0.2\n")
+    eot = vocab["<|endoftext|>"]
+    tokenizer = WhisperTokenizer(str(out / "vocab.json"), str(out / "merges.txt"), unk_token="<|endoftext|>",
+                                 bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                 model_max_length=448)  # fmt: skip
+    tokenizer.add_special_tokens({"additional_special_tokens": specials[1:]})
+    config = WhisperConfig(
+        vocab_size=len(vocab), num_mel_bins=80, d_model=16, encoder_layers=1, decoder_layers=1,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+        max_source_positions=1500, max_target_positions=448, pad_token_id=eot, bos_token_id=eot, eos_token_id=eot,
+        decoder_start_token_id=vocab["<|startoftranscript|>"], tie_word_embeddings=False,
+        begin_suppress_tokens=None, suppress_tokens=None,
+    )  # fmt: skip
+    model = WhisperForConditionalGeneration(config).eval()
+    speaks = [vocab[tokenizer.tokenize(c)[0]] for c in LM_SPEAKS]
+    with torch.no_grad():
+        head = model.proj_out.weight
+        keep = torch.zeros(head.shape[0], dtype=torch.bool)
+        keep[[*speaks, eot]] = True
+        head.normal_(0.0, 1.0)
+        head[~keep] = 0.0
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=vocab["<|startoftranscript|>"], eos_token_id=eot, pad_token_id=eot,
+        no_timestamps_token_id=vocab["<|notimestamps|>"], is_multilingual=True, max_length=448,
+        lang_to_id={f"<|{x}|>": vocab[f"<|{x}|>"] for x in WHISPER_LANGUAGES},
+        task_to_id={"transcribe": vocab["<|transcribe|>"], "translate": vocab["<|translate|>"]},
+        max_initial_timestamp_index=50, begin_suppress_tokens=[eot], suppress_tokens=[],
+    )  # fmt: skip
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    WhisperFeatureExtractor(feature_size=80, sampling_rate=16_000).save_pretrained(out)
+
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "musicgen": build_musicgen,
     "musicgen-stereo": build_musicgen_stereo,
@@ -523,6 +580,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "stable-audio": build_stable_audio,
     "ace-step": build_ace_step,
     "demucs": build_demucs,
+    "whisper": build_whisper,
 }
 DEFAULT_NAMES = {name: f"tiny-{name}" for name in BUILDERS}  # "lm" -> tiny-lm
 BUILDER_ENGINES = {
@@ -534,6 +592,7 @@ BUILDER_ENGINES = {
     "stable-audio": "stable-audio",
     "ace-step": "ace-step",
     "demucs": "demucs",
+    "whisper": "whisper",
 }
 
 

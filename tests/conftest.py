@@ -74,6 +74,11 @@ models:
     seed: 0
     engine: demucs
     license: mit
+  tiny-whisper:
+    builder: whisper
+    seed: 0
+    engine: whisper
+    license: mit
 music:
   model: tiny-musicgen
   duration_s: 1.0
@@ -282,4 +287,22 @@ def song_wb(workbench, tiny_ace_step) -> Workbench:
 def stems_wb(workbench, tiny_demucs) -> Workbench:
     """A fresh workbench holding tiny-demucs."""
     shutil.copytree(tiny_demucs, workbench.root / "models")
+    return workbench
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper(tmp_path_factory) -> Path:
+    """The tiny Whisper snapshot, built once per test session (a models/ folder)."""
+    from harmonia.tiny import build_tiny
+
+    root = tmp_path_factory.mktemp("tiny-whisper")
+    (root / "params.yaml").write_text(PARAMS)
+    build_tiny(Workbench.open(root), "whisper", name="tiny-whisper", seed=0)
+    return root / "models"
+
+
+@pytest.fixture
+def whisper_wb(workbench, tiny_whisper) -> Workbench:
+    """A fresh workbench holding tiny-whisper."""
+    shutil.copytree(tiny_whisper, workbench.root / "models")
     return workbench

@@ -24,6 +24,7 @@ ENGINES: dict[str, str] = {
     "slicer": "harmonia.engines.slicer:SlicerEngine",  # no weights: audio -> sample pack
     "ace-step": "harmonia.engines.ace_step:AceStepEngine",
     "demucs": "harmonia.engines.demucs:DemucsEngine",  # audio -> vocals, drums, bass, other
+    "whisper": "harmonia.engines.whisper:WhisperEngine",  # sung or spoken audio -> text
 }
 
 
