@@ -173,6 +173,24 @@ def _add_generation_commands(commands) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(run=_stage_samples)
+    p = sub.add_parser("songs", help="make songs.songs with a model, once per pipeline seed")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=_stage_songs)
+    p = sub.add_parser("stems", help="split every song of a songs stage into stems")
+    p.add_argument("--songs", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=_stage_stems)
+    p = sub.add_parser("transcribe", help="transcribe every song's vocal stem against its lyrics")
+    p.add_argument("--stems", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=_stage_transcribe)
+    p = sub.add_parser("evaluate-songs", help="WER, CER, stems' sum error and signal facts per song")
+    p.add_argument("--transcripts", required=True)
+    p.add_argument("--songs", required=True)
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--plots", required=True)
+    p.set_defaults(run=_stage_evaluate_songs)
     p = sub.add_parser("evaluate", help="signal facts and CLAP alignment of generated takes")
     p.add_argument("--generated", required=True)
     p.add_argument("--metrics", required=True)
@@ -295,7 +313,7 @@ def _add_snapshot_commands(commands, kind: Kind) -> None:
         p.add_argument(
             "builder",
             metavar="BUILDER",
-            help="musicgen, musicgen-stereo, musicgen-melody, clap, lm or stable-audio",
+            help="musicgen, musicgen-stereo, musicgen-melody, clap, lm, stable-audio, ace-step, demucs or whisper",
         )
         p.add_argument("--name", help="snapshot name (default: tiny-ENGINE)")
         p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
@@ -976,6 +994,49 @@ def _stage_samples(args) -> int:
         bar.close()
     print(f"samples: {len(index['takes'])} takes from {len(index['artifacts'])} artifacts -> {args.out}")
     return 0
+
+
+def _stage_songs(args) -> int:
+    from harmonia.pipeline import stage_songs
+
+    wb = Workbench.open()
+    index = stage_songs(wb, args.model, _path(wb, args.out), progress=_Steps("songs"))
+    print(f"songs: {len(index['takes'])} take(s) with {args.model} in {args.out}")
+    return 0
+
+
+def _stage_stems(args) -> int:
+    from harmonia.pipeline import stage_stems
+
+    wb = Workbench.open()
+    index = stage_stems(wb, _path(wb, args.songs), _path(wb, args.out), progress=_Steps("stems"))
+    print(f"stems: {len(index['takes'])} song(s) split into {args.out}")
+    return 0
+
+
+def _stage_transcribe(args) -> int:
+    from harmonia.pipeline import stage_transcribe
+
+    wb = Workbench.open()
+    index = stage_transcribe(wb, _path(wb, args.stems), _path(wb, args.out), progress=_Steps("transcribing"))
+    print(f"transcribe: {len(index['takes'])} vocal stem(s) transcribed into {args.out}")
+    return 0
+
+
+def _stage_evaluate_songs(args) -> int:
+    from harmonia.pipeline import stage_evaluate_songs
+
+    wb = Workbench.open()
+    metrics = stage_evaluate_songs(
+        wb, _path(wb, args.transcripts), _path(wb, args.songs), _path(wb, args.metrics), _path(wb, args.plots)
+    )
+    wer = metrics.get("mean_wer")
+    print(f"evaluate-songs: {metrics['takes']} song(s), mean WER {'n/a' if wer is None else f'{wer:.3f}'}")
+    return 0
+
+
+def _path(wb: Workbench, value: str) -> Path:
+    return Path(value) if Path(value).is_absolute() else wb.root / value
 
 
 def _stage_evaluate(args) -> int:
