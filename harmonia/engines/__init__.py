@@ -71,6 +71,14 @@ KINDS: dict[str, KindInfo] = {
         "audio split into vocals, drums, bass, other",
         False,
     ),
+    # `harmonia transcribe ARTIFACT`
+    "transcript": KindInfo(
+        "transcript",
+        "songs",
+        "harmonia.requests:TranscribeRequest",
+        "sung audio to text, scored against the lyrics",
+        False,
+    ),
 }
 
 
