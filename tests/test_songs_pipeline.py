@@ -49,6 +49,7 @@ def songs_wb(workbench, tiny_ace_step, tiny_demucs, tiny_whisper):
     return Workbench.open(workbench.root)
 
 
+@pytest.mark.slow
 def test_songs_stems_transcripts_and_their_evaluation(songs_wb):
     wb, root = songs_wb, songs_wb.root
     verified = stage_verify(wb, root / "reports" / "verify.json")

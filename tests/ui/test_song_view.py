@@ -48,6 +48,7 @@ def test_the_transcript_marks_the_words_not_understood():
     assert "(an instrumental" in transcript_html({"wer": None, "cer": None, "words": []}, "la")
 
 
+@pytest.mark.slow
 def test_generate_repaint_stems_and_transcribe_from_the_view(view_wb):
     view = SongView(view_wb)
     assert list(view.model.options) == ["tiny-ace-step"] and view.duration.value == 2.0
