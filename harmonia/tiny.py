@@ -479,6 +479,18 @@ def build_ace_step(out: Path) -> None:
 DEMUCS_SIG = "0badc0de"  # the tiny bag's one model (htdemucs: 955717e8)
 
 
+def _stable_safetensors(raw: bytes) -> bytes:
+    """A safetensors file with its JSON header's keys sorted: safetensors writes the header from a
+    hash map, so the metadata's order (and the file's sha256) would change from run to run."""
+    import struct
+
+    size = struct.unpack("<Q", raw[:8])[0]
+    header = json.dumps(json.loads(raw[8 : 8 + size]), sort_keys=True, separators=(",", ":")).encode()
+    if len(header) > size:
+        raise BuilderError("safetensors header grew when sorted; cannot write a stable file.")
+    return raw[:8] + header + b" " * (size - len(header)) + raw[8 + size :]
+
+
 def build_demucs(out: Path) -> None:
     """demucs HTDemucs (htdemucs's architecture: 4 stems, 44.1 kHz stereo, 7.8 s segments, nfft 4096,
     depth 4, a cross-domain transformer) with 4 channels and one transformer layer, saved the
@@ -488,7 +500,7 @@ def build_demucs(out: Path) -> None:
 
     import yaml
     from demucs.htdemucs import HTDemucs
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     kwargs = dict(
         sources=["drums", "bass", "other", "vocals"], audio_channels=2, samplerate=44_100, segment=Fraction(39, 5),
@@ -508,7 +520,7 @@ def build_demucs(out: Path) -> None:
     }
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     out.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out / f"{DEMUCS_SIG}.safetensors"), metadata=metadata)
+    (out / f"{DEMUCS_SIG}.safetensors").write_bytes(_stable_safetensors(save(state, metadata=metadata)))
     (out / "htdemucs.yaml").write_text(
         yaml.safe_dump({"models": [DEMUCS_SIG], "segment": None, "weights": None})
     )

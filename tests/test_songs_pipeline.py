@@ -88,3 +88,23 @@ def test_songs_stems_transcripts_and_their_evaluation(songs_wb):
 def test_an_empty_song_list_is_refused(workbench):
     with pytest.raises(ParamsError, match=r"^params.yaml: songs.songs is empty; list the songs"):
         song_list(workbench)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("builder", ["ace-step", "demucs", "whisper"])
+def test_tiny_song_models_are_the_same_bytes_from_the_same_seed(workbench, builder, request):
+    from harmonia.inventory import read_inventory
+    from harmonia.tiny import build_tiny
+
+    session = request.getfixturevalue(f"tiny_{builder.replace('-', '_')}") / f"tiny-{builder}"
+    again = build_tiny(workbench, builder, name=f"tiny-{builder}", seed=0).inventory
+    assert again.digest == read_inventory(session).digest and again.source.seed == 0
+    assert all(not f.path.endswith((".bin", ".pt", ".ckpt", ".pth")) for f in again.files)
+    params = workbench.root / "params.yaml"
+    params.write_text(
+        params.read_text().replace(
+            "models:\n", f"models:\n  other: {{builder: {builder}, seed: 1, engine: {builder}}}\n", 1
+        )
+    )
+    other = build_tiny(Workbench.open(workbench.root), builder, name="other", seed=1).inventory
+    assert other.digest != again.digest
