@@ -13,6 +13,8 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -99,6 +101,48 @@ def _add_generation_commands(commands) -> None:
     p.add_argument("--force", action="store_true", help="slice again even if the identical pack exists")
     p.set_defaults(run=_samples_slice)
 
+    group = commands.add_parser("edit", help="repaint, extend or cover a song (a new artifact, its child)")
+    sub = group.add_subparsers(title="edits", metavar="EDIT", required=True)
+    r = sub.add_parser("repaint", help="regenerate a time range of a song; every other sample is kept")
+    r.add_argument("--start", type=float, required=True, dest="start_s", help="range start, seconds")
+    r.add_argument("--end", type=float, required=True, dest="end_s", help="range end, seconds")
+    r.set_defaults(edit="repaint")
+    q = sub.add_parser("extend", help="add seconds after (or --before) a song")
+    q.add_argument("--seconds", type=float, required=True, dest="extend_s", help="seconds to add")
+    q.add_argument("--before", action="store_true", default=None, help="add them before the song")
+    q.set_defaults(edit="extend")
+    c = sub.add_parser("cover", help="a new song from a song's structure")
+    c.add_argument("--strength", type=float, required=True, help="[0, 1]: 1 follows the source closely")
+    c.add_argument("--reference", metavar="FILE|ID", help="a clip whose timbre to follow")
+    c.set_defaults(edit="cover")
+    for p in (r, q, c):
+        p.add_argument("song", metavar="ID", help="the song (or any audio artifact) to edit")
+        p.add_argument("--style", help="the style prompt (default: the song's)")
+        p.add_argument("--lyrics", metavar="FILE|TEXT|ID", help="lyrics (default: the song's)")
+        p.add_argument("--seed", type=int, help="random seed (default: drawn and recorded)")
+        p.add_argument("--steps", type=int, help="denoising steps (default: the song's)")
+        p.add_argument("--model", help="an ace-step model (default: the song's)")
+        p.add_argument("--force", action="store_true", help="make it again even if the identical edit exists")
+        p.set_defaults(run=_edit)
+
+    p = commands.add_parser(
+        "stems", help="split a song (any audio artifact or file) into vocals, drums, bass, other"
+    )
+    p.add_argument("source", metavar="ID", help="an artifact id (ID or ID/FILE) or an audio file")
+    p.add_argument("--model", help="a demucs model (default: songs.stems_model in params.yaml)")
+    p.add_argument("--force", action="store_true", help="split again even if the identical stems exist")
+    p.set_defaults(run=_stems)
+
+    p = commands.add_parser("transcribe", help="transcribe a song's vocals; word and character error rates")
+    p.add_argument(
+        "source", metavar="ID", help="stems (their vocals.wav), a song, any audio artifact, or a file"
+    )
+    p.add_argument("--lyrics", metavar="FILE|TEXT", help="the reference (default: the song's lyrics)")
+    p.add_argument("--language", help="the sung language (default: the song's, else detected)")
+    p.add_argument("--model", help="a whisper model (default: songs.transcribe_model in params.yaml)")
+    p.add_argument("--force", action="store_true", help="transcribe again even if the identical one exists")
+    p.set_defaults(run=_transcribe)
+
     p = commands.add_parser("reproduce", help="regenerate an artifact and compare it bit for bit")
     p.add_argument("artifact", metavar="ID", help="an artifact id or a unique prefix of one")
     p.set_defaults(run=_reproduce)
@@ -130,6 +174,24 @@ def _add_generation_commands(commands) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(run=_stage_samples)
+    p = sub.add_parser("songs", help="make songs.songs with a model, once per pipeline seed")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=_stage_songs)
+    p = sub.add_parser("stems", help="split every song of a songs stage into stems")
+    p.add_argument("--songs", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=_stage_stems)
+    p = sub.add_parser("transcribe", help="transcribe every song's vocal stem against its lyrics")
+    p.add_argument("--stems", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=_stage_transcribe)
+    p = sub.add_parser("evaluate-songs", help="WER, CER, stems' sum error and signal facts per song")
+    p.add_argument("--transcripts", required=True)
+    p.add_argument("--songs", required=True)
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--plots", required=True)
+    p.set_defaults(run=_stage_evaluate_songs)
     p = sub.add_parser("evaluate", help="signal facts and CLAP alignment of generated takes")
     p.add_argument("--generated", required=True)
     p.add_argument("--metrics", required=True)
@@ -162,7 +224,8 @@ def _add_request_flags(p: argparse.ArgumentParser, info) -> None:
     from harmonia.engines import request_type
     from harmonia.requests import limits, options
 
-    takes_text = bool(getattr(request_type(info.name), "TEXT_INPUTS", ()))
+    first = fields(request_type(info.name))[0].name  # what the PROMPT words fill
+    takes_text = first in getattr(request_type(info.name), "TEXT_INPUTS", ())
     p.add_argument(
         "prompts",
         nargs="*" if takes_text else "+",
@@ -206,10 +269,12 @@ def _add_request_flags(p: argparse.ArgumentParser, info) -> None:
         help="exact (default: plain transformers' bytes, faster), bf16 or int8 (faster still; CPU only)",
     )
     idea = p.add_argument_group("idea", "give any of these and each PROMPT becomes an idea's text")
+    taken = {meta["flag"] for _, meta in options(request_type(info.name))}  # a request's own --key wins
     idea.add_argument("--genre")
     idea.add_argument("--mood")
     idea.add_argument("--tempo", type=float, dest="tempo_bpm", metavar="BPM")
-    idea.add_argument("--key", help="e.g. 'A minor', 'Bb'")
+    if "--key" not in taken:
+        idea.add_argument("--key", help="e.g. 'A minor', 'Bb'")
     idea.add_argument("--instrument", action="append", dest="instruments", default=[], help="repeatable")
 
 
@@ -249,7 +314,7 @@ def _add_snapshot_commands(commands, kind: Kind) -> None:
         p.add_argument(
             "builder",
             metavar="BUILDER",
-            help="musicgen, musicgen-stereo, musicgen-melody, clap, lm or stable-audio",
+            help="musicgen, musicgen-stereo, musicgen-melody, clap, lm, stable-audio, ace-step, demucs or whisper",
         )
         p.add_argument("--name", help="snapshot name (default: tiny-ENGINE)")
         p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
@@ -378,20 +443,27 @@ def _generate(args) -> int:
     defaults = kind_defaults(wb, args.kind)
     model = args.model or defaults.model
     if not model:
-        raise RequestError(f"no model given: pass --model NAME or set {args.kind}.model in params.yaml.")
-    flags = {name: getattr(args, name) for name, _ in options(request_type(args.kind))}
+        raise RequestError(
+            f"no model given: pass --model NAME or set {KINDS[args.kind].section}.model in params.yaml."
+        )
+    kind_type = request_type(args.kind)
+    flags = {name: getattr(args, name) for name, _ in options(kind_type)}
+    for name in getattr(kind_type, "TEXT_INPUTS", ()):  # a text flag (--lyrics): a file, an artifact, or text
+        if isinstance(flags.get(name), str):
+            flags[name] = _text_or_file(flags[name], name)
     prompts = _prompts_or_text(args.prompts, getattr(args, "from_text", None))
     request = defaults.request_for(prompts, seed=args.seed, **flags)
     ideas = None
+    idea_key = None if "key" in flags else args.key
     if not isinstance(prompts, tuple) and any(
-        (args.genre, args.mood, args.tempo_bpm, args.key, args.instruments)
+        (args.genre, args.mood, args.tempo_bpm, idea_key, args.instruments)
     ):
         raise RequestError(
             "--genre, --mood, --tempo, --key and --instrument shape typed prompts, not --from-text."
         )
-    if any((args.genre, args.mood, args.tempo_bpm, args.key, args.instruments)):
+    if any((args.genre, args.mood, args.tempo_bpm, idea_key, args.instruments)):
         ideas = [
-            Idea(p, genre=args.genre, mood=args.mood, tempo_bpm=args.tempo_bpm, key=args.key,
+            Idea(p, genre=args.genre, mood=args.mood, tempo_bpm=args.tempo_bpm, key=idea_key,
                  instruments=tuple(args.instruments))
             for p in args.prompts
         ]  # fmt: skip
@@ -406,6 +478,28 @@ def _generate(args) -> int:
         bar.close()
     _print_generated(wb, done)
     return 0
+
+
+def _text_or_file(value: str, name: str):
+    """A text flag's value: a file's text (FILE), a text artifact (ID or ID/FILE), or the text itself."""
+    import re
+
+    from harmonia.generation import From
+
+    try:
+        is_file = "\n" not in value and Path(value).is_file()
+    except OSError:  # a name too long for a file: text
+        is_file = False
+    if is_file:
+        path = Path(value)
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RequestError(f"--{name}: cannot read {value} as UTF-8 text ({exc}).") from None
+    if re.fullmatch(r"[0-9a-f]{8,16}(/[\w.\-/]+)?", value):
+        artifact, _, file = value.partition("/")
+        return From(artifact, file or None)
+    return value
 
 
 def _prompts_or_text(words: Sequence[str], from_text: str | None):
@@ -711,6 +805,104 @@ def _samples_slice(args) -> int:
     return 0
 
 
+def _edit(args) -> int:
+    """`harmonia edit repaint|extend|cover ID ...`: a child artifact of the song, through generate()."""
+    from harmonia.songs import edit
+
+    wb = Workbench.open()
+    fields = {
+        name: getattr(args, name, None)
+        for name in ("start_s", "end_s", "extend_s", "before", "strength", "reference", "seed", "steps")
+    }
+    if args.style is not None:
+        fields["prompts"] = (args.style,)
+    if args.lyrics is not None:
+        fields["lyrics"] = _text_or_file(args.lyrics, "lyrics")
+    bar = _Steps(args.edit)
+    try:
+        done = edit(wb, args.edit, args.song, model=args.model, force=args.force, progress=bar, **fields)
+    finally:
+        bar.close()
+    _print_generated(wb, done)
+    m = done.artifact.manifest
+    for parent in m.parents:
+        print(f"  from      {parent.id}/{parent.file} ({parent.kind}, as {parent.role})")
+    for take in m.engine.details.get("takes", []):
+        if "outside_max_abs_diff" in take:
+            start, end = take["range_samples"]
+            rate = m.outputs[0].sample_rate or 1
+            print(
+                f"  kept      every sample outside {start / rate:.2f}-{end / rate:.2f} s (max abs difference "
+                f"{take['outside_max_abs_diff']:g}; the model alone: {take['model_outside_max_abs_diff']:.3g})"
+            )
+    return 0
+
+
+def _stems(args) -> int:
+    """`harmonia stems ID`: demucs through the one artifact path; the stems' parent is the source."""
+    from harmonia.songs import stems
+
+    wb = Workbench.open()
+    bar = _Steps("separating")
+    try:
+        done = stems(wb, args.source, model=args.model, force=args.force, progress=bar)
+    finally:
+        bar.close()
+    art, m = done.artifact, done.artifact.manifest
+    facts = m.engine.details
+    snr = "exact" if facts.get("sum_snr_db") is None else f"SNR {facts['sum_snr_db']:.1f} dB"
+    if done.cached:
+        print(f"cached: stems {art.id} (the identical split was made before; --force splits again)")
+    else:
+        print(
+            f"separated: stems {art.id} ({art.model}, {m.timings.generate_s:.1f} s); the stems add up to the "
+            f"source within {facts['sum_max_abs_diff']:.3g} ({snr})"
+        )
+    for parent in m.parents:
+        print(f"  from      {parent.id}/{parent.file} ({parent.kind})")
+    for out in m.outputs:
+        print(f"  {_rel(wb, art.path / out.path).rstrip('/')}")
+    return 0
+
+
+def _transcribe(args) -> int:
+    """`harmonia transcribe ID`: whisper through the one artifact path; WER/CER against the lyrics."""
+    from harmonia.songs import transcribe
+
+    wb = Workbench.open()
+    lyrics = None if args.lyrics is None else _text_or_file(args.lyrics, "lyrics")
+    if lyrics is not None and not isinstance(lyrics, str):
+        raise RequestError("--lyrics takes text or a file here, not an artifact id.")
+    bar = _Steps("transcribing")
+    try:
+        done = transcribe(
+            wb,
+            args.source,
+            lyrics=lyrics,
+            language=args.language,
+            model=args.model,
+            force=args.force,
+            progress=bar,
+        )
+    finally:
+        bar.close()
+    art, m = done.artifact, done.artifact.manifest
+    details = m.engine.details
+    print(f"{'cached' if done.cached else 'transcribed'}: transcript {art.id} ({art.model})")
+    print(f'  text      "{printable(details["transcript"])}"')
+    scores = details.get("intelligibility")
+    if scores is None:
+        print("  no lyrics to compare with (give --lyrics)")
+    elif scores["wer"] is None:
+        print("  the lyrics have no words (an instrumental): no error rates")
+    else:
+        print(f"  WER       {scores['wer']:.3f}  (words against the lyrics, normalised)")
+        print(f"  CER       {scores['cer']:.3f}  (characters)")
+    for parent in m.parents:
+        print(f"  from      {parent.id}/{parent.file} ({parent.kind})")
+    return 0
+
+
 def _reproduce(args) -> int:
     from harmonia.generation import reproduce
 
@@ -860,6 +1052,49 @@ def _stage_samples(args) -> int:
         bar.close()
     print(f"samples: {len(index['takes'])} takes from {len(index['artifacts'])} artifacts -> {args.out}")
     return 0
+
+
+def _stage_songs(args) -> int:
+    from harmonia.pipeline import stage_songs
+
+    wb = Workbench.open()
+    index = stage_songs(wb, args.model, _path(wb, args.out), progress=_Steps("songs"))
+    print(f"songs: {len(index['takes'])} take(s) with {args.model} in {args.out}")
+    return 0
+
+
+def _stage_stems(args) -> int:
+    from harmonia.pipeline import stage_stems
+
+    wb = Workbench.open()
+    index = stage_stems(wb, _path(wb, args.songs), _path(wb, args.out), progress=_Steps("stems"))
+    print(f"stems: {len(index['takes'])} song(s) split into {args.out}")
+    return 0
+
+
+def _stage_transcribe(args) -> int:
+    from harmonia.pipeline import stage_transcribe
+
+    wb = Workbench.open()
+    index = stage_transcribe(wb, _path(wb, args.stems), _path(wb, args.out), progress=_Steps("transcribing"))
+    print(f"transcribe: {len(index['takes'])} vocal stem(s) transcribed into {args.out}")
+    return 0
+
+
+def _stage_evaluate_songs(args) -> int:
+    from harmonia.pipeline import stage_evaluate_songs
+
+    wb = Workbench.open()
+    metrics = stage_evaluate_songs(
+        wb, _path(wb, args.transcripts), _path(wb, args.songs), _path(wb, args.metrics), _path(wb, args.plots)
+    )
+    wer = metrics.get("mean_wer")
+    print(f"evaluate-songs: {metrics['takes']} song(s), mean WER {'n/a' if wer is None else f'{wer:.3f}'}")
+    return 0
+
+
+def _path(wb: Workbench, value: str) -> Path:
+    return Path(value) if Path(value).is_absolute() else wb.root / value
 
 
 def _stage_evaluate(args) -> int:

@@ -26,7 +26,7 @@ from harmonia.workbench import Workbench, check_section
 
 OUTPUT_KEYS = {"format": "format", "normalize_lufs": "normalize_lufs"}
 RUNTIME_KEYS = ("device", "dtype", "threads", "precision")
-OTHER_KEYS = ("model", "batch_size", "templates", "prompts")
+OTHER_KEYS = ("model", "batch_size", "templates", "prompts", "stems_model", "transcribe_model", "songs")
 DEFAULT_BATCH = 8
 
 

@@ -1,4 +1,5 @@
-"""The DVC pipeline's stages: verify, generate, evaluate, report, samples (see dvc.yaml).
+"""The DVC pipeline's stages: verify, generate, evaluate, report, samples, and the songs stages
+(songs, stems, transcribe, evaluate-songs; see dvc.yaml).
 
 Each stage reads its own section of params.yaml, takes its paths from the command line
 (`harmonia pipeline STAGE ...`), and calls the same functions as the CLI and the notebooks:
@@ -40,6 +41,10 @@ def stage_verify(wb: Workbench, out: Path) -> dict:
     sets = _section(wb, "prompt_sets")
     targets = [("model", m) for m in pipeline.get("models", [])]
     targets += [("model", m) for m in pipeline.get("sample_models", []) if ("model", m) not in targets]
+    if pipeline.get("song_models"):  # the songs stages use these too
+        songs = wb.params.get("songs") or {}
+        named = [*pipeline["song_models"], songs.get("stems_model"), songs.get("transcribe_model")]
+        targets += [("model", m) for m in named if m and ("model", m) not in targets]
     targets += sorted({("dataset", sets[s]["dataset"]) for s in pipeline.get("prompt_sets", [])})
     clap = (wb.params.get("evaluate") or {}).get("clap_model")
     if clap:
@@ -242,3 +247,124 @@ def _link_or_copy(source: Path, target: Path) -> None:
         os.link(source, target)
     except OSError:
         shutil.copyfile(source, target)
+
+
+# -- songs: generate -> stems -> transcribe -> evaluate (dvc.yaml's songs stages) -------------
+SONGS_INDEX = "songs.json"
+
+
+def song_list(wb: Workbench) -> list[dict]:
+    """params.yaml's ``songs.songs``: the songs the songs stage makes, each a style and lyrics."""
+    entries = (wb.params.get("songs") or {}).get("songs") or []
+    if not isinstance(entries, list) or not entries:
+        raise ParamsError(
+            "params.yaml: songs.songs is empty; list the songs the songs stage makes, each "
+            "{style: TEXT, lyrics: TEXT with [verse] ... tags}."
+        )
+    for i, entry in enumerate(entries):
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("style"), str)
+            or not entry["style"].strip()
+        ):
+            raise ParamsError(f"params.yaml: songs.songs[{i}] needs a style (text), got {entry!r:.80}.")
+        if not isinstance(entry.get("lyrics", ""), str):
+            raise ParamsError(
+                f"params.yaml: songs.songs[{i}].lyrics must be text, got {entry.get('lyrics')!r:.60}."
+            )
+    return entries
+
+
+def stage_songs(wb: Workbench, model: str, out: Path, progress=None) -> dict:
+    """Make each of ``songs.songs`` with one model, once per pipeline seed; link the takes into ``out``."""
+    songs = kind_defaults(wb, "song")  # the same defaults as `harmonia generate song`
+    seeds = _section(wb, "pipeline").get("seeds", [0])
+    entries = song_list(wb)
+    _fresh(out)
+    takes = []
+    for seed in seeds:
+        for number, entry in enumerate(entries, start=1):
+            request = songs.request_for((entry["style"],), seed=seed, lyrics=entry.get("lyrics", ""))
+            art = generate(wb, model, request, progress=progress, **songs.run_settings()).artifact
+            output = art.outputs[0]
+            name = f"{number:03d}-s{seed}{Path(output.path).suffix}"
+            _link_or_copy(art.file(output), out / name)
+            takes.append({"song": number, "style": entry["style"], "seed": seed, "artifact": art.id,
+                          "file": name, "sha256": output.sha256, "duration_s": output.duration_s})  # fmt: skip
+    index = {"model": model, "takes": takes}
+    write_json(out / SONGS_INDEX, index)
+    return index
+
+
+def stage_stems(wb: Workbench, songs_dir: Path, out: Path, model: str | None = None, progress=None) -> dict:
+    """Split every song of a songs stage into stems (``songs.stems_model``); link the vocals into ``out``."""
+    import json
+
+    from harmonia.songs import stems
+
+    index = json.loads((songs_dir / SONGS_INDEX).read_text(encoding="utf-8"))
+    _fresh(out)
+    for take in index["takes"]:
+        art = stems(wb, take["artifact"], model=model, progress=progress).artifact
+        take["stems"] = art.id
+        take["stems_sum_max_abs_diff"] = art.manifest.engine.details["sum_max_abs_diff"]
+        take["stems_sum_snr_db"] = art.manifest.engine.details["sum_snr_db"]
+        _link_or_copy(
+            art.file(next(o for o in art.outputs if o.path == "vocals.wav")),
+            out / f"{Path(take['file']).stem}-vocals.wav",
+        )
+    write_json(out / SONGS_INDEX, index)
+    return index
+
+
+def stage_transcribe(
+    wb: Workbench, stems_dir: Path, out: Path, model: str | None = None, progress=None
+) -> dict:
+    """Transcribe every song's vocal stem (``songs.transcribe_model``) against its lyrics."""
+    import json
+
+    from harmonia.songs import transcribe
+
+    index = json.loads((stems_dir / SONGS_INDEX).read_text(encoding="utf-8"))
+    _fresh(out)
+    for take in index["takes"]:
+        art = transcribe(wb, take["stems"], model=model, progress=progress).artifact
+        details = art.manifest.engine.details
+        take["transcript"] = art.id
+        take["text"] = details["transcript"]
+        take["intelligibility"] = details["intelligibility"]
+    write_json(out / SONGS_INDEX, index)
+    return index
+
+
+def stage_evaluate_songs(
+    wb: Workbench, transcripts_dir: Path, songs_dir: Path, metrics_out: Path, plots_out: Path
+) -> dict:
+    """Per take: WER and CER against the lyrics, the stems' sum error, signal facts; means as metrics."""
+    import json
+
+    settings = wb.params.get("evaluate") or {}
+    silence = float(settings.get("silence_threshold_dbfs", SILENCE_DBFS))
+    index = json.loads((transcripts_dir / SONGS_INDEX).read_text(encoding="utf-8"))
+    rows = []
+    for take in index["takes"]:
+        data, rate = sf.read(songs_dir / take["file"], dtype="float32", always_2d=True)
+        scores = take.get("intelligibility") or {}
+        rows.append({"song": take["song"], "seed": take["seed"], "artifact": take["artifact"],
+                     "wer": scores.get("wer"), "cer": scores.get("cer"), "transcript": take.get("text"),
+                     "stems_sum_max_abs_diff": take.get("stems_sum_max_abs_diff"),
+                     **signal_facts(data.T, rate, silence)})  # fmt: skip
+    metrics = {"model": index["model"], "takes": len(rows)}
+    for key in ("wer", "cer", "stems_sum_max_abs_diff", "loudness_lufs", "true_peak_dbtp"):
+        values = [r[key] for r in rows if isinstance(r.get(key), int | float)]
+        if values:
+            metrics[f"mean_{key}"] = round(sum(values) / len(values), 6)
+    write_json(metrics_out, metrics)
+    write_json(plots_out, rows)
+    return metrics
+
+
+def _fresh(out: Path) -> None:
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)

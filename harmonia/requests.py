@@ -87,7 +87,7 @@ def option(
 
 def options(request_type: type) -> list[tuple[str, dict]]:
     """(field name, metadata) of every request field the CLI offers as a flag, in declaration order."""
-    return [(f.name, dict(f.metadata)) for f in fields(request_type) if "flag" in f.metadata]
+    return [(f.name, dict(f.metadata)) for f in fields(request_type) if f.metadata.get("flag")]
 
 
 def limits(request_type: type) -> dict[str, Limit]:
@@ -414,3 +414,149 @@ class SliceRequest:
         _unknown(data, set(cls.FIELDS), cls.INPUTS, "slice")
         fields_ = {k: data[k] for k in cls.FIELDS if k in data}
         return cls(**fields_, source=inputs.get("source"))
+
+
+SONG_TASKS = ("generate", "repaint", "extend", "cover")
+MAX_SONG_S = 600.0  # ACE-Step 1.5 makes songs of up to ten minutes
+
+
+@dataclass(frozen=True)
+class SongRequest:
+    """A sung song from a style and lyrics (``task="generate"``), or an edit of a song.
+
+    Edits take a ``source`` song (a file, :class:`~harmonia.audio.Audio` or ``From(id)``: the
+    parent) and make a new song of its length: ``repaint`` regenerates ``start_s``–``end_s``
+    and keeps every other sample; ``extend`` adds ``extend_s`` seconds after it (or before,
+    ``before=True``); ``cover`` makes a new song from its structure with ``strength`` (1: close
+    to the source) and an optional ``reference`` clip for timbre. Lyrics are text with section
+    tags (``[verse]``, ``[chorus]``, ``[inst]`` ...); empty lyrics make an instrumental.
+
+    Example:
+        >>> SongRequest("dreamy synth pop", lyrics="[verse]\\nhello", duration_s=30, seed=1).prompts
+        ('dreamy synth pop',)
+    """
+
+    # what to make: one take per style prompt
+    prompts: tuple[str, ...] | str
+    lyrics: Any = option(
+        "", flag="--lyrics", metavar="FILE|TEXT", help="lyrics with [verse], [chorus] ... tags"
+    )
+    language: str = option(
+        "en", flag="--language", help="vocal language, an ISO 639-1 code (en, de, ja, ...)"
+    )
+    duration_s: float = limit(
+        30.0, 0, MAX_SONG_S, "seconds", low_open=True, step=1.0, flag="--duration", help="seconds of song"
+    )
+    seed: int | None = None  # None: drawn at random and recorded
+    # the song's metadata (None: the model chooses)
+    bpm: int | None = limit(None, 30, 300, "bpm", integer=True, step=1, flag="--bpm", help="tempo")
+    key: str | None = option(None, flag="--key", help="key and scale, e.g. 'A minor', 'F# major'")
+    time_signature: str | None = option(
+        None, flag="--time-signature", choices=("2/4", "3/4", "4/4", "6/8"), help="beats per bar"
+    )
+    # diffusion
+    steps: int = limit(8, 1, 200, "steps", integer=True, step=1, flag="--steps", help="denoising steps")
+    guidance_scale: float = limit(
+        1.0, 1, 15, "(1.0 turns guidance off; turbo models need 1.0)", step=0.5, flag="--guidance",
+        help="classifier-free guidance",
+    )  # fmt: skip
+    shift: float = limit(3.0, 1, 5, "", step=0.5, flag="--shift", help="timestep shift of the schedule")
+    # edits of a song
+    task: str = "generate"  # generate, repaint, extend, cover (harmonia edit ...)
+    source: Any = None  # the song to edit (media input; its artifact becomes the parent)
+    start_s: float | None = limit(None, 0, MAX_SONG_S, "seconds", step=0.5, flag=None)  # repaint
+    end_s: float | None = limit(None, 0, MAX_SONG_S, "seconds", step=0.5, flag=None)  # repaint
+    extend_s: float | None = limit(None, 0, MAX_SONG_S, "seconds", low_open=True, step=1.0, flag=None)
+    before: bool = False  # extend: add the new seconds before the song
+    strength: float | None = limit(
+        None, 0, 1, "", step=0.05, flag=None
+    )  # cover: 1 keeps the source's structure
+    reference: Any = None  # cover: a clip for timbre (media input)
+
+    INPUTS: ClassVar[tuple[str, ...]] = ("source", "reference")
+    TEXT_INPUTS: ClassVar[tuple[str, ...]] = ("lyrics",)  # may come From a lyrics artifact (role "text")
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "prompts", "lyrics", "language", "duration_s", "seed", "bpm", "key", "time_signature", "steps",
+        "guidance_scale", "shift", "task", "start_s", "end_s", "extend_s", "before", "strength",
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        if isinstance(self.prompts, str):
+            object.__setattr__(self, "prompts", (self.prompts,))
+        elif isinstance(self.prompts, list):
+            object.__setattr__(self, "prompts", tuple(self.prompts))
+
+    def to_json(self, inputs: dict[str, dict | None]) -> dict[str, Any]:
+        data = {name: getattr(self, name) for name in self.FIELDS}
+        data["prompts"] = list(self.prompts)
+        for name in ("duration_s", "guidance_scale", "shift", "start_s", "end_s", "extend_s", "strength"):
+            data[name] = _float(data[name])
+        return {**data, "source": inputs.get("source"), "reference": inputs.get("reference")}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], inputs: dict[str, Any]) -> SongRequest:
+        _unknown(data, set(cls.FIELDS), cls.INPUTS, "song")
+        fields_ = {k: data[k] for k in cls.FIELDS if k in data}
+        return cls(**{**fields_, "prompts": tuple(data["prompts"])}, **{r: inputs.get(r) for r in cls.INPUTS})
+
+
+@dataclass(frozen=True)
+class StemsRequest:
+    """Split audio into stems (vocals, drums, bass, other) with a source-separation model.
+
+    No randomness: the model runs without random shifts, so the same source gives the same
+    stems. ``source`` is an audio file, :class:`~harmonia.audio.Audio`, or an artifact
+    (``From(id)``: the stems' parent).
+
+    Example:
+        >>> StemsRequest(source="song.wav").overlap
+        0.25
+    """
+
+    source: Any
+    overlap: float = limit(
+        0.25, 0, 0.9, "", step=0.05, flag="--overlap", help="overlap of the model's segments"
+    )
+
+    INPUTS: ClassVar[tuple[str, ...]] = ("source",)
+    FIELDS: ClassVar[tuple[str, ...]] = ("overlap",)
+
+    def to_json(self, inputs: dict[str, dict | None]) -> dict[str, Any]:
+        return {"overlap": _float(self.overlap), "source": inputs.get("source")}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], inputs: dict[str, Any]) -> StemsRequest:
+        _unknown(data, set(cls.FIELDS), cls.INPUTS, "stems")
+        return cls(**{k: data[k] for k in cls.FIELDS if k in data}, source=inputs.get("source"))
+
+
+@dataclass(frozen=True)
+class TranscribeRequest:
+    """Transcribe sung (or spoken) audio, and score it against the lyrics when they are given.
+
+    Greedy decoding, no randomness. ``source`` is an audio file, Audio, or an artifact
+    (``From(id)``; for stems, ``From(id, "vocals.wav")``); ``lyrics`` is the reference text
+    (section tags are ignored); ``language`` None lets the model detect it.
+
+    Example:
+        >>> TranscribeRequest(source="vocals.wav", lyrics="[verse]\\nhello", language="en").language
+        'en'
+    """
+
+    source: Any
+    lyrics: str | None = None  # the reference for word and character error rates
+    language: str | None = option(None, flag="--language", help="the sung language (default: detected)")
+    max_new_tokens: int = limit(
+        440, 1, 440, "tokens", integer=True, step=8, flag="--max-tokens", help="longest text per 30 s window"
+    )
+
+    INPUTS: ClassVar[tuple[str, ...]] = ("source",)
+    FIELDS: ClassVar[tuple[str, ...]] = ("lyrics", "language", "max_new_tokens")
+
+    def to_json(self, inputs: dict[str, dict | None]) -> dict[str, Any]:
+        return {**{k: getattr(self, k) for k in self.FIELDS}, "source": inputs.get("source")}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], inputs: dict[str, Any]) -> TranscribeRequest:
+        _unknown(data, set(cls.FIELDS), cls.INPUTS, "transcribe")
+        return cls(**{k: data[k] for k in cls.FIELDS if k in data}, source=inputs.get("source"))

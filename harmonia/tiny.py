@@ -54,8 +54,10 @@ def _versions(builder: str = "") -> dict[str, str]:
         found = Worker.shared().hello()["versions"]
         return {pkg: found[pkg] for pkg in ("torch", "audiocraft", "numpy", "omegaconf")}
     packages = ["torch", "transformers", "safetensors", "tokenizers"]
-    if builder == "stable-audio":
+    if builder in ("stable-audio", "ace-step"):
         packages.append("diffusers")
+    if builder == "demucs":
+        packages.append("demucs")
     return {pkg: version(pkg) for pkg in packages}
 
 
@@ -416,6 +418,199 @@ def build_magnet(out: Path) -> None:
     build_audiocraft(out, "magnet")
 
 
+# ACE-Step 1.5's audio side at its real rates (48 kHz stereo, hop 1920: 25 latent frames/s) with tiny widths.
+ACE_LATENT_CHANNELS = 8  # ACE-Step 1.5: 64
+ACE_DOWNSAMPLING = [2, 4, 4, 6, 10]  # hop 1920 samples, as ACE-Step 1.5's VAE
+ACE_TEXT_CONTEXT = 4096  # byte-level: one token per byte; the pipeline reads up to 2048 of lyrics
+
+
+def build_ace_step(out: Path) -> None:
+    """diffusers AceStepPipeline: a byte-level Qwen3 tokenizer, tiny Qwen3 text encoder, condition
+    encoder, DiT, audio tokenizer and detokenizer (for covers), and an Oobleck VAE at 48 kHz.
+
+    The tokenizer has the 256 byte-level symbols and ``<|endoftext|>`` (the pipeline's prompt
+    template ends with it), no merges. The VAE's decoder gets the fix of build_stable_audio
+    (biases zeroed, first gain scaled) so the audio follows the latents.
+    """
+    from diffusers import (
+        AceStepPipeline,
+        AceStepTransformer1DModel,
+        AutoencoderOobleck,
+        FlowMatchEulerDiscreteScheduler,
+    )
+    from diffusers.pipelines.ace_step.modeling_ace_step import (
+        AceStepAudioTokenDetokenizer,
+        AceStepAudioTokenizer,
+        AceStepConditionEncoder,
+    )
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import Qwen2Tokenizer, Qwen3Config, Qwen3Model
+
+    specials = ["<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(sorted(ByteLevel.alphabet()) + specials)}
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab, merges=[], eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+        model_max_length=ACE_TEXT_CONTEXT,
+    )  # fmt: skip
+    text_encoder = Qwen3Model(
+        Qwen3Config(
+            vocab_size=len(vocab),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=8,
+            max_position_embeddings=ACE_TEXT_CONTEXT,
+        )
+    ).eval()
+    width = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                 sliding_window=16)  # fmt: skip
+    latent = ACE_LATENT_CHANNELS
+    condition_encoder = AceStepConditionEncoder(
+        text_hidden_dim=16, timbre_hidden_dim=latent, num_lyric_encoder_hidden_layers=1,
+        num_timbre_encoder_hidden_layers=1, **width,
+    ).eval()  # fmt: skip
+    transformer = AceStepTransformer1DModel(
+        num_hidden_layers=2, in_channels=3 * latent, audio_acoustic_hidden_dim=latent, patch_size=2, **width
+    ).eval()
+    audio_tokenizer = AceStepAudioTokenizer(
+        audio_acoustic_hidden_dim=latent, fsq_dim=32, num_attention_pooler_hidden_layers=1, **width
+    ).eval()
+    audio_token_detokenizer = AceStepAudioTokenDetokenizer(
+        audio_acoustic_hidden_dim=latent, num_attention_pooler_hidden_layers=1, **width
+    ).eval()
+    with warnings.catch_warnings():  # Oobleck uses torch's deprecated (but working) weight_norm
+        warnings.simplefilter("ignore", FutureWarning)
+        vae = AutoencoderOobleck(
+            encoder_hidden_size=2 * latent, downsampling_ratios=ACE_DOWNSAMPLING, channel_multiples=[1, 2, 2, 4, 4],
+            decoder_channels=8, decoder_input_channels=latent, audio_channels=2, sampling_rate=48_000,
+        ).eval()  # fmt: skip
+    with torch.no_grad():
+        for name, parameter in vae.decoder.named_parameters():
+            if name.endswith("bias"):
+                parameter.zero_()
+        vae.decoder.conv1.weight_g.mul_(SA_DECODER_GAIN)
+    pipe = AceStepPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+        condition_encoder=condition_encoder,
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0),
+        audio_tokenizer=audio_tokenizer,
+        audio_token_detokenizer=audio_token_detokenizer,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+
+
+DEMUCS_SIG = "0badc0de"  # the tiny bag's one model (htdemucs: 955717e8)
+
+
+def _stable_safetensors(raw: bytes) -> bytes:
+    """A safetensors file with its JSON header's keys sorted: safetensors writes the header from a
+    hash map, so the metadata's order (and the file's sha256) would change from run to run."""
+    import struct
+
+    size = struct.unpack("<Q", raw[:8])[0]
+    header = json.dumps(json.loads(raw[8 : 8 + size]), sort_keys=True, separators=(",", ":")).encode()
+    if len(header) > size:
+        raise BuilderError("safetensors header grew when sorted; cannot write a stable file.")
+    return raw[:8] + header + b" " * (size - len(header)) + raw[8 + size :]
+
+
+def build_demucs(out: Path) -> None:
+    """demucs HTDemucs (htdemucs's architecture: 4 stems, 44.1 kHz stereo, 7.8 s segments, nfft 4096,
+    depth 4, a cross-domain transformer) with 4 channels and one transformer layer, saved the
+    way the demucs hub repos are: ``htdemucs.yaml`` naming the model, and its safetensors with
+    the class and arguments in the metadata (as demucs' tools/export_hf.py writes them)."""
+    from fractions import Fraction
+
+    import yaml
+    from demucs.htdemucs import HTDemucs
+    from safetensors.torch import save
+
+    kwargs = dict(
+        sources=["drums", "bass", "other", "vocals"], audio_channels=2, samplerate=44_100, segment=Fraction(39, 5),
+        channels=4, depth=4, t_layers=1, t_heads=2, dconv_comp=4, bottom_channels=0,
+    )  # fmt: skip
+    model = HTDemucs(**kwargs).eval()
+
+    def encode(value):
+        if isinstance(value, Fraction):
+            return {"_type": "fraction", "numerator": value.numerator, "denominator": value.denominator}
+        return value
+
+    metadata = {
+        "klass": "demucs.htdemucs.HTDemucs",
+        "args": "[]",
+        "kwargs": json.dumps({k: encode(v) for k, v in kwargs.items()}, sort_keys=True),
+    }
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{DEMUCS_SIG}.safetensors").write_bytes(_stable_safetensors(save(state, metadata=metadata)))
+    (out / "htdemucs.yaml").write_text(
+        yaml.safe_dump({"models": [DEMUCS_SIG], "segment": None, "weights": None})
+    )
+
+
+WHISPER_LANGUAGES = ("en", "de", "fr", "es", "it", "ja", "zh")  # the tiny model's; Whisper has 99
+
+
+def build_whisper(out: Path) -> None:
+    """transformers Whisper (speech recognition): tiny encoder and decoder over Whisper's real audio
+    side (16 kHz, 80 mel bins, 30 s windows: 1500 encoder positions), a byte-level tokenizer
+    with Whisper's special tokens (start of transcript, languages, tasks, no timestamps), and a
+    generation config naming them as the hub's do. The output head is zero except for
+    lowercase letters, space and end of text, so the random model writes words."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperTokenizer,
+    )
+
+    tasks = ["<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>"]
+    specials = ["<|endoftext|>", "<|startoftranscript|>", *[f"<|{x}|>" for x in WHISPER_LANGUAGES], *tasks,
+                "<|notimestamps|>"]  # fmt: skip
+    vocab = {tok: i for i, tok in enumerate(sorted(ByteLevel.alphabet()) + specials)}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "vocab.json").write_text(json.dumps(vocab))
+    (out / "merges.txt").write_text("#version: 0.2\n")
+    eot = vocab["<|endoftext|>"]
+    tokenizer = WhisperTokenizer(str(out / "vocab.json"), str(out / "merges.txt"), unk_token="<|endoftext|>",
+                                 bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                 model_max_length=448)  # fmt: skip
+    tokenizer.add_special_tokens({"additional_special_tokens": specials[1:]})
+    config = WhisperConfig(
+        vocab_size=len(vocab), num_mel_bins=80, d_model=16, encoder_layers=1, decoder_layers=1,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+        max_source_positions=1500, max_target_positions=448, pad_token_id=eot, bos_token_id=eot, eos_token_id=eot,
+        decoder_start_token_id=vocab["<|startoftranscript|>"], tie_word_embeddings=False,
+        begin_suppress_tokens=None, suppress_tokens=None,
+    )  # fmt: skip
+    model = WhisperForConditionalGeneration(config).eval()
+    speaks = [vocab[tokenizer.tokenize(c)[0]] for c in LM_SPEAKS]
+    with torch.no_grad():
+        head = model.proj_out.weight
+        keep = torch.zeros(head.shape[0], dtype=torch.bool)
+        keep[[*speaks, eot]] = True
+        head.normal_(0.0, 1.0)
+        head[~keep] = 0.0
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=vocab["<|startoftranscript|>"], eos_token_id=eot, pad_token_id=eot,
+        no_timestamps_token_id=vocab["<|notimestamps|>"], is_multilingual=True, max_length=448,
+        lang_to_id={f"<|{x}|>": vocab[f"<|{x}|>"] for x in WHISPER_LANGUAGES},
+        task_to_id={"transcribe": vocab["<|transcribe|>"], "translate": vocab["<|translate|>"]},
+        max_initial_timestamp_index=50, begin_suppress_tokens=[eot], suppress_tokens=[],
+    )  # fmt: skip
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    WhisperFeatureExtractor(feature_size=80, sampling_rate=16_000).save_pretrained(out)
+
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "musicgen": build_musicgen,
     "musicgen-stereo": build_musicgen_stereo,
@@ -425,6 +620,9 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "stable-audio": build_stable_audio,
     "audiogen": build_audiogen,
     "magnet": build_magnet,
+    "ace-step": build_ace_step,
+    "demucs": build_demucs,
+    "whisper": build_whisper,
 }
 DEFAULT_NAMES = {name: f"tiny-{name}" for name in BUILDERS}  # "lm" -> tiny-lm
 BUILDER_ENGINES = {
@@ -436,6 +634,9 @@ BUILDER_ENGINES = {
     "stable-audio": "stable-audio",
     "audiogen": "audiogen",
     "magnet": "magnet",
+    "ace-step": "ace-step",
+    "demucs": "demucs",
+    "whisper": "whisper",
 }
 AUDIOCRAFT_BUILDERS = ("audiogen", "magnet")  # built in the audiocraft worker
 

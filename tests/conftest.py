@@ -64,6 +64,21 @@ models:
     seed: 0
     engine: stable-audio
     license: mit
+  tiny-ace-step:
+    builder: ace-step
+    seed: 0
+    engine: ace-step
+    license: mit
+  tiny-demucs:
+    builder: demucs
+    seed: 0
+    engine: demucs
+    license: mit
+  tiny-whisper:
+    builder: whisper
+    seed: 0
+    engine: whisper
+    license: mit
 music:
   model: tiny-musicgen
   duration_s: 1.0
@@ -236,4 +251,58 @@ def sample_wb(workbench, tiny_stable_audio, tiny_models) -> Workbench:
     """A fresh workbench holding tiny-stable-audio and tiny-musicgen (for lineage from music)."""
     shutil.copytree(tiny_stable_audio, workbench.root / "models")
     shutil.copytree(tiny_models / "tiny-musicgen", workbench.root / "models" / "tiny-musicgen")
+    return workbench
+
+
+@pytest.fixture(scope="session")
+def tiny_ace_step(tmp_path_factory) -> Path:
+    """The tiny ACE-Step snapshot, built once per test session (a models/ folder)."""
+    from harmonia.tiny import build_tiny
+
+    root = tmp_path_factory.mktemp("tiny-ace-step")
+    (root / "params.yaml").write_text(PARAMS)
+    build_tiny(Workbench.open(root), "ace-step", name="tiny-ace-step", seed=0)
+    return root / "models"
+
+
+@pytest.fixture(scope="session")
+def tiny_demucs(tmp_path_factory) -> Path:
+    """The tiny demucs snapshot, built once per test session (a models/ folder)."""
+    from harmonia.tiny import build_tiny
+
+    root = tmp_path_factory.mktemp("tiny-demucs")
+    (root / "params.yaml").write_text(PARAMS)
+    build_tiny(Workbench.open(root), "demucs", name="tiny-demucs", seed=0)
+    return root / "models"
+
+
+@pytest.fixture
+def song_wb(workbench, tiny_ace_step) -> Workbench:
+    """A fresh workbench holding tiny-ace-step."""
+    shutil.copytree(tiny_ace_step, workbench.root / "models")
+    return workbench
+
+
+@pytest.fixture
+def stems_wb(workbench, tiny_demucs) -> Workbench:
+    """A fresh workbench holding tiny-demucs."""
+    shutil.copytree(tiny_demucs, workbench.root / "models")
+    return workbench
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper(tmp_path_factory) -> Path:
+    """The tiny Whisper snapshot, built once per test session (a models/ folder)."""
+    from harmonia.tiny import build_tiny
+
+    root = tmp_path_factory.mktemp("tiny-whisper")
+    (root / "params.yaml").write_text(PARAMS)
+    build_tiny(Workbench.open(root), "whisper", name="tiny-whisper", seed=0)
+    return root / "models"
+
+
+@pytest.fixture
+def whisper_wb(workbench, tiny_whisper) -> Workbench:
+    """A fresh workbench holding tiny-whisper."""
+    shutil.copytree(tiny_whisper, workbench.root / "models")
     return workbench

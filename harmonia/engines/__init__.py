@@ -25,6 +25,9 @@ ENGINES: dict[str, str] = {
     # audiocraft's own models, run in a worker process with its own environment (engines/audiocraft.py)
     "audiogen": "harmonia.engines.audiocraft:AudioGenEngine",
     "magnet": "harmonia.engines.audiocraft:MagnetEngine",
+    "ace-step": "harmonia.engines.ace_step:AceStepEngine",
+    "demucs": "harmonia.engines.demucs:DemucsEngine",  # audio -> vocals, drums, bass, other
+    "whisper": "harmonia.engines.whisper:WhisperEngine",  # sung or spoken audio -> text
 }
 
 
@@ -53,9 +56,31 @@ KINDS: dict[str, KindInfo] = {
         "harmonia.requests:SampleRequest",
         "text to one-shots, loops at a bpm, sound effects",
     ),
+    "song": KindInfo(
+        "song",
+        "songs",
+        "harmonia.requests:SongRequest",
+        "a style and lyrics to a sung song (edits: harmonia edit repaint|extend|cover)",
+    ),
     # made from another artifact, not from prompts: `harmonia samples slice ARTIFACT`
     "pack": KindInfo(
         "pack", "samples", "harmonia.requests:SliceRequest", "audio cut into a sample pack", False
+    ),
+    # `harmonia stems ARTIFACT`
+    "stems": KindInfo(
+        "stems",
+        "songs",
+        "harmonia.requests:StemsRequest",
+        "audio split into vocals, drums, bass, other",
+        False,
+    ),
+    # `harmonia transcribe ARTIFACT`
+    "transcript": KindInfo(
+        "transcript",
+        "songs",
+        "harmonia.requests:TranscribeRequest",
+        "sung audio to text, scored against the lyrics",
+        False,
     ),
 }
 

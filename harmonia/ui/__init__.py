@@ -1,4 +1,4 @@
-"""ipywidgets UIs for JupyterLab: the music studio, the samples view, the artifact gallery, the models panel.
+"""ipywidgets UIs for JupyterLab: the music studio, the samples and song views, the artifact gallery, the models panel.
 
 This package imports the rest of Harmonia and is never imported by it. Long work (generation,
 verification, fetching, reproduction) runs in a worker thread so the kernel keeps answering
@@ -11,6 +11,7 @@ the buttons; the thread only sets widget values and children, never uses an Outp
 from harmonia.ui.gallery import Gallery
 from harmonia.ui.models import ModelsPanel
 from harmonia.ui.samples import SamplesView
+from harmonia.ui.songs import SongView
 from harmonia.ui.studio import Studio
 from harmonia.ui.views import ab_view, artifact_view, facts_table, player
 
@@ -18,6 +19,7 @@ __all__ = [
     "Gallery",
     "ModelsPanel",
     "SamplesView",
+    "SongView",
     "Studio",
     "ab_view",
     "artifact_view",

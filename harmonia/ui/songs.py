@@ -1,0 +1,329 @@
+"""The song view: lyrics with section tags (lines and syllables per section against the duration),
+style, tempo, key; a take with a range to repaint; its stems as players; its transcript beside
+the lyrics with the words that were not understood marked.
+
+Every action runs in a worker thread through the same functions as the CLI:
+:func:`~harmonia.generation.generate` (``harmonia generate song``), :func:`harmonia.songs.edit`
+(``harmonia edit repaint``), :func:`harmonia.songs.stems` and :func:`harmonia.songs.transcribe`.
+Stop ends a generation at its next step and nothing is written.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import threading
+import time
+
+import ipywidgets as widgets
+
+from harmonia.artifacts import Artifact
+from harmonia.defaults import kind_defaults
+from harmonia.engines.base import choose_seed
+from harmonia.errors import HarmoniaError, RequestError
+from harmonia.generation import Generated, generate
+from harmonia.lyrics import LANGUAGES, SYLLABLES_PER_S, parse_lyrics
+from harmonia.requests import SongRequest, limits
+from harmonia.snapshots import list_snapshots
+from harmonia.ui.views import Task, picture, player, read_take, status_html, summary_html
+from harmonia.workbench import Workbench
+
+PROGRESS_EVERY_S = 0.05
+ENGINE = "ace-step"
+MARKS = {  # how a word of the lyrics shows beside the transcript
+    "equal": "",
+    "substitute": "background:#fde68a",
+    "delete": "background:#fecaca;text-decoration:line-through",
+    "insert": "background:#bfdbfe",
+}
+
+
+def counts_html(lyrics: str, duration_s: float) -> str:
+    """Lines and syllables per section, and the seconds they need against the duration (or the error)."""
+    try:
+        parsed = parse_lyrics(lyrics)
+    except HarmoniaError as exc:
+        return status_html(str(exc), "error")
+    rows = "".join(
+        f"<tr><td>[{html.escape(s.tag) or '-'}]</td><td>{len(s.lines)}</td><td>{s.syllables}</td></tr>"
+        for s in parsed.sections
+    )
+    fits = parsed.needed_s <= duration_s
+    verdict = (
+        "an instrumental" if parsed.instrumental else
+        f"{parsed.syllables} syllables need about {math.ceil(parsed.needed_s)} s of the {duration_s:g} s "
+        f"({SYLLABLES_PER_S:g} a second)" + ("" if fits else ": too long, lengthen the song or cut lines")
+    )  # fmt: skip
+    colour = "#15803d" if fits else "#b91c1c"
+    return (
+        "<table class='harmonia-counts'><tr><th>section</th><th>lines</th><th>syllables</th></tr>"
+        f"{rows}</table><div style='color:{colour}'>{html.escape(verdict)}</div>"
+    )
+
+
+def transcript_html(scores: dict | None, transcript: str) -> str:
+    """The lyrics' words as the transcript aligned them: misheard words marked, WER and CER above."""
+    if scores is None:
+        return f"<div>{html.escape(transcript)}</div><div>(no lyrics to compare with)</div>"
+    if scores["wer"] is None:
+        return f"<div>{html.escape(transcript)}</div><div>(an instrumental: no words to compare)</div>"
+    spans = []
+    for op, ref, hyp in scores["words"]:
+        style = MARKS.get(op, "")
+        if op == "equal":
+            spans.append(html.escape(ref))
+        elif op == "insert":
+            spans.append(
+                f"<span class='harmonia-insert' style='{style}' title='heard, not sung'>{html.escape(hyp)}</span>"
+            )
+        else:
+            heard = f"heard: {hyp}" if hyp else "not heard"
+            spans.append(
+                f"<span class='harmonia-{op}' style='{style}' title='{html.escape(heard)}'>{html.escape(ref)}</span>"
+            )
+    return (
+        f"<div><b>WER</b> {scores['wer']:.3f} &nbsp; <b>CER</b> {scores['cer']:.3f}</div>"
+        f"<div class='harmonia-transcript'>{' '.join(spans)}</div>"
+        f"<div style='color:#555'>heard: {html.escape(transcript)}</div>"
+    )
+
+
+class SongView:
+    """The song widget. Display it in a notebook cell (``SongView()`` as the last line).
+
+    Example:
+        >>> view = SongView(model="tiny-ace-step")  # doctest: +SKIP
+        >>> view.style.value = "dreamy synth pop"; view.lyrics.value = "[verse]\\nhello"  # doctest: +SKIP
+        >>> view.generate_button.click(); view.wait()  # doctest: +SKIP
+    """
+
+    def __init__(self, wb: Workbench | None = None, model: str | None = None):
+        self.wb = wb or Workbench.open()
+        self.defaults = kind_defaults(self.wb, "song")
+        d = self.defaults.request
+        bound = limits(SongRequest)
+        self.song: Artifact | None = None  # the take on show (a song, or an edit of one)
+        self.last: Generated | None = None
+        self.stems_artifact: Artifact | None = None
+        self.transcript_artifact: Artifact | None = None
+        self._stop = threading.Event()
+        self._last_tick = 0.0
+        style = {"description_width": "90px"}
+
+        # 1. The model: local snapshots of the ace-step engine.
+        specs = self.wb.specs("model")
+        names = [
+            r.name
+            for r in list_snapshots(self.wb, "model")
+            if r.present and getattr(specs.get(r.name), "engine", None) == ENGINE
+        ]
+        prefer = model or self.defaults.model
+        self.model = widgets.Dropdown(
+            options=names or [("no local ace-step model: fetch or build one", None)],
+            value=prefer if prefer in names else (names[0] if names else None),
+            description="model", style=style,
+        )  # fmt: skip
+
+        # 2. What to make: style, lyrics (with counts per section), length, tempo, key, language.
+        self.style = widgets.Text(description="style", placeholder="e.g. dreamy synth pop, female vocals",
+                                  style=style, layout=widgets.Layout(width="640px"))  # fmt: skip
+        self.lyrics = widgets.Textarea(
+            description="lyrics", placeholder="[verse]\nfirst line\n[chorus]\n...", style=style,
+            layout=widgets.Layout(width="420px", height="220px"),
+        )  # fmt: skip
+        self.counts = widgets.HTML()
+        self.duration = widgets.BoundedFloatText(value=float(d.get("duration_s", 30.0)), min=1.0,
+                                                 max=bound["duration_s"].high, step=1.0, description="duration (s)",
+                                                 style=style)  # fmt: skip
+        self.bpm = widgets.BoundedIntText(value=int(d.get("bpm") or 0), min=0, max=int(bound["bpm"].high),
+                                          description="bpm (0: any)", style=style)  # fmt: skip
+        self.key = widgets.Text(
+            value=d.get("key") or "", description="key", placeholder="e.g. A minor", style=style
+        )
+        self.language = widgets.Dropdown(options=list(LANGUAGES), value=d.get("language", "en"),
+                                         description="language", style=style)  # fmt: skip
+        self.steps = widgets.BoundedIntText(value=int(d.get("steps", 8)), min=int(bound["steps"].low),
+                                            max=int(bound["steps"].high), description="steps", style=style)  # fmt: skip
+        self.seed = widgets.IntText(value=choose_seed(), description="seed", style=style)
+        for field in (self.lyrics, self.duration):
+            field.observe(lambda _: self._update_counts(), names="value")
+
+        # 3. Actions on the take: generate, repaint a range, stems, transcribe.
+        self.generate_button = widgets.Button(description="Generate", button_style="primary", icon="play")
+        self.stop_button = widgets.Button(
+            description="Stop", button_style="warning", icon="stop", disabled=True
+        )
+        self.range = widgets.FloatRangeSlider(value=(0.0, 1.0), min=0.0, max=1.0, step=0.1, description="range (s)",
+                                              style=style, disabled=True, layout=widgets.Layout(width="520px"))  # fmt: skip
+        self.repaint_button = widgets.Button(description="Repaint range", icon="paint-brush", disabled=True)
+        self.stems_button = widgets.Button(description="Stems", icon="columns", disabled=True)
+        self.transcribe_button = widgets.Button(description="Transcribe", icon="comment", disabled=True)
+        self.generate_button.on_click(lambda _: self.generate())
+        self.stop_button.on_click(lambda _: self._stop.set())
+        self.repaint_button.on_click(lambda _: self.repaint())
+        self.stems_button.on_click(lambda _: self.split())
+        self.transcribe_button.on_click(lambda _: self.transcribe())
+        self.progress = widgets.IntProgress(value=0, min=0, max=1, description="steps", style=style)
+        self.status = widgets.HTML()
+        self.log = widgets.Output()
+        self.take = widgets.VBox()
+        self.stems = widgets.VBox()
+        self.transcript = widgets.HTML()
+        self.summary = widgets.HTML()
+        self._task = Task(self.status, self.log)
+        self.widget = widgets.VBox([
+            widgets.HTML("<h3 style='margin:0'>Song</h3>"), self.model, self.style,
+            widgets.HBox([self.lyrics, widgets.VBox([self.counts, self.transcript])]),
+            widgets.HBox([self.duration, self.bpm, self.key]), widgets.HBox([self.language, self.steps, self.seed]),
+            widgets.HBox([self.generate_button, self.stop_button, self.progress]), self.status, self.take,
+            widgets.HBox([self.range, self.repaint_button]), widgets.HBox([self.stems_button, self.transcribe_button]),
+            self.stems, self.summary, self.log,
+        ])  # fmt: skip
+        self.widget.add_class("harmonia-song")
+        self._update_counts()
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+    def _update_counts(self) -> None:
+        self.counts.value = counts_html(self.lyrics.value, float(self.duration.value))
+
+    # -- the request ---------------------------------------------------------------------
+    def build_request(self) -> tuple[str, SongRequest]:
+        """The model and request the fields describe (RequestError if there is no model)."""
+        if not self.model.value:
+            raise RequestError(
+                "no ace-step model here: build one (harmonia models tiny ace-step) or fetch one."
+            )
+        request = self.defaults.request_for(
+            (self.style.value,), seed=int(self.seed.value), lyrics=self.lyrics.value,
+            duration_s=float(self.duration.value), bpm=int(self.bpm.value) or None,
+            key=self.key.value.strip() or None, language=self.language.value, steps=int(self.steps.value),
+        )  # fmt: skip
+        return self.model.value, request
+
+    # -- actions (each in a worker thread) -----------------------------------------------
+    def generate(self) -> threading.Thread | None:
+        """Make a song from the fields (what the Generate button does)."""
+        try:
+            model, request = self.build_request()
+        except HarmoniaError as exc:
+            self.status.value = status_html(str(exc), "error")
+            return None
+        settings = self.defaults.run_settings()
+        return self._run(lambda: generate(self.wb, model, request, progress=self._on_step, cancel=self._stop,
+                                          **settings))  # fmt: skip
+
+    def repaint(self) -> threading.Thread | None:
+        """Regenerate the selected range of the take on show (a new artifact, its child)."""
+        from harmonia.songs import edit
+
+        if self.song is None:
+            return None
+        start, end = self.range.value
+        seed = int(self.seed.value)
+        return self._run(lambda: edit(self.wb, "repaint", self.song.id, start_s=float(start), end_s=float(end),
+                                      seed=seed, progress=self._on_step, cancel=self._stop))  # fmt: skip
+
+    def split(self) -> threading.Thread | None:
+        """The take's stems, as players under it."""
+        from harmonia.songs import stems
+
+        if self.song is None or self._task.running:
+            return None
+        song = self.song
+
+        def work() -> str:
+            done = stems(self.wb, song.id, progress=self._on_step, cancel=self._stop)
+            self.stems_artifact = done.artifact
+            rows = []
+            for out in done.artifact.outputs:
+                rows.append(widgets.HBox([widgets.HTML(f"<b>{html.escape(out.prompt or out.path)}</b>"),
+                                          player(done.artifact.file(out))]))  # fmt: skip
+            self.stems.children = rows
+            facts = done.artifact.manifest.engine.details
+            return (
+                f"Stems {done.artifact.id}: their sum is within {facts['sum_max_abs_diff']:.3g} of the song."
+            )
+
+        return self._start(work)
+
+    def transcribe(self) -> threading.Thread | None:
+        """Transcribe the vocal stem (made first if needed) and mark the words not understood."""
+        from harmonia.songs import stems, transcribe
+
+        if self.song is None or self._task.running:
+            return None
+        song, lyrics = self.song, self.lyrics.value
+
+        def work() -> str:
+            source = self.stems_artifact
+            if source is None or source.manifest.parents[0].id != song.id:
+                source = stems(self.wb, song.id, progress=self._on_step, cancel=self._stop).artifact
+                self.stems_artifact = source
+            done = transcribe(
+                self.wb, source.id, lyrics=lyrics or None, progress=self._on_step, cancel=self._stop
+            )
+            self.transcript_artifact = done.artifact
+            details = done.artifact.manifest.engine.details
+            self.transcript.value = transcript_html(details["intelligibility"], details["transcript"])
+            return f"Transcript {done.artifact.id}."
+
+        return self._start(work)
+
+    def _run(self, make) -> threading.Thread | None:
+        """Generate or edit, then show the new take and its range slider."""
+
+        def work() -> str:
+            done = make()
+            self.last = done
+            self.show(done.artifact)
+            if done.cached:
+                return f"Found artifact {done.artifact.id}: the identical request was made before."
+            return f"Made artifact {done.artifact.id} in {done.result.generate_s:.1f} s."
+
+        return self._start(work)
+
+    def _start(self, work) -> threading.Thread | None:
+        if self._task.running:
+            return None
+        self.status.value = ""
+        self._stop.clear()
+        self.progress.value, self.progress.max = 0, 1
+        buttons = (self.generate_button, self.repaint_button, self.stems_button, self.transcribe_button)
+        for button in buttons:
+            button.disabled = True
+        self.stop_button.disabled = False
+
+        def finished() -> None:
+            self.generate_button.disabled, self.stop_button.disabled = False, True
+            for button in buttons[1:]:
+                button.disabled = self.song is None
+
+        return self._task.start(work, finished)
+
+    def show(self, art: Artifact) -> None:
+        """Put a song on show: its player and picture, a range slider over its length."""
+        self.song = art
+        out = art.outputs[0]
+        samples, rate = read_take(art.file(out))
+        self.take.children = [widgets.HTML(f"<b>{html.escape(art.id)}</b> {out.duration_s:g} s"),
+                              player(art.file(out)), picture(samples, rate, out.prompt or "")]  # fmt: skip
+        length = float(out.duration_s or 0.0)
+        self.range.max = length
+        self.range.value = (round(length / 3, 1), round(2 * length / 3, 1))
+        self.range.disabled = False
+        self.stems.children = ()
+        self.transcript.value = ""
+        self.summary.value = summary_html(art)
+
+    def _on_step(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or now - self._last_tick >= PROGRESS_EVERY_S:
+            self._last_tick = now
+            self.progress.max, self.progress.value = total, done
+
+    def wait(self, timeout: float | None = None) -> None:
+        self._task.wait(timeout)

@@ -1,0 +1,96 @@
+"""The whisper engine on the tiny model, and intelligibility: WER/CER on a fixture with known words,
+transcripts as artifacts that reproduce (in a fresh process too), refusals before loading."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from harmonia.artifacts import list_artifacts
+from harmonia.engines.whisper import WhisperEngine
+from harmonia.errors import AudioError, RequestError
+from harmonia.generation import generate, reproduce
+from harmonia.lyrics import intelligibility, normalise
+from harmonia.requests import TranscribeRequest
+from tests.conftest import run_cli
+
+MODEL = "tiny-whisper"
+LYRICS = "[verse]\nHello, there my friend!\n[chorus]\nLa la, la.\n[inst]"
+
+
+def _voice(wb, seconds=2.0, rate=22_050, name="voice.wav"):
+    t = np.arange(int(seconds * rate)) / rate
+    wave = 0.3 * np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    path = wb.root / name
+    sf.write(path, wave.astype(np.float32), rate, subtype="FLOAT")
+    return path
+
+
+def test_word_and_character_error_rates_on_known_words():
+    assert normalise(LYRICS) == "hello there my friend la la la"
+    perfect = intelligibility("hello there my friend, la la la", LYRICS)
+    assert perfect.wer == 0.0 and perfect.cer == 0.0
+    one = intelligibility("Hello their my friend la la la", LYRICS)
+    assert one.wer == round(1 / 7, 6) and one.cer == round(2 / 30, 6)  # there -> their: 2 of 30 characters
+    assert ("substitute", "there", "their") in one.words
+    missing = intelligibility("hello my friend", LYRICS)
+    assert missing.wer == round(4 / 7, 6)  # "there" and three "la" deleted
+    assert [w[0] for w in missing.words] == ["equal", "delete", "equal", "delete"]
+    assert intelligibility("", LYRICS).wer == 1.0
+    instrumental = intelligibility("la", "[inst]\n[outro]")
+    assert instrumental.wer is None and instrumental.cer is None
+
+
+def test_a_transcript_is_an_artifact_with_its_scores_and_reproduces(whisper_wb):
+    source = _voice(whisper_wb)
+    seen = []
+    done = generate(whisper_wb, MODEL, TranscribeRequest(source=str(source), lyrics=LYRICS, language="en"),
+                    progress=lambda d, t: seen.append((d, t)))  # fmt: skip
+    art = done.artifact
+    assert art.kind == "transcript" and [o.path for o in art.outputs] == ["take-0.txt"] and seen == [(1, 1)]
+    text = (art.path / "take-0.txt").read_text()
+    details = art.manifest.engine.details
+    assert details["transcript"] == text and text and set(text) <= set("abcdefghijklmnopqrstuvwxyz ")
+    scores = details["intelligibility"]
+    assert scores == intelligibility(text, LYRICS).to_json()
+    assert scores["reference"] == "hello there my friend la la la" and scores["wer"] >= 0.0
+    assert art.manifest.request["lyrics"] == LYRICS and art.manifest.request["language"] == "en"
+    assert reproduce(whisper_wb, art.id).verified
+    long = generate(whisper_wb, MODEL, TranscribeRequest(source=str(_voice(whisper_wb, 31.0, 16_000, "long.wav")),
+                                                         max_new_tokens=8))  # fmt: skip
+    assert len(long.artifact.manifest.engine.details["windows"]) == 2  # 30 s windows
+    assert long.artifact.manifest.engine.details["intelligibility"] is None
+
+
+def test_bad_requests_are_refused_before_the_model_loads(whisper_wb, monkeypatch):
+    wb = whisper_wb
+    monkeypatch.setattr(
+        WhisperEngine, "load", classmethod(lambda *a, **k: pytest.fail("the model was loaded"))
+    )
+    with pytest.raises(RequestError) as caught:
+        generate(wb, MODEL, TranscribeRequest(source=str(_voice(wb)), language="xx"))
+    assert str(caught.value) == (
+        "language 'xx' is not one model 'tiny-whisper' knows; known: de, en, es, fr, it, ja, zh. "
+        "Leave it out to let the model detect it."
+    )
+    silent = wb.root / "silent.wav"
+    sf.write(silent, np.zeros(16_000, dtype=np.float32), 16_000)
+    with pytest.raises(
+        AudioError, match=r"is silent \(peak -inf dBFS, below -60 dBFS\): there is nothing to transcribe"
+    ):
+        generate(wb, MODEL, TranscribeRequest(source=str(silent)))
+    assert not list_artifacts(wb)
+
+
+@pytest.mark.slow
+def test_a_transcript_from_the_cli_reproduces_in_this_process(whisper_wb, tmp_path):
+    lyrics = tmp_path / "lyrics.txt"
+    lyrics.write_text(LYRICS)
+    voice = _voice(whisper_wb)
+    made = run_cli("transcribe", str(voice), "--model", MODEL, "--lyrics", str(lyrics), "--language", "en",
+                   cwd=whisper_wb.root)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert "transcribed: transcript " in made.stdout and "  WER       " in made.stdout
+    (art,) = list_artifacts(whisper_wb)
+    assert reproduce(whisper_wb, art.id).verified  # made in another process, the same text here
+    here = generate(whisper_wb, MODEL, TranscribeRequest(source=str(voice), lyrics=LYRICS, language="en"))
+    assert here.cached and here.artifact.id == art.id
