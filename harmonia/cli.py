@@ -248,7 +248,7 @@ def _add_snapshot_commands(commands, kind: Kind) -> None:
         p.add_argument(
             "builder",
             metavar="BUILDER",
-            help="musicgen, musicgen-stereo, musicgen-melody, clap, lm or stable-audio",
+            help="musicgen, musicgen-stereo, musicgen-melody, clap, lm, stable-audio or wan",
         )
         p.add_argument("--name", help="snapshot name (default: tiny-ENGINE)")
         p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
@@ -379,7 +379,12 @@ def _generate(args) -> int:
     if not model:
         raise RequestError(f"no model given: pass --model NAME or set {args.kind}.model in params.yaml.")
     flags = {name: getattr(args, name) for name, _ in options(request_type(args.kind))}
-    prompts = _prompts_or_text(args.prompts, getattr(args, "from_text", None))
+    from_text = getattr(args, "from_text", None)
+    if flags.get("shots") is not None:  # a music video: the prompts are its shots' (the engine checks)
+        flags["shots"] = _file_or_artifact(flags["shots"])
+        prompts = tuple(args.prompts) if args.prompts or from_text else ()
+    if flags.get("shots") is None or args.prompts or from_text:
+        prompts = _prompts_or_text(args.prompts, from_text)
     request = defaults.request_for(prompts, seed=args.seed, **flags)
     ideas = None
     if not isinstance(prompts, tuple) and any(
@@ -400,11 +405,31 @@ def _generate(args) -> int:
     settings.update({k: v for k, v in given.items() if v is not None})
     bar = _Steps("generating")
     try:
-        done = generate(wb, model, request, ideas=ideas, force=args.force, progress=bar, **settings)
+        done = generate(
+            wb, model, request, ideas=ideas, force=args.force, progress=bar, notice=_notice, **settings
+        )
     finally:
         bar.close()
     _print_generated(wb, done)
     return 0
+
+
+def _notice(line: str) -> None:
+    """An engine's word before it starts (the video engine's time estimate), on stderr."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def _file_or_artifact(value: str):
+    """A path that exists stays a path; otherwise ID or ID/FILE names an artifact."""
+    import re
+    from pathlib import Path
+
+    from harmonia.generation import From
+
+    if Path(value).exists() or not re.fullmatch(r"[0-9a-f]{4,16}(/[\w.\-/]+)?", value):
+        return value
+    artifact, _, file = value.partition("/")
+    return From(artifact, file or None)
 
 
 def _prompts_or_text(words: Sequence[str], from_text: str | None):

@@ -22,6 +22,7 @@ ENGINES: dict[str, str] = {
     "text": "harmonia.engines.text:TextEngine",
     "stable-audio": "harmonia.engines.stable_audio:StableAudioEngine",
     "slicer": "harmonia.engines.slicer:SlicerEngine",  # no weights: audio -> sample pack
+    "wan": "harmonia.engines.wan:WanEngine",
 }
 
 
@@ -49,6 +50,12 @@ KINDS: dict[str, KindInfo] = {
         "samples",
         "harmonia.requests:SampleRequest",
         "text to one-shots, loops at a bpm, sound effects",
+    ),
+    "video": KindInfo(
+        "video",
+        "video",
+        "harmonia.requests:VideoRequest",
+        "text to video clips; a soundtrack and a shot list to a music video",
     ),
     # made from another artifact, not from prompts: `harmonia samples slice ARTIFACT`
     "pack": KindInfo(
