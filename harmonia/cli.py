@@ -129,6 +129,11 @@ def _add_generation_commands(commands) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(run=_stage_samples)
+    p = sub.add_parser("video", help="render the music video of a generated music take with a model")
+    p.add_argument("--model", required=True)
+    p.add_argument("--soundtrack", required=True, help="a generate stage's folder (its first take)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=_stage_video)
     p = sub.add_parser("evaluate", help="signal facts and CLAP alignment of generated takes")
     p.add_argument("--generated", required=True)
     p.add_argument("--metrics", required=True)
@@ -812,6 +817,26 @@ def _stage_generate(args) -> int:
         bar.close()
     artifacts = sorted({t["artifact"] for t in index["takes"]})
     print(f"generate: {len(index['takes'])} takes in {len(artifacts)} artifacts -> {args.out}")
+    return 0
+
+
+def _stage_video(args) -> int:
+    from pathlib import Path
+
+    from harmonia.pipeline import stage_video
+
+    wb = Workbench.open()
+    bar = _Steps(f"video {args.model}")
+    try:
+        index = stage_video(
+            wb, args.model, Path(args.soundtrack), Path(args.out), progress=bar, notice=_notice
+        )
+    finally:
+        bar.close()
+    for v in index["videos"]:
+        print(
+            f"{args.out}/{v['file']}  ({v['duration_s']:g} s, {len(v['shots'])} shots, artifact {v['artifact']})"
+        )
     return 0
 
 
