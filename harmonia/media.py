@@ -199,7 +199,11 @@ def _write_video(
             audio_stream.layout = "stereo" if samples.shape[0] == 2 else "mono"
             audio_stream.codec_context.flags |= av.codec.context.Flags.bitexact
         for i in range(count):
-            frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
+            # RGB -> yuv420p by swscale, then copied through numpy into a fresh frame: handed the
+            # converted frame directly, x264's output varied from call to call in a process
+            # whose heap torch had used (padding bytes of the converter's buffers reached it)
+            yuv = av.VideoFrame.from_ndarray(frames[i], format="rgb24").reformat(format="yuv420p")
+            frame = av.VideoFrame.from_ndarray(yuv.to_ndarray(), format="yuv420p")
             frame.pts = i
             for packet in video.encode(frame):
                 container.mux(packet)

@@ -1,4 +1,4 @@
-"""ipywidgets UIs for JupyterLab: the music studio, the samples view, the artifact gallery, the models panel.
+"""ipywidgets UIs for JupyterLab: the music studio, the samples and video views, the artifact gallery, the models panel.
 
 This package imports the rest of Harmonia and is never imported by it. Long work (generation,
 verification, fetching, reproduction) runs in a worker thread so the kernel keeps answering
@@ -12,6 +12,7 @@ from harmonia.ui.gallery import Gallery
 from harmonia.ui.models import ModelsPanel
 from harmonia.ui.samples import SamplesView
 from harmonia.ui.studio import Studio
+from harmonia.ui.video import VideoView
 from harmonia.ui.views import ab_view, artifact_view, facts_table, player
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "ModelsPanel",
     "SamplesView",
     "Studio",
+    "VideoView",
     "ab_view",
     "artifact_view",
     "facts_table",

@@ -101,6 +101,19 @@ def test_seeds_and_prompts_change_the_clip(engine):
     assert a.tobytes() == c.tobytes() and a.tobytes() != b.tobytes()
 
 
+def test_the_mp4_bytes_repeat_in_a_process_that_ran_the_model(engine, tmp_path):
+    from harmonia.manifest import OutputSettings
+    from harmonia.media import write_take
+
+    result = engine.generate(VideoRequest(["a", "b"], width=64, height=48, frames=9, steps=2, seed=1))
+    take = result.takes[0]
+    digests = set()
+    for i in range(4):  # the writer once gave other bytes on some calls after torch had run
+        (tmp_path / str(i)).mkdir()
+        digests.add(write_take(tmp_path / str(i), 0, take, OutputSettings("wav", None), False).sha256)
+    assert len(digests) == 1
+
+
 def test_progress_counts_every_step_of_every_clip(engine):
     seen = []
     engine.generate(
