@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -57,3 +59,17 @@ def test_bench_samples_runs_on_the_tiny_model(tmp_path):
     for row in result["rows"]:
         assert row["same_samples"] and row["plain"]["seconds"] > 0 and row["engine"]["seconds_per_step"] > 0
         assert row["peak_rss_gib"] > 0 and "engine_overhead_pct" in row
+
+
+@pytest.mark.slow
+def test_bench_video_runs_on_the_tiny_model(tmp_path):
+    out = tmp_path / "video.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/bench_video.py"), "--tiny", "--steps", "2", "--size", "32",
+         "--frames", "5", "--warmup", "0", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert [r["dtype"] for r in result["rows"]] == ["float32", "bfloat16"]
+    assert all(r["same_frames"] and r["size"] == "32x32x5" for r in result["rows"])

@@ -345,7 +345,9 @@ class WanEngine:
         return _plan(request, self.facts)
 
     def _speed_name(self) -> str:
-        return f"wan {self.loaded.inventory.digest[:16]} {self.loaded.device} {self.loaded.dtype}"
+        inventory = self.loaded.inventory
+        which = inventory.digest[:16] if inventory is not None else self.loaded.name
+        return f"wan {which} {self.loaded.device} {self.loaded.dtype}"
 
     @staticmethod
     def _shape(request: VideoRequest, make: int) -> str:
