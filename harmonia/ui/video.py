@@ -211,6 +211,7 @@ class VideoView:
         arts = [a for a in list_artifacts(self.wb) if a.kind in SOUNDTRACK_KINDS and a.audio_outputs()]
         options = [(f"{a.id} {a.kind}: {(a.outputs[0].prompt or '')[:60]}", a.id) for a in arts]
         self.soundtrack.options = options or [("no music or song artifact yet: generate one", None)]
+        self.soundtrack.value = options[0][1] if options else None
 
     def _load_track(self) -> None:
         from harmonia.artifacts import load_artifact
