@@ -9,6 +9,7 @@ from tests.conftest import VIDEO_PARAMS, run_cli
 from tests.engines.test_wan import click_track
 
 
+@pytest.mark.slow
 def test_tiny_wan_builds_and_a_bad_clip_is_one_error_line(tmp_path):
     (tmp_path / "params.yaml").write_text(VIDEO_PARAMS)
     built = run_cli("models", "tiny", "wan", cwd=tmp_path)

@@ -39,6 +39,7 @@ def test_a_clip_plays_by_url_with_its_contact_sheet(video_wb, monkeypatch):
     assert "frames must be 4k+1" in view.status.value and "nearest are 5 and 9" in view.status.value
 
 
+@pytest.mark.slow
 def test_a_music_video_from_the_shot_editor(video_wb):
     music = generate(
         video_wb, "tiny-musicgen", MusicRequest("drums", duration_s=2.0, seed=1), previews=False
