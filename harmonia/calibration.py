@@ -151,3 +151,39 @@ def _write(path: Path, data: dict) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}")
     temporary.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(temporary, path)
+
+
+def _speed_key(name: str, shape: str, threads: int) -> str:
+    return f"{_key(name, shape, threads)} | seconds per step"
+
+
+def step_seconds(state_dir: Path, name: str, shape: str, threads: int) -> dict[str, float] | None:
+    """The seconds per step measured on this machine for ``name`` at ``shape`` (None: never measured).
+
+    Returns ``{"step_s": ..., "other_s": ...}`` (``other_s``, what a run spends outside its
+    steps, may be missing when only a step was measured). Cached per CPU model, torch version
+    and thread count, in the same file as the fast paths.
+    """
+    entry = _read(state_dir / CACHE_FILE).get(_speed_key(name, shape, threads))
+    if isinstance(entry, dict) and isinstance(entry.get("step_s"), int | float) and entry["step_s"] > 0:
+        return {k: float(v) for k, v in entry.items() if isinstance(v, int | float)}
+    return None
+
+
+def record_step_seconds(
+    state_dir: Path, name: str, shape: str, threads: int, step_s: float, other_s: float | None = None
+) -> None:
+    """Keep a measured seconds per step (and, from a whole run, the seconds outside its steps)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / f".{CACHE_FILE}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cache = state_dir / CACHE_FILE
+        entries = _read(cache)
+        key = _speed_key(name, shape, threads)
+        old = entries.get(key) if isinstance(entries.get(key), dict) else {}
+        entry = {"step_s": round(step_s, 6)}
+        other = other_s if other_s is not None else old.get("other_s")
+        if isinstance(other, int | float):
+            entry["other_s"] = round(float(other), 6)
+        entries[key] = entry
+        _write(cache, entries)

@@ -192,6 +192,11 @@ def _add_generation_commands(commands) -> None:
     p.add_argument("--metrics", required=True)
     p.add_argument("--plots", required=True)
     p.set_defaults(run=_stage_evaluate_songs)
+    p = sub.add_parser("video", help="render the music video of a generated music take with a model")
+    p.add_argument("--model", required=True)
+    p.add_argument("--soundtrack", required=True, help="a generate stage's folder (its first take)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=_stage_video)
     p = sub.add_parser("evaluate", help="signal facts and CLAP alignment of generated takes")
     p.add_argument("--generated", required=True)
     p.add_argument("--metrics", required=True)
@@ -314,7 +319,7 @@ def _add_snapshot_commands(commands, kind: Kind) -> None:
         p.add_argument(
             "builder",
             metavar="BUILDER",
-            help="musicgen, musicgen-stereo, musicgen-melody, clap, lm, stable-audio, ace-step, demucs or whisper",
+            help="musicgen, musicgen-stereo, musicgen-melody, clap, lm, stable-audio, audiogen, magnet, ace-step, demucs, whisper or wan",
         )
         p.add_argument("--name", help="snapshot name (default: tiny-ENGINE)")
         p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
@@ -448,10 +453,18 @@ def _generate(args) -> int:
         )
     kind_type = request_type(args.kind)
     flags = {name: getattr(args, name) for name, _ in options(kind_type)}
+    structured = getattr(
+        kind_type, "JSON_INPUTS", ()
+    )  # a shot list: a file or an artifact, read as JSON later
     for name in getattr(kind_type, "TEXT_INPUTS", ()):  # a text flag (--lyrics): a file, an artifact, or text
-        if isinstance(flags.get(name), str):
+        if name not in structured and isinstance(flags.get(name), str):
             flags[name] = _text_or_file(flags[name], name)
-    prompts = _prompts_or_text(args.prompts, getattr(args, "from_text", None))
+    from_text = getattr(args, "from_text", None)
+    if flags.get("shots") is not None:  # a music video: the prompts are its shots' (the engine checks)
+        flags["shots"] = _file_or_artifact(flags["shots"])
+        prompts = tuple(args.prompts) if args.prompts or from_text else ()
+    if flags.get("shots") is None or args.prompts or from_text:
+        prompts = _prompts_or_text(args.prompts, from_text)
     request = defaults.request_for(prompts, seed=args.seed, **flags)
     ideas = None
     idea_key = None if "key" in flags else args.key
@@ -473,7 +486,9 @@ def _generate(args) -> int:
     settings.update({k: v for k, v in given.items() if v is not None})
     bar = _Steps("generating")
     try:
-        done = generate(wb, model, request, ideas=ideas, force=args.force, progress=bar, **settings)
+        done = generate(
+            wb, model, request, ideas=ideas, force=args.force, progress=bar, notice=_notice, **settings
+        )
     finally:
         bar.close()
     _print_generated(wb, done)
@@ -500,6 +515,24 @@ def _text_or_file(value: str, name: str):
         artifact, _, file = value.partition("/")
         return From(artifact, file or None)
     return value
+
+
+def _notice(line: str) -> None:
+    """An engine's word before it starts (the video engine's time estimate), on stderr."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def _file_or_artifact(value: str):
+    """A path that exists stays a path; otherwise ID or ID/FILE names an artifact."""
+    import re
+    from pathlib import Path
+
+    from harmonia.generation import From
+
+    if Path(value).exists() or not re.fullmatch(r"[0-9a-f]{4,16}(/[\w.\-/]+)?", value):
+        return value
+    artifact, _, file = value.partition("/")
+    return From(artifact, file or None)
 
 
 def _prompts_or_text(words: Sequence[str], from_text: str | None):
@@ -1037,6 +1070,26 @@ def _stage_generate(args) -> int:
         bar.close()
     artifacts = sorted({t["artifact"] for t in index["takes"]})
     print(f"generate: {len(index['takes'])} takes in {len(artifacts)} artifacts -> {args.out}")
+    return 0
+
+
+def _stage_video(args) -> int:
+    from pathlib import Path
+
+    from harmonia.pipeline import stage_video
+
+    wb = Workbench.open()
+    bar = _Steps(f"video {args.model}")
+    try:
+        index = stage_video(
+            wb, args.model, Path(args.soundtrack), Path(args.out), progress=bar, notice=_notice
+        )
+    finally:
+        bar.close()
+    for v in index["videos"]:
+        print(
+            f"{args.out}/{v['file']}  ({v['duration_s']:g} s, {len(v['shots'])} shots, artifact {v['artifact']})"
+        )
     return 0
 
 

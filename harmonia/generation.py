@@ -22,7 +22,7 @@ import platform
 import re
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -242,6 +242,7 @@ def generate(
     threads: int | None = None,
     precision: str = "exact",
     previews: bool = True,
+    notice: Callable[[str], None] | None = None,
 ) -> Generated:
     """Generate into the artifact store (or find the identical artifact already there).
 
@@ -264,7 +265,10 @@ def generate(
             at its next step; nothing is written.
         device, dtype, threads, precision: where and how the engine runs (see
             :class:`~harmonia.engines.base.Runtime`); recorded and part of the id.
-        previews: also write a picture per audio output (waveform and spectrogram).
+        previews: also write a picture per audio output (waveform and spectrogram), per video
+            output a poster frame and a contact sheet.
+        notice: called with one line before a generation starts when the engine can say how
+            long it will take (``estimate(request)``: the video engine's measured seconds per step).
 
     Returns:
         :class:`Generated` with the artifact, whether it was a cache hit, and the result.
@@ -278,7 +282,7 @@ def generate(
     return _make(
         wb, engine_for(wb, model), model, request, ideas=ideas, fmt=fmt, normalize_lufs=normalize_lufs,
         force=force, progress=progress, cancel=cancel, device=device, dtype=dtype, threads=threads,
-        precision=precision, previews=previews,
+        precision=precision, previews=previews, notice=notice,
     )  # fmt: skip
 
 
@@ -317,7 +321,7 @@ def derive(
 
 def _make(
     wb: Workbench, cls, model: str | None, request: Any, *, ideas, fmt, normalize_lufs, force, progress, cancel,
-    device, dtype, threads, precision, previews,
+    device, dtype, threads, precision, previews, notice=None,
 ) -> Generated:  # fmt: skip
     """The one path of :func:`generate` and :func:`derive` (``model`` None: an engine without weights)."""
     # 1. Check what needs no model: output settings, runtime, ideas; fix the seed.
@@ -348,9 +352,10 @@ def _make(
         _, path, inventory = open_snapshot(wb, model, cls.name)
     digest = inventory.digest if inventory is not None else None
     inputs, parents = {}, {}
+    structured = getattr(cls.request_type, "JSON_INPUTS", ())  # taken as the JSON it is (a shot list)
     for name in getattr(cls.request_type, "TEXT_INPUTS", ()):  # text written by another artifact
         if isinstance(getattr(request, name), From):
-            text, parents["text"] = resolve_text(wb, getattr(request, name))
+            text, parents["text"] = resolve_text(wb, getattr(request, name), name in structured)
             request = replace(request, **{name: text})
     for role in cls.request_type.INPUTS:
         inputs[role], parents[role] = resolve_input(wb, getattr(request, role), role)
@@ -379,6 +384,8 @@ def _make(
         cls.check_resources(request, path)
     with TORCH_LOCK:
         engine = _load(wb, cls, model, runtime, inventory)
+        if notice is not None and hasattr(engine, "estimate"):
+            notice(engine.estimate(request))
         result = engine.generate(request, progress=progress, cancel=cancel)
 
     # 5. Write the artifact whole: media, kept inputs, previews, manifest.
@@ -444,11 +451,12 @@ def resolve_input(wb: Workbench, value: Any, role: str) -> tuple[Audio | None, P
     return clip, ParentRecord(parent.id, chosen.path, chosen.sha256, role, parent.kind)
 
 
-def resolve_text(wb: Workbench, value: From) -> tuple[str | list[str], ParentRecord]:
+def resolve_text(wb: Workbench, value: From, structured: bool = False) -> tuple[Any, ParentRecord]:
     """The text an artifact holds, and its parent record (role "text").
 
     A ``.txt`` output gives its text (stripped); a ``.json`` output holding a list of strings
-    (sample prompts) gives the list. The file must still match its manifest's sha256.
+    (sample prompts) gives the list; with ``structured``, a ``.json`` output gives its JSON
+    as it is (a shot list), checked by the engine. The file must still match its manifest's sha256.
     """
     parent = load_artifact(wb, check_id(value.artifact))
     texts = [o for o in parent.outputs if o.media == "text"]
@@ -471,6 +479,8 @@ def resolve_text(wb: Workbench, value: From) -> tuple[str | list[str], ParentRec
     text = path.read_text(encoding="utf-8")
     if chosen.path.endswith(".json"):
         items = json.loads(text)
+        if structured:
+            return items, ParentRecord(parent.id, chosen.path, chosen.sha256, "text", parent.kind)
         if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
             raise ArtifactError(
                 f"text: {parent.id}/{chosen.path} is structured JSON (e.g. a shot list), not text or a list "

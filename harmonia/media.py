@@ -199,7 +199,7 @@ def _write_video(
             audio_stream.layout = "stereo" if samples.shape[0] == 2 else "mono"
             audio_stream.codec_context.flags |= av.codec.context.Flags.bitexact
         for i in range(count):
-            frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
+            frame = _yuv_frame(frames[i])
             frame.pts = i
             for packet in video.encode(frame):
                 container.mux(packet)
@@ -228,6 +228,31 @@ def _write_video(
         path.name, sha256_file(path), "video", take.prompt, preview, duration_s=round(count / take.fps, 6),
         width=width, height=height, fps=float(take.fps), frame_count=count, **facts_,
     )  # fmt: skip
+
+
+def _yuv_frame(rgb: np.ndarray):
+    """A yuv420p frame of uint8 RGB ``[height, width, 3]`` (swscale's conversion) with every byte set.
+
+    x264 reads the padding past each row of a frame's planes: left as the allocator found
+    it, the same frames gave other MP4 bytes from call to call in a process whose heap had
+    been used (measured after a torch generation). Each plane is written whole, padding zeroed.
+    """
+    import av
+
+    height, width = rgb.shape[:2]
+    yuv = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p").to_ndarray()
+    quarter = (height // 2) * (width // 2)
+    planes = (
+        yuv[:height],
+        yuv[height:].reshape(-1)[:quarter].reshape(height // 2, width // 2),
+        yuv[height:].reshape(-1)[quarter:].reshape(height // 2, width // 2),
+    )
+    frame = av.VideoFrame(width, height, "yuv420p")
+    for plane, data in zip(frame.planes, planes, strict=True):
+        whole = np.zeros((plane.height, plane.line_size), dtype=np.uint8)
+        whole[: data.shape[0], : data.shape[1]] = data
+        plane.update(whole.tobytes())
+    return frame
 
 
 def _video_pictures(folder: Path, stem: str, frames: np.ndarray) -> str:

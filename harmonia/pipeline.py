@@ -1,5 +1,5 @@
-"""The DVC pipeline's stages: verify, generate, evaluate, report, samples, and the songs stages
-(songs, stems, transcribe, evaluate-songs; see dvc.yaml).
+"""The DVC pipeline's stages: verify, generate, evaluate, report, samples, video, and the songs
+stages (songs, stems, transcribe, evaluate-songs; see dvc.yaml).
 
 Each stage reads its own section of params.yaml, takes its paths from the command line
 (`harmonia pipeline STAGE ...`), and calls the same functions as the CLI and the notebooks:
@@ -45,6 +45,7 @@ def stage_verify(wb: Workbench, out: Path) -> dict:
         songs = wb.params.get("songs") or {}
         named = [*pipeline["song_models"], songs.get("stems_model"), songs.get("transcribe_model")]
         targets += [("model", m) for m in named if m and ("model", m) not in targets]
+    targets += [("model", m) for m in pipeline.get("video_models", []) if ("model", m) not in targets]
     targets += sorted({("dataset", sets[s]["dataset"]) for s in pipeline.get("prompt_sets", [])})
     clap = (wb.params.get("evaluate") or {}).get("clap_model")
     if clap:
@@ -180,6 +181,64 @@ def stage_samples(wb: Workbench, model: str, out: Path, progress=None) -> dict:
         "takes": takes,
     }
     write_json(out / "pack.json", index)
+    return index
+
+
+def stage_video(wb: Workbench, model: str, soundtrack: Path, out: Path, progress=None, notice=None) -> dict:
+    """Render the music video of a pipeline's music take with one model, once per pipeline seed.
+
+    The soundtrack is the first take of a generate stage's folder (``soundtrack/index.json``):
+    its artifact is the video's parent. ``video.prompts`` are the shots, in order, each given
+    an equal part of the track (the engine snaps the cuts to the track's bars); the other
+    ``video:`` defaults (size, fps, steps) are those of ``harmonia generate video``. Each video
+    is linked as ``out/music-video-sSEED.mp4`` and listed in ``out/index.json``.
+    """
+    import json
+
+    from harmonia.generation import From
+
+    video = kind_defaults(wb, "video")  # the same defaults as `harmonia generate video`
+    if not video.prompts:
+        raise ParamsError(
+            "params.yaml: video.prompts is empty; list the shots' prompts the video stage cuts to the track."
+        )
+    index_file = soundtrack / INDEX_FILE
+    if not index_file.is_file():
+        raise ParamsError(
+            f"{index_file} is missing: the video stage takes its soundtrack from a generate stage's folder; "
+            "run 'dvc repro' (or set pipeline.video_soundtrack to a generated folder)."
+        )
+    takes = json.loads(index_file.read_text(encoding="utf-8"))["takes"]
+    if not takes:
+        raise ParamsError(f"{index_file} lists no takes: there is no track to cut the video to.")
+    take = takes[0]
+    duration = sf.info(str(soundtrack / take["file"])).duration
+    part = duration / len(video.prompts)
+    shots = [
+        {"start": round(i * part, 6), "end": round((i + 1) * part, 6) if i + 1 < len(video.prompts) else duration,
+         "prompt": prompt}
+        for i, prompt in enumerate(video.prompts)
+    ]  # fmt: skip
+    seeds = _section(wb, "pipeline").get("seeds", [0])
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    videos = []
+    for seed in seeds:
+        request = video.request_for(
+            (), seed=seed, soundtrack=From(take["artifact"], take["take"]), shots=shots
+        )
+        art = generate(wb, model, request, progress=progress, notice=notice, **video.run_settings()).artifact
+        (output,) = art.outputs
+        name = f"music-video-s{seed}.mp4"
+        _link_or_copy(art.file(output), out / name)
+        videos.append(
+            {"seed": seed, "artifact": art.id, "file": name, "sha256": output.sha256, "soundtrack": take["artifact"],
+             "duration_s": output.duration_s, "frames": output.frame_count,
+             "shots": art.manifest.engine.details["shots"]}
+        )  # fmt: skip
+    index = {"model": model, "soundtrack": str(soundtrack), "videos": videos}
+    write_json(out / INDEX_FILE, index)
     return index
 
 

@@ -416,6 +416,100 @@ class SliceRequest:
         return cls(**fields_, source=inputs.get("source"))
 
 
+@dataclass(frozen=True)
+class Shot:
+    """One shot of a music video: from ``start_s`` to ``end_s`` of the track, what it shows."""
+
+    start_s: float
+    end_s: float
+    prompt: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"start": self.start_s, "end": self.end_s, "prompt": self.prompt}
+
+
+@dataclass(frozen=True)
+class VideoRequest:
+    """Text to video: a clip per prompt, or a music video (a soundtrack and a shot list).
+
+    A clip is ``frames`` frames of ``width`` × ``height`` at ``fps`` (the model says which
+    sizes and frame counts it takes: Wan 2.1, multiples of 16 and 4k+1 frames). A music video
+    takes no prompts: each shot of ``shots`` (a JSON file, a list, or a text artifact of
+    ``harmonia write shots``) is snapped to the soundtrack's bars and generated from seed
+    ``seed + i``; the clips are cut together and the soundtrack is muxed in, so the video
+    lasts as long as the track (``frames`` is then ignored). Numeric fields carry their limits.
+
+    Example:
+        >>> VideoRequest("a paper boat on a stream", width=256, height=256, frames=17, seed=1).prompts
+        ('a paper boat on a stream',)
+    """
+
+    # what to make
+    prompts: tuple[str, ...] | str = ()
+    negative_prompt: str | None = option(
+        None, flag="--negative", metavar="TEXT", help="what to steer away from"
+    )
+    seed: int | None = None  # None: drawn at random and recorded; shot i of a music video uses seed + i
+    # the picture
+    width: int = limit(256, 16, 4096, "pixels", integer=True, step=16, flag="--width", help="frame width")
+    height: int = limit(256, 16, 4096, "pixels", integer=True, step=16, flag="--height", help="frame height")
+    frames: int = limit(
+        17, 1, 4097, "frames", integer=True, step=4, flag="--frames",
+        help="frames per clip (Wan: 4k+1, e.g. 17, 33, 81)",
+    )  # fmt: skip
+    fps: float = limit(16.0, 0, 120, "frames/s", low_open=True, step=1.0, flag="--fps", help="frame rate")
+    # diffusion
+    steps: int = limit(30, 1, 1000, "steps", integer=True, step=1, flag="--steps", help="denoising steps")
+    guidance_scale: float = limit(
+        5.0, 1, 30, "(1.0 turns guidance off)", step=0.5, flag="--guidance", help="classifier-free guidance"
+    )
+    # a music video: the track (a file, Audio, or a music/song artifact) and its shot list
+    soundtrack: Any = option(
+        None, flag="--soundtrack", metavar="FILE|ID", help="music video: the track (a music or song artifact)"
+    )
+    shots: Any = option(
+        None, flag="--shots", metavar="FILE|ID",
+        help="music video: a JSON shot list [{start, end, prompt}] or a text artifact (harmonia write shots)",
+    )  # fmt: skip
+
+    INPUTS: ClassVar[tuple[str, ...]] = ("soundtrack",)  # media inputs, kept by sha256
+    TEXT_INPUTS: ClassVar[tuple[str, ...]] = ("prompts", "shots")  # may come From a text artifact
+    JSON_INPUTS: ClassVar[tuple[str, ...]] = ("shots",)  # ... whose JSON is taken as it is
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "prompts", "negative_prompt", "seed", "width", "height", "frames", "fps", "steps", "guidance_scale",
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        if isinstance(self.prompts, str):
+            object.__setattr__(self, "prompts", (self.prompts,))
+        elif isinstance(self.prompts, list):
+            object.__setattr__(self, "prompts", tuple(self.prompts))
+
+    @property
+    def music_video(self) -> bool:
+        return self.shots is not None or self.soundtrack is not None
+
+    def to_json(self, inputs: dict[str, dict | None]) -> dict[str, Any]:
+        """The JSON form; ``inputs`` gives the soundtrack's record (by sha256) or None."""
+        data = {name: getattr(self, name) for name in self.FIELDS}
+        data["prompts"] = list(self.prompts)
+        for name in ("fps", "guidance_scale"):
+            data[name] = _float(data[name])
+        shots = self.shots
+        if isinstance(shots, tuple | list):
+            shots = [s.to_json() if isinstance(s, Shot) else s for s in shots]
+        return {**data, "shots": shots, "soundtrack": inputs.get("soundtrack")}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], inputs: dict[str, Any]) -> VideoRequest:
+        """The request of a JSON form, its soundtrack given (``inputs``: role -> Audio)."""
+        _unknown(data, {*cls.FIELDS, "shots"}, cls.INPUTS, "video")
+        fields_ = {k: data[k] for k in (*cls.FIELDS, "shots") if k in data}
+        return cls(
+            **{**fields_, "prompts": tuple(data.get("prompts", ()))}, soundtrack=inputs.get("soundtrack")
+        )
+
+
 SONG_TASKS = ("generate", "repaint", "extend", "cover")
 MAX_SONG_S = 600.0  # ACE-Step 1.5 makes songs of up to ten minutes
 

@@ -496,6 +496,31 @@ def _beats(
     return beats, (60.0 * rate / float(kept.mean()) if kept.size else None)
 
 
+def beat_grid(samples: np.ndarray, rate: int, top_db: float = TOP_DB) -> tuple[np.ndarray, float | None]:
+    """The beats of a clip (sample positions, ascending) and its tempo in bpm, as the slicer finds them.
+
+    librosa's beat tracker on the onsets (see :func:`slice_pack`, step 3); no steady beat (no
+    onset, or a tempo outside [20, 400] bpm): no beats and None. A music video's shots are
+    snapped to the bars laid on these beats.
+
+    Args:
+        samples: float32 ``[channels, samples]``.
+        rate: its sample rate in Hz.
+    """
+    array = np.asarray(samples, dtype=np.float32)
+    if array.size == 0 or is_silent(array):
+        return np.zeros(0, dtype=np.int64), None
+    x = _check_audio(array, rate).samples
+    mono, level = _mono(x), _level(x)
+    onsets = _onsets(mono, level, rate, _threshold(level, top_db))
+    if onsets.attacks.size == 0:
+        return np.zeros(0, dtype=np.int64), None
+    beats, tempo = _beats(onsets, rate)
+    if tempo is None or not BPM_RANGE[0] <= tempo <= BPM_RANGE[1] or not beats.size:
+        return np.zeros(0, dtype=np.int64), None
+    return beats, tempo
+
+
 def estimate_key(samples: np.ndarray, rate: int) -> KeyEstimate:
     """The key of ``[channels, samples]`` audio by Krumhansl–Schmuckler on librosa's CQT chroma.
 

@@ -54,7 +54,7 @@ def _versions(builder: str = "") -> dict[str, str]:
         found = Worker.shared().hello()["versions"]
         return {pkg: found[pkg] for pkg in ("torch", "audiocraft", "numpy", "omegaconf")}
     packages = ["torch", "transformers", "safetensors", "tokenizers"]
-    if builder in ("stable-audio", "ace-step"):
+    if builder in ("stable-audio", "ace-step", "wan"):
         packages.append("diffusers")
     if builder == "demucs":
         packages.append("demucs")
@@ -611,6 +611,50 @@ def build_whisper(out: Path) -> None:
     WhisperFeatureExtractor(feature_size=80, sampling_rate=16_000).save_pretrained(out)
 
 
+WAN_TEXT_TOKENS = 64  # the tiny tokenizer's model_max_length (Wan 2.1: 512, UMT5-XXL)
+WAN_TEXT_DIM = 32  # Wan 2.1: 4096 (UMT5-XXL)
+WAN_FLOW_SHIFT = 3.0  # Wan 2.1 at 480p (5.0 at 720p)
+
+
+def build_wan(out: Path) -> None:
+    """diffusers WanPipeline: tiny UMT5 + Wan transformer + Wan VAE, Wan 2.1's scheduler.
+
+    The shapes follow Wan 2.1 (patch 1x2x2, 16 latent channels, the VAE's 4x temporal and 8x
+    spatial compression: widths and heights in multiples of 16, frame counts 4k+1) with tiny
+    widths (diffusers' own test sizes); the scheduler is Wan 2.1 T2V's UniPC with flow sigmas.
+    """
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    tokenizer = _t5_tokenizer()
+    tokenizer.model_max_length = WAN_TEXT_TOKENS
+    text_encoder = UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=len(tokenizer), d_model=WAN_TEXT_DIM, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+            relative_attention_num_buckets=8, relative_attention_max_distance=32, pad_token_id=0,
+            eos_token_id=1, decoder_start_token_id=0,
+        )
+    ).eval()  # fmt: skip
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    ).eval()
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+        text_dim=WAN_TEXT_DIM, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+    ).eval()  # fmt: skip
+    scheduler = UniPCMultistepScheduler(
+        prediction_type="flow_prediction",
+        use_flow_sigmas=True,
+        num_train_timesteps=1000,
+        flow_shift=WAN_FLOW_SHIFT,
+    )
+    pipe = WanPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "musicgen": build_musicgen,
     "musicgen-stereo": build_musicgen_stereo,
@@ -623,6 +667,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "ace-step": build_ace_step,
     "demucs": build_demucs,
     "whisper": build_whisper,
+    "wan": build_wan,
 }
 DEFAULT_NAMES = {name: f"tiny-{name}" for name in BUILDERS}  # "lm" -> tiny-lm
 BUILDER_ENGINES = {
@@ -637,6 +682,7 @@ BUILDER_ENGINES = {
     "ace-step": "ace-step",
     "demucs": "demucs",
     "whisper": "whisper",
+    "wan": "wan",
 }
 AUDIOCRAFT_BUILDERS = ("audiogen", "magnet")  # built in the audiocraft worker
 

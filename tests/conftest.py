@@ -306,3 +306,34 @@ def whisper_wb(workbench, tiny_whisper) -> Workbench:
     """A fresh workbench holding tiny-whisper."""
     shutil.copytree(tiny_whisper, workbench.root / "models")
     return workbench
+
+
+VIDEO_PARAMS = PARAMS.replace(
+    "music:\n",
+    "  tiny-wan:\n    builder: wan\n    seed: 0\n    engine: wan\n    license: mit\n"
+    "video:\n  model: tiny-wan\n  width: 64\n  height: 48\n  frames: 9\n  fps: 8.0\n  steps: 2\n"
+    "music:\n",
+    1,
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_wan(tmp_path_factory) -> Path:
+    """The tiny Wan snapshot, built once per test session (a models/ folder)."""
+    from harmonia.tiny import build_tiny
+
+    root = tmp_path_factory.mktemp("tiny-wan")
+    (root / "params.yaml").write_text(VIDEO_PARAMS)
+    build_tiny(Workbench.open(root), "wan", name="tiny-wan", seed=0)
+    return root / "models"
+
+
+@pytest.fixture
+def video_wb(tmp_path, tiny_wan, tiny_models) -> Workbench:
+    """A fresh workbench holding tiny-wan and tiny-musicgen (a soundtrack with lineage)."""
+    root = tmp_path / "video-wb"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "params.yaml").write_text(VIDEO_PARAMS)
+    shutil.copytree(tiny_wan, root / "models")
+    shutil.copytree(tiny_models / "tiny-musicgen", root / "models" / "tiny-musicgen")
+    return Workbench.open(root)

@@ -73,3 +73,17 @@ def test_bench_audiocraft_runs_on_a_small_width(tmp_path):
     result = json.loads(out.read_text())
     assert set(result["models"]) == {"musicgen-small", "magnet-small"} and result["magnet_speedup"] > 0
     assert "MAGNeT is" in proc.stdout
+
+
+@pytest.mark.slow
+def test_bench_video_runs_on_the_tiny_model(tmp_path):
+    out = tmp_path / "video.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/bench_video.py"), "--tiny", "--steps", "2", "--size", "32",
+         "--frames", "5", "--warmup", "0", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert [r["dtype"] for r in result["rows"]] == ["float32", "bfloat16"]
+    assert all(r["same_frames"] and r["size"] == "32x32x5" for r in result["rows"])

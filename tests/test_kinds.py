@@ -94,7 +94,7 @@ def test_engines_declare_the_contract():
         assert cls.request_type.INPUTS is not None
     with pytest.raises(
         RequestError,
-        match=r"^engine 'nope' is not one Harmonia runs; known engines: musicgen, text, stable-audio, slicer, audiogen, magnet, ace-step, demucs, whisper\.",
+        match=r"^engine 'nope' is not one Harmonia runs; known engines: musicgen, text, stable-audio, slicer, audiogen, magnet, ace-step, demucs, whisper, wan\.",
     ):
         engine_class("nope")
 

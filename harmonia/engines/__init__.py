@@ -28,6 +28,7 @@ ENGINES: dict[str, str] = {
     "ace-step": "harmonia.engines.ace_step:AceStepEngine",
     "demucs": "harmonia.engines.demucs:DemucsEngine",  # audio -> vocals, drums, bass, other
     "whisper": "harmonia.engines.whisper:WhisperEngine",  # sung or spoken audio -> text
+    "wan": "harmonia.engines.wan:WanEngine",
 }
 
 
@@ -61,6 +62,12 @@ KINDS: dict[str, KindInfo] = {
         "songs",
         "harmonia.requests:SongRequest",
         "a style and lyrics to a sung song (edits: harmonia edit repaint|extend|cover)",
+    ),
+    "video": KindInfo(
+        "video",
+        "video",
+        "harmonia.requests:VideoRequest",
+        "text to video clips; a soundtrack and a shot list to a music video",
     ),
     # made from another artifact, not from prompts: `harmonia samples slice ARTIFACT`
     "pack": KindInfo(

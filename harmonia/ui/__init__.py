@@ -1,4 +1,4 @@
-"""ipywidgets UIs for JupyterLab: the music studio, the samples and song views, the artifact gallery, the models panel.
+"""ipywidgets UIs for JupyterLab: the music studio, the samples, song and video views, the artifact gallery, the models panel.
 
 This package imports the rest of Harmonia and is never imported by it. Long work (generation,
 verification, fetching, reproduction) runs in a worker thread so the kernel keeps answering
@@ -13,6 +13,7 @@ from harmonia.ui.models import ModelsPanel
 from harmonia.ui.samples import SamplesView
 from harmonia.ui.songs import SongView
 from harmonia.ui.studio import Studio
+from harmonia.ui.video import VideoView
 from harmonia.ui.views import ab_view, artifact_view, facts_table, player
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "SamplesView",
     "SongView",
     "Studio",
+    "VideoView",
     "ab_view",
     "artifact_view",
     "facts_table",
