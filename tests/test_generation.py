@@ -314,7 +314,7 @@ def test_flac_and_loudness_normalisation(music_wb):
             "nope",
             {},
             UnknownSnapshotError,
-            "Unknown model 'nope'. Known models: broken, corrupt, gated, ghost, private, tiny-musicgen",
+            "Unknown model 'nope'. Known models: broken, corrupt, gated, ghost, private, tiny-ace-step, tiny-demucs, tiny-musicgen",
         ),
         ("toy", {}, SnapshotMissingError, "Model 'toy' has no snapshot in "),
     ],

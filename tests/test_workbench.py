@@ -44,7 +44,8 @@ def test_unknown_name_lists_the_known_ones(workbench):
     with pytest.raises(UnknownSnapshotError) as exc:
         workbench.spec("model", "toyy")
     assert str(exc.value) == (
-        "Unknown model 'toyy'. Known models: broken, corrupt, gated, ghost, private, tiny-musicgen, tiny-musicgen-melody, tiny-musicgen-stereo, tiny-stable-audio, toy. "
+        "Unknown model 'toyy'. Known models: broken, corrupt, gated, ghost, private, tiny-ace-step, tiny-demucs, tiny-musicgen, tiny-musicgen-melody, "
+        "tiny-musicgen-stereo, tiny-stable-audio, tiny-whisper, toy. "
         f"Add it under 'models:' in {workbench.root / 'params.yaml'} or pick one of those."
     )
 
