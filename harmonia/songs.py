@@ -21,7 +21,7 @@ from harmonia.defaults import kind_defaults
 from harmonia.engines.base import Cancel, Progress
 from harmonia.errors import AudioError, RequestError
 from harmonia.generation import From, Generated, generate
-from harmonia.requests import SongRequest, StemsRequest, TranscribeRequest
+from harmonia.requests import SongRequest, StemsRequest, TranscribeRequest, check_limits
 from harmonia.workbench import Workbench
 
 EDITS = ("repaint", "extend", "cover")
@@ -36,6 +36,8 @@ INHERITED = (
     "guidance_scale",
     "shift",
 )
+# the edit's fields as the command line names them: a limit's message names the flag to change
+EDIT_FLAGS = {"start_s": "--start", "end_s": "--end", "extend_s": "--seconds", "strength": "--strength"}
 
 
 def edit_request(
@@ -77,6 +79,13 @@ def edit_request(
     prompts = chosen.pop("prompts")
     chosen.pop("duration_s", None)  # an edit's length is the source's (and the extension)
     request = SongRequest(prompts, task=task, source=From(parent.id), **chosen)
+    try:
+        check_limits(request)
+    except RequestError as exc:
+        field, _, rest = str(exc).partition(" ")
+        if field in EDIT_FLAGS:
+            raise RequestError(f"{EDIT_FLAGS[field]} {rest}") from None
+        raise
     return model, request
 
 
