@@ -622,6 +622,11 @@ def _batch(args) -> int:
     from harmonia.batch import executor_config, load_batch, run_batch
 
     wb = Workbench.open()
+    if args.report:  # checked now, not after every row has run
+        target = Path(args.report)
+        if target.is_dir() or not target.parent.is_dir():
+            why = "is a folder" if target.is_dir() else f"the folder {target.parent} does not exist"
+            raise RequestError(f"--report {args.report}: {why}; give a file path in an existing folder.")
     config = executor_config(wb, executor=args.executor, workers=args.workers, threads=args.threads)
     rows = load_batch(wb, args.file, threads=config.threads)  # every row checked before anything runs
     print(

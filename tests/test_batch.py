@@ -214,6 +214,22 @@ def test_the_cli_refuses_a_bad_batch_in_one_line_and_never_imports_ray(workbench
     assert not (workbench.root / "artifacts").exists()
 
 
+def test_a_report_path_that_cannot_be_written_is_refused_before_any_row_runs(music_wb, monkeypatch, capsys):
+    from harmonia.cli import main
+
+    write(music_wb, "- {prompt: x, model: tiny-musicgen, duration_s: 0.5, seed: 1}\n")
+    monkeypatch.chdir(music_wb.root)
+    monkeypatch.setenv("HARMONIA_ROOT", str(music_wb.root))
+    assert main(["batch", "batch.yaml", "--report", "nowhere/report.json"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --report nowhere/report.json: the folder nowhere does not exist; "
+        "give a file path in an existing folder."
+    )
+    assert main(["batch", "batch.yaml", "--report", "models"]) == 2
+    assert "error: --report models: is a folder;" in capsys.readouterr().err
+    assert not (music_wb.root / "artifacts").exists() or not list_artifacts(music_wb)
+
+
 # -- running ----------------------------------------------------------------------------------
 def _free_ports(n: int) -> list[int]:
     socks = []
