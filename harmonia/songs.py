@@ -36,6 +36,7 @@ INHERITED = (
     "guidance_scale",
     "shift",
 )
+UNSAID_LANGUAGE = "unknown"  # ACE-Step's language for a song whose language is not given
 # the edit's fields as the command line names them: a limit's message names the flag to change
 EDIT_FLAGS = {"start_s": "--start", "end_s": "--end", "extend_s": "--seconds", "strength": "--strength"}
 
@@ -194,6 +195,8 @@ def transcribe(
     if language is None and lyrics is not None:
         song = _song_of(wb, art.id)
         language = song.manifest.request.get("language") if song is not None else None
+        if language == UNSAID_LANGUAGE:  # the song never said its language: let the model detect it
+            language = None
     request = TranscribeRequest(source=source, lyrics=lyrics, language=language)
     return generate(wb, model, request, force=force, progress=progress, cancel=cancel)
 
