@@ -499,6 +499,12 @@ def _text_or_file(value: str, name: str):
     if re.fullmatch(r"[0-9a-f]{8,16}(/[\w.\-/]+)?", value):
         artifact, _, file = value.partition("/")
         return From(artifact, file or None)
+    if re.fullmatch(
+        r"\S+\.(txt|lrc|md|text)", value, flags=re.IGNORECASE
+    ):  # a file's name, not words to sing
+        raise RequestError(
+            f"--{name}: there is no file {value}; give an existing file, an artifact id, or the text itself."
+        )
     return value
 
 
