@@ -129,6 +129,7 @@ def test_a_row_without_a_seed_gets_one_from_its_content(workbench):
         ("rows: []\n", "batch.yaml: no rows; give 'rows' (a list) or a 'product' of prompts x seeds x models."),
         ("- {prompt: x, format: mp4}\n", "batch.yaml rows[0]: format must be one of wav, flac, got 'mp4'."),
         ("- {prompt: x, threads: 0}\n", "batch.yaml rows[0]: threads must be an integer in [1, "),
+        ("- {kind: song, model: tiny-ace-step, prompt: x, lyrics: lyrics.txt}\n", "batch.yaml rows[0].lyrics: 'lyrics.txt' looks like a file name; a batch row takes the lyrics text itself (a YAML block: |)."),
     ],
 )  # fmt: skip
 def test_a_bad_row_is_one_line_naming_the_row_and_the_field_and_nothing_runs(workbench, text, message):
