@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -347,6 +348,13 @@ def _row(wb: Workbench, name: str, index: int, where: str, entry: dict[str, Any]
         raise RequestError(
             f"{at}: a {kind} row is made from an artifact, not from prompts; remove '{given[0]}'."
         )
+    for key in getattr(req_type, "TEXT_INPUTS", ()):  # lyrics: the text itself; a file's name would be sung
+        value = request.get(key)
+        if isinstance(value, str) and re.fullmatch(r"\S+\.(txt|lrc|md|text)", value, flags=re.IGNORECASE):
+            raise RequestError(
+                f"{at}.{key}: {value!r} looks like a file name; a batch row takes the {key} text itself "
+                "(a YAML block: |)."
+            )
     for key, value in request.items():
         if not isinstance(value, str | int | float | bool | list | type(None)):
             raise RequestError(f"{at}.{key} must be a plain value (text, number, list), got {_a(value)}.")

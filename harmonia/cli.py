@@ -514,6 +514,12 @@ def _text_or_file(value: str, name: str):
     if re.fullmatch(r"[0-9a-f]{8,16}(/[\w.\-/]+)?", value):
         artifact, _, file = value.partition("/")
         return From(artifact, file or None)
+    if re.fullmatch(
+        r"\S+\.(txt|lrc|md|text)", value, flags=re.IGNORECASE
+    ):  # a file's name, not words to sing
+        raise RequestError(
+            f"--{name}: there is no file {value}; give an existing file, an artifact id, or the text itself."
+        )
     return value
 
 
@@ -655,6 +661,11 @@ def _batch(args) -> int:
     from harmonia.batch import executor_config, load_batch, run_batch
 
     wb = Workbench.open()
+    if args.report:  # checked now, not after every row has run
+        target = Path(args.report)
+        if target.is_dir() or not target.parent.is_dir():
+            why = "is a folder" if target.is_dir() else f"the folder {target.parent} does not exist"
+            raise RequestError(f"--report {args.report}: {why}; give a file path in an existing folder.")
     config = executor_config(wb, executor=args.executor, workers=args.workers, threads=args.threads)
     rows = load_batch(wb, args.file, threads=config.threads)  # every row checked before anything runs
     print(

@@ -21,7 +21,7 @@ from harmonia.defaults import kind_defaults
 from harmonia.engines.base import Cancel, Progress
 from harmonia.errors import AudioError, RequestError
 from harmonia.generation import From, Generated, generate
-from harmonia.requests import SongRequest, StemsRequest, TranscribeRequest
+from harmonia.requests import SongRequest, StemsRequest, TranscribeRequest, check_limits
 from harmonia.workbench import Workbench
 
 EDITS = ("repaint", "extend", "cover")
@@ -36,6 +36,9 @@ INHERITED = (
     "guidance_scale",
     "shift",
 )
+UNSAID_LANGUAGE = "unknown"  # ACE-Step's language for a song whose language is not given
+# the edit's fields as the command line names them: a limit's message names the flag to change
+EDIT_FLAGS = {"start_s": "--start", "end_s": "--end", "extend_s": "--seconds", "strength": "--strength"}
 
 
 def edit_request(
@@ -77,6 +80,13 @@ def edit_request(
     prompts = chosen.pop("prompts")
     chosen.pop("duration_s", None)  # an edit's length is the source's (and the extension)
     request = SongRequest(prompts, task=task, source=From(parent.id), **chosen)
+    try:
+        check_limits(request)
+    except RequestError as exc:
+        field, _, rest = str(exc).partition(" ")
+        if field in EDIT_FLAGS:
+            raise RequestError(f"{EDIT_FLAGS[field]} {rest}") from None
+        raise
     return model, request
 
 
@@ -185,6 +195,8 @@ def transcribe(
     if language is None and lyrics is not None:
         song = _song_of(wb, art.id)
         language = song.manifest.request.get("language") if song is not None else None
+        if language == UNSAID_LANGUAGE:  # the song never said its language: let the model detect it
+            language = None
     request = TranscribeRequest(source=source, lyrics=lyrics, language=language)
     return generate(wb, model, request, force=force, progress=progress, cancel=cancel)
 

@@ -129,6 +129,7 @@ def test_a_row_without_a_seed_gets_one_from_its_content(workbench):
         ("rows: []\n", "batch.yaml: no rows; give 'rows' (a list) or a 'product' of prompts x seeds x models."),
         ("- {prompt: x, format: mp4}\n", "batch.yaml rows[0]: format must be one of wav, flac, got 'mp4'."),
         ("- {prompt: x, threads: 0}\n", "batch.yaml rows[0]: threads must be an integer in [1, "),
+        ("- {kind: song, model: tiny-ace-step, prompt: x, lyrics: lyrics.txt}\n", "batch.yaml rows[0].lyrics: 'lyrics.txt' looks like a file name; a batch row takes the lyrics text itself (a YAML block: |)."),
     ],
 )  # fmt: skip
 def test_a_bad_row_is_one_line_naming_the_row_and_the_field_and_nothing_runs(workbench, text, message):
@@ -212,6 +213,22 @@ def test_the_cli_refuses_a_bad_batch_in_one_line_and_never_imports_ray(workbench
         proc.stderr.strip() == "error: batch.yaml rows[0]: duration_s must be > 0 and <= 300 seconds, got -1."
     )
     assert not (workbench.root / "artifacts").exists()
+
+
+def test_a_report_path_that_cannot_be_written_is_refused_before_any_row_runs(music_wb, monkeypatch, capsys):
+    from harmonia.cli import main
+
+    write(music_wb, "- {prompt: x, model: tiny-musicgen, duration_s: 0.5, seed: 1}\n")
+    monkeypatch.chdir(music_wb.root)
+    monkeypatch.setenv("HARMONIA_ROOT", str(music_wb.root))
+    assert main(["batch", "batch.yaml", "--report", "nowhere/report.json"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --report nowhere/report.json: the folder nowhere does not exist; "
+        "give a file path in an existing folder."
+    )
+    assert main(["batch", "batch.yaml", "--report", "models"]) == 2
+    assert "error: --report models: is a folder;" in capsys.readouterr().err
+    assert not (music_wb.root / "artifacts").exists() or not list_artifacts(music_wb)
 
 
 # -- running ----------------------------------------------------------------------------------

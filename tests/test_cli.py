@@ -159,3 +159,21 @@ def test_demo_offline_uses_the_tiny_model(workbench):
     assert (workbench.root / "artifacts" / art_id / "take-0.wav").is_file()
     assert (workbench.root / "artifacts" / art_id / "take-0.png").stat().st_size > 10_000
     assert out[-2] == f"spectrogram: artifacts/{art_id}/take-0.png"
+
+
+def test_a_lyrics_file_that_is_not_there_is_refused_not_sung(workbench, monkeypatch, capsys):
+    from harmonia.cli import _text_or_file, main
+    from harmonia.generation import From
+
+    monkeypatch.chdir(workbench.root)
+    monkeypatch.setenv("HARMONIA_ROOT", str(workbench.root))
+    (workbench.root / "lyrics.txt").write_text("[verse]\nhello\n", encoding="utf-8")
+    assert _text_or_file("lyrics.txt", "lyrics") == "[verse]\nhello\n"
+    assert _text_or_file("hello there.txt", "lyrics") == "hello there.txt"  # words, not a file name
+    assert _text_or_file("0123abcd", "lyrics") == From("0123abcd", None)
+    args = ["generate", "song", "synth pop", "--model", "tiny-ace-step", "--lyrics", "lyric.txt"]
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --lyrics: there is no file lyric.txt; give an existing file, an artifact id, or the text itself."
+    )
+    assert not (workbench.root / "artifacts").exists()

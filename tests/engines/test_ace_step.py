@@ -153,8 +153,22 @@ def test_edit_ranges_are_checked_before_the_model_loads(song_wb, monkeypatch):
         with pytest.raises(RequestError) as caught:
             edit(song_wb, "repaint", song.id, seed=1, **fields)
         assert str(caught.value) == message
-    with pytest.raises(RequestError, match=r"^strength must be >= 0 and <= 1, got 1.5\.$"):
+    with pytest.raises(RequestError, match=r"^--strength must be >= 0 and <= 1, got 1.5\.$"):
         edit(song_wb, "cover", song.id, strength=1.5, seed=1)
+    flagged = [  # a limit names the flag of `harmonia edit` to change, not the request's field
+        ("extend", dict(extend_s=0.0), "--seconds must be > 0 and <= 600 seconds, got 0.0."),
+        ("repaint", dict(start_s=-1.0, end_s=1.0), "--start must be >= 0 and <= 600 seconds, got -1.0."),
+        ("repaint", dict(start_s=0.0, end_s=700.0), "--end must be >= 0 and <= 600 seconds, got 700.0."),
+        (
+            "repaint",
+            dict(start_s=0.0, end_s=1.0, steps=0),
+            "steps must be an integer in [1, 200] steps, got 0.",
+        ),
+    ]
+    for task, fields, message in flagged:
+        with pytest.raises(RequestError) as caught:
+            edit(song_wb, task, song.id, seed=1, **fields)
+        assert str(caught.value) == message
     assert [a.id for a in list_artifacts(song_wb)] == [song.id]
 
 

@@ -94,3 +94,20 @@ def test_a_transcript_from_the_cli_reproduces_in_this_process(whisper_wb, tmp_pa
     assert reproduce(whisper_wb, art.id).verified  # made in another process, the same text here
     here = generate(whisper_wb, MODEL, TranscribeRequest(source=str(voice), lyrics=LYRICS, language="en"))
     assert here.cached and here.artifact.id == art.id
+
+
+def test_a_song_of_unknown_language_is_transcribed_with_the_language_detected(
+    whisper_wb, tiny_ace_step, monkeypatch
+):
+    import shutil
+
+    from harmonia.requests import SongRequest
+    from harmonia.songs import transcribe
+
+    shutil.copytree(tiny_ace_step, whisper_wb.root / "models", dirs_exist_ok=True)
+    request = SongRequest("synth pop", lyrics=LYRICS, language="unknown", duration_s=3.0, steps=1, seed=1)
+    song = generate(whisper_wb, "tiny-ace-step", request, threads=1, previews=False).artifact
+    done = transcribe(whisper_wb, song.id, model=MODEL)  # the song's language is not one Whisper knows
+    assert done.artifact.manifest.request["language"] is None
+    assert done.artifact.manifest.request["lyrics"] == LYRICS
+    assert [p.id for p in done.artifact.manifest.parents] == [song.id]
