@@ -43,7 +43,7 @@ demo: setup
 test: setup system
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile   # two workers, a test file each (pytest-xdist)
 
 # Run every notebook on the tiny models with papermill into outputs/notebooks/ (ignored).
 notebooks: setup
