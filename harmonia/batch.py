@@ -20,7 +20,10 @@ that dies has its rows run again (a fresh local pool; Ray's actor restarts and t
 Rows carry their own seed (given, or derived from the row's content), and threads are fixed
 per row (``batch.threads``), so a row makes the same bytes whichever worker runs it. Workers
 write through the atomic artifact store into the workbench's artifacts/ (a folder every worker
-sees: a shared filesystem on a cluster), and a row whose artifact exists is a cache hit.
+sees: a shared filesystem on a cluster), and a row whose artifact exists is a cache hit. With
+``batch.ray.results: driver`` no shared folder is needed: each actor writes into a private
+scratch store on its node and returns the finished artifact's files, which the driver checks
+against the manifest's sha256 and installs atomically into its own artifacts/ (:func:`install_files`).
 
 This module knows rows, executors and the generation path; it imports Ray only when the ray
 executor runs, and knows nothing of the CLI or widgets.
@@ -49,7 +52,12 @@ SETTING_KEYS = ("format", "normalize_lufs", "device", "dtype", "threads", "preci
 ROW_KEYS = ("kind", "model", "engine", "prompt", "prompts", "seed")
 PRODUCT_KEYS = ("prompts", "seeds", "models")
 DEFAULT_THREADS = 1
-RAY_KEYS = ("cpus_per_actor", "gpus_per_actor", "max_restarts", "max_task_retries")
+RAY_KEYS = ("cpus_per_actor", "gpus_per_actor", "max_restarts", "max_task_retries", "results")
+RESULTS = ("shared", "driver")  # batch.ray.results: where a row's artifact ends (see RayRows)
+MAX_RESULT_BYTES = 256 * 1024 * 1024  # the most one row returns to the driver (results: driver)
+SCRATCH_ENV = (
+    "HARMONIA_SCRATCH"  # the actors' scratch store (results: driver); default: TMPDIR/harmonia-scratch
+)
 
 
 # -- what a batch is ---------------------------------------------------------------------------
@@ -87,6 +95,9 @@ class ExecutorConfig:
     gpus_per_actor: float = 0.0
     max_restarts: int = 3  # a killed actor is started again this often
     max_task_retries: int = 3  # and the rows it held are run again this often
+    results: str = (
+        "shared"  # shared: actors write artifacts/ (a shared folder); driver: they return the files
+    )
 
 
 @dataclass(frozen=True)
@@ -204,6 +215,11 @@ def _check_config(c: ExecutorConfig) -> None:
             raise ParamsError(
                 f"batch.ray.{name} must be a whole number in [-1, 100] (-1: no limit), got {value!r}."
             )
+    if c.results not in RESULTS:
+        raise ParamsError(
+            f"batch.ray.results must be one of {', '.join(RESULTS)} (shared: a folder every worker sees; "
+            f"driver: the files come back to this machine), got {c.results!r}."
+        )
 
 
 def load_batch(wb: Workbench, path: str | os.PathLike[str], threads: int | None = None) -> list[BatchRow]:
@@ -466,23 +482,39 @@ def _a(value: Any) -> str:
 
 
 # -- running one row (in whichever process) ---------------------------------------------------
-def run_row(wb: Workbench, row: BatchRow) -> RowResult:
+class _HeldByDriver(Exception):
+    """Raised by the id hook when the driver's store already holds the row's artifact."""
+
+    def __init__(self, artifact: str) -> None:
+        super().__init__(artifact)
+        self.artifact = artifact
+
+
+def run_row(wb: Workbench, row: BatchRow, held: frozenset[str] = frozenset()) -> RowResult:
     """Run one row through the generation path; any error becomes the row's recorded message.
 
     Catching here, per row, is what keeps a failing row from dropping its batch-mates (Ray
-    drops a whole batch, or aborts the dataset, when an exception escapes a worker).
+    drops a whole batch, or aborts the dataset, when an exception escapes a worker). An id in
+    ``held`` (the driver's store, results: driver) is a cache hit: nothing is generated.
     """
     from harmonia.engines import request_type
     from harmonia.generation import derive, generate
+
+    def on_id(artifact: str) -> None:
+        if artifact in held:
+            raise _HeldByDriver(artifact)
 
     started = time.perf_counter()
     try:
         request = request_type(row.kind)(**row.request)
         if row.model is None:
-            done = derive(wb, row.engine, request)
+            done = derive(wb, row.engine, request, on_id=on_id)
         else:
-            done = generate(wb, row.model, request, **row.settings)
+            done = generate(wb, row.model, request, **row.settings, on_id=on_id)
         return RowResult(row.index, row.where, done.artifact.id, done.cached, None,
+                         time.perf_counter() - started, os.getpid())  # fmt: skip
+    except _HeldByDriver as hit:
+        return RowResult(row.index, row.where, hit.artifact, True, None,
                          time.perf_counter() - started, os.getpid())  # fmt: skip
     except Exception as exc:  # recorded, one row at a time
         message = str(exc) if isinstance(exc, HarmoniaError) else f"{type(exc).__name__}: {exc}"
@@ -514,6 +546,8 @@ class RayRows:
     """
 
     ROOT: str = ""
+    RESULTS: str = "shared"  # driver: generate into a scratch store here, return the files
+    HELD: frozenset[str] = frozenset()  # ids the driver's store holds intact (results: driver)
 
     def __init__(self) -> None:
         self.wb = Workbench.open(self.ROOT)
@@ -521,11 +555,146 @@ class RayRows:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
 
-        out = [
-            json.dumps(run_row(self.wb, BatchRow.from_json(json.loads(str(r)))).to_json())
-            for r in batch["row"]
-        ]
-        return {"result": np.array(out, dtype=object)}
+        out, files = [], []
+        for r in batch["row"]:
+            row = BatchRow.from_json(json.loads(str(r)))
+            if self.RESULTS == "driver":
+                result, sent = run_row_returning(self.wb, row, self.HELD)
+            else:
+                result, sent = run_row(self.wb, row), None
+            out.append(json.dumps(result.to_json()))
+            files.append(json.dumps(sent))
+        return {"result": np.array(out, dtype=object), "files": np.array(files, dtype=object)}
+
+
+@dataclass(frozen=True)
+class _ScratchWorkbench(Workbench):
+    """The node's workbench (its params and models) with the artifact store in a scratch folder."""
+
+    scratch: Path = Path()
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.scratch
+
+
+def scratch_root() -> Path:
+    """Where actors keep their scratch stores: ``$HARMONIA_SCRATCH``, else TMPDIR/harmonia-scratch."""
+    import tempfile
+
+    return Path(os.environ.get(SCRATCH_ENV) or Path(tempfile.gettempdir()) / "harmonia-scratch")
+
+
+def run_row_returning(
+    wb: Workbench, row: BatchRow, held: frozenset[str] = frozenset(), limit: int = MAX_RESULT_BYTES
+) -> tuple[RowResult, dict[str, dict[str, str]] | None]:
+    """Run a row into a private scratch store and return its artifact's files (results: driver).
+
+    Returns the result and ``{relative path: {"sha256", "data" (base64)}}`` of every file of
+    the artifact, manifest.json included (None for a failed row or one the driver holds). The
+    scratch folder is removed whatever happens. A row whose files pass ``limit`` bytes fails
+    with a message naming the limit.
+    """
+    import base64
+    import shutil
+    import tempfile
+
+    base = scratch_root()
+    base.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="row-", dir=base))
+    try:
+        scratch = _ScratchWorkbench(root=wb.root, params=wb.params, scratch=folder)
+        result = run_row(scratch, row, held)
+        if result.artifact is None or result.artifact in held:
+            return result, None
+        made = folder / result.artifact
+        paths = sorted(p for p in made.rglob("*") if p.is_file())
+        size = sum(p.stat().st_size for p in paths)
+        if size > limit:
+            message = (
+                f"the artifact's files are {size:,} bytes, over the limit of {limit:,} bytes a row may "
+                "return to the driver (batch.ray.results: driver); use results: shared (a folder every "
+                "worker sees) for outputs this large."
+            )
+            return RowResult(row.index, row.where, None, False, message, result.seconds, result.worker), None
+        sent = {}
+        for p in paths:
+            data = p.read_bytes()
+            sent[str(p.relative_to(made))] = {
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "data": base64.b64encode(data).decode("ascii"),
+            }
+        return result, sent
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def install_files(wb: Workbench, artifact: str, sent: dict[str, dict[str, str]]) -> bool:
+    """Install an artifact returned by an actor into ``wb``'s store, whole or not at all.
+
+    Every file must match the sha256 sent with it and the one its manifest records, and the
+    files must be exactly the manifest's (plus manifest.json). An intact artifact already
+    there is kept. Returns True when it was installed; ArtifactError (nothing installed)
+    when anything does not match.
+    """
+    import base64
+
+    from harmonia.artifacts import MANIFEST_FILE, _parse, check_id, find_artifact, intact, safe_file
+    from harmonia.atomic import discard, install, staging_dir
+    from harmonia.errors import ArtifactError
+    from harmonia.manifest import Manifest
+
+    check_id(artifact)
+    existing = find_artifact(wb, artifact)
+    if existing is not None and intact(existing):
+        return False
+    if not isinstance(sent, dict) or MANIFEST_FILE not in sent:
+        raise ArtifactError(
+            f"artifact {artifact}: the worker returned no {MANIFEST_FILE}; nothing installed."
+        )
+    staging = staging_dir(wb.artifacts_dir, artifact)
+    try:
+        for rel, item in sent.items():
+            path = safe_file(staging, rel)
+            try:
+                data = base64.b64decode(item["data"], validate=True)
+                digest = item["sha256"]
+            except (KeyError, TypeError, ValueError):
+                raise ArtifactError(
+                    f"artifact {artifact}: {rel} came back without its bytes and sha256; nothing installed."
+                ) from None
+            if hashlib.sha256(data).hexdigest() != digest:
+                raise ArtifactError(
+                    f"artifact {artifact}: {rel} arrived with a different sha256 than the worker sent; "
+                    "nothing installed."
+                )
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        try:
+            data = json.loads((staging / MANIFEST_FILE).read_text("utf-8"))
+        except ValueError:
+            raise ArtifactError(
+                f"artifact {artifact}: its {MANIFEST_FILE} is not JSON; nothing installed."
+            ) from None
+        manifest = Manifest.from_json(data, f"artifact {artifact}'s {MANIFEST_FILE}")
+        if manifest.id != artifact:
+            raise ArtifactError(
+                f"artifact {artifact}: its manifest names {manifest.id!r}; nothing installed."
+            )
+        if set(sent) != {*manifest.files, MANIFEST_FILE}:
+            raise ArtifactError(
+                f"artifact {artifact}: the files returned are not the ones its manifest lists; nothing installed."
+            )
+        for rel, digest in manifest.files.items():
+            if sent[rel]["sha256"] != digest:
+                raise ArtifactError(
+                    f"artifact {artifact}: {rel} does not match the sha256 its manifest records; nothing installed."
+                )
+        install(staging, wb.artifacts_dir / artifact)
+    finally:
+        discard(staging)
+    _parse(wb.artifacts_dir / artifact)
+    return True
 
 
 # -- executors --------------------------------------------------------------------------------
@@ -675,13 +844,16 @@ def _run_ray(wb: Workbench, rows: list[BatchRow], config: ExecutorConfig, on_row
     if owned:
         here = str(Path(__file__).resolve().parents[1])  # so actors import this harmonia (a source checkout)
         path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
+        env_vars = {"PYTHONPATH": path, "HARMONIA_ROOT": str(wb.root)}
+        if os.environ.get(SCRATCH_ENV):
+            env_vars[SCRATCH_ENV] = os.environ[SCRATCH_ENV]
         ray.init(
             address=address,
             num_cpus=None if address else max(1, int(config.workers * max(config.cpus_per_actor, 1))),
             include_dashboard=False,
             log_to_driver=False,
             logging_level="ERROR",
-            runtime_env={"env_vars": {"PYTHONPATH": path, "HARMONIA_ROOT": str(wb.root)}},
+            runtime_env={"env_vars": env_vars},
         )
     try:
         nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
@@ -693,7 +865,13 @@ def _run_ray(wb: Workbench, rows: list[BatchRow], config: ExecutorConfig, on_row
         ordered = _order(rows)
         items = [{"row": json.dumps(r.to_json())} for r in ordered]
         ds = ray.data.from_items(items, override_num_blocks=len(items))  # one row per task: retried alone
-        runner = type("HarmoniaRows", (RayRows,), {"ROOT": str(wb.root), "__module__": __name__})
+        held: frozenset[str] = frozenset()
+        if config.results == "driver":  # what the driver's store holds is a cache hit, not generated again
+            from harmonia.artifacts import intact, list_artifacts
+
+            held = frozenset(a.id for a in list_artifacts(wb) if intact(a))
+        attrs = {"ROOT": str(wb.root), "RESULTS": config.results, "HELD": held, "__module__": __name__}
+        runner = type("HarmoniaRows", (RayRows,), attrs)
         with warnings.catch_warnings():  # Ray 2.60 takes actor restarts only as ray_remote_args
             warnings.simplefilter("ignore", DeprecationWarning)
             ds = ds.map_batches(
@@ -707,9 +885,18 @@ def _run_ray(wb: Workbench, rows: list[BatchRow], config: ExecutorConfig, on_row
             )
         results = []
         notes = [f"{actors} actor(s) of {config.cpus_per_actor:g} CPU, {config.gpus_per_actor:g} GPU"]
+        if config.results == "driver":
+            notes.append("results: driver (each artifact's files checked and installed here)")
         try:
             for item in ds.iter_rows():
                 result = RowResult(**json.loads(item["result"]))
+                sent = json.loads(item["files"])
+                if config.results == "driver" and result.artifact is not None and sent is not None:
+                    try:
+                        install_files(wb, result.artifact, sent)
+                    except HarmoniaError as exc:
+                        result = RowResult(result.index, result.where, None, False, " ".join(str(exc).split()),
+                                           result.seconds, result.worker)  # fmt: skip
                 results.append(result)
                 on_row(result)
         except Exception as exc:  # the dataset gave up (retries spent): the rows that came back count
@@ -722,6 +909,7 @@ def _run_ray(wb: Workbench, rows: list[BatchRow], config: ExecutorConfig, on_row
 
 
 __all__ = [
-    "EXECUTORS", "BatchReport", "BatchRow", "ExecutorConfig", "RowResult", "check_cluster",
-    "executor_config", "fit_actors", "load_batch", "request_rows", "run_batch", "run_row",
+    "EXECUTORS", "RESULTS", "BatchReport", "BatchRow", "ExecutorConfig", "RowResult", "check_cluster",
+    "executor_config", "fit_actors", "install_files", "load_batch", "request_rows", "run_batch", "run_row",
+    "run_row_returning", "scratch_root",
 ]  # fmt: skip

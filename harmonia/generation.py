@@ -243,6 +243,7 @@ def generate(
     precision: str = "exact",
     previews: bool = True,
     notice: Callable[[str], None] | None = None,
+    on_id: Callable[[str], None] | None = None,
 ) -> Generated:
     """Generate into the artifact store (or find the identical artifact already there).
 
@@ -269,6 +270,9 @@ def generate(
             output a poster frame and a contact sheet.
         notice: called with one line before a generation starts when the engine can say how
             long it will take (``estimate(request)``: the video engine's measured seconds per step).
+        on_id: called with the artifact id once it is known, before the cache check; raising
+            stops here, nothing loaded for generation and nothing written (a batch whose
+            driver already holds that id).
 
     Returns:
         :class:`Generated` with the artifact, whether it was a cache hit, and the result.
@@ -282,7 +286,7 @@ def generate(
     return _make(
         wb, engine_for(wb, model), model, request, ideas=ideas, fmt=fmt, normalize_lufs=normalize_lufs,
         force=force, progress=progress, cancel=cancel, device=device, dtype=dtype, threads=threads,
-        precision=precision, previews=previews, notice=notice,
+        precision=precision, previews=previews, notice=notice, on_id=on_id,
     )  # fmt: skip
 
 
@@ -295,6 +299,7 @@ def derive(
     progress: Progress | None = None,
     cancel: Cancel | None = None,
     previews: bool = False,
+    on_id: Callable[[str], None] | None = None,
 ) -> Generated:
     """Make an artifact with an engine that runs no model (e.g. "slicer": audio -> sample pack).
 
@@ -315,13 +320,13 @@ def derive(
         )
     return _make(
         wb, cls, None, request, ideas=None, fmt="wav", normalize_lufs=None, force=force, progress=progress,
-        cancel=cancel, device="cpu", dtype=None, threads=1, precision="exact", previews=previews,
+        cancel=cancel, device="cpu", dtype=None, threads=1, precision="exact", previews=previews, on_id=on_id,
     )  # fmt: skip
 
 
 def _make(
     wb: Workbench, cls, model: str | None, request: Any, *, ideas, fmt, normalize_lufs, force, progress, cancel,
-    device, dtype, threads, precision, previews, notice=None,
+    device, dtype, threads, precision, previews, notice=None, on_id=None,
 ) -> Generated:  # fmt: skip
     """The one path of :func:`generate` and :func:`derive` (``model`` None: an engine without weights)."""
     # 1. Check what needs no model: output settings, runtime, ideas; fix the seed.
@@ -371,6 +376,8 @@ def _make(
     runtime = replace(runtime, paths=paths)
     identity = _identity(cls, digest, request, inputs, parents, output, runtime)
     new_id = artifact_id(identity)
+    if on_id is not None:
+        on_id(new_id)
     if not force:
         legacy = getattr(cls, "legacy_identity", lambda *a: None)(identity, runtime) if model else None
         for candidate in (new_id, artifact_id(legacy) if legacy else None):

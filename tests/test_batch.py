@@ -27,10 +27,12 @@ from harmonia.batch import (
     check_cluster,
     executor_config,
     fit_actors,
+    install_files,
     load_batch,
     run_batch,
+    run_row_returning,
 )
-from harmonia.errors import ClusterError, FileFormatError, ParamsError, RequestError
+from harmonia.errors import ArtifactError, ClusterError, FileFormatError, ParamsError, RequestError
 from harmonia.generation import generate
 from harmonia.requests import MusicRequest
 from harmonia.workbench import Workbench
@@ -167,6 +169,13 @@ def test_executor_settings_come_from_params_and_are_checked(workbench):
         executor_config(wb, executor="slurm")
     with pytest.raises(ParamsError, match=r"batch.workers must be a whole number in \[1, 1024\], got 0."):
         executor_config(wb, workers=0)
+    assert config.results == "shared"
+    with pytest.raises(
+        ParamsError, match=r"^batch\.ray\.results must be one of shared, driver \(shared: a folder every worker "
+        r"sees; driver: the files come back to this machine\), got 'nfs'\.$",
+    ):  # fmt: skip
+        executor_config(wb, results="nfs")
+    assert executor_config(wb, results="driver").results == "driver"
     params.write_text(params.read_text() + "  color: red\n")
     with pytest.raises(
         ParamsError, match=r"params\.yaml: batch\.color is not a batch setting; allowed: executor"
@@ -232,6 +241,58 @@ def test_a_report_path_that_cannot_be_written_is_refused_before_any_row_runs(mus
 
 
 # -- running ----------------------------------------------------------------------------------
+def test_a_returned_artifact_is_installed_whole_only_when_every_sha256_matches(
+    music_wb, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("HARMONIA_SCRATCH", str(tmp_path / "scratch"))
+    (row,) = load_batch(
+        music_wb, write(music_wb, "- {prompt: x, model: tiny-musicgen, duration_s: 0.5, seed: 3}\n")
+    )
+    result, sent = run_row_returning(music_wb, row)
+    assert result.error is None and not result.cached
+    assert not list((tmp_path / "scratch").rglob("*.*")), "the scratch copy was left behind"
+    assert not (music_wb.root / "artifacts").exists() or not list_artifacts(music_wb)  # not in the store
+    assert "manifest.json" in sent and any(k.endswith(".wav") for k in sent)
+    wav = next(k for k in sent if k.endswith(".wav"))
+
+    # a file whose bytes are not the sha256 sent with them: refused, nothing installed, no staging left
+    bad = {**sent, wav: {**sent[wav], "data": sent["manifest.json"]["data"]}}
+    with pytest.raises(
+        ArtifactError, match=rf"^artifact {result.artifact}: {wav} arrived with a different sha256"
+    ):
+        install_files(music_wb, result.artifact, bad)
+    # bytes and sha256 consistent with each other, but not the manifest's: refused too
+    bad = {**sent, wav: sent["manifest.json"]}
+    with pytest.raises(
+        ArtifactError, match=r"does not match the sha256 its manifest records; nothing installed\.$"
+    ):
+        install_files(music_wb, result.artifact, bad)
+    # a file missing
+    with pytest.raises(ArtifactError, match=r"the files returned are not the ones its manifest lists"):
+        install_files(music_wb, result.artifact, {k: v for k, v in sent.items() if k != wav})
+    assert list_artifacts(music_wb) == [] and not list((music_wb.root / "artifacts").iterdir())
+
+    # the real files: installed, intact, the same id a plain generation finds; a second install keeps it
+    assert install_files(music_wb, result.artifact, sent) is True
+    art = load_artifact(music_wb, result.artifact)
+    assert intact(art) and hashlib.sha256(art.file(wav).read_bytes()).hexdigest() == sent[wav]["sha256"]
+    plain = generate(music_wb, "tiny-musicgen", MusicRequest("x", duration_s=0.5, seed=3), threads=1)
+    assert plain.cached and plain.artifact.id == result.artifact
+    assert install_files(music_wb, result.artifact, sent) is False
+    # a row whose id the driver holds is a cache hit on the actor: nothing generated, nothing returned
+    again, none = run_row_returning(music_wb, row, held=frozenset({result.artifact}))
+    assert (again.artifact, again.cached, none) == (result.artifact, True, None)
+    # over the size limit: the row fails naming the limit, nothing returned, scratch empty
+    over, none = run_row_returning(music_wb, row, limit=1000)
+    assert (over.artifact, none) == (None, None)
+    assert over.error.startswith("the artifact's files are ")
+    assert (
+        "bytes, over the limit of 1,000 bytes a row may return to the driver (batch.ray.results: driver)"
+        in (over.error)
+    )
+    assert not list((tmp_path / "scratch").rglob("*.*"))
+
+
 def _free_ports(n: int) -> list[int]:
     socks = []
     for _ in range(n):
