@@ -330,13 +330,14 @@ def _actor_pids(sid: int) -> list[int]:
     return found
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_head():
     """A real Ray head on 127.0.0.1 (2 CPUs, token auth, its own ports and temp folder), stopped at the end.
 
     The head runs in a session of its own (``ray start --block``); its workers get process groups
     of their own but stay in that session, so the fixture ends exactly that session's processes,
-    by pid, never with ``ray stop`` (which stops every Ray on the machine).
+    by pid, never with ``ray stop`` (which stops every Ray on the machine). One head serves the
+    module's Ray tests (each runs its own job on it).
     """
     pytest.importorskip("ray")
     gcs, *port = _free_ports(7)
@@ -441,6 +442,49 @@ def test_ray_makes_the_local_pools_bytes_with_a_bad_row_and_a_killed_actor(music
     again = run_batch(local_wb, load_batch(local_wb, path), ExecutorConfig(workers=1))
     assert (again.done, again.cached, len(again.failed)) == (0, 5, 1)
     assert [r.artifact for r in again.results] == [r.artifact for r in local.results]
+
+
+@pytest.mark.slow
+def test_ray_results_driver_returns_the_files_and_installs_the_local_pools_bytes(
+    music_wb, tmp_path, ray_head
+):
+    """batch.ray.results: driver: actors write only to their scratch store; the driver installs each artifact."""
+    env, _ = ray_head
+    local_root = tmp_path / "local"
+    shutil.copytree(music_wb.root, local_root)
+    local_wb = Workbench.open(local_root)
+    text = (
+        BATCH.split("product:")[0] + "  - {prompt: funk drums, seed: 0}\n  - {prompt: warm bass, seed: 1}\n"
+    )
+    local = run_batch(local_wb, load_batch(local_wb, write(local_wb, text)), ExecutorConfig(workers=1))
+    assert (local.done, len(local.failed)) == (3, 1)
+    # the driver already holds the first row's artifact: it must come back as a cache hit, not be made again
+    first = local.results[0].artifact
+    shutil.copytree(local_root / "artifacts" / first, music_wb.root / "artifacts" / first)
+    held_manifest = (music_wb.root / "artifacts" / first / "manifest.json").read_bytes()
+
+    params = music_wb.root / "params.yaml"
+    params.write_text(params.read_text() + "batch:\n  ray: {results: driver}\n")
+    write(music_wb, text)
+    scratch = tmp_path / "scratch"
+    proc = subprocess.run(
+        [sys.executable, "-m", "harmonia", "batch", "batch.yaml", "--executor", "ray", "--report", "report.json"],
+        cwd=music_wb.root, env={**env, "HARMONIA_ROOT": str(music_wb.root), "HARMONIA_SCRATCH": str(scratch)},
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-3000:]  # 1: the bad row failed; everything else was made
+    assert f"failed: {BAD_ROW}" in proc.stdout
+    report = json.loads((music_wb.root / "report.json").read_text())
+    assert (report["done"], report["cached"], report["failed"]) == (2, 1, 1)
+    assert report["rows"][0]["cached"] is True
+    # the same ids and bytes as the local pool's, in the driver's store, whole; the held one untouched
+    assert [r["artifact"] for r in report["rows"]] == [r.artifact for r in local.results]
+    assert outputs(music_wb) == outputs(local_wb)
+    assert all(intact(load_artifact(music_wb, a)) for a in outputs(music_wb))
+    assert (music_wb.root / "artifacts" / first / "manifest.json").read_bytes() == held_manifest
+    assert not [p.name for p in (music_wb.root / "artifacts").iterdir() if p.name.startswith(".")]
+    # the actors wrote only to scratch, and removed every row's copy
+    assert scratch.is_dir() and not [p for p in scratch.rglob("*") if p.is_file()]
 
 
 # -- the pipeline's generate stage ------------------------------------------------------------
