@@ -55,9 +55,8 @@ DEFAULT_THREADS = 1
 RAY_KEYS = ("cpus_per_actor", "gpus_per_actor", "max_restarts", "max_task_retries", "results")
 RESULTS = ("shared", "driver")  # batch.ray.results: where a row's artifact ends (see RayRows)
 MAX_RESULT_BYTES = 256 * 1024 * 1024  # the most one row returns to the driver (results: driver)
-SCRATCH_ENV = (
-    "HARMONIA_SCRATCH"  # the actors' scratch store (results: driver); default: TMPDIR/harmonia-scratch
-)
+# the actors' scratch stores (results: driver); default: TMPDIR/harmonia-scratch
+SCRATCH_ENV = "HARMONIA_SCRATCH"
 
 
 # -- what a batch is ---------------------------------------------------------------------------
@@ -95,9 +94,8 @@ class ExecutorConfig:
     gpus_per_actor: float = 0.0
     max_restarts: int = 3  # a killed actor is started again this often
     max_task_retries: int = 3  # and the rows it held are run again this often
-    results: str = (
-        "shared"  # shared: actors write artifacts/ (a shared folder); driver: they return the files
-    )
+    # shared: actors write artifacts/ (a folder every node sees); driver: they return the files
+    results: str = "shared"
 
 
 @dataclass(frozen=True)
