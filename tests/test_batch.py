@@ -330,14 +330,13 @@ def _actor_pids(sid: int) -> list[int]:
     return found
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def ray_head():
     """A real Ray head on 127.0.0.1 (2 CPUs, token auth, its own ports and temp folder), stopped at the end.
 
     The head runs in a session of its own (``ray start --block``); its workers get process groups
     of their own but stay in that session, so the fixture ends exactly that session's processes,
-    by pid, never with ``ray stop`` (which stops every Ray on the machine). One head serves the
-    module's Ray tests (each runs its own job on it).
+    by pid, never with ``ray stop`` (which stops every Ray on the machine).
     """
     pytest.importorskip("ray")
     gcs, *port = _free_ports(7)
