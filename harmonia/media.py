@@ -20,10 +20,11 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from harmonia.audio import FORMATS, facts, normalize_loudness, write_audio
+from harmonia.audio import FORMATS, Audio, facts, normalize_loudness, write_audio
 from harmonia.errors import RequestError
 from harmonia.hashing import sha256_file
 from harmonia.manifest import OutputRecord, OutputSettings
@@ -88,6 +89,28 @@ class FileTake:
     @property
     def duration_s(self) -> None:
         return None
+
+
+@dataclass(frozen=True, eq=False)
+class FilesResult:
+    """What an engine made from one source audio as files (a sample pack, stems), and what it found.
+
+    ``request`` is the engine's request, ``facts`` go in the manifest's engine details.
+    """
+
+    takes: tuple[FileTake, ...]
+    request: Any
+    source: Audio
+    facts: dict[str, Any]
+    steps: int
+    generate_s: float
+
+    @property
+    def inputs(self) -> dict[str, Audio | None]:
+        return {"source": self.source}
+
+    def details(self) -> dict[str, Any]:
+        return dict(self.facts)
 
 
 Take = AudioTake | VideoTake | TextTake | FileTake

@@ -21,14 +21,14 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from harmonia.audio import Audio, conform, is_silent, peak_dbfs, read_audio, write_audio
+from harmonia.audio import conform, is_silent, peak_dbfs, read_audio, write_audio
 from harmonia.engines.base import (
     TORCH_LOCK,
     Cancel,
@@ -44,7 +44,7 @@ from harmonia.engines.base import (
     pinned_threads,
 )
 from harmonia.errors import AudioError, RequestError
-from harmonia.media import FileTake
+from harmonia.media import FilesResult, FileTake
 from harmonia.requests import StemsRequest, check_limits
 from harmonia.workbench import Workbench
 
@@ -52,23 +52,7 @@ MODEL_CLASSES = ("demucs.htdemucs.HTDemucs", "demucs.hdemucs.HDemucs", "demucs.d
 STEM_ORDER = ("vocals", "drums", "bass", "other")
 
 
-@dataclass(frozen=True, eq=False)
-class StemsResult:
-    """The stems as WAV takes, and how well they add up to the source."""
-
-    takes: tuple[FileTake, ...]
-    request: StemsRequest
-    source: Audio
-    facts: dict[str, Any]
-    steps: int
-    generate_s: float
-
-    @property
-    def inputs(self) -> dict[str, Audio | None]:
-        return {"source": self.source}
-
-    def details(self) -> dict[str, Any]:
-        return dict(self.facts)
+StemsResult = FilesResult  # the stems as WAV takes, and how well they add up to the source
 
 
 def _bag_files(snapshot: Path, name: str) -> tuple[Path, list[Path], dict]:

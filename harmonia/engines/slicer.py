@@ -14,37 +14,21 @@ The engine knows nothing about artifacts, manifests or the UI.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 from harmonia.audio import Audio, is_silent, peak_dbfs, read_audio
 from harmonia.engines.base import Cancel, LoadedModel, Progress, Runtime, Steps, Timer
 from harmonia.errors import AudioError, RequestError
-from harmonia.media import FileTake
+from harmonia.media import FilesResult, FileTake
 from harmonia.requests import SLICE_TYPES, SliceRequest, check_limits
 from harmonia.workbench import Workbench
 
 PACK_FOLDER = "pack"  # the folder name inside pack.zip
 
 
-@dataclass(frozen=True, eq=False)
-class PackResult:
-    """A pack: its files as takes, and what the slicing found."""
-
-    takes: tuple[FileTake, ...]
-    request: SliceRequest
-    source: Audio
-    facts: dict[str, Any]
-    steps: int
-    generate_s: float
-
-    @property
-    def inputs(self) -> dict[str, Audio | None]:
-        return {"source": self.source}
-
-    def details(self) -> dict[str, Any]:
-        return dict(self.facts)
+PackResult = FilesResult  # a pack: its files as takes, and what the slicing found
 
 
 class SlicerEngine:
