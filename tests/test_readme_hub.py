@@ -6,37 +6,16 @@ import re
 import shutil
 import subprocess
 import sys
-from fnmatch import fnmatch
 
 import pytest
 import yaml
 
 from tests.conftest import REPO_ROOT
-from tests.hubserver import FakeHub
+from tests.hubserver import FakeHub, serve_params
 from tests.readme import section_blocks
 
 BIN = os.path.dirname(sys.executable)
 TOKEN = "hf_readmeTESTtoken0123456789abcdef"
-
-
-def serve_params(hub: FakeHub, params: dict, gated: set[str] = frozenset()) -> None:
-    """A repo for every model and dataset in ``params`` with a ``repo``, at its pinned revision,
-    holding one small file per allow pattern; the repos in ``gated`` need ``TOKEN``."""
-    for kind, section in (("model", "models"), ("dataset", "datasets")):
-        for spec in params[section].values():
-            if not spec.get("repo"):
-                continue
-            files = {}
-            for pattern in spec.get("allow_patterns") or ["*.json"]:
-                path = pattern.replace("*", "x")
-                assert fnmatch(path, pattern)
-                files[path] = f"{spec['repo']} {path}\n".encode() * (3000 if "safetensors" in path else 1)
-            repo = hub.add_repo(
-                spec["repo"], files, repo_type=kind, token=TOKEN if spec["repo"] in gated else None,
-                gated=spec["repo"] in gated,
-            )  # fmt: skip
-            repo.commits = {spec["revision"]: files}  # the commit params.yaml pins
-            repo.refs = {"main": spec["revision"]}
 
 
 def shell_env(hub_url: str, **extra: str) -> dict[str, str]:
@@ -70,7 +49,7 @@ def test_the_readme_fetch_commands_run_as_written(tmp_path):
         assert subprocess.run(args, cwd=wb, env=shell_env(""), capture_output=True).returncode == 0
 
     with FakeHub() as hub:
-        serve_params(hub, params, gated={"facebook/musicgen-small"})
+        serve_params(hub, params, gated={"facebook/musicgen-small"}, token=TOKEN)
         # 1. No token: the gated model is refused in one line, the README's, and nothing is left.
         first = run_line(commands[0], wb, shell_env(hub.url))
         (gated_line,) = [e for e in errors.lines() if "is gated and no token was sent" in e]
