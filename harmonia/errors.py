@@ -62,9 +62,12 @@ class InventoryError(HarmoniaError, ValueError):
 class VerificationError(HarmoniaError, ValueError):
     """A snapshot whose files do not match its inventory.
 
-    Example message:
-        Model 'musicgen-small' failed verification: 1 modified (model.safetensors).
-        Run 'harmonia models verify musicgen-small' for details, then fetch it again.
+    Example messages:
+        Model 'musicgen-small' failed verification: 1 modified (model.safetensors). Run 'harmonia
+        models verify --full musicgen-small' for details, then 'harmonia models fetch musicgen-small'
+        to restore it.
+        Model 'musicgen-small' changed on disk while it was in use (model.safetensors); nothing was
+        written. Run 'harmonia models verify --full musicgen-small', then generate again.
     """
 
 

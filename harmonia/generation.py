@@ -70,6 +70,7 @@ from harmonia.manifest import (
 )
 from harmonia.media import WRITER_VERSION, check_output, write_take
 from harmonia.prompts import Idea, canonical_prompt
+from harmonia.snapshots import confirm_unchanged
 from harmonia.workbench import Workbench
 
 PACKAGES = (
@@ -394,6 +395,8 @@ def _make(
         if notice is not None and hasattr(engine, "estimate"):
             notice(engine.estimate(request))
         result = engine.generate(request, progress=progress, cancel=cancel)
+    if path is not None:  # the weights were still the hashed bytes when they ran (a mapped file can change)
+        confirm_unchanged(wb, "model", model, inventory)
 
     # 5. Write the artifact whole: media, kept inputs, previews, manifest.
     started = time.perf_counter()
@@ -575,6 +578,8 @@ def reproduce(
         if uses_model(cls) and engine.loaded.inventory.digest != m.model.inventory_digest:
             differences.append(f"model {m.model.name} snapshot changed (inventory digest differs)")
         result = engine.generate(request, progress=progress, cancel=cancel)
+    if uses_model(cls):  # no verdict from weights that changed while they ran (an endpoint has no files)
+        confirm_unchanged(wb, "model", m.model.name, engine.loaded.inventory)
     with tempfile.TemporaryDirectory(prefix="harmonia-reproduce-") as tmp:
         fresh = [write_take(Path(tmp), i, take, m.output, False) for i, take in enumerate(result.takes)]
         if len(fresh) != len(m.outputs):

@@ -9,6 +9,13 @@ sees it. The ctime is what makes the fast mode sound: ``os.utime`` can put a fil
 back after its bytes were overwritten, but nothing short of root changing the system clock
 (or writing the disk device) can set a ctime, and any write, chmod or rename moves it on.
 
+Loading trusts no record from outside the process: ``require_loadable`` (the "load" mode)
+hashes every file again unless this same process hashed it since it last changed, so a root
+user who resets the clock and restores a ctime still cannot make a tampered snapshot pass at
+load; ``confirm_unchanged`` then checks, before an artifact is written, that no file changed
+while the model was in use (transformers maps safetensors files shared: a write to one after
+loading changes the model's weights in memory).
+
 This module knows folders, inventories and hashes (atomic installs live in atomic.py); it does not know the hub (see hub.py)
 or how tiny models are built (see tiny.py).
 """
@@ -43,6 +50,12 @@ from harmonia.workbench import Kind, SnapshotSpec, Workbench, plural
 
 STATE_SCHEMA = "harmonia.verify-state/2"  # /1 lacked ctime and device: such files are hashed again
 PROBLEM_KINDS = ("modified", "truncated", "missing", "extra")
+MODES = ("fast", "full", "load")
+
+# Files this process has hashed itself: absolute path -> [size, mtime_ns, ctime_ns, inode, device,
+# sha256], the stat facts taken before the bytes were read. Never written to disk: a fresh
+# process hashes every file again at its first load.
+_HASHED_HERE: dict[str, list] = {}
 
 
 @dataclass(frozen=True)
@@ -61,7 +74,7 @@ class VerifyReport:
     # what was checked, and how
     name: str
     kind: Kind
-    mode: str  # "fast" or "full"
+    mode: str  # "fast", "full" or "load" (see MODES)
     files: int
     # the work done
     hashed: int
@@ -232,6 +245,7 @@ def verify(
     name: str,
     full: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    mode: str | None = None,
 ) -> VerifyReport:
     """Check a snapshot's files against its inventory.
 
@@ -239,9 +253,12 @@ def verify(
         wb: the workbench.
         kind: "model" or "dataset".
         name: the snapshot's name.
-        full: re-hash every file; by default only files whose size, mtime, ctime, inode or
-            device changed since their last hash are re-hashed.
+        full: re-hash every file (the same as ``mode="full"``).
         progress: called as ``progress(bytes_just_hashed, bytes_to_hash)`` from worker threads.
+        mode: which earlier hashes to trust. "fast" (the default): a file is re-hashed only when
+            its size, mtime, ctime, inode or device changed since its last hash by any process
+            (the state file). "full": none, every file is re-hashed. "load": only this process's
+            own hashes, so a fresh process re-hashes every file.
 
     Returns:
         A :class:`VerifyReport`; ``report.ok`` is False when any file is modified,
@@ -253,12 +270,24 @@ def verify(
         'model tiny-musicgen: ok (9 files, 0 hashed, 9 unchanged, fast)'
     """
     started = time.perf_counter()
+    mode = mode or ("full" if full else "fast")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}.")
     # 1. Read the inventory and what is on disk.
     folder = require_snapshot(wb, kind, name)
     inventory = read_inventory(folder)
     on_disk = scan_tree(folder)
     state = _State(wb, kind, name)
-    known = {} if full else state.load(inventory.digest)["files"]
+    if mode == "fast":
+        known = state.load(inventory.digest)["files"]
+    elif mode == "load":
+        known = {
+            e.path: _HASHED_HERE[str(folder / e.path)]
+            for e in inventory.files
+            if str(folder / e.path) in _HASHED_HERE
+        }
+    else:
+        known = {}
 
     # 2. Sort each inventory file into missing, wrong size, unchanged since its last hash, or to hash.
     problems: list[Problem] = []
@@ -290,7 +319,7 @@ def verify(
     expected = inventory.by_path()
     for full_path, sha in digests.items():
         rel, st = to_hash[full_path]
-        new_state[rel] = [*_stat_key(st), sha]
+        new_state[rel] = _HASHED_HERE[full_path] = [*_stat_key(st), sha]  # stat taken before the read
         if sha != expected[rel].sha256:
             want = expected[rel].sha256
             problems.append(Problem(rel, "modified", f"sha256 {sha[:12]}…, expected {want[:12]}…"))
@@ -302,7 +331,7 @@ def verify(
     report = VerifyReport(
         name=name,
         kind=kind,
-        mode="full" if full else "fast",
+        mode=mode,
         files=len(inventory.files),
         hashed=len(digests),
         skipped=skipped,
@@ -316,13 +345,19 @@ def verify(
     return report
 
 
-def require_verified(wb: Workbench, kind: Kind, name: str, full: bool = False) -> Inventory:
-    """Verify (fast mode unless ``full``) and return the inventory; :class:`VerificationError` if anything is off."""
-    report = verify(wb, kind, name, full=full)
+def require_verified(
+    wb: Workbench, kind: Kind, name: str, full: bool = False, mode: str | None = None
+) -> Inventory:
+    """Verify (fast mode unless ``full`` or ``mode`` says otherwise) and return the inventory;
+    :class:`VerificationError` if anything is off.
+    """
+    report = verify(wb, kind, name, full=full, mode=mode)
     if not report.ok:
+        # what a fast verify may have trusted, this one hashed: the user's check must hash too
+        flag = "" if report.mode == "fast" else "--full "
         raise VerificationError(
             f"{kind.capitalize()} '{name}' failed verification: {report.summary().split(': ', 2)[2]}. "
-            f"Run 'harmonia {plural(kind)} verify {name}' for details, then "
+            f"Run 'harmonia {plural(kind)} verify {flag}{name}' for details, then "
             f"'{how_to_get(wb.specs(kind).get(name), kind, name)}' to restore it."
         )
     return read_inventory(wb.snapshot_dir(kind, name))
@@ -331,13 +366,15 @@ def require_verified(wb: Workbench, kind: Kind, name: str, full: bool = False) -
 def require_loadable(wb: Workbench, kind: Kind, name: str, full: bool = False) -> Inventory:
     """What an engine calls before it loads a snapshot: its bytes are the inventory's, and no config asks for remote code.
 
-    The fast verify proves the bytes without reading them when every file's (device, inode,
-    size, mtime, ctime) is what it was when the file was last hashed: an overwrite, even of the
-    same size with its mtime put back by ``os.utime``, moves the ctime, so the file is hashed
-    again and the change is caught, for the price of one ``stat`` per file (~35 µs).
-    ``full=True`` re-hashes every file instead: measured on a 2-core AMD EPYC, a 500 MB
-    weights file took 0.34-0.38 s from the page cache (sha256 at 1.3-1.45 GB/s on one core;
-    separate files are hashed in parallel), plus the disk read when it is not cached.
+    Every file is hashed (sha256) unless this process itself hashed it since it last changed
+    (its size, mtime, ctime, inode and device are those taken before that hash): the verify
+    state on disk, which a fast verify trusts, is not trusted here, so a snapshot tampered at
+    rest is caught at load even when its ctime was restored by resetting the clock. The hash
+    reads the file into the page cache, where the library's own read finds it next. Measured on
+    a 2-core AMD EPYC: sha256 takes 0.60-0.65 s of one core per GiB (separate files are hashed
+    in parallel, one thread per core), so a 1.6 GB snapshot added 2.5-2.6 s to a process's first
+    load on a core shared with other work (about 1 s of CPU); a later load in the same process
+    costs one ``stat`` per file (4 ms for 3 files).
 
     Then every JSON config (each ``*.json`` at the snapshot root, and each ``*config.json``
     below it) is searched for an ``auto_map`` key at any depth: such a key makes
@@ -348,7 +385,7 @@ def require_loadable(wb: Workbench, kind: Kind, name: str, full: bool = False) -
         wb: the workbench.
         kind: "model" or "dataset".
         name: the snapshot's name.
-        full: re-hash every file rather than trusting unchanged stat facts.
+        full: re-hash every file, even those this process hashed already.
 
     Returns:
         The snapshot's :class:`Inventory`.
@@ -361,9 +398,35 @@ def require_loadable(wb: Workbench, kind: Kind, name: str, full: bool = False) -
     Example:
         >>> inventory = require_loadable(Workbench.open(), "model", "tiny-musicgen")  # doctest: +SKIP
     """
-    inventory = require_verified(wb, kind, name, full=full)
+    inventory = require_verified(wb, kind, name, mode="full" if full else "load")
     refuse_remote_code(wb.snapshot_dir(kind, name), inventory, f"{kind.capitalize()} '{name}'")
     return inventory
+
+
+def confirm_unchanged(wb: Workbench, kind: Kind, name: str, inventory: Inventory) -> None:
+    """A :class:`VerificationError` unless every file is as it was when this process hashed it.
+
+    Called after a generation, before its artifact is written: transformers maps safetensors
+    files shared, so a write to a weights file while the model is loaded changes the weights
+    in memory. Any such write moves the file's ctime (one ``stat`` per file).
+    """
+    folder = wb.snapshot_dir(kind, name)
+    changed = []
+    for entry in inventory.files:
+        path = str(folder / entry.path)
+        seen = _HASHED_HERE.get(path)
+        try:
+            now = _stat_key(os.stat(path))
+        except OSError:
+            now = None
+        if seen is None or now is None or seen[:-1] != now or seen[-1] != entry.sha256:
+            changed.append(entry.path)
+    if changed:
+        shown = ", ".join(changed[:3]) + (f", +{len(changed) - 3} more" if len(changed) > 3 else "")
+        raise VerificationError(
+            f"{kind.capitalize()} '{name}' changed on disk while it was in use ({shown}); nothing was written. "
+            f"Run 'harmonia {plural(kind)} verify --full {name}', then generate again."
+        )
 
 
 def refuse_remote_code(folder: Path, inventory: Inventory, label: str) -> None:

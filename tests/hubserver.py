@@ -76,6 +76,26 @@ class FakeHub:
         self._server.server_close()
 
 
+def serve_params(hub: FakeHub, params: dict, gated: set[str] = frozenset(), token: str | None = None) -> None:
+    """A repo for every model and dataset in ``params`` with a ``repo``, at its pinned revision,
+    holding one small file per allow pattern; the repos in ``gated`` need ``token``."""
+    for kind, section in (("model", "models"), ("dataset", "datasets")):
+        for spec in params[section].values():
+            if not spec.get("repo"):
+                continue
+            files = {}
+            for pattern in spec.get("allow_patterns") or ["*.json"]:
+                path = pattern.replace("*", "x")
+                assert fnmatch(path, pattern)
+                files[path] = f"{spec['repo']} {path}\n".encode() * (3000 if "safetensors" in path else 1)
+            repo = hub.add_repo(
+                spec["repo"], files, repo_type=kind, token=token if spec["repo"] in gated else None,
+                gated=spec["repo"] in gated,
+            )  # fmt: skip
+            repo.commits = {spec["revision"]: files}  # the commit params.yaml pins
+            repo.refs = {"main": spec["revision"]}
+
+
 def _make_handler(hub: FakeHub):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"

@@ -12,6 +12,8 @@ import pytest
 import yaml
 
 from tests.conftest import REPO_ROOT, jupyter_lab
+from tests.hubserver import FakeHub, serve_params
+from tests.readme import commands_starting, words
 
 COMPOSE = shutil.which("docker-compose")
 if COMPOSE is None and not os.environ.get("CI"):
@@ -174,3 +176,110 @@ def test_dockerfile_copies_what_exists_and_installs_from_the_lock():
     for path in ("models", "datasets", "artifacts", ".venv", ".git", ".env"):
         assert path in ignored
     assert not any(src in ignored for src in sources)
+
+
+# What each service the README starts runs, and which test runs that on the host (no Docker
+# engine here): the image's ENTRYPOINT is docker/entrypoint.sh (as harmonia-entrypoint) under tini.
+SERVICE_RUNS = {
+    "lab": (["lab"], "test_entrypoint_starts_jupyterlab_with_the_token_in_the_environment_only"),
+    "fetch": (["fetch"], "test_the_fetch_service_command_runs_on_the_host"),
+    "pipeline": (["pipeline"], "tests/test_fresh_clone.py runs dvc repro in a fresh clone"),
+    "ray-head": (None, "test_the_ray_head_command_is_one_ray_accepts"),
+}
+
+
+def _readme_compose_commands() -> list[tuple[str, list[str], list[str], str, list[str], list[str]]]:
+    """Each `docker compose ...` the README shows: (as written, files, profiles, subcommand, options, services)."""
+    parsed = []
+    for command in commands_starting("docker compose"):
+        argv, files, profiles = words(command)[2:], [], []
+        while argv and argv[0] in ("-f", "--file", "--profile"):
+            (files if argv[0] in ("-f", "--file") else profiles).append(argv[1])
+            argv = argv[2:]
+        assert argv and not argv[0].startswith("-"), f"{command}: an option compose has not been checked for"
+        sub, rest = argv[0], argv[1:]
+        options = [a for a in rest if a.startswith("-")]
+        parsed.append((command, files, profiles, sub, options, [a for a in rest if not a.startswith("-")]))
+    return parsed
+
+
+def test_every_docker_compose_command_in_the_readme_names_what_the_files_hold(tmp_path):
+    """Each command as written: its files parse (merged, by compose itself), its subcommand and
+    options are compose's, the services it names exist and their profiles are the ones it enables."""
+    commands = _readme_compose_commands()
+    assert {sub for *_, sub, _, _ in commands} >= {"up", "run"} and len(commands) >= 5
+    helps: dict[str, str] = {}
+    configs: dict[tuple[str, ...], dict] = {}
+    for command, files, profiles, sub, options, services in commands:
+        assert all((REPO_ROOT / f).is_file() for f in files), command
+        key = tuple(files or ["docker-compose.yml"])
+        if key not in configs:
+            configs[key] = compose_config(tmp_path, *key)["services"]
+        config = configs[key]
+        if sub not in helps:
+            proc = subprocess.run(
+                [COMPOSE or "docker-compose", sub, "--help"], capture_output=True, text=True
+            )
+            assert proc.returncode == 0, f"{command}: compose has no '{sub}' command"
+            helps[sub] = proc.stdout
+        for option in options:
+            assert re.search(rf"(^|[\s,]){re.escape(option)}\b", helps[sub]), f"{command}: {option}?"
+        named = services or [name for name, s in config.items() if not s.get("profiles")]
+        for name in named:
+            assert name in config, f"{command}: no service {name!r}"
+            assert set(config[name].get("profiles", [])) <= set(profiles), (
+                f"{command}: {name} needs its profile"
+            )
+            expected, _ = SERVICE_RUNS[name]  # a service the README starts has a host check below
+            if expected is not None:
+                assert config[name]["command"] == expected, command
+
+
+@pytest.mark.slow
+def test_the_fetch_service_command_runs_on_the_host(tmp_path):
+    """`docker compose --profile fetch run --rm fetch` runs `harmonia-entrypoint fetch` with the
+    service's environment: here the same script, on the host, against a hub on 127.0.0.1 that
+    serves every repo params.yaml names, in a workbench holding params.yaml."""
+    ((_, files, _, _, _, _),) = [c for c in _readme_compose_commands() if c[5] == ["fetch"]]
+    service = compose_config(tmp_path, *(files or ["docker-compose.yml"]))["services"]["fetch"]
+    wb = tmp_path / "wb"
+    wb.mkdir()
+    shutil.copy(REPO_ROOT / "params.yaml", wb)
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "HARMONIA_"))}
+    env.update(service["environment"])
+    with FakeHub() as hub:
+        serve_params(hub, params)
+        env.update(
+            HARMONIA_ROOT=str(wb), HF_ENDPOINT=hub.url, PYTHONPATH=str(REPO_ROOT),
+            PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        )  # fmt: skip
+        proc = subprocess.run(
+            ["sh", str(REPO_ROOT / "docker/entrypoint.sh"), *service["command"]],
+            cwd=wb, env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    hub_models = [n for n, s in params["models"].items() if s.get("repo")]
+    hub_datasets = [n for n, s in params["datasets"].items() if s.get("repo")]
+    out = proc.stdout.splitlines()
+    for kind, names in (("model", hub_models), ("dataset", hub_datasets)):
+        for name in names:
+            assert any(line.startswith(f"fetched: {kind} {name} = ") for line in out), (name, proc.stdout)
+            assert f"{kind} {name}: ok (" in proc.stdout and ", full)" in proc.stdout
+    assert service["environment"]["HF_HUB_OFFLINE"] == "0"  # the one service that may reach the hub
+
+
+@pytest.mark.slow
+def test_the_ray_head_command_is_one_ray_accepts(tmp_path):
+    """`docker compose --profile ray up -d ray-head` runs `ray start --head --block ...`: every
+    option it passes is one the installed `ray start` takes (a real head is started by the Ray
+    tests in tests/test_batch.py; one on port 6379 here would collide with them)."""
+    service = compose_config(tmp_path, "docker-compose.yml")["services"]["ray-head"]
+    assert service["entrypoint"] == ["tini", "--", "ray"] and service["command"][0] == "start"
+    ray = Path(sys.executable).parent / "ray"
+    if not ray.exists():
+        pytest.skip("ray is not installed (pip install 'harmonia[ray]')")
+    proc = subprocess.run([str(ray), "start", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for option in service["command"][1:]:
+        assert re.search(rf"\s{re.escape(option.split('=')[0])}\b", proc.stdout), option

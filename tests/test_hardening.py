@@ -116,3 +116,87 @@ def test_only_the_span_of_a_long_melody_that_is_read_is_kept(music_wb, tmp_path)
     full = engine.generate(MusicRequest("x", duration_s=2.0, seed=4, melody=whole))
     assert np.array_equal(full.audio, done.result.audio)
     assert used_span(whole, 500.0) is whole
+
+
+def _nudge_weights(path, count: int = 8) -> None:
+    """Change the last ``count`` float32 weights a little, in place (same size, no NaN), and put
+    the mtime back: what a careful tamperer does without root."""
+    st = path.stat()
+    with open(path, "r+b") as f:
+        for i in range(1, count + 1):
+            f.seek(st.st_size - 4 * i)
+            low = f.read(1)[0]
+            f.seek(st.st_size - 4 * i)
+            f.write(bytes([low ^ 0x01]))  # the lowest mantissa bit of one float32
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+
+
+def _forge_verify_state(wb, name: str, rel: str) -> None:
+    """Record the tampered file's stat facts as those of its last hash: what a root user who puts
+    the clock back (so the ctime matches too) achieves. The fast verify then trusts it."""
+    state_path = wb.root / ".harmonia" / "verify" / "models" / f"{name}.json"
+    state = json.loads(state_path.read_text())
+    st = (wb.snapshot_dir("model", name) / rel).stat()
+    state["files"][rel][:5] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+    state_path.write_text(json.dumps(state))
+
+
+def test_tampered_weights_that_pass_the_fast_verify_are_refused_at_load(music_wb):
+    """Before: a same-size overwrite the fast verify trusted made generate write different bytes
+    under the clean snapshot's id, and reproduce said "identical"."""
+    from harmonia.generation import generate
+    from harmonia.requests import MusicRequest
+    from harmonia.snapshots import verify
+
+    art_id = generate(music_wb, "tiny-musicgen", MusicRequest("calm", duration_s=0.3, seed=1)).artifact.id
+    before = {p.name: sha(p) for p in (music_wb.artifacts_dir / art_id).iterdir()}
+
+    weights = music_wb.snapshot_dir("model", "tiny-musicgen") / "model.safetensors"
+    _nudge_weights(weights)
+    _forge_verify_state(music_wb, "tiny-musicgen", "model.safetensors")
+    assert verify(music_wb, "model", "tiny-musicgen").ok  # the fast verify is fooled
+
+    refusal = (
+        "Model 'tiny-musicgen' failed verification: 1 modified (model.safetensors). Run 'harmonia models "
+        "verify --full tiny-musicgen' for details, then 'harmonia models tiny musicgen --name tiny-musicgen "
+        "--seed 0' to restore it.\n"
+    )
+    gen = run_cli(
+        "generate", "music", "calm", "--duration", "0.3", "--seed", "1", "--force", cwd=music_wb.root
+    )
+    assert gen.returncode != 0 and gen.stdout == ""
+    assert gen.stderr.endswith(refusal) and gen.stderr.count("\n") == 1, gen.stderr
+    rep = run_cli("reproduce", art_id, cwd=music_wb.root)
+    assert rep.returncode != 0 and rep.stderr.endswith(refusal) and "identical" not in rep.stdout
+    assert [p.name for p in music_wb.artifacts_dir.iterdir()] == [art_id]  # nothing new, nothing removed
+    assert {p.name: sha(p) for p in (music_wb.artifacts_dir / art_id).iterdir()} == before
+    full = verify(music_wb, "model", "tiny-musicgen", full=True)
+    assert [(p.kind, p.path) for p in full.problems] == [("modified", "model.safetensors")]
+
+
+def test_weights_written_while_the_model_runs_stop_the_artifact(music_wb):
+    """transformers maps safetensors files shared: a write during a generation changes the
+    weights in memory, so the result is refused and nothing is written."""
+    import pytest
+
+    from harmonia.errors import VerificationError
+    from harmonia.generation import generate
+    from harmonia.requests import MusicRequest
+
+    weights = music_wb.snapshot_dir("model", "tiny-musicgen") / "model.safetensors"
+    calls = []
+
+    def tamper(done, total):
+        if not calls:
+            _nudge_weights(weights)
+        calls.append(done)
+
+    with pytest.raises(VerificationError) as caught:
+        generate(music_wb, "tiny-musicgen", MusicRequest("x", duration_s=0.3, seed=3), progress=tamper)
+    assert str(caught.value) == (
+        "Model 'tiny-musicgen' changed on disk while it was in use (model.safetensors); nothing was "
+        "written. Run 'harmonia models verify --full tiny-musicgen', then generate again."
+    )
+    assert len(calls) > 1  # it ran to the end; the check came before the write
+    assert not music_wb.artifacts_dir.exists() or not any(music_wb.artifacts_dir.iterdir())

@@ -299,3 +299,14 @@ def test_require_present_names_every_missing_snapshot_and_how_to_get_it(workbenc
         "Not here yet: model private. Run: harmonia models fetch private (or 'dvc pull' if your DVC remote "
         "holds it)."
     )
+
+
+def test_load_mode_trusts_no_hash_but_this_process_own(workbench, snap, monkeypatch):
+    import harmonia.snapshots as snapshots
+
+    assert verify(workbench, "model", "toy", mode="load").hashed == 4
+    assert verify(workbench, "model", "toy", mode="load").hashed == 0  # hashed here, unchanged since
+    monkeypatch.setattr(snapshots, "_HASHED_HERE", {})  # a fresh process
+    assert verify(workbench, "model", "toy").hashed == 0  # the fast verify trusts the state file
+    report = verify(workbench, "model", "toy", mode="load")
+    assert (report.mode, report.hashed, report.skipped) == ("load", 4, 0)
