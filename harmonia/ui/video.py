@@ -14,25 +14,19 @@ from __future__ import annotations
 import html
 import io
 import os
-import threading
-import time
 from pathlib import Path
 
 import ipywidgets as widgets
 import numpy as np
 
 from harmonia.artifacts import Artifact, list_artifacts
-from harmonia.defaults import kind_defaults
 from harmonia.engines.base import choose_seed
-from harmonia.errors import HarmoniaError, RequestError
-from harmonia.generation import From, Generated, generate
+from harmonia.errors import RequestError
+from harmonia.generation import From
 from harmonia.requests import VideoRequest, limits
-from harmonia.snapshots import list_snapshots
-from harmonia.ui.views import Task, read_take, status_html, summary_html
+from harmonia.ui.views import GenerateView, read_take, summary_html
 from harmonia.workbench import Workbench
 
-PROGRESS_EVERY_S = 0.05
-ENGINE = "wan"
 SOUNDTRACK_KINDS = ("music", "song")
 
 
@@ -102,7 +96,7 @@ class ShotRow(widgets.HBox):
         return {"start": float(self.start.value), "end": float(self.end.value), "prompt": self.prompt.value}
 
 
-class VideoView:
+class VideoView(GenerateView):
     """The video widget. Display it in a notebook cell (``VideoView()`` as the last line).
 
     Example:
@@ -112,29 +106,14 @@ class VideoView:
         b'/files/artifacts/5f0c8a4b2d1e9f37/take-0.mp4'
     """
 
+    kind, engine, title = "video", "wan", "Video"
+
     def __init__(self, wb: Workbench | None = None, model: str | None = None):
-        self.wb = wb or Workbench.open()
-        self.defaults = kind_defaults(self.wb, "video")  # the CLI's and the pipeline's defaults too
+        super().__init__(wb, model)  # model, Generate/Stop, progress, status, summary, log
         d = self.defaults.request
         bound = limits(VideoRequest)
-        self.last: Generated | None = None
-        self._stop = threading.Event()
-        self._last_tick = 0.0
         self._track = None  # (samples, rate, bars) of the chosen soundtrack
-        style = {"description_width": "90px"}
-
-        # 1. The model: local snapshots of the wan engine.
-        specs = self.wb.specs("model")
-        names = [
-            r.name
-            for r in list_snapshots(self.wb, "model")
-            if r.present and getattr(specs.get(r.name), "engine", None) == ENGINE
-        ]
-        prefer = model or self.defaults.model
-        self.model = widgets.Dropdown(
-            options=names or [("no local wan model: fetch or build one (harmonia models tiny wan)", None)],
-            value=prefer if prefer in names else (names[0] if names else None), description="model", style=style,
-        )  # fmt: skip
+        style = self.field_style
 
         # 2. A clip, or a music video.
         self.mode = widgets.ToggleButtons(
@@ -175,35 +154,17 @@ class VideoView:
         ])  # fmt: skip
         self.mode.observe(lambda _: self._update_fields(), names="value")
 
-        # 4. Actions, progress, the player and the contact sheet.
-        self.generate_button = widgets.Button(description="Generate", button_style="primary", icon="play")
-        self.stop_button = widgets.Button(
-            description="Stop", button_style="warning", icon="stop", disabled=True
-        )
-        self.generate_button.on_click(lambda _: self.generate())
-        self.stop_button.on_click(lambda _: self._stop.set())
-        self.progress = widgets.IntProgress(value=0, min=0, max=1, description="steps", style=style)
-        self.status = widgets.HTML()
-        self.log = widgets.Output()
+        # 4. The player (by URL) and the contact sheet.
         self.player = widgets.Video(value=b"", format="url", autoplay=False, loop=False, controls=True)
         self.sheet = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
-        self.summary = widgets.HTML()
-        self._task = Task(self.status, self.log)
         self.clip_fields = widgets.VBox([self.prompt, self.frames])
-        self.widget = widgets.VBox([
-            widgets.HTML("<h3 style='margin:0'>Video</h3>"), self.model, self.mode, self.clip_fields,
-            self.music_fields, widgets.HBox([self.width, self.height, self.fps]), widgets.HBox([self.steps, self.seed]),
-            widgets.HBox([self.generate_button, self.stop_button, self.progress]), self.status,
-            self.player, self.sheet, self.summary, self.log,
-        ])  # fmt: skip
-        self.widget.add_class("harmonia-video")
+        self.assemble(
+            [self.mode, self.clip_fields, self.music_fields, widgets.HBox([self.width, self.height, self.fps]),
+             widgets.HBox([self.steps, self.seed])],
+            [self.player, self.sheet],
+        )  # fmt: skip
         self.refresh_soundtracks()
         self._update_fields()
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
 
     # -- the soundtrack and its shots ------------------------------------------------------
     def refresh_soundtracks(self) -> None:
@@ -275,8 +236,7 @@ class VideoView:
     # -- generation ------------------------------------------------------------------------
     def build_request(self) -> tuple[str, VideoRequest]:
         """The model and request the fields describe (RequestError if there is no model)."""
-        if not self.model.value:
-            raise RequestError("no wan model here: build one (harmonia models tiny wan) or fetch one.")
+        model = self.require_model()
         common = dict(seed=int(self.seed.value), width=int(self.width.value), height=int(self.height.value),
                       fps=float(self.fps.value), steps=int(self.steps.value))  # fmt: skip
         if self.mode.value == "music video":
@@ -289,39 +249,7 @@ class VideoView:
             )
         else:
             request = self.defaults.request_for((self.prompt.value,), frames=int(self.frames.value), **common)
-        return self.model.value, request
-
-    def generate(self) -> threading.Thread | None:
-        """Start a generation in a worker thread (what the Generate button does)."""
-        if self._task.running:
-            return None
-        self.status.value = ""
-        try:
-            model, request = self.build_request()
-        except HarmoniaError as exc:
-            self.status.value = status_html(str(exc), "error")
-            return None
-        self._stop.clear()
-        self.progress.value, self.progress.max = 0, 1
-        self.generate_button.disabled, self.stop_button.disabled = True, False
-        settings = self.defaults.run_settings()
-
-        def say(line: str) -> None:
-            self.status.value = status_html(line, "info")
-
-        def work() -> str:
-            done = generate(self.wb, model, request, progress=self._on_step, cancel=self._stop, notice=say,
-                            **settings)  # fmt: skip
-            self.last = done
-            self.show(done.artifact)
-            if done.cached:
-                return f"Found artifact {done.artifact.id}: the identical request was made before."
-            return f"Generated artifact {done.artifact.id} in {done.result.generate_s:.1f} s."
-
-        def finished() -> None:
-            self.generate_button.disabled, self.stop_button.disabled = False, True
-
-        return self._task.start(work, finished)
+        return model, request
 
     def show(self, art: Artifact) -> None:
         """Put an artifact's first video in the player (by URL) and its contact sheet beside it."""
@@ -332,12 +260,3 @@ class VideoView:
         self.summary.value = summary_html(art) + (
             f"<div>{html.escape(out.path)}: {out.width}x{out.height}, {out.frame_count} frames at {out.fps:g} fps</div>"
         )
-
-    def _on_step(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done == total or now - self._last_tick >= PROGRESS_EVERY_S:
-            self._last_tick = now
-            self.progress.max, self.progress.value = total, done
-
-    def wait(self, timeout: float | None = None) -> None:
-        self._task.wait(timeout)
