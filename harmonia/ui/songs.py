@@ -21,7 +21,15 @@ from harmonia.engines.base import choose_seed
 from harmonia.errors import HarmoniaError
 from harmonia.lyrics import LANGUAGES, SYLLABLES_PER_S, parse_lyrics
 from harmonia.requests import SongRequest, limits
-from harmonia.ui.views import GenerateView, picture, player, read_take, status_html, summary_html
+from harmonia.ui.views import (
+    GenerateView,
+    model_dropdown,
+    picture,
+    player,
+    read_take,
+    status_html,
+    summary_html,
+)
 from harmonia.workbench import Workbench
 
 MARKS = {  # how a word of the lyrics shows beside the transcript
@@ -93,7 +101,13 @@ class SongView(GenerateView):
 
     kind, engine, title, made_verb = "song", "ace-step", "Song", "Made"
 
-    def __init__(self, wb: Workbench | None = None, model: str | None = None):
+    def __init__(
+        self,
+        wb: Workbench | None = None,
+        model: str | None = None,
+        stems_model: str | None = None,
+        transcribe_model: str | None = None,
+    ):
         super().__init__(wb, model)  # model, Generate/Stop, progress, status, summary, log
         d = self.defaults.request
         bound = limits(SongRequest)
@@ -126,7 +140,15 @@ class SongView(GenerateView):
         for field in (self.lyrics, self.duration):
             field.observe(lambda _: self._update_counts(), names="value")
 
-        # 2. Actions on the take: repaint a range, stems, transcribe (Generate and Stop come with the shell).
+        # 2. Actions on the take: repaint a range, stems, transcribe (Generate and Stop come with the shell),
+        #    with the stems and transcription models (params.yaml's songs.stems_model/transcribe_model first).
+        songs = self.wb.params.get("songs") if isinstance(self.wb.params.get("songs"), dict) else {}
+        self.stems_model = model_dropdown(self.wb, "demucs", stems_model or songs.get("stems_model"),
+                                          "stems model", style)  # fmt: skip
+        self.transcribe_model = model_dropdown(self.wb, "whisper", transcribe_model or songs.get("transcribe_model"),
+                                               "transcriber", style)  # fmt: skip
+        for choice in (self.stems_model, self.transcribe_model):
+            choice.layout.width = "420px"
         self.range = widgets.FloatRangeSlider(value=(0.0, 1.0), min=0.0, max=1.0, step=0.1, description="range (s)",
                                               style=style, disabled=True, layout=widgets.Layout(width="520px"))  # fmt: skip
         self.repaint_button = widgets.Button(description="Repaint range", icon="paint-brush", disabled=True)
@@ -150,7 +172,8 @@ class SongView(GenerateView):
             [self.style, widgets.HBox([self.lyrics, widgets.VBox([self.counts, self.transcript])]),
              widgets.HBox([self.duration, self.bpm, self.key]), widgets.HBox([self.language, self.steps, self.seed])],
             [self.take, widgets.HBox([self.range, self.repaint_button]),
-             widgets.HBox([self.stems_button, self.transcribe_button]), self.stems],
+             widgets.HBox([self.stems_model, self.stems_button]),
+             widgets.HBox([self.transcribe_model, self.transcribe_button]), self.stems],
         )  # fmt: skip
         self._update_counts()
 
@@ -186,10 +209,10 @@ class SongView(GenerateView):
 
         if self.song is None or self._task.running:
             return None
-        song = self.song
+        song, stems_model = self.song, self.stems_model.value
 
         def work() -> str:
-            done = stems(self.wb, song.id, progress=self._on_step, cancel=self._stop)
+            done = stems(self.wb, song.id, model=stems_model, progress=self._on_step, cancel=self._stop)
             self.stems_artifact = done.artifact
             rows = []
             for out in done.artifact.outputs:
@@ -210,14 +233,21 @@ class SongView(GenerateView):
         if self.song is None or self._task.running:
             return None
         song, lyrics = self.song, self.lyrics.value
+        stems_model, transcribe_model = self.stems_model.value, self.transcribe_model.value
 
         def work() -> str:
             source = self.stems_artifact
             if source is None or source.manifest.parents[0].id != song.id:
-                source = stems(self.wb, song.id, progress=self._on_step, cancel=self._stop).artifact
+                source = stems(self.wb, song.id, model=stems_model, progress=self._on_step, cancel=self._stop)
+                source = source.artifact
                 self.stems_artifact = source
             done = transcribe(
-                self.wb, source.id, lyrics=lyrics or None, progress=self._on_step, cancel=self._stop
+                self.wb,
+                source.id,
+                lyrics=lyrics or None,
+                model=transcribe_model,
+                progress=self._on_step,
+                cancel=self._stop,
             )
             self.transcript_artifact = done.artifact
             details = done.artifact.manifest.engine.details

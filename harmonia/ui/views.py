@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import io
 import json
+import re
 import threading
 import time
 import traceback
@@ -243,6 +244,32 @@ class Task:
             self.thread.join(timeout)
 
 
+def local_models(wb: Workbench, engine: str) -> list[str]:
+    """The names of the models in params.yaml that ``engine`` runs and that have a local snapshot."""
+    specs = wb.specs("model")
+    return [
+        r.name
+        for r in list_snapshots(wb, "model")
+        if r.present and getattr(specs.get(r.name), "engine", None) == engine
+    ]
+
+
+def model_dropdown(
+    wb: Workbench, engine: str, prefer: str | None, description: str = "model", style: dict | None = None
+) -> widgets.Dropdown:
+    """A choice of the local models of ``engine`` (``prefer`` selected when it is one), or a hint
+    saying how to get one (its value None)."""
+    names = local_models(wb, engine)
+    hint = f"no local {engine} model: fetch or build one (harmonia models tiny {engine})"
+    return widgets.Dropdown(
+        options=names or [(hint, None)],
+        index=names.index(prefer) if prefer in names else 0,
+        description=description,
+        style=style or {"description_width": "90px"},
+        layout=widgets.Layout(width="640px"),
+    )  # fmt: skip (index, not value: a value of None would select nothing and hide the hint)
+
+
 class GenerateView:
     """The shell of a generating view (samples, song, video): the one face they share.
 
@@ -275,21 +302,9 @@ class GenerateView:
         self._last_tick = 0.0
 
         # 1. The model: local snapshots of the engine, the one asked for (or the default) first.
-        specs = self.wb.specs("model")
-        names = [
-            r.name
-            for r in list_snapshots(self.wb, "model")
-            if r.present and getattr(specs.get(r.name), "engine", None) == self.engine
-        ]
-        prefer = model or self.defaults.model
-        hint = f"no local {self.engine} model: fetch or build one (harmonia models tiny {self.engine})"
-        self.model = widgets.Dropdown(
-            options=names or [(hint, None)],
-            index=names.index(prefer) if prefer in names else 0,
-            description="model",
-            style=self.field_style,
-            layout=widgets.Layout(width="640px"),
-        )  # fmt: skip (index, not value: a value of None would select nothing and hide the hint)
+        self.model = model_dropdown(
+            self.wb, self.engine, model or self.defaults.model, style=self.field_style
+        )
 
         # 2. Actions, progress, status, summary, log; the buttons work disables.
         self.generate_button = widgets.Button(description="Generate", button_style="primary", icon="play")
@@ -320,6 +335,11 @@ class GenerateView:
         from IPython.display import display
 
         display(self.widget)
+
+    @property
+    def status_text(self) -> str:
+        """The status line as plain text (for notebooks and logs)."""
+        return html.unescape(re.sub(r"<[^>]+>", "", self.status.value))
 
     # -- what a subclass defines ---------------------------------------------------------
     def build_request(self) -> tuple[str, object]:

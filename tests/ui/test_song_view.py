@@ -52,6 +52,7 @@ def test_the_transcript_marks_the_words_not_understood():
 def test_generate_repaint_stems_and_transcribe_from_the_view(view_wb):
     view = SongView(view_wb)
     assert list(view.model.options) == ["tiny-ace-step"] and view.duration.value == 2.0
+    assert view.stems_model.value == "tiny-demucs" and view.transcribe_model.value == "tiny-whisper"  # params.yaml
     view.style.value = "dreamy synth pop"
     view.lyrics.value = "[verse]\nhello there\n[chorus]\nla la"
     view.seed.value = 1
