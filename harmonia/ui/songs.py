@@ -83,11 +83,29 @@ def transcript_html(scores: dict | None, transcript: str) -> str:
             spans.append(
                 f"<span class='harmonia-{op}' style='{style}' title='{html.escape(heard)}'>{html.escape(ref)}</span>"
             )
+    legend = " ".join(
+        f"<span style='{MARKS[op]}'>{name}</span>"
+        for op, name in (("substitute", "misheard"), ("delete", "not heard"), ("insert", "heard, not sung"))
+    )
     return (
+        f"<div><b>Transcript</b> of the vocals against the lyrics: {legend}</div>"
         f"<div><b>WER</b> {scores['wer']:.3f} &nbsp; <b>CER</b> {scores['cer']:.3f}</div>"
         f"<div class='harmonia-transcript'>{' '.join(spans)}</div>"
-        f"<div style='color:#555'>heard: {html.escape(transcript)}</div>"
+        f"<div style='color:#555;overflow-wrap:anywhere'>heard: {html.escape(transcript)}</div>"
     )
+
+
+def take_title(art: Artifact) -> str:
+    """The take's heading: its id and length, and for an edit what it edits ("repaint of ID, 0.5-1 s")."""
+    out, request = art.outputs[0], art.manifest.request
+    title = f"<b>{html.escape(art.id)}</b> {out.duration_s:g} s"
+    task = request.get("task")
+    source = next((p for p in art.manifest.parents if p.role == "source"), None)
+    if task in ("repaint", "extend", "cover") and source is not None:
+        title += f", {task} of {html.escape(source.id)}"
+        if task == "repaint":
+            title += f" ({request['start_s']:g}-{request['end_s']:g} s)"
+    return title
 
 
 class SongView(GenerateView):
@@ -168,8 +186,9 @@ class SongView(GenerateView):
         self.take = widgets.VBox()
         self.stems = widgets.VBox()
         self.transcript = widgets.HTML()
+        beside = widgets.Layout(flex="1 1 0%", min_width="0", padding="0 0 0 12px")  # wraps, never overflows
         self.assemble(
-            [self.style, widgets.HBox([self.lyrics, widgets.VBox([self.counts, self.transcript])]),
+            [self.style, widgets.HBox([self.lyrics, widgets.VBox([self.counts, self.transcript], layout=beside)]),
              widgets.HBox([self.duration, self.bpm, self.key]), widgets.HBox([self.language, self.steps, self.seed])],
             [self.take, widgets.HBox([self.range, self.repaint_button]),
              widgets.HBox([self.stems_model, self.stems_button]),
@@ -216,8 +235,11 @@ class SongView(GenerateView):
             self.stems_artifact = done.artifact
             rows = []
             for out in done.artifact.outputs:
-                rows.append(widgets.HBox([widgets.HTML(f"<b>{html.escape(out.prompt or out.path)}</b>"),
-                                          player(done.artifact.file(out))]))  # fmt: skip
+                label = widgets.HTML(
+                    f"<b>{html.escape(out.prompt or out.path)}</b>", layout=widgets.Layout(width="90px")
+                )  # under the fields' labels
+                rows.append(widgets.HBox([label, player(done.artifact.file(out))],
+                                         layout=widgets.Layout(align_items="center")))  # fmt: skip
             self.stems.children = rows
             facts = done.artifact.manifest.engine.details
             return (
@@ -267,8 +289,8 @@ class SongView(GenerateView):
         self.song = art
         out = art.outputs[0]
         samples, rate = read_take(art.file(out))
-        self.take.children = [widgets.HTML(f"<b>{html.escape(art.id)}</b> {out.duration_s:g} s"),
-                              player(art.file(out)), picture(samples, rate, out.prompt or "")]  # fmt: skip
+        self.take.children = [widgets.HTML(take_title(art)), player(art.file(out)),
+                              picture(samples, rate, out.prompt or "")]  # fmt: skip
         length = float(out.duration_s or 0.0)
         self.range.max = length
         self.range.value = (round(length / 3, 1), round(2 * length / 3, 1))

@@ -28,6 +28,7 @@ from harmonia.ui.views import GenerateView, read_take, summary_html
 from harmonia.workbench import Workbench
 
 SOUNDTRACK_KINDS = ("music", "song")
+PLAYER_MIN_PX, PLAYER_MAX_PX = 320, 640  # the player's width: the video's own, within these
 
 
 def file_url(path: Path, root: Path) -> str:
@@ -91,6 +92,7 @@ class ShotRow(widgets.HBox):
             field.observe(lambda _: on_change(), names="value")
         self.remove.on_click(lambda _: on_remove(self))
         super().__init__([self.start, self.end, self.prompt, self.remove])
+        self.add_class("harmonia-shot")
 
     def to_json(self) -> dict:
         return {"start": float(self.start.value), "end": float(self.end.value), "prompt": self.prompt.value}
@@ -116,9 +118,11 @@ class VideoView(GenerateView):
         style = self.field_style
 
         # 2. A clip, or a music video.
-        self.mode = widgets.ToggleButtons(
-            options=["clip", "music video"], value="clip", description="make", style=style
-        )
+        self.mode = widgets.ToggleButtons(options=["clip", "music video"], value="clip", tooltips=[
+            "a clip from a prompt", "clips cut to a music or song artifact, with it as the soundtrack"])  # fmt: skip
+        make = widgets.HBox([widgets.HTML("<div style='text-align:right;padding-right:8px'>make</div>",
+                                          layout=widgets.Layout(width="90px")), self.mode])  # fmt: skip
+        # (a ToggleButtons' own description sits above its buttons in JupyterLab: a label beside them instead)
         self.prompt = widgets.Textarea(description="prompt", placeholder="e.g. a paper boat on a stream at dusk",
                                        style=style, layout=widgets.Layout(width="640px", height="50px"))  # fmt: skip
         self.width = widgets.BoundedIntText(value=int(d.get("width", 256)), min=16, max=int(bound["width"].high),
@@ -146,22 +150,36 @@ class VideoView(GenerateView):
         self.split_button = widgets.Button(description="Split evenly", icon="columns")
         self.add_shot.on_click(lambda _: self._add_row())
         self.split_button.on_click(lambda _: self.split_evenly(int(self.split.value)))
+        heading = widgets.HBox(
+            [
+                widgets.HTML("<b>start (s)</b>", layout=widgets.Layout(width="90px")),
+                widgets.HTML("<b>end (s)</b>", layout=widgets.Layout(width="90px")),
+                widgets.HTML("<b>shot prompt</b>"),
+            ]
+        )  # fmt: skip (over the rows' columns)
         self.music_fields = widgets.VBox([
             self.soundtrack, self.waveform,
-            widgets.HTML("<small>start (s) · end (s) · prompt; red: cuts, dashed blue: the track's bars "
-                         "(cuts snap to them when it renders)</small>"),
-            self.shot_rows, widgets.HBox([self.add_shot, self.split, self.split_button]),
+            widgets.HTML("<small>red: the cuts between shots; dashed blue: the track's bars (the cuts snap to them "
+                         "when it renders)</small>"),
+            heading, self.shot_rows, widgets.HBox([self.add_shot, self.split, self.split_button]),
         ])  # fmt: skip
         self.mode.observe(lambda _: self._update_fields(), names="value")
 
         # 4. The player (by URL) and the contact sheet.
-        self.player = widgets.Video(value=b"", format="url", autoplay=False, loop=False, controls=True)
-        self.sheet = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
+        self.player = widgets.Video(
+            value=b"",
+            format="url",
+            autoplay=False,
+            loop=False,
+            controls=True,
+            layout=widgets.Layout(display="none"),
+        )  # fmt: skip (shown with a video)
+        self.sheet = widgets.Image(format="png", layout=widgets.Layout(display="none", margin="0 0 0 8px"))
         self.clip_fields = widgets.VBox([self.prompt, self.frames])
         self.assemble(
-            [self.mode, self.clip_fields, self.music_fields, widgets.HBox([self.width, self.height, self.fps]),
+            [make, self.clip_fields, self.music_fields, widgets.HBox([self.width, self.height, self.fps]),
              widgets.HBox([self.steps, self.seed])],
-            [self.player, self.sheet],
+            [widgets.HBox([self.player, self.sheet], layout=widgets.Layout(align_items="flex-start"))],
         )  # fmt: skip
         self.refresh_soundtracks()
         self._update_fields()
@@ -199,6 +217,7 @@ class VideoView(GenerateView):
         if duration is None:
             return
         prompts = [row.prompt.value for row in self.shot_rows.children]
+        self.split.value = count
         self.shot_rows.children = ()
         for i in range(count):
             end = duration if i == count - 1 else round((i + 1) * duration / count, 3)
@@ -255,8 +274,14 @@ class VideoView(GenerateView):
         """Put an artifact's first video in the player (by URL) and its contact sheet beside it."""
         out = next(o for o in art.outputs if o.media == "video")
         self.player.value = file_url(art.file(out), self.wb.root).encode()
+        self.player.layout.width = f"{min(PLAYER_MAX_PX, max(PLAYER_MIN_PX, out.width or 0))}px"
+        self.player.layout.display = None
         sheet = art.path / f"{Path(out.path).stem}-sheet.png"
         self.sheet.value = sheet.read_bytes() if sheet.is_file() else b""
+        if sheet.is_file():  # its own width (a PNG says it at bytes 16-20), within the player's bounds
+            width = int.from_bytes(self.sheet.value[16:20], "big")
+            self.sheet.layout.width = f"{min(PLAYER_MAX_PX, max(PLAYER_MIN_PX, width))}px"
+        self.sheet.layout.display = None if sheet.is_file() else "none"
         self.summary.value = summary_html(art) + (
             f"<div>{html.escape(out.path)}: {out.width}x{out.height}, {out.frame_count} frames at {out.fps:g} fps</div>"
         )
