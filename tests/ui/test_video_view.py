@@ -34,7 +34,9 @@ def test_a_clip_plays_by_url_with_its_contact_sheet(video_wb, monkeypatch):
         and bytes(view.player.value) == f"/files/artifacts/{art.id}/take-0.mp4".encode()
     )
     assert bytes(view.sheet.value).startswith(b"\x89PNG") and "5 frames at 8 fps" in view.summary.value
-    assert view.player.layout.display is None and view.player.layout.width == "320px"  # 32 px wide: at least 320
+    assert (
+        view.player.layout.display is None and view.player.layout.width == "320px"
+    )  # 32 px wide: at least 320
     assert view.sheet.layout.display is None and view.sheet.layout.width == "320px"
     view.frames.value = 6
     view.generate_button.click()
