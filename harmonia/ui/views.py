@@ -261,13 +261,14 @@ def model_dropdown(
     saying how to get one (its value None)."""
     names = local_models(wb, engine)
     hint = f"no local {engine} model: fetch or build one (harmonia models tiny {engine})"
+    # index, not value: a value of None would select nothing, and the hint would not show
     return widgets.Dropdown(
         options=names or [(hint, None)],
         index=names.index(prefer) if prefer in names else 0,
         description=description,
         style=style or {"description_width": "90px"},
         layout=widgets.Layout(width="640px"),
-    )  # fmt: skip (index, not value: a value of None would select nothing and hide the hint)
+    )
 
 
 class GenerateView:
