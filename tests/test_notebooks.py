@@ -14,7 +14,17 @@ from harmonia.notebooks import NotebookError, outputs_of, run_notebooks
 from harmonia.workbench import Workbench
 from tests.conftest import REPO_ROOT
 
-NOTEBOOKS = ["00_models.ipynb", "01_music_studio.ipynb", "02_compare.ipynb", "report.ipynb"]
+NOTEBOOKS = [
+    "00_models.ipynb", "01_music_studio.ipynb", "02_compare.ipynb", "03_songs.ipynb", "04_video.ipynb", "report.ipynb",
+]  # fmt: skip
+# each notebook's default model: the real one params.yaml names for its kind (section: key)
+REAL_MODELS = {
+    "01_music_studio.ipynb": {"model": ("music", "model")},
+    "02_compare.ipynb": {"model": ("music", "model")},
+    "03_songs.ipynb": {"model": ("songs", "model"), "stems_model": ("songs", "stems_model"),
+                       "transcribe_model": ("songs", "transcribe_model")},
+    "04_video.ipynb": {"model": ("video", "model"), "soundtrack_model": ("music", "model")},
+}  # fmt: skip
 
 
 def test_committed_notebooks_have_no_outputs():
@@ -40,6 +50,7 @@ def test_outputs_of_finds_outputs(tmp_path):
 
 def test_each_notebook_has_one_parameters_cell_for_a_real_model():
     tiny = yaml.safe_load((REPO_ROOT / "notebooks/tiny-params.yaml").read_text())
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     assert sorted(tiny) == NOTEBOOKS
     for name in NOTEBOOKS:
         nb = nbformat.read(REPO_ROOT / "notebooks" / name, as_version=4)
@@ -48,11 +59,19 @@ def test_each_notebook_has_one_parameters_cell_for_a_real_model():
         assert nb.metadata.kernelspec.name == "harmonia"
         namespace = {}
         exec(tagged[0].source, namespace)
-        if "model" in namespace:
-            assert namespace["model"] == "musicgen-small"  # the defaults work with a real model
+        for name_, (section, key) in REAL_MODELS.get(name, {}).items():  # the defaults work with real models
+            assert namespace[name_] == params[section][key] and params[section][key] in params["models"], (
+                name_
+            )
         assert set(tiny[name]) <= set(namespace), (
             f"{name}: tiny-params.yaml names a parameter the notebook lacks"
         )
+
+
+def printed(notebook) -> str:
+    """Everything an executed notebook printed."""
+    nb = json.loads(notebook.read_text())
+    return "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
 
 
 @pytest.fixture
@@ -76,14 +95,29 @@ def test_papermill_runs_every_notebook_and_they_make_valid_artifacts(nb_workbenc
         nb = json.loads(run.output.read_text())
         assert not [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
         assert any("injected-parameters" in c["metadata"].get("tags", []) for c in nb["cells"])
-    studio = json.loads((out / "01_music_studio.ipynb").read_text())
-    printed = "".join("".join(o.get("text", "")) for c in studio["cells"] for o in c.get("outputs", []))
-    assert ": identical (1 outputs, same sha256)" in printed
+    assert ": identical (1 outputs, same sha256)" in printed(out / "01_music_studio.ipynb")
+    songs = printed(out / "03_songs.ipynb")  # the song view's buttons, then the same repaint in code
+    assert (
+        songs.count("Made artifact ") == 2
+        and "Stems " in songs
+        and "Transcript " in songs
+        and "WER " in songs
+    )
+    repainted = songs.split("Made artifact ")[2].split()[0]
+    assert f"found {repainted}" in songs and f"{repainted}: identical (1 outputs, same sha256)" in songs
+    video = printed(out / "04_video.ipynb")
+    assert video.count("Generated artifact ") == 2
+    assert "take-0.mp4: 32x32, 16 frames at 8 fps, 2.00 s (the track: 2.00 s)" in video
     arts = list_artifacts(nb_workbench)
-    assert len(arts) == 2 + 2 * 2 * 2  # studio: 2 seeds; compare: 2 prompts x 2 seeds x 2 guidance scales
+    models = {"music": "tiny-musicgen", "song": "tiny-ace-step", "stems": "tiny-demucs",
+              "transcript": "tiny-whisper", "video": "tiny-wan"}  # fmt: skip
+    # studio: 2 seeds; compare: 2 prompts x 2 seeds x 2 guidance scales; songs: a song, a repaint, stems, a
+    # transcript; video: a clip, a soundtrack and its music video
+    assert sorted(a.kind for a in arts) == sorted(["music"] * (2 + 8 + 1) + ["song"] * 2 + ["stems", "transcript"]
+                                                  + ["video"] * 2)  # fmt: skip
     for art in arts:
         m = art.manifest.to_json()
-        assert m["schema"] == "harmonia.manifest/2" and m["model"]["name"] == "tiny-musicgen"
+        assert m["schema"] == "harmonia.manifest/2" and m["model"]["name"] == models[art.kind]
         assert all(sha256_file(art.path / path) == digest for path, digest in m["files"].items())
     assert not (nb_workbench.root / "notebooks" / "outputs").exists()
 

@@ -9,23 +9,15 @@ next denoising step and nothing is written.
 from __future__ import annotations
 
 import html
-import threading
-import time
 
 import ipywidgets as widgets
 
 from harmonia.artifacts import Artifact
-from harmonia.defaults import kind_defaults
 from harmonia.engines.base import choose_seed
-from harmonia.errors import HarmoniaError, RequestError
-from harmonia.generation import Generated, generate
+from harmonia.generation import Generated
 from harmonia.requests import SAMPLE_TYPES, SampleRequest, limits
-from harmonia.snapshots import list_snapshots
-from harmonia.ui.views import Task, picture, player, read_take, status_html, summary_html
+from harmonia.ui.views import GenerateView, picture, player, read_take, summary_html
 from harmonia.workbench import Workbench
-
-PROGRESS_EVERY_S = 0.05
-ENGINE = "stable-audio"
 
 
 def take_cell(art: Artifact, index: int) -> widgets.VBox:
@@ -51,7 +43,7 @@ def takes_grid(art: Artifact, columns: int = 2) -> widgets.GridBox:
     return widgets.GridBox(cells, layout=widgets.Layout(grid_template_columns=f"repeat({columns}, 1fr)"))
 
 
-class SamplesView:
+class SamplesView(GenerateView):
     """The samples widget. Display it in a notebook cell (``SamplesView()`` as the last line).
 
     Example:
@@ -60,31 +52,15 @@ class SamplesView:
         >>> view.wait(); view.grid.children  # doctest: +SKIP
     """
 
+    kind, engine, title = "sample", "stable-audio", "Samples"
+
     def __init__(self, wb: Workbench | None = None, model: str | None = None):
-        self.wb = wb or Workbench.open()
-        self.defaults = kind_defaults(self.wb, "sample")  # the CLI's and the pipeline's defaults too
+        super().__init__(wb, model)  # model, Generate/Stop, progress, status, summary, log
         d = self.defaults.request
         bound = limits(SampleRequest)
-        self.last: Generated | None = None
-        self._stop = threading.Event()
-        self._last_tick = 0.0
-        style = {"description_width": "90px"}
+        style = self.field_style
 
-        # 1. The model: local snapshots of the stable-audio engine.
-        specs = self.wb.specs("model")
-        names = [
-            r.name
-            for r in list_snapshots(self.wb, "model")
-            if r.present and getattr(specs.get(r.name), "engine", None) == ENGINE
-        ]
-        prefer = model or self.defaults.model
-        self.model = widgets.Dropdown(
-            options=names or [("no local stable-audio model: fetch or build one", None)],
-            value=prefer if prefer in names else (names[0] if names else None),
-            description="model", style=style,
-        )  # fmt: skip
-
-        # 2. What to make.
+        # 1. What to make.
         self.prompt = widgets.Textarea(description="prompt", placeholder="e.g. tight funk drum loop, dry",
                                        style=style, layout=widgets.Layout(width="640px", height="50px"))  # fmt: skip
         self.type = widgets.ToggleButtons(
@@ -104,88 +80,38 @@ class SamplesView:
         self.seed = widgets.IntText(value=choose_seed(), description="seed", style=style)
         self.type.observe(lambda _: self._update_fields(), names="value")
 
-        # 3. Actions, progress, the grid of takes.
-        self.generate_button = widgets.Button(description="Generate", button_style="primary", icon="play")
-        self.stop_button = widgets.Button(
-            description="Stop", button_style="warning", icon="stop", disabled=True
-        )
-        self.generate_button.on_click(lambda _: self.generate())
-        self.stop_button.on_click(lambda _: self._stop.set())
-        self.progress = widgets.IntProgress(value=0, min=0, max=1, description="steps", style=style)
-        self.status = widgets.HTML()
-        self.log = widgets.Output()
+        # 2. The grid of takes.
         self.grid = widgets.GridBox()
-        self.summary = widgets.HTML()
-        self._task = Task(self.status, self.log)
         self.loop_fields = widgets.HBox([self.bpm, self.bars])
-        self.widget = widgets.VBox([
-            widgets.HTML("<h3 style='margin:0'>Samples</h3>"), self.model, self.prompt, self.type,
-            self.loop_fields, self.duration, widgets.HBox([self.takes, self.steps, self.seed]),
-            widgets.HBox([self.generate_button, self.stop_button, self.progress]),
-            self.status, self.grid, self.summary, self.log,
-        ])  # fmt: skip
-        self.widget.add_class("harmonia-samples")
+        self.assemble(
+            [self.prompt, self.type, self.loop_fields, self.duration, widgets.HBox([self.takes, self.steps, self.seed])],
+            [self.grid],
+        )  # fmt: skip
         self._update_fields()
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
 
     def _update_fields(self) -> None:
         loop = self.type.value == "loop"
         self.loop_fields.layout.display = None if loop else "none"
         self.duration.layout.display = "none" if loop else None
 
-    def build_request(self):
+    def build_request(self) -> tuple[str, SampleRequest]:
         """The model and request the fields describe (RequestError if there is no model)."""
-        if not self.model.value:
-            raise RequestError(
-                "no stable-audio model here: build one (harmonia models tiny stable-audio) or fetch one."
-            )
+        model = self.require_model()
         loop = self.type.value == "loop"
         request = self.defaults.request_for(
             (self.prompt.value,), seed=int(self.seed.value), type=self.type.value, takes=int(self.takes.value),
             steps=int(self.steps.value), bpm=float(self.bpm.value) if loop else None,
             bars=int(self.bars.value) if loop else None, duration_s=None if loop else float(self.duration.value),
         )  # fmt: skip
-        return self.model.value, request
+        return model, request
 
-    def generate(self) -> threading.Thread | None:
-        """Start a generation in a worker thread (what the Generate button does)."""
-        if self._task.running:
-            return None
-        self.status.value = ""
-        try:
-            model, request = self.build_request()
-        except HarmoniaError as exc:
-            self.status.value = status_html(str(exc), "error")
-            return None
-        self._stop.clear()
-        self.progress.value, self.progress.max = 0, 1
-        self.generate_button.disabled, self.stop_button.disabled = True, False
-        settings = self.defaults.run_settings()
+    def show(self, art: Artifact) -> None:
+        """Every take of ``art`` in the grid, its summary below."""
+        self.grid.children = takes_grid(art).children
+        self.grid.layout.grid_template_columns = "repeat(2, 1fr)"
+        self.summary.value = summary_html(art)
 
-        def work() -> str:
-            done = generate(self.wb, model, request, progress=self._on_step, cancel=self._stop, **settings)
-            self.last = done
-            self.grid.children = takes_grid(done.artifact).children
-            self.grid.layout.grid_template_columns = "repeat(2, 1fr)"
-            self.summary.value = summary_html(done.artifact)
-            if done.cached:
-                return f"Found artifact {done.artifact.id}: the identical request was made before."
-            return f"Generated artifact {done.artifact.id} ({len(done.artifact.outputs)} takes) in {done.result.generate_s:.1f} s."
-
-        def finished() -> None:
-            self.generate_button.disabled, self.stop_button.disabled = False, True
-
-        return self._task.start(work, finished)
-
-    def _on_step(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done == total or now - self._last_tick >= PROGRESS_EVERY_S:
-            self._last_tick = now
-            self.progress.max, self.progress.value = total, done
-
-    def wait(self, timeout: float | None = None) -> None:
-        self._task.wait(timeout)
+    def made(self, done: Generated) -> str:
+        if done.cached:
+            return super().made(done)
+        return f"Generated artifact {done.artifact.id} ({len(done.artifact.outputs)} takes) in {done.result.generate_s:.1f} s."

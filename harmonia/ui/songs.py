@@ -13,23 +13,25 @@ from __future__ import annotations
 import html
 import math
 import threading
-import time
 
 import ipywidgets as widgets
 
 from harmonia.artifacts import Artifact
-from harmonia.defaults import kind_defaults
 from harmonia.engines.base import choose_seed
-from harmonia.errors import HarmoniaError, RequestError
-from harmonia.generation import Generated, generate
+from harmonia.errors import HarmoniaError
 from harmonia.lyrics import LANGUAGES, SYLLABLES_PER_S, parse_lyrics
 from harmonia.requests import SongRequest, limits
-from harmonia.snapshots import list_snapshots
-from harmonia.ui.views import Task, picture, player, read_take, status_html, summary_html
+from harmonia.ui.views import (
+    GenerateView,
+    model_dropdown,
+    picture,
+    player,
+    read_take,
+    status_html,
+    summary_html,
+)
 from harmonia.workbench import Workbench
 
-PROGRESS_EVERY_S = 0.05
-ENGINE = "ace-step"
 MARKS = {  # how a word of the lyrics shows beside the transcript
     "equal": "",
     "substitute": "background:#fde68a",
@@ -81,14 +83,32 @@ def transcript_html(scores: dict | None, transcript: str) -> str:
             spans.append(
                 f"<span class='harmonia-{op}' style='{style}' title='{html.escape(heard)}'>{html.escape(ref)}</span>"
             )
+    legend = " ".join(
+        f"<span style='{MARKS[op]}'>{name}</span>"
+        for op, name in (("substitute", "misheard"), ("delete", "not heard"), ("insert", "heard, not sung"))
+    )
     return (
+        f"<div><b>Transcript</b> of the vocals against the lyrics: {legend}</div>"
         f"<div><b>WER</b> {scores['wer']:.3f} &nbsp; <b>CER</b> {scores['cer']:.3f}</div>"
         f"<div class='harmonia-transcript'>{' '.join(spans)}</div>"
-        f"<div style='color:#555'>heard: {html.escape(transcript)}</div>"
+        f"<div style='color:#555;overflow-wrap:anywhere'>heard: {html.escape(transcript)}</div>"
     )
 
 
-class SongView:
+def take_title(art: Artifact) -> str:
+    """The take's heading: its id and length, and for an edit what it edits ("repaint of ID, 0.5-1 s")."""
+    out, request = art.outputs[0], art.manifest.request
+    title = f"<b>{html.escape(art.id)}</b> {out.duration_s:g} s"
+    task = request.get("task")
+    source = next((p for p in art.manifest.parents if p.role == "source"), None)
+    if task in ("repaint", "extend", "cover") and source is not None:
+        title += f", {task} of {html.escape(source.id)}"
+        if task == "repaint":
+            title += f" ({request['start_s']:g}-{request['end_s']:g} s)"
+    return title
+
+
+class SongView(GenerateView):
     """The song widget. Display it in a notebook cell (``SongView()`` as the last line).
 
     Example:
@@ -97,34 +117,24 @@ class SongView:
         >>> view.generate_button.click(); view.wait()  # doctest: +SKIP
     """
 
-    def __init__(self, wb: Workbench | None = None, model: str | None = None):
-        self.wb = wb or Workbench.open()
-        self.defaults = kind_defaults(self.wb, "song")
+    kind, engine, title, made_verb = "song", "ace-step", "Song", "Made"
+
+    def __init__(
+        self,
+        wb: Workbench | None = None,
+        model: str | None = None,
+        stems_model: str | None = None,
+        transcribe_model: str | None = None,
+    ):
+        super().__init__(wb, model)  # model, Generate/Stop, progress, status, summary, log
         d = self.defaults.request
         bound = limits(SongRequest)
         self.song: Artifact | None = None  # the take on show (a song, or an edit of one)
-        self.last: Generated | None = None
         self.stems_artifact: Artifact | None = None
         self.transcript_artifact: Artifact | None = None
-        self._stop = threading.Event()
-        self._last_tick = 0.0
-        style = {"description_width": "90px"}
+        style = self.field_style
 
-        # 1. The model: local snapshots of the ace-step engine.
-        specs = self.wb.specs("model")
-        names = [
-            r.name
-            for r in list_snapshots(self.wb, "model")
-            if r.present and getattr(specs.get(r.name), "engine", None) == ENGINE
-        ]
-        prefer = model or self.defaults.model
-        self.model = widgets.Dropdown(
-            options=names or [("no local ace-step model: fetch or build one", None)],
-            value=prefer if prefer in names else (names[0] if names else None),
-            description="model", style=style,
-        )  # fmt: skip
-
-        # 2. What to make: style, lyrics (with counts per section), length, tempo, key, language.
+        # 1. What to make: style, lyrics (with counts per section), length, tempo, key, language.
         self.style = widgets.Text(description="style", placeholder="e.g. dreamy synth pop, female vocals",
                                   style=style, layout=widgets.Layout(width="640px"))  # fmt: skip
         self.lyrics = widgets.Textarea(
@@ -148,44 +158,43 @@ class SongView:
         for field in (self.lyrics, self.duration):
             field.observe(lambda _: self._update_counts(), names="value")
 
-        # 3. Actions on the take: generate, repaint a range, stems, transcribe.
-        self.generate_button = widgets.Button(description="Generate", button_style="primary", icon="play")
-        self.stop_button = widgets.Button(
-            description="Stop", button_style="warning", icon="stop", disabled=True
-        )
+        # 2. Actions on the take: repaint a range, stems, transcribe (Generate and Stop come with the shell),
+        #    with the stems and transcription models (params.yaml's songs.stems_model/transcribe_model first).
+        songs = self.wb.params.get("songs") if isinstance(self.wb.params.get("songs"), dict) else {}
+        self.stems_model = model_dropdown(self.wb, "demucs", stems_model or songs.get("stems_model"),
+                                          "stems model", style)  # fmt: skip
+        self.transcribe_model = model_dropdown(self.wb, "whisper", transcribe_model or songs.get("transcribe_model"),
+                                               "transcriber", style)  # fmt: skip
+        for choice in (self.stems_model, self.transcribe_model):
+            choice.layout.width = "420px"
         self.range = widgets.FloatRangeSlider(value=(0.0, 1.0), min=0.0, max=1.0, step=0.1, description="range (s)",
                                               style=style, disabled=True, layout=widgets.Layout(width="520px"))  # fmt: skip
         self.repaint_button = widgets.Button(description="Repaint range", icon="paint-brush", disabled=True)
         self.stems_button = widgets.Button(description="Stems", icon="columns", disabled=True)
         self.transcribe_button = widgets.Button(description="Transcribe", icon="comment", disabled=True)
-        self.generate_button.on_click(lambda _: self.generate())
-        self.stop_button.on_click(lambda _: self._stop.set())
         self.repaint_button.on_click(lambda _: self.repaint())
         self.stems_button.on_click(lambda _: self.split())
         self.transcribe_button.on_click(lambda _: self.transcribe())
-        self.progress = widgets.IntProgress(value=0, min=0, max=1, description="steps", style=style)
-        self.status = widgets.HTML()
-        self.log = widgets.Output()
+        self.busy_buttons = (
+            self.generate_button,
+            self.repaint_button,
+            self.stems_button,
+            self.transcribe_button,
+        )
+
+        # 3. The take, its stems, the transcript beside the lyrics.
         self.take = widgets.VBox()
         self.stems = widgets.VBox()
         self.transcript = widgets.HTML()
-        self.summary = widgets.HTML()
-        self._task = Task(self.status, self.log)
-        self.widget = widgets.VBox([
-            widgets.HTML("<h3 style='margin:0'>Song</h3>"), self.model, self.style,
-            widgets.HBox([self.lyrics, widgets.VBox([self.counts, self.transcript])]),
-            widgets.HBox([self.duration, self.bpm, self.key]), widgets.HBox([self.language, self.steps, self.seed]),
-            widgets.HBox([self.generate_button, self.stop_button, self.progress]), self.status, self.take,
-            widgets.HBox([self.range, self.repaint_button]), widgets.HBox([self.stems_button, self.transcribe_button]),
-            self.stems, self.summary, self.log,
-        ])  # fmt: skip
-        self.widget.add_class("harmonia-song")
+        beside = widgets.Layout(flex="1 1 0%", min_width="0", padding="0 0 0 12px")  # wraps, never overflows
+        self.assemble(
+            [self.style, widgets.HBox([self.lyrics, widgets.VBox([self.counts, self.transcript], layout=beside)]),
+             widgets.HBox([self.duration, self.bpm, self.key]), widgets.HBox([self.language, self.steps, self.seed])],
+            [self.take, widgets.HBox([self.range, self.repaint_button]),
+             widgets.HBox([self.stems_model, self.stems_button]),
+             widgets.HBox([self.transcribe_model, self.transcribe_button]), self.stems],
+        )  # fmt: skip
         self._update_counts()
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
 
     def _update_counts(self) -> None:
         self.counts.value = counts_html(self.lyrics.value, float(self.duration.value))
@@ -193,29 +202,15 @@ class SongView:
     # -- the request ---------------------------------------------------------------------
     def build_request(self) -> tuple[str, SongRequest]:
         """The model and request the fields describe (RequestError if there is no model)."""
-        if not self.model.value:
-            raise RequestError(
-                "no ace-step model here: build one (harmonia models tiny ace-step) or fetch one."
-            )
+        model = self.require_model()
         request = self.defaults.request_for(
             (self.style.value,), seed=int(self.seed.value), lyrics=self.lyrics.value,
             duration_s=float(self.duration.value), bpm=int(self.bpm.value) or None,
             key=self.key.value.strip() or None, language=self.language.value, steps=int(self.steps.value),
         )  # fmt: skip
-        return self.model.value, request
+        return model, request
 
-    # -- actions (each in a worker thread) -----------------------------------------------
-    def generate(self) -> threading.Thread | None:
-        """Make a song from the fields (what the Generate button does)."""
-        try:
-            model, request = self.build_request()
-        except HarmoniaError as exc:
-            self.status.value = status_html(str(exc), "error")
-            return None
-        settings = self.defaults.run_settings()
-        return self._run(lambda: generate(self.wb, model, request, progress=self._on_step, cancel=self._stop,
-                                          **settings))  # fmt: skip
-
+    # -- actions on the take (each in the worker thread; Generate is the shell's) -------
     def repaint(self) -> threading.Thread | None:
         """Regenerate the selected range of the take on show (a new artifact, its child)."""
         from harmonia.songs import edit
@@ -224,8 +219,8 @@ class SongView:
             return None
         start, end = self.range.value
         seed = int(self.seed.value)
-        return self._run(lambda: edit(self.wb, "repaint", self.song.id, start_s=float(start), end_s=float(end),
-                                      seed=seed, progress=self._on_step, cancel=self._stop))  # fmt: skip
+        return self.run(lambda: edit(self.wb, "repaint", self.song.id, start_s=float(start), end_s=float(end),
+                                     seed=seed, progress=self._on_step, cancel=self._stop))  # fmt: skip
 
     def split(self) -> threading.Thread | None:
         """The take's stems, as players under it."""
@@ -233,22 +228,25 @@ class SongView:
 
         if self.song is None or self._task.running:
             return None
-        song = self.song
+        song, stems_model = self.song, self.stems_model.value
 
         def work() -> str:
-            done = stems(self.wb, song.id, progress=self._on_step, cancel=self._stop)
+            done = stems(self.wb, song.id, model=stems_model, progress=self._on_step, cancel=self._stop)
             self.stems_artifact = done.artifact
             rows = []
             for out in done.artifact.outputs:
-                rows.append(widgets.HBox([widgets.HTML(f"<b>{html.escape(out.prompt or out.path)}</b>"),
-                                          player(done.artifact.file(out))]))  # fmt: skip
+                label = widgets.HTML(
+                    f"<b>{html.escape(out.prompt or out.path)}</b>", layout=widgets.Layout(width="90px")
+                )  # under the fields' labels
+                rows.append(widgets.HBox([label, player(done.artifact.file(out))],
+                                         layout=widgets.Layout(align_items="center")))  # fmt: skip
             self.stems.children = rows
             facts = done.artifact.manifest.engine.details
             return (
                 f"Stems {done.artifact.id}: their sum is within {facts['sum_max_abs_diff']:.3g} of the song."
             )
 
-        return self._start(work)
+        return self.start(work)
 
     def transcribe(self) -> threading.Thread | None:
         """Transcribe the vocal stem (made first if needed) and mark the words not understood."""
@@ -257,60 +255,42 @@ class SongView:
         if self.song is None or self._task.running:
             return None
         song, lyrics = self.song, self.lyrics.value
+        stems_model, transcribe_model = self.stems_model.value, self.transcribe_model.value
 
         def work() -> str:
             source = self.stems_artifact
             if source is None or source.manifest.parents[0].id != song.id:
-                source = stems(self.wb, song.id, progress=self._on_step, cancel=self._stop).artifact
+                source = stems(self.wb, song.id, model=stems_model, progress=self._on_step, cancel=self._stop)
+                source = source.artifact
                 self.stems_artifact = source
             done = transcribe(
-                self.wb, source.id, lyrics=lyrics or None, progress=self._on_step, cancel=self._stop
+                self.wb,
+                source.id,
+                lyrics=lyrics or None,
+                model=transcribe_model,
+                progress=self._on_step,
+                cancel=self._stop,
             )
             self.transcript_artifact = done.artifact
             details = done.artifact.manifest.engine.details
             self.transcript.value = transcript_html(details["intelligibility"], details["transcript"])
             return f"Transcript {done.artifact.id}."
 
-        return self._start(work)
+        return self.start(work)
 
-    def _run(self, make) -> threading.Thread | None:
-        """Generate or edit, then show the new take and its range slider."""
-
-        def work() -> str:
-            done = make()
-            self.last = done
-            self.show(done.artifact)
-            if done.cached:
-                return f"Found artifact {done.artifact.id}: the identical request was made before."
-            return f"Made artifact {done.artifact.id} in {done.result.generate_s:.1f} s."
-
-        return self._start(work)
-
-    def _start(self, work) -> threading.Thread | None:
-        if self._task.running:
-            return None
-        self.status.value = ""
-        self._stop.clear()
-        self.progress.value, self.progress.max = 0, 1
-        buttons = (self.generate_button, self.repaint_button, self.stems_button, self.transcribe_button)
-        for button in buttons:
-            button.disabled = True
-        self.stop_button.disabled = False
-
-        def finished() -> None:
-            self.generate_button.disabled, self.stop_button.disabled = False, True
-            for button in buttons[1:]:
-                button.disabled = self.song is None
-
-        return self._task.start(work, finished)
+    def enable_buttons(self) -> None:
+        """Generate always; the actions on a take once there is one."""
+        self.generate_button.disabled = False
+        for button in self.busy_buttons[1:]:
+            button.disabled = self.song is None
 
     def show(self, art: Artifact) -> None:
         """Put a song on show: its player and picture, a range slider over its length."""
         self.song = art
         out = art.outputs[0]
         samples, rate = read_take(art.file(out))
-        self.take.children = [widgets.HTML(f"<b>{html.escape(art.id)}</b> {out.duration_s:g} s"),
-                              player(art.file(out)), picture(samples, rate, out.prompt or "")]  # fmt: skip
+        self.take.children = [widgets.HTML(take_title(art)), player(art.file(out)),
+                              picture(samples, rate, out.prompt or "")]  # fmt: skip
         length = float(out.duration_s or 0.0)
         self.range.max = length
         self.range.value = (round(length / 3, 1), round(2 * length / 3, 1))
@@ -318,12 +298,3 @@ class SongView:
         self.stems.children = ()
         self.transcript.value = ""
         self.summary.value = summary_html(art)
-
-    def _on_step(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done == total or now - self._last_tick >= PROGRESS_EVERY_S:
-            self._last_tick = now
-            self.progress.max, self.progress.value = total, done
-
-    def wait(self, timeout: float | None = None) -> None:
-        self._task.wait(timeout)

@@ -14,26 +14,21 @@ from __future__ import annotations
 import html
 import io
 import os
-import threading
-import time
 from pathlib import Path
 
 import ipywidgets as widgets
 import numpy as np
 
 from harmonia.artifacts import Artifact, list_artifacts
-from harmonia.defaults import kind_defaults
 from harmonia.engines.base import choose_seed
-from harmonia.errors import HarmoniaError, RequestError
-from harmonia.generation import From, Generated, generate
+from harmonia.errors import RequestError
+from harmonia.generation import From
 from harmonia.requests import VideoRequest, limits
-from harmonia.snapshots import list_snapshots
-from harmonia.ui.views import Task, read_take, status_html, summary_html
+from harmonia.ui.views import GenerateView, read_take, summary_html
 from harmonia.workbench import Workbench
 
-PROGRESS_EVERY_S = 0.05
-ENGINE = "wan"
 SOUNDTRACK_KINDS = ("music", "song")
+PLAYER_MIN_PX, PLAYER_MAX_PX = 320, 640  # the player's width: the video's own, within these
 
 
 def file_url(path: Path, root: Path) -> str:
@@ -97,12 +92,13 @@ class ShotRow(widgets.HBox):
             field.observe(lambda _: on_change(), names="value")
         self.remove.on_click(lambda _: on_remove(self))
         super().__init__([self.start, self.end, self.prompt, self.remove])
+        self.add_class("harmonia-shot")
 
     def to_json(self) -> dict:
         return {"start": float(self.start.value), "end": float(self.end.value), "prompt": self.prompt.value}
 
 
-class VideoView:
+class VideoView(GenerateView):
     """The video widget. Display it in a notebook cell (``VideoView()`` as the last line).
 
     Example:
@@ -112,34 +108,21 @@ class VideoView:
         b'/files/artifacts/5f0c8a4b2d1e9f37/take-0.mp4'
     """
 
+    kind, engine, title = "video", "wan", "Video"
+
     def __init__(self, wb: Workbench | None = None, model: str | None = None):
-        self.wb = wb or Workbench.open()
-        self.defaults = kind_defaults(self.wb, "video")  # the CLI's and the pipeline's defaults too
+        super().__init__(wb, model)  # model, Generate/Stop, progress, status, summary, log
         d = self.defaults.request
         bound = limits(VideoRequest)
-        self.last: Generated | None = None
-        self._stop = threading.Event()
-        self._last_tick = 0.0
         self._track = None  # (samples, rate, bars) of the chosen soundtrack
-        style = {"description_width": "90px"}
-
-        # 1. The model: local snapshots of the wan engine.
-        specs = self.wb.specs("model")
-        names = [
-            r.name
-            for r in list_snapshots(self.wb, "model")
-            if r.present and getattr(specs.get(r.name), "engine", None) == ENGINE
-        ]
-        prefer = model or self.defaults.model
-        self.model = widgets.Dropdown(
-            options=names or [("no local wan model: fetch or build one (harmonia models tiny wan)", None)],
-            value=prefer if prefer in names else (names[0] if names else None), description="model", style=style,
-        )  # fmt: skip
+        style = self.field_style
 
         # 2. A clip, or a music video.
-        self.mode = widgets.ToggleButtons(
-            options=["clip", "music video"], value="clip", description="make", style=style
-        )
+        self.mode = widgets.ToggleButtons(options=["clip", "music video"], value="clip", tooltips=[
+            "a clip from a prompt", "clips cut to a music or song artifact, with it as the soundtrack"])  # fmt: skip
+        make = widgets.HBox([widgets.HTML("<div style='text-align:right;padding-right:8px'>make</div>",
+                                          layout=widgets.Layout(width="90px")), self.mode])  # fmt: skip
+        # (a ToggleButtons' own description sits above its buttons in JupyterLab: a label beside them instead)
         self.prompt = widgets.Textarea(description="prompt", placeholder="e.g. a paper boat on a stream at dusk",
                                        style=style, layout=widgets.Layout(width="640px", height="50px"))  # fmt: skip
         self.width = widgets.BoundedIntText(value=int(d.get("width", 256)), min=16, max=int(bound["width"].high),
@@ -167,43 +150,39 @@ class VideoView:
         self.split_button = widgets.Button(description="Split evenly", icon="columns")
         self.add_shot.on_click(lambda _: self._add_row())
         self.split_button.on_click(lambda _: self.split_evenly(int(self.split.value)))
+        heading = widgets.HBox(
+            [
+                widgets.HTML("<b>start (s)</b>", layout=widgets.Layout(width="90px")),
+                widgets.HTML("<b>end (s)</b>", layout=widgets.Layout(width="90px")),
+                widgets.HTML("<b>shot prompt</b>"),
+            ]
+        )  # fmt: skip (over the rows' columns)
         self.music_fields = widgets.VBox([
             self.soundtrack, self.waveform,
-            widgets.HTML("<small>start (s) · end (s) · prompt; red: cuts, dashed blue: the track's bars "
-                         "(cuts snap to them when it renders)</small>"),
-            self.shot_rows, widgets.HBox([self.add_shot, self.split, self.split_button]),
+            widgets.HTML("<small>red: the cuts between shots; dashed blue: the track's bars (the cuts snap to them "
+                         "when it renders)</small>"),
+            heading, self.shot_rows, widgets.HBox([self.add_shot, self.split, self.split_button]),
         ])  # fmt: skip
         self.mode.observe(lambda _: self._update_fields(), names="value")
 
-        # 4. Actions, progress, the player and the contact sheet.
-        self.generate_button = widgets.Button(description="Generate", button_style="primary", icon="play")
-        self.stop_button = widgets.Button(
-            description="Stop", button_style="warning", icon="stop", disabled=True
-        )
-        self.generate_button.on_click(lambda _: self.generate())
-        self.stop_button.on_click(lambda _: self._stop.set())
-        self.progress = widgets.IntProgress(value=0, min=0, max=1, description="steps", style=style)
-        self.status = widgets.HTML()
-        self.log = widgets.Output()
-        self.player = widgets.Video(value=b"", format="url", autoplay=False, loop=False, controls=True)
-        self.sheet = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
-        self.summary = widgets.HTML()
-        self._task = Task(self.status, self.log)
+        # 4. The player (by URL) and the contact sheet.
+        self.player = widgets.Video(
+            value=b"",
+            format="url",
+            autoplay=False,
+            loop=False,
+            controls=True,
+            layout=widgets.Layout(display="none"),
+        )  # fmt: skip (shown with a video)
+        self.sheet = widgets.Image(format="png", layout=widgets.Layout(display="none", margin="0 0 0 8px"))
         self.clip_fields = widgets.VBox([self.prompt, self.frames])
-        self.widget = widgets.VBox([
-            widgets.HTML("<h3 style='margin:0'>Video</h3>"), self.model, self.mode, self.clip_fields,
-            self.music_fields, widgets.HBox([self.width, self.height, self.fps]), widgets.HBox([self.steps, self.seed]),
-            widgets.HBox([self.generate_button, self.stop_button, self.progress]), self.status,
-            self.player, self.sheet, self.summary, self.log,
-        ])  # fmt: skip
-        self.widget.add_class("harmonia-video")
+        self.assemble(
+            [make, self.clip_fields, self.music_fields, widgets.HBox([self.width, self.height, self.fps]),
+             widgets.HBox([self.steps, self.seed])],
+            [widgets.HBox([self.player, self.sheet], layout=widgets.Layout(align_items="flex-start"))],
+        )  # fmt: skip
         self.refresh_soundtracks()
         self._update_fields()
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
 
     # -- the soundtrack and its shots ------------------------------------------------------
     def refresh_soundtracks(self) -> None:
@@ -238,6 +217,7 @@ class VideoView:
         if duration is None:
             return
         prompts = [row.prompt.value for row in self.shot_rows.children]
+        self.split.value = count
         self.shot_rows.children = ()
         for i in range(count):
             end = duration if i == count - 1 else round((i + 1) * duration / count, 3)
@@ -275,8 +255,7 @@ class VideoView:
     # -- generation ------------------------------------------------------------------------
     def build_request(self) -> tuple[str, VideoRequest]:
         """The model and request the fields describe (RequestError if there is no model)."""
-        if not self.model.value:
-            raise RequestError("no wan model here: build one (harmonia models tiny wan) or fetch one.")
+        model = self.require_model()
         common = dict(seed=int(self.seed.value), width=int(self.width.value), height=int(self.height.value),
                       fps=float(self.fps.value), steps=int(self.steps.value))  # fmt: skip
         if self.mode.value == "music video":
@@ -289,55 +268,20 @@ class VideoView:
             )
         else:
             request = self.defaults.request_for((self.prompt.value,), frames=int(self.frames.value), **common)
-        return self.model.value, request
-
-    def generate(self) -> threading.Thread | None:
-        """Start a generation in a worker thread (what the Generate button does)."""
-        if self._task.running:
-            return None
-        self.status.value = ""
-        try:
-            model, request = self.build_request()
-        except HarmoniaError as exc:
-            self.status.value = status_html(str(exc), "error")
-            return None
-        self._stop.clear()
-        self.progress.value, self.progress.max = 0, 1
-        self.generate_button.disabled, self.stop_button.disabled = True, False
-        settings = self.defaults.run_settings()
-
-        def say(line: str) -> None:
-            self.status.value = status_html(line, "info")
-
-        def work() -> str:
-            done = generate(self.wb, model, request, progress=self._on_step, cancel=self._stop, notice=say,
-                            **settings)  # fmt: skip
-            self.last = done
-            self.show(done.artifact)
-            if done.cached:
-                return f"Found artifact {done.artifact.id}: the identical request was made before."
-            return f"Generated artifact {done.artifact.id} in {done.result.generate_s:.1f} s."
-
-        def finished() -> None:
-            self.generate_button.disabled, self.stop_button.disabled = False, True
-
-        return self._task.start(work, finished)
+        return model, request
 
     def show(self, art: Artifact) -> None:
         """Put an artifact's first video in the player (by URL) and its contact sheet beside it."""
         out = next(o for o in art.outputs if o.media == "video")
         self.player.value = file_url(art.file(out), self.wb.root).encode()
+        self.player.layout.width = f"{min(PLAYER_MAX_PX, max(PLAYER_MIN_PX, out.width or 0))}px"
+        self.player.layout.display = None
         sheet = art.path / f"{Path(out.path).stem}-sheet.png"
         self.sheet.value = sheet.read_bytes() if sheet.is_file() else b""
+        if sheet.is_file():  # its own width (a PNG says it at bytes 16-20), within the player's bounds
+            width = int.from_bytes(self.sheet.value[16:20], "big")
+            self.sheet.layout.width = f"{min(PLAYER_MAX_PX, max(PLAYER_MIN_PX, width))}px"
+        self.sheet.layout.display = None if sheet.is_file() else "none"
         self.summary.value = summary_html(art) + (
             f"<div>{html.escape(out.path)}: {out.width}x{out.height}, {out.frame_count} frames at {out.fps:g} fps</div>"
         )
-
-    def _on_step(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done == total or now - self._last_tick >= PROGRESS_EVERY_S:
-            self._last_tick = now
-            self.progress.max, self.progress.value = total, done
-
-    def wait(self, timeout: float | None = None) -> None:
-        self._task.wait(timeout)

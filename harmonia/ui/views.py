@@ -1,4 +1,6 @@
-"""Widgets that show artifacts: a player, the waveform/spectrogram picture, a summary, A/B, facts.
+"""Widgets that show artifacts (a player, the waveform/spectrogram picture, a summary, A/B, facts),
+and the shell the generating views share (:class:`GenerateView`: model, Generate/Stop, progress,
+status, the worker thread).
 
 Players get an MP3 rendering of the take (about 160 kbit/s), so even minutes of audio stay far
 below JupyterLab's message limit; the artifact's own files stay lossless on disk.
@@ -9,9 +11,11 @@ from __future__ import annotations
 import html
 import io
 import json
+import re
 import threading
+import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,8 +25,14 @@ import soundfile as sf
 
 from harmonia.artifacts import Artifact
 from harmonia.audio import facts, mp3_bytes, spectral_centroid_hz
-from harmonia.errors import Cancelled, HarmoniaError
+from harmonia.defaults import kind_defaults
+from harmonia.errors import Cancelled, HarmoniaError, RequestError
+from harmonia.generation import Generated, generate
 from harmonia.plots import audio_figure
+from harmonia.snapshots import list_snapshots
+from harmonia.workbench import Workbench
+
+PROGRESS_EVERY_S = 0.05  # the progress bar is redrawn at most this often (and at the last step)
 
 
 def read_take(path: Path) -> tuple[np.ndarray, int]:
@@ -232,3 +242,185 @@ class Task:
     def wait(self, timeout: float | None = None) -> None:
         if self.thread is not None:
             self.thread.join(timeout)
+
+
+def local_models(wb: Workbench, engine: str) -> list[str]:
+    """The names of the models in params.yaml that ``engine`` runs and that have a local snapshot."""
+    specs = wb.specs("model")
+    return [
+        r.name
+        for r in list_snapshots(wb, "model")
+        if r.present and getattr(specs.get(r.name), "engine", None) == engine
+    ]
+
+
+def model_dropdown(
+    wb: Workbench, engine: str, prefer: str | None, description: str = "model", style: dict | None = None
+) -> widgets.Dropdown:
+    """A choice of the local models of ``engine`` (``prefer`` selected when it is one), or a hint
+    saying how to get one (its value None)."""
+    names = local_models(wb, engine)
+    hint = f"no local {engine} model: fetch or build one (harmonia models tiny {engine})"
+    # index, not value: a value of None would select nothing, and the hint would not show
+    return widgets.Dropdown(
+        options=names or [(hint, None)],
+        index=names.index(prefer) if prefer in names else 0,
+        description=description,
+        style=style or {"description_width": "90px"},
+        layout=widgets.Layout(width="640px"),
+    )
+
+
+class GenerateView:
+    """The shell of a generating view (samples, song, video): the one face they share.
+
+    It owns the workbench and the kind's defaults (those of the CLI and the pipeline), the
+    model list (local snapshots of ``engine``), Generate and Stop, the progress bar, the status
+    line, the summary and the log, and the worker thread (one :class:`Task` at a time). A
+    subclass sets ``kind``, ``engine`` and ``title``, builds its own fields, and defines
+    ``build_request()`` (the model and request its fields describe) and ``show(artifact)`` (put
+    a new artifact on show); then calls :meth:`assemble`. Generate runs the same
+    :func:`~harmonia.generation.generate` as ``harmonia generate KIND``; Stop ends the work at
+    its next step and nothing is written.
+
+    Example:
+        >>> view = SamplesView(model="tiny-stable-audio")  # doctest: +SKIP
+        >>> view.generate_button.click(); view.wait(); view.status.value  # doctest: +SKIP
+        "<div class='harmonia-status harmonia-ok' ...>Generated artifact 5f0c8a4b2d1e9f37 ...</div>"
+    """
+
+    kind: str = ""  # whose params.yaml section and request type the view uses
+    engine: str = ""  # whose local snapshots the model list offers
+    title: str = ""  # the heading
+    made_verb: str = "Generated"  # the status line's verb after new work
+
+    def __init__(self, wb: Workbench | None = None, model: str | None = None):
+        self.wb = wb or Workbench.open()
+        self.defaults = kind_defaults(self.wb, self.kind)
+        self.last: Generated | None = None  # the latest generation or edit
+        self.field_style = {"description_width": "90px"}
+        self._stop = threading.Event()
+        self._last_tick = 0.0
+
+        # 1. The model: local snapshots of the engine, the one asked for (or the default) first.
+        self.model = model_dropdown(
+            self.wb, self.engine, model or self.defaults.model, style=self.field_style
+        )
+
+        # 2. Actions, progress, status, summary, log; the buttons work disables.
+        self.generate_button = widgets.Button(description="Generate", button_style="primary", icon="play")
+        self.stop_button = widgets.Button(
+            description="Stop", button_style="warning", icon="stop", disabled=True
+        )
+        self.generate_button.on_click(lambda _: self.generate())
+        self.stop_button.on_click(lambda _: self._stop.set())
+        self.progress = widgets.IntProgress(
+            value=0, min=0, max=1, description="steps", style=self.field_style
+        )
+        self.actions = widgets.HBox([self.generate_button, self.stop_button, self.progress])
+        self.status = widgets.HTML()
+        self.summary = widgets.HTML()
+        self.log = widgets.Output()
+        self.busy_buttons: tuple[widgets.Button, ...] = (self.generate_button,)
+        self._task = Task(self.status, self.log)
+
+    def assemble(self, fields: Sequence[widgets.Widget], results: Sequence[widgets.Widget]) -> None:
+        """The view's widget (CSS class harmonia-<title>): heading, model, ``fields``, actions, status, ``results``, summary, log."""
+        self.widget = widgets.VBox([
+            widgets.HTML(f"<h3 style='margin:0'>{html.escape(self.title)}</h3>"), self.model, *fields,
+            self.actions, self.status, *results, self.summary, self.log,
+        ])  # fmt: skip
+        self.widget.add_class(f"harmonia-{self.title.lower()}")
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+    @property
+    def status_text(self) -> str:
+        """The status line as plain text (for notebooks and logs)."""
+        return html.unescape(re.sub(r"<[^>]+>", "", self.status.value))
+
+    # -- what a subclass defines ---------------------------------------------------------
+    def build_request(self) -> tuple[str, object]:
+        """The model and request the fields describe (RequestError if they describe none)."""
+        raise NotImplementedError
+
+    def show(self, art: Artifact) -> None:
+        """Put a new artifact on show."""
+        raise NotImplementedError
+
+    def require_model(self) -> str:
+        """The chosen model, or a RequestError saying how to get one."""
+        if not self.model.value:
+            raise RequestError(
+                f"no {self.engine} model here: build one (harmonia models tiny {self.engine}) or fetch one."
+            )
+        return self.model.value
+
+    # -- running work --------------------------------------------------------------------
+    def generate(self) -> threading.Thread | None:
+        """Start a generation in the worker thread (what the Generate button does)."""
+        if self._task.running:
+            return None
+        try:
+            model, request = self.build_request()
+        except HarmoniaError as exc:
+            self.status.value = status_html(str(exc), "error")
+            return None
+        settings = self.defaults.run_settings()
+        return self.run(lambda: generate(self.wb, model, request, progress=self._on_step, cancel=self._stop,
+                                         notice=self._notice, **settings))  # fmt: skip
+
+    def run(self, make: Callable[[], Generated]) -> threading.Thread | None:
+        """Run ``make`` (a generation or an edit) in the worker thread, then show its artifact."""
+
+        def work() -> str:
+            done = make()
+            self.last = done
+            self.show(done.artifact)
+            return self.made(done)
+
+        return self.start(work)
+
+    def made(self, done: Generated) -> str:
+        """The status line after ``done``."""
+        if done.cached:
+            return f"Found artifact {done.artifact.id}: the identical request was made before."
+        return f"{self.made_verb} artifact {done.artifact.id} in {done.result.generate_s:.1f} s."
+
+    def start(self, work: Callable[[], str | tuple[str, str] | None]) -> threading.Thread | None:
+        """Run ``work`` in the worker thread with the buttons disabled and Stop enabled (None if busy)."""
+        if self._task.running:
+            return None
+        self.status.value = ""
+        self._stop.clear()
+        self.progress.value, self.progress.max = 0, 1
+        for button in self.busy_buttons:
+            button.disabled = True
+        self.stop_button.disabled = False
+
+        def finished() -> None:
+            self.stop_button.disabled = True
+            self.enable_buttons()
+
+        return self._task.start(work, finished)
+
+    def enable_buttons(self) -> None:
+        """Re-enable the buttons after work (a subclass enables those with something to act on)."""
+        for button in self.busy_buttons:
+            button.disabled = False
+
+    def _notice(self, line: str) -> None:
+        self.status.value = status_html(line, "info")
+
+    def _on_step(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or now - self._last_tick >= PROGRESS_EVERY_S:
+            self._last_tick = now
+            self.progress.max, self.progress.value = total, done
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait for the worker thread (for tests and notebooks)."""
+        self._task.wait(timeout)

@@ -42,7 +42,7 @@ def test_the_transcript_marks_the_words_not_understood():
     scores = {"wer": 0.5, "cer": 0.2, "words": [["equal", "hello", "hello"], ["substitute", "there", "their"],
                                                 ["delete", "my", ""], ["equal", "friend", "friend"]]}  # fmt: skip
     page = transcript_html(scores, "hello their friend")
-    assert "<b>WER</b> 0.500" in page and "hello" in page
+    assert "<b>WER</b> 0.500" in page and "hello" in page and "misheard</span>" in page  # and a legend
     assert "<span class='harmonia-substitute'" in page and "title='heard: their'>there</span>" in page
     assert "title='not heard'>my</span>" in page
     assert "(an instrumental" in transcript_html({"wer": None, "cer": None, "words": []}, "la")
@@ -52,6 +52,9 @@ def test_the_transcript_marks_the_words_not_understood():
 def test_generate_repaint_stems_and_transcribe_from_the_view(view_wb):
     view = SongView(view_wb)
     assert list(view.model.options) == ["tiny-ace-step"] and view.duration.value == 2.0
+    assert (
+        view.stems_model.value == "tiny-demucs" and view.transcribe_model.value == "tiny-whisper"
+    )  # params.yaml
     view.style.value = "dreamy synth pop"
     view.lyrics.value = "[verse]\nhello there\n[chorus]\nla la"
     view.seed.value = 1

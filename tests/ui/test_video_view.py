@@ -16,6 +16,7 @@ def test_a_clip_plays_by_url_with_its_contact_sheet(video_wb, monkeypatch):
     view = VideoView(video_wb, model="tiny-wan")
     assert list(view.model.options) == ["tiny-wan"]  # wan models only
     assert view.music_fields.layout.display == "none"
+    assert view.player.layout.display == "none" and view.sheet.layout.display == "none"  # no empty player
     view.prompt.value = "a paper boat"
     view.width.value, view.height.value, view.frames.value, view.steps.value, view.seed.value = (
         32,
@@ -33,6 +34,10 @@ def test_a_clip_plays_by_url_with_its_contact_sheet(video_wb, monkeypatch):
         and bytes(view.player.value) == f"/files/artifacts/{art.id}/take-0.mp4".encode()
     )
     assert bytes(view.sheet.value).startswith(b"\x89PNG") and "5 frames at 8 fps" in view.summary.value
+    assert (
+        view.player.layout.display is None and view.player.layout.width == "320px"
+    )  # 32 px wide: at least 320
+    assert view.sheet.layout.display is None and view.sheet.layout.width == "320px"
     view.frames.value = 6
     view.generate_button.click()
     view.wait(60)
@@ -49,6 +54,7 @@ def test_a_music_video_from_the_shot_editor(video_wb):
     assert view.clip_fields.layout.display == "none" and view.music_fields.layout.display is None
     assert view.soundtrack.value == music.id and view.track_duration_s == pytest.approx(2.0)
     view.split_evenly(2)
+    assert view.split.value == 2  # the count field follows
     assert view.shots() == [
         {"start": 0.0, "end": 1.0, "prompt": ""},
         {"start": 1.0, "end": 2.0, "prompt": ""},
