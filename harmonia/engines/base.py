@@ -53,7 +53,7 @@ Progress = Callable[[int, int], None]
 Cancel = threading.Event | Callable[[], bool]
 """Set (or returning True) to stop a generation at its next step; nothing is written."""
 
-PICKLED = (".bin", ".pt", ".ckpt", ".pth", ".pkl", ".pickle")
+PICKLED = (".bin", ".pt", ".ckpt", ".pth", ".th", ".pkl", ".pickle")  # .th: audiocraft's MBD
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SEED_LIMIT = 2**63
 MAX_THREADS = 512
