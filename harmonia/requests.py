@@ -166,7 +166,7 @@ class MusicRequest:
     # models whose params.yaml entry names an MBD snapshot with 'mbd:')
     decoder: str = option(
         "encodec", flag="--decoder", choices=DECODERS,
-        help="encodec (the model's own) or mbd (Multi-Band Diffusion; magnet models)",
+        help="how tokens become audio; mbd is Multi-Band Diffusion (magnet models whose entry names mbd:)",
     )  # fmt: skip
 
     INPUTS: ClassVar[tuple[str, ...]] = ("melody", "continuation")  # media inputs, kept by sha256
