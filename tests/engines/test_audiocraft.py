@@ -422,6 +422,28 @@ def test_magnet_decodes_with_multiband_diffusion_recorded_and_reproducible(ac_wb
 
 
 @pytest.mark.slow
+def test_cancel_stops_between_diffusion_steps_and_writes_nothing(ac_wb):
+    from harmonia.generation import generate
+
+    stop = threading.Event()
+
+    def progress(done, total):
+        if done == 55:  # past MAGNeT's 50 steps: inside the MBD's diffusion
+            stop.set()
+
+    with pytest.raises(
+        Cancelled, match=r"^Generation cancelled at step 5[56] of 90; no artifact was written\.$"
+    ):
+        generate(ac_wb, "tiny-magnet", MusicRequest("x", duration_s=1.0, seed=1, decoder="mbd"),
+                 progress=progress, cancel=stop, threads=1)  # fmt: skip
+    assert list_artifacts(ac_wb) == []
+    again = generate(
+        ac_wb, "tiny-magnet", MusicRequest("x", duration_s=0.5, seed=1, decoder="mbd"), threads=1
+    )
+    assert np.isfinite(again.result.audio[0]).all()  # the worker and its MBD are still there
+
+
+@pytest.mark.slow
 def test_mbd_needs_a_snapshot_named_by_the_model(ac_wb):
     import shutil
 
