@@ -21,6 +21,12 @@ when the model's params.yaml entry says ``allow_pickle: true``; even then the wo
 with ``weights_only=True`` first and unpickles fully only if that fails. The manifest records
 which files were pickles, that they were allowed, and whether full unpickling was needed.
 
+A model's params.yaml entry may name other snapshots it reads (its *companions*, verified the
+same way, their names and digests part of every id they touch, their licences in the manifest):
+``text_encoder:`` the local T5 its text conditioner loads (audiocraft would download it by name;
+the worker loads this folder instead, ``local_files_only``), and ``mbd:`` the Multi-Band
+Diffusion decoder that ``decoder="mbd"`` runs on MAGNeT's tokens in the worker.
+
 This module knows the worker and the two engines; it knows nothing about artifacts or the UI.
 """
 
@@ -108,9 +114,8 @@ STANDINS = WORKERS / "standins"
 VENV_ENV = "HARMONIA_AUDIOCRAFT_VENV"  # where the worker's environment lives (default: beside the checkout)
 STAMP = ".harmonia-worker.json"
 LM_FILE, COMPRESSION_FILE = "state_dict.bin", "compression_state_dict.bin"
-MBD_FILE = (
-    "mbd_musicgen_32khz.th"  # Multi-Band Diffusion for MusicGen's 32 kHz EnCodec tokens (the hub's name)
-)
+# Multi-Band Diffusion for MusicGen's 32 kHz EnCodec tokens (MAGNeT shares them), by the hub's file name
+MBD_FILE = "mbd_musicgen_32khz.th"
 T5_DIMS = {"t5-small": 512, "t5-base": 768, "t5-large": 1024}  # audiocraft's T5Conditioner widths
 PRECISIONS = ("exact",)
 MAX_AUDIOGEN_S = 30.0  # longest AudioGen clip (windows of the model's segment, extended by EXTEND_STRIDE_S)
