@@ -8,6 +8,13 @@ download), the same for both. MusicGen decodes autoregressively (frames + 3 step
 pattern); MAGNeT decodes masked spans in 20 + 10 + 10 + 10 steps over the whole sequence.
 
     python benchmarks/bench_audiocraft.py [--seconds 2] [--threads 2]
+
+The 10 s case (MAGNeT-small-10secs' whole window; MusicGen makes it in one 30 s window too):
+
+    taskset -c 0 python benchmarks/bench_audiocraft.py --seconds 10 --threads 1 --out bench-audiocraft-10s.json
+
+A quick check that the script runs (tiny widths, not a measurement):
+``--seconds 10 --dim 64 --layers 2``.
 """
 
 from __future__ import annotations
@@ -21,6 +28,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+MAGNET_WINDOW_S = (
+    10  # an int: audiocraft sizes its masks from it; magnet-small-10secs makes one window of 10 s
+)
 
 
 def in_worker(seconds: float, threads: int, dim: int = 1024, layers: int = 24) -> dict:
@@ -43,7 +53,7 @@ def in_worker(seconds: float, threads: int, dim: int = 1024, layers: int = 24) -
     def lm_cfg(magnet: bool) -> dict:
         cfg = {
             "lm_model": "transformer_lm_magnet" if magnet else "transformer_lm", "device": "cpu", "dtype": "float32",
-            "dataset": {"segment_duration": 10 if magnet else 30},  # musicgen-small: 30 s windows
+            "dataset": {"segment_duration": MAGNET_WINDOW_S if magnet else 30},  # musicgen-small: 30 s windows
             "transformer_lm": {"n_q": 4, "card": 2048, "dim": dim, "num_heads": 16, "num_layers": layers,
                                "hidden_scale": 4, "custom": False, "causal": not magnet, "norm_first": True,
                                "memory_efficient": magnet, "bias_proj": False},
@@ -56,7 +66,7 @@ def in_worker(seconds: float, threads: int, dim: int = 1024, layers: int = 24) -
         }  # fmt: skip
         if magnet:
             cfg["transformer_lm"].update(subcodes_context=5, compression_model_framerate=50,
-                                         segment_duration=10, span_len=3)  # fmt: skip
+                                         segment_duration=MAGNET_WINDOW_S, span_len=3)  # fmt: skip
             cfg["masking"] = {"span_len": 3}
         return cfg
 
@@ -94,6 +104,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
     parser.add_argument("--in-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if not 0 < args.seconds <= MAGNET_WINDOW_S:
+        parser.error(
+            f"--seconds must be > 0 and <= {MAGNET_WINDOW_S:g} (MAGNeT-small's window), got {args.seconds:g}"
+        )
     if args.in_worker:
         print(json.dumps(in_worker(args.seconds, args.threads, args.dim, args.layers)))
         return
@@ -105,8 +119,10 @@ def main() -> None:
     done = subprocess.run(
         [str(python), __file__, "--in-worker", "--seconds", str(args.seconds), "--threads", str(args.threads),
          "--dim", str(args.dim), "--layers", str(args.layers)],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True,
     )  # fmt: skip
+    if done.returncode != 0:
+        sys.exit(f"the benchmark failed in the worker's environment: {done.stderr.strip()[-2000:]}")
     results = json.loads(done.stdout.strip().splitlines()[-1])
     cpu = cpu_model() or platform.processor()
     print(f"{cpu}, {args.threads} threads, {args.seconds:g} s clips, random weights (audiocraft 1.3.0), "

@@ -319,7 +319,8 @@ def _add_snapshot_commands(commands, kind: Kind) -> None:
         p.add_argument(
             "builder",
             metavar="BUILDER",
-            help="musicgen, musicgen-stereo, musicgen-melody, clap, lm, stable-audio, audiogen, magnet, ace-step, demucs, whisper or wan",
+            help="musicgen, musicgen-stereo, musicgen-melody, clap, lm, stable-audio, audiogen, magnet, audiogen-t5, "
+            "mbd, t5, ace-step, demucs, whisper or wan",
         )
         p.add_argument("--name", help="snapshot name (default: tiny-ENGINE)")
         p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")

@@ -366,6 +366,7 @@ def _make(
     for role in cls.request_type.INPUTS:
         inputs[role], parents[role] = resolve_input(wb, getattr(request, role), role)
     request = cls.check(replace(request, **inputs), path)
+    companions = _companions(wb, cls, model, request)
 
     # 3. The id: engine, model bytes, request, inputs' bytes and parents, output settings, runtime
     # (with the fast paths it will take: a first load on this machine measures them), packages.
@@ -375,7 +376,7 @@ def _make(
         resources_checked = True
         paths = _load(wb, cls, model, runtime, inventory).loaded.paths
     runtime = replace(runtime, paths=paths)
-    identity = _identity(cls, digest, request, inputs, parents, output, runtime)
+    identity = _identity(cls, digest, request, inputs, parents, output, runtime, companions)
     new_id = artifact_id(identity)
     if on_id is not None:
         on_id(new_id)
@@ -410,7 +411,7 @@ def _make(
         }
         return _manifest(
             new_id, identity, cls, engine, result, ideas, kept, parents, outputs, output, wb,
-            time.perf_counter() - started,
+            time.perf_counter() - started, companions,
         )  # fmt: skip
 
     artifact = write_artifact(wb, new_id, write)
@@ -557,6 +558,13 @@ def reproduce(
             differences.append(
                 f"parent {parent.id} ({parent.role}) has changed since; the kept copy was used"
             )
+    then_companions = (m.identity or {}).get("companions", {})
+    now_companions = _companions(wb, cls, m.model.name, request) if uses_model(cls) else {}
+    for role in sorted({*then_companions, *now_companions}):
+        then_c, now_c = then_companions.get(role), now_companions.get(role)
+        if now_c is None or then_c != [now_c.name, now_c.digest]:
+            now_says = f"{now_c.name} ({now_c.digest[:12]})" if now_c else "none"
+            differences.append(f"{role} {then_c[0] if then_c else 'none'} -> {now_says}: another snapshot")
     device = m.runtime.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         differences.append("device cuda -> cpu (no GPU here)")
@@ -609,17 +617,33 @@ def reproduce(
 
 
 # -- helpers -----------------------------------------------------------------------------------
+def _companions(wb: Workbench, cls, model: str | None, request: Any) -> dict[str, Inventory]:
+    """The other snapshots a generation reads (role -> verified inventory), e.g. an audiocraft model's
+    T5 text encoder or its MBD decoder: an engine names them with ``companions(wb, model, request)``."""
+    if model is None or not hasattr(cls, "companions"):
+        return {}
+    return dict(cls.companions(wb, model, request))
+
+
 def _inputs_json(inputs: dict[str, Audio | None]) -> dict[str, dict | None]:
     return {role: None if clip is None else {"sha256": clip.sha256} for role, clip in inputs.items()}
 
 
 def _identity(
-    cls, digest, request, inputs, parents, output: OutputSettings, runtime: Runtime
+    cls, digest, request, inputs, parents, output: OutputSettings, runtime: Runtime, companions=None
 ) -> dict[str, Any]:
-    """What the id hashes: everything that determines the bytes, nothing that does not (dates, paths)."""
+    """What the id hashes: everything that determines the bytes, nothing that does not (dates, paths).
+
+    ``companions``: other snapshots read (role -> inventory), by name and digest; only when there
+    are any, so every id made without them stays what it was.
+    """
     known: dict[str, str] = {"libsndfile": sf.__libsndfile_version__}
     names = sorted({*WRITER_PACKAGES, *cls.packages})
+    extra = (
+        {"companions": {r: [i.name, i.digest] for r, i in sorted(companions.items())}} if companions else {}
+    )
     return {
+        **extra,
         "schema": IDENTITY_SCHEMA,
         "kind": cls.kind,
         "engine": {"name": cls.name, "code_version": cls.code_version, "writer_version": WRITER_VERSION},
@@ -658,9 +682,16 @@ def _keep_input(folder: Path, role: str, clip: Audio, parent: ParentRecord | Non
     )
 
 
-def _licenses(wb: Workbench, model: ModelRecord, parents: list[ParentRecord]) -> tuple[LicenseRecord, ...]:
-    """The licence of this artifact's model (if it has one) and of every model behind its parents."""
+def _licenses(
+    wb: Workbench, model: ModelRecord, parents: list[ParentRecord], companions: dict | None = None
+) -> tuple[LicenseRecord, ...]:
+    """The licence of this artifact's model (if it has one), of the other snapshots it read
+    (companions: a text encoder, a decoder) and of every model behind its parents."""
     found = [LicenseRecord(model.name, model.license)] if model.source != "none" else []
+    for inventory in (companions or {}).values():
+        found.append(
+            LicenseRecord(inventory.name, inventory.license or wb.spec("model", inventory.name).license)
+        )
     for parent in parents:
         art = find_artifact(wb, parent.id)
         if art is not None:
@@ -671,7 +702,7 @@ def _licenses(wb: Workbench, model: ModelRecord, parents: list[ParentRecord]) ->
 
 
 def _manifest(
-    new_id, identity, cls, engine, result, ideas, kept, parents, outputs, output, wb, write_s
+    new_id, identity, cls, engine, result, ideas, kept, parents, outputs, output, wb, write_s, companions=None
 ) -> Manifest:
     loaded = engine.loaded
     if loaded.inventory is None:  # an engine without weights: no model behind it
@@ -726,7 +757,7 @@ def _manifest(
         outputs=outputs,
         inputs=kept,
         parents=tuple(chosen_parents),
-        licenses=_licenses(wb, model, chosen_parents),
+        licenses=_licenses(wb, model, chosen_parents, companions),
         ideas=[idea.to_json() for idea in ideas] if ideas else None,
         identity=identity,
     )

@@ -42,7 +42,7 @@ from harmonia.snapshots import how_to_get, record_hashed, staging_dir, verify
 from harmonia.workbench import Kind, Workbench, plural
 
 TOKEN_VARIABLES = ("HF_TOKEN", "HUGGINGFACE_HUB_TOKEN")
-PICKLE_PATTERNS = ("*.bin", "*.pt", "*.ckpt", "*.pth", "*.pkl", "*.pickle")
+PICKLE_PATTERNS = ("*.bin", "*.pt", "*.ckpt", "*.pth", "*.th", "*.pkl", "*.pickle")
 HUB_CACHE_FOLDER = ".cache"  # snapshot_download(local_dir=...) writes .cache/huggingface/ there
 
 

@@ -23,6 +23,20 @@ MAX_NEW_TOKENS = 8192
 TEXT_TASKS = ("prompt", "lyrics", "shots", "sfx")
 SAMPLE_TYPES = ("one-shot", "loop", "sfx")  # as harmonia.samples.SAMPLE_TYPES (which imports librosa)
 SLICE_TYPES = ("one-shot", "loop")  # as harmonia.samples.SLICE_TYPES
+DECODERS = ("encodec", "mbd")  # how a music model's tokens become audio
+
+
+def check_decoder(request: Any, engine: str, supported: tuple[str, ...] = ("encodec",)) -> None:
+    """A music request's decoder is known and one ``engine`` runs; else a RequestError saying what to use."""
+    decoder = request.decoder
+    if decoder not in DECODERS:
+        raise RequestError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}.")
+    if decoder == "mbd" and decoder not in supported:
+        raise RequestError(
+            f"decoder mbd: Multi-Band Diffusion decodes MAGNeT's EnCodec tokens in the audiocraft worker; the "
+            f"{engine} engine decodes with its own EnCodec only. Use --decoder encodec, or a magnet model "
+            "whose params.yaml entry names an MBD snapshot (e.g. --model magnet-small-10secs --decoder mbd)."
+        )
 
 
 @dataclass(frozen=True)
@@ -148,6 +162,13 @@ class MusicRequest:
         help="seconds added per long-form window",
     )  # fmt: skip
 
+    # how tokens become audio: the model's own EnCodec decoder, or Multi-Band Diffusion (MAGNeT
+    # models whose params.yaml entry names an MBD snapshot with 'mbd:')
+    decoder: str = option(
+        "encodec", flag="--decoder", choices=DECODERS,
+        help="how tokens become audio; mbd is Multi-Band Diffusion (magnet models whose entry names mbd:)",
+    )  # fmt: skip
+
     INPUTS: ClassVar[tuple[str, ...]] = ("melody", "continuation")  # media inputs, kept by sha256
     TEXT_INPUTS: ClassVar[tuple[str, ...]] = ("prompts",)  # may come From a text artifact (role "text")
 
@@ -170,6 +191,8 @@ class MusicRequest:
             "extend_stride_s": None if self.extend_stride_s is None else float(self.extend_stride_s),
             "melody": inputs.get("melody"),
             "continuation": inputs.get("continuation"),
+            # only when not the default: every EnCodec artifact keeps the id it had before decoders
+            **({"decoder": self.decoder} if self.decoder != "encodec" else {}),
         }
 
     @classmethod
@@ -184,6 +207,7 @@ class MusicRequest:
             "top_p",
             "guidance_scale",
             "extend_stride_s",
+            "decoder",
         }
         unknown = set(data) - known - set(cls.INPUTS)
         if unknown:

@@ -2,8 +2,10 @@
 
 Every function takes float32 audio ``[channels, samples]`` and its sample rate and returns
 audio and typed facts. The sample engine shapes what a model generated with them;
-``harmonia samples slice`` cuts any audio into a pack with them. This module knows samples,
-seconds and beats; nothing about engines, artifacts or the CLI.
+``harmonia samples slice`` cuts any audio into a pack with them; the sample engines
+(stable-audio, audiogen) share :func:`check_sample_request`, :func:`generated_seconds` and
+:func:`shape_take`, so a sample request means the same to every model. This module knows
+samples, seconds and beats; nothing about engines' models, artifacts or the CLI.
 
 Analysis runs on the mono mixdown with librosa (onsets, beat tracking, tempo, chroma); cuts
 apply to every channel. librosa works in frames of ``HOP`` samples (11.6 ms at 44.1 kHz): an
@@ -28,15 +30,19 @@ import os
 import shutil
 import warnings
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from harmonia.atomic import install, staging_dir
 from harmonia.audio import SILENCE_DBFS, Audio, from_array, is_silent, loudness_lufs, peak_dbfs, write_audio
 from harmonia.errors import AudioError, RequestError
+
+if TYPE_CHECKING:
+    from harmonia.requests import SampleRequest
 
 # What can be asked for.
 BPM_RANGE = (20.0, 400.0)
@@ -1037,3 +1043,140 @@ def _write_zip(folder: Path, files: tuple[str, ...]) -> Path:
             archive.writestr(info, (folder / name).read_bytes(), compresslevel=9)
     os.replace(partial, target)
     return target
+
+
+# --- Sample requests: what every sample engine checks and how it shapes a take -------------
+DEFAULT_DURATION_S = {"one-shot": 4.0, "sfx": 10.0}  # what is generated when duration_s is None
+DEFAULT_BARS = 1
+DEFAULT_BEATS_PER_BAR = 4
+
+
+def longest_loop_bars(bpm: float, beats_per_bar: int, max_s: float) -> int:
+    """The most bars at ``bpm`` whose required length fits in ``max_s`` seconds (0 if none).
+
+    Example:
+        >>> longest_loop_bars(120, 4, 5.944)
+        2
+    """
+    return max(0, math.floor(((max_s - CROSSFADE_S) * bpm / 60.0 - MARGIN_BEATS) / beats_per_bar + 1e-9))
+
+
+def check_sample_request(
+    r: SampleRequest, sample_rate: int, max_duration_s: float, name: str
+) -> SampleRequest:
+    """Check every parameter of a sample request for a model that makes at most ``max_duration_s``
+    seconds at ``sample_rate``; return it as it will run (seed drawn, length or grid filled in,
+    init read). ``name`` is the model's, for the messages. The sample engines (stable-audio,
+    audiogen) share it, so a request means the same to both.
+    """
+    from harmonia.audio import read_audio
+    from harmonia.engines.base import SEED_LIMIT, check_seed, choose_seed
+    from harmonia.requests import MAX_PROMPT_CHARS, check_limits
+
+    # 1. Text.
+    if not isinstance(r.prompts, tuple) or not r.prompts:
+        raise RequestError("prompts must be a non-empty list of strings: give at least one prompt.")
+    for i, prompt in enumerate(r.prompts):
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise RequestError(f"prompts[{i}] is empty: describe the sound in a few words.")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise RequestError(f"prompts[{i}] has {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}.")
+    negative = r.negative_prompt
+    if negative is not None and (not isinstance(negative, str) or not negative.strip()):
+        raise RequestError(
+            f"negative_prompt must be text naming what to avoid, got {negative!r}. Leave it out or describe it."
+        )
+    if negative is not None and len(negative) > MAX_PROMPT_CHARS:
+        raise RequestError(
+            f"negative_prompt has {len(negative)} characters; the limit is {MAX_PROMPT_CHARS}."
+        )
+
+    # 2. Ranges, the type, the seed.
+    check_limits(r)
+    check_type(r.type)
+    seed = choose_seed() if r.seed is None else check_seed(r.seed)
+    if seed + r.takes > SEED_LIMIT:
+        raise RequestError(
+            f"seed {seed} + {r.takes} takes passes 2**63 (take i uses seed + i); give a seed below {SEED_LIMIT - r.takes}."
+        )
+
+    # 3. The length: a loop's grid, or a duration within the model's limit.
+    longest = max_duration_s
+    if r.type == "loop":
+        if r.bpm is None:
+            raise RequestError(
+                "a loop needs a tempo: give bpm (e.g. --bpm 120) and, if not 1, bars (--bars 2)."
+            )
+        bars = DEFAULT_BARS if r.bars is None else r.bars
+        beats = DEFAULT_BEATS_PER_BAR if r.beats_per_bar is None else r.beats_per_bar
+        need = required_length_s(r.bpm, bars, beats)
+        if need > longest:
+            fit = longest_loop_bars(r.bpm, beats, longest)
+            loop_s = loop_length_samples(r.bpm, bars, beats, sample_rate) / sample_rate
+            if fit >= 1:
+                advice = (
+                    f"at {r.bpm:g} bpm the longest loop is {fit} bar{'s' if fit > 1 else ''} of {beats} beats "
+                    f"({loop_length_samples(r.bpm, fit, beats, sample_rate) / sample_rate:.2f} s). "
+                    "Ask for fewer bars or a faster tempo."
+                )
+            else:
+                slowest = (beats + MARGIN_BEATS) * 60.0 / (longest - CROSSFADE_S)
+                advice = f"even 1 bar of {beats} beats does not fit: use at least {math.ceil(slowest)} bpm."
+            raise RequestError(
+                f"a {bars}-bar loop at {r.bpm:g} bpm is {loop_s:.2f} s and needs {need:.2f} s of audio "
+                f"({MARGIN_BEATS:g} more beats to find the first beat, and the crossfade), but model '{name}' "
+                f"generates at most {longest:.2f} s; {advice}"
+            )
+        r = replace(r, bars=bars, beats_per_bar=beats, duration_s=None)  # its length is the grid's
+    else:
+        # bpm, bars and beats_per_bar shape loops only; a default for loops (params.yaml's samples:)
+        # must not stop a one-shot, so they are dropped here and recorded as None.
+        r = replace(r, bpm=None, bars=None, beats_per_bar=None)
+        duration = min(DEFAULT_DURATION_S[r.type], longest) if r.duration_s is None else r.duration_s
+        if duration > longest:
+            raise RequestError(
+                f"duration_s is {duration:g} s but model '{name}' generates at most {longest:.2f} s; "
+                f"ask for at most {math.floor(longest * 100) / 100:g} s."
+            )
+        r = replace(r, duration_s=float(duration))
+
+    # 4. The init clip: readable, not empty, audible.
+    init = None
+    if r.init is not None:
+        init = read_audio(r.init, "init")  # unreadable, empty, NaN: one sentence each
+        if is_silent(init.samples):
+            raise AudioError(
+                f"init: {init.source or 'the array'} is silent (peak below -60 dBFS); a variation needs audible "
+                "audio. Give another clip or leave init out."
+            )
+    return replace(r, seed=seed, init=init)
+
+
+def generated_seconds(request: SampleRequest) -> float:
+    """Seconds to generate for a checked request: a loop's required length, else duration_s."""
+    if request.type == "loop":
+        return required_length_s(request.bpm, request.bars, request.beats_per_bar)
+    return float(request.duration_s)
+
+
+def shape_take(raw: np.ndarray, rate: int, request: SampleRequest, seconds: float) -> tuple[np.ndarray, dict]:
+    """A generated clip ``[channels, samples]`` shaped by the request's type, and the facts the
+    manifest keeps of it.
+
+    A silent clip (peak under -60 dBFS: nothing to trim or cut on) is kept as generated (a
+    loop: its first ``length`` samples) and marked ``silent``.
+    """
+    silent = is_silent(raw)
+    peak = peak_dbfs(raw)
+    facts: dict[str, Any] = {"silent": silent, "peak_dbfs": round(peak, 6) if math.isfinite(peak) else None}
+    if request.type == "loop":
+        length = loop_length_samples(request.bpm, request.bars, request.beats_per_bar, rate)
+        if silent:
+            return raw[:, :length].copy(), {**facts, "loop": None}
+        cut = loop(raw, rate, request.bpm, request.bars, request.beats_per_bar)
+        return cut.samples, {**facts, "loop": cut.facts.to_json()}
+    if silent:
+        return raw, facts
+    if request.type == "one-shot":
+        return one_shot(raw, rate, max_s=min(ONE_SHOT_S, seconds)), facts
+    return sfx(raw, rate), facts

@@ -395,7 +395,7 @@ def build_stable_audio(out: Path) -> None:
     pipe.save_pretrained(out, safe_serialization=True)
 
 
-def build_audiocraft(out: Path, family: str) -> None:
+def build_audiocraft(out: Path, family: str, text_encoder: Path | None = None) -> None:
     """audiocraft AudioGen or MAGNeT after its debug models, built by the audiocraft worker (see its
     ``tiny_configs``), saved as audiocraft saves checkpoints (``state_dict.bin``,
     ``compression_state_dict.bin``: torch pickles of a state dict and a YAML config).
@@ -405,7 +405,8 @@ def build_audiocraft(out: Path, family: str) -> None:
     from harmonia.engines.audiocraft import Worker
 
     seed = int(torch.randint(0, 2**62, (1,)).item())
-    Worker.shared().call("build", family=family, out=str(out), seed=seed)
+    te = str(text_encoder) if text_encoder is not None else None
+    Worker.shared().call("build", family=family, out=str(out), seed=seed, text_encoder=te)
 
 
 def build_audiogen(out: Path) -> None:
@@ -416,6 +417,46 @@ def build_audiogen(out: Path) -> None:
 def build_magnet(out: Path) -> None:
     """audiocraft MAGNeT (masked non-autoregressive music): 32 kHz mono EnCodec and a non-causal LM."""
     build_audiocraft(out, "magnet")
+
+
+T5_BASE_WIDTH = 768  # audiocraft's T5Conditioner reads "t5-base" as 768 wide: the tiny T5 has that width
+
+
+def build_t5(out: Path) -> None:
+    """A T5 encoder (transformers' T5EncoderModel, safetensors) with the offline character tokenizer:
+    t5-base's width (768, what audiocraft's conditioner expects of "t5-base"), one layer, tiny inside.
+    What an audiocraft model's ``text_encoder:`` names in tests, in place of t5-base."""
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = _t5_tokenizer()
+    config = T5Config(
+        vocab_size=len(tokenizer), d_model=T5_BASE_WIDTH, d_kv=8, d_ff=16, num_layers=1, num_heads=2,
+        relative_attention_num_buckets=8, relative_attention_max_distance=32, pad_token_id=0, eos_token_id=1,
+        decoder_start_token_id=0,
+    )  # fmt: skip
+    T5EncoderModel(config).eval().save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def build_audiogen_t5(out: Path) -> None:
+    """audiocraft AudioGen whose text conditioner is T5 ("t5-base", as the real checkpoints): the tiny
+    AudioGen with a T5 conditioner instead of the lookup table. The T5 is not part of the checkpoint
+    (audiocraft saves only its projection); the build reads a tiny T5 made here, and generation reads
+    the one its params.yaml entry names with ``text_encoder:`` (a local snapshot, never the hub)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="harmonia-t5-") as tmp:
+        build_t5(Path(tmp))
+        build_audiocraft(out, "audiogen", text_encoder=Path(tmp))
+
+
+def build_mbd(out: Path) -> None:
+    """audiocraft Multi-Band Diffusion for the tiny MAGNeT's tokens (32 kHz, 32-wide EnCodec latents): two
+    bands of a small diffusion U-Net, saved as the hub's ``mbd_musicgen_32khz.th`` (a full torch pickle)."""
+    from harmonia.engines.audiocraft import Worker
+
+    seed = int(torch.randint(0, 2**62, (1,)).item())
+    Worker.shared().call("build_mbd", out=str(out), seed=seed)
 
 
 # ACE-Step 1.5's audio side at its real rates (48 kHz stereo, hop 1920: 25 latent frames/s) with tiny widths.
@@ -664,6 +705,9 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "stable-audio": build_stable_audio,
     "audiogen": build_audiogen,
     "magnet": build_magnet,
+    "audiogen-t5": build_audiogen_t5,
+    "mbd": build_mbd,
+    "t5": build_t5,
     "ace-step": build_ace_step,
     "demucs": build_demucs,
     "whisper": build_whisper,
@@ -679,12 +723,15 @@ BUILDER_ENGINES = {
     "stable-audio": "stable-audio",
     "audiogen": "audiogen",
     "magnet": "magnet",
+    "audiogen-t5": "audiogen",
+    "mbd": None,  # a decoder other models name (mbd:), run by no engine of its own
+    "t5": None,  # a text encoder other models name (text_encoder:)
     "ace-step": "ace-step",
     "demucs": "demucs",
     "whisper": "whisper",
     "wan": "wan",
 }
-AUDIOCRAFT_BUILDERS = ("audiogen", "magnet")  # built in the audiocraft worker
+AUDIOCRAFT_BUILDERS = ("audiogen", "magnet", "audiogen-t5", "mbd")  # built in the audiocraft worker
 
 
 def build_tiny(wb: Workbench, builder: str, name: str | None = None, seed: int = 0) -> TinyBuild:
@@ -708,7 +755,8 @@ def build_tiny(wb: Workbench, builder: str, name: str | None = None, seed: int =
     name = check_name("model", name or DEFAULT_NAMES[builder])
     declared = wb.specs("model").get(name)
     pickles = ", allow_pickle: true" if builder in AUDIOCRAFT_BUILDERS else ""
-    entry = f"{name}: {{builder: {builder}, seed: {seed}, engine: {BUILDER_ENGINES[builder]}{pickles}}}"
+    engine = f", engine: {BUILDER_ENGINES[builder]}" if BUILDER_ENGINES[builder] else ""
+    entry = f"{name}: {{builder: {builder}, seed: {seed}{engine}{pickles}}}"
     if declared is None:
         raise BuilderError(
             f"Model '{name}' is not declared in params.yaml, so nothing could use it after the build. "

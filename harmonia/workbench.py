@@ -39,6 +39,9 @@ _SPEC_KEYS = {
     "seed",
     "description",
     "allow_pickle",  # load pickled weights (audiocraft's checkpoints) from this verified snapshot
+    # other snapshots an audiocraft model reads (their names in models:): its T5, its MBD decoder
+    "text_encoder",
+    "mbd",
     # a model served by an OpenAI-compatible server instead of a snapshot (the text engine)
     "endpoint",
     "served_model",
@@ -83,6 +86,10 @@ class SnapshotSpec:
     engine: str | None = None
     license: str | None = None
     allow_pickle: bool = False  # its pickled weights may be loaded (after verification); audiocraft needs it
+    # other models this one reads, by their names in models: (audiocraft: its T5 text encoder, and
+    # the Multi-Band Diffusion decoder of `--decoder mbd`); verified like it, part of every id they touch
+    text_encoder: str | None = None
+    mbd: str | None = None
     # or no snapshot at all: a model answered by an OpenAI-compatible server at this base URL
     endpoint: str | None = None
     served_model: str | None = None  # the model name sent to the server
@@ -285,6 +292,13 @@ def _parse_spec(kind: Kind, name: str, entry: Any) -> SnapshotSpec:
     allow_pickle = entry.get("allow_pickle", False)
     if not isinstance(allow_pickle, bool):
         raise ParamsError(f"{where}.allow_pickle must be true or false, got {allow_pickle!r}.")
+    for key in ("text_encoder", "mbd"):
+        value = entry.get(key)
+        if value is not None and (not isinstance(value, str) or not _NAME.match(value) or value == name):
+            raise ParamsError(
+                f"{where}.{key} must name another model of models: (e.g. t5-base), got {value!r:.60}. "
+                "Fix the entry in params.yaml."
+            )
     seed = entry.get("seed")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
         raise ParamsError(f"{where}.seed must be an integer >= 0, got {seed!r}.")
@@ -300,6 +314,8 @@ def _parse_spec(kind: Kind, name: str, entry: Any) -> SnapshotSpec:
         engine=entry.get("engine"),
         license=entry.get("license"),
         allow_pickle=allow_pickle,
+        text_encoder=entry.get("text_encoder"),
+        mbd=entry.get("mbd"),
         **remote,
     )
 

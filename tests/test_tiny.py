@@ -96,7 +96,7 @@ def test_unknown_builder_and_bad_seed(workbench):
     assert (
         str(exc.value)
         == "Unknown tiny builder 'musicgne'. Known builders: musicgen, musicgen-stereo, musicgen-melody, clap, lm, stable-audio, "
-        "audiogen, magnet, ace-step, demucs, whisper, wan."
+        "audiogen, magnet, audiogen-t5, mbd, t5, ace-step, demucs, whisper, wan."
     )
     with pytest.raises(BuilderError, match=r"seed must be an integer in \[0, 2\*\*63\), got -1"):
         build_tiny(workbench, "musicgen", seed=-1)

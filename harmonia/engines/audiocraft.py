@@ -21,6 +21,12 @@ when the model's params.yaml entry says ``allow_pickle: true``; even then the wo
 with ``weights_only=True`` first and unpickles fully only if that fails. The manifest records
 which files were pickles, that they were allowed, and whether full unpickling was needed.
 
+A model's params.yaml entry may name other snapshots it reads (its *companions*, verified the
+same way, their names and digests part of every id they touch, their licences in the manifest):
+``text_encoder:`` the local T5 its text conditioner loads (audiocraft would download it by name;
+the worker loads this folder instead, ``local_files_only``), and ``mbd:`` the Multi-Band
+Diffusion decoder that ``decoder="mbd"`` runs on MAGNeT's tokens in the worker.
+
 This module knows the worker and the two engines; it knows nothing about artifacts or the UI.
 """
 
@@ -61,8 +67,10 @@ from harmonia.engines.base import (
     pick_threads,
 )
 from harmonia.errors import Cancelled, RequestError, WorkerError
+from harmonia.inventory import Inventory
 from harmonia.media import AudioTake
-from harmonia.requests import MAX_PROMPT_CHARS, MusicRequest, SampleRequest, check_limits
+from harmonia.requests import MAX_PROMPT_CHARS, MusicRequest, SampleRequest, check_decoder, check_limits
+from harmonia.samples import check_sample_request, generated_seconds, shape_take
 from harmonia.workbench import Workbench
 
 AUDIOCRAFT_VERSION = "1.3.0"
@@ -106,6 +114,9 @@ STANDINS = WORKERS / "standins"
 VENV_ENV = "HARMONIA_AUDIOCRAFT_VENV"  # where the worker's environment lives (default: beside the checkout)
 STAMP = ".harmonia-worker.json"
 LM_FILE, COMPRESSION_FILE = "state_dict.bin", "compression_state_dict.bin"
+# Multi-Band Diffusion for MusicGen's 32 kHz EnCodec tokens (MAGNeT shares them), by the hub's file name
+MBD_FILE = "mbd_musicgen_32khz.th"
+T5_DIMS = {"t5-small": 512, "t5-base": 768, "t5-large": 1024}  # audiocraft's T5Conditioner widths
 PRECISIONS = ("exact",)
 MAX_AUDIOGEN_S = 30.0  # longest AudioGen clip (windows of the model's segment, extended by EXTEND_STRIDE_S)
 EXTEND_STRIDE_S = 2.0  # AudioGen's own default
@@ -230,7 +241,9 @@ class Worker:
         )
         self.next_id = 0
         self.lock = threading.Lock()
-        self.loaded: tuple | None = None  # (snapshot, family, allow_pickle, digest) in the worker now
+        self.loaded: tuple | None = None  # (snapshot, family, digest, text encoder) in the worker now
+        self.mbd: tuple | None = None  # (snapshot, digest) of the MBD decoder loaded over it
+        self.mbd_used = False  # whether loading it needed full unpickling
         self.info: dict | None = None
 
     @classmethod
@@ -343,6 +356,8 @@ class ModelFacts:
     n_q: int
     card: int  # codebook size (tokens per codebook)
     conditioners: tuple[str, ...]
+    latent_dim: int | None = None  # the EnCodec latents' width (what an MBD decoder is conditioned on)
+    text_model: str | None = None  # the T5 its text conditioner names ("t5-base"); None: another conditioner
 
 
 _FACTS: dict[tuple, ModelFacts] = {}
@@ -389,7 +404,8 @@ def _facts(lm: dict | None, compression: dict) -> ModelFacts:
         family = "magnet" if compression["lm_model"] == "transformer_lm_magnet" else "audiogen"
         return ModelFacts(family, compression["sample_rate"], compression["channels"], compression["frame_rate"],
                           compression["segment_duration_s"], compression["n_q"], compression["card"],
-                          tuple(compression["conditioners"]))  # fmt: skip
+                          tuple(compression["conditioners"]), compression.get("latent_dim"),
+                          compression.get("text_model"))  # fmt: skip
     family = {"transformer_lm": "audiogen", "transformer_lm_magnet": "magnet"}[lm["lm_model"]]
     hop = math.prod(compression["seanet"]["ratios"])
     rate = int(compression["encodec"]["sample_rate"])
@@ -402,7 +418,14 @@ def _facts(lm: dict | None, compression: dict) -> ModelFacts:
         n_q=int(lm["transformer_lm"]["n_q"]),
         card=int(lm["transformer_lm"]["card"]),
         conditioners=tuple(sorted(lm.get("conditioners") or {})),
+        latent_dim=int(compression["seanet"]["dimension"]),
+        text_model=_text_model(lm),
     )
+
+
+def _text_model(lm: dict) -> str | None:
+    description = (lm.get("conditioners") or {}).get("description") or {}
+    return description.get("t5", {}).get("name") if description.get("model") == "t5" else None
 
 
 def _not_audiocraft(snapshot: Path) -> RequestError:
@@ -425,6 +448,7 @@ class AudiocraftResult:
     generate_s: float
     generated_s: float  # seconds the model generated per take (before shaping)
     take_details: tuple[dict, ...] = field(default=(), repr=False)
+    decoder: dict | None = None  # how tokens became audio (MAGNeT: encodec, or the MBD snapshot used)
 
     @property
     def takes(self) -> tuple[AudioTake, ...]:
@@ -435,7 +459,8 @@ class AudiocraftResult:
         return {role: None for role in type(self.request).INPUTS}
 
     def details(self) -> dict[str, Any]:
-        return {"generated_s": round(self.generated_s, 6), "takes": list(self.take_details)}
+        decoder = {"decoder": self.decoder} if self.decoder is not None else {}
+        return {"generated_s": round(self.generated_s, 6), "takes": list(self.take_details), **decoder}
 
 
 # -- the engines --------------------------------------------------------------------------------
@@ -448,7 +473,12 @@ class _AudiocraftEngine:
     packages: ClassVar[tuple[str, ...]] = ("torch", "numpy", "omegaconf")  # audiocraft: WORKER_PINS (code)
     precisions: ClassVar[tuple[str, ...]] = PRECISIONS
 
-    def __init__(self, worker: Worker, loaded: LoadedModel, facts: ModelFacts, answer: dict, pickled: list):
+    def __init__(
+        self, worker: Worker, loaded: LoadedModel, facts: ModelFacts, answer: dict, pickled: list,
+        wb: Workbench | None = None, text_encoder: Companion | None = None,
+    ):  # fmt: skip
+        self.wb = wb
+        self.text_encoder = text_encoder
         self.worker = worker
         self.loaded = loaded
         self.facts = facts
@@ -476,15 +506,36 @@ class _AudiocraftEngine:
             dtype, threads = pick_dtype(runtime.dtype, chosen), pick_threads(runtime.threads)
             facts = model_facts(path, True)
             _check_family(facts, cls, name)
-            worker, answer = _load_in_worker(path, cls.family, threads, inventory.digest)
+            text_encoder = _text_encoder(wb, spec, facts)
+            worker, answer = _load_in_worker(path, cls.family, threads, inventory.digest, text_encoder)
         loaded = LoadedModel(name, path, spec, inventory, str(chosen), dtype, threads, timer.seconds)
-        return cls(worker, loaded, facts, answer, pickled)
+        return cls(worker, loaded, facts, answer, pickled, wb, text_encoder)
+
+    @classmethod
+    def companions(cls, wb: Workbench, model: str, request: Any) -> dict[str, Inventory]:
+        """The other snapshots a generation reads, verified: the T5 text encoder (when the checkpoint's
+        conditioner is T5) and the MBD decoder (``decoder="mbd"``). Their digests are part of the id."""
+        spec = wb.spec("model", model)
+        facts = model_facts(wb.snapshot_dir("model", model), True)
+        found = {}
+        text_encoder = _text_encoder(wb, spec, facts)
+        if text_encoder is not None:
+            found["text_encoder"] = text_encoder.inventory
+        if getattr(request, "decoder", "encodec") == "mbd":
+            found["decoder"] = _mbd(wb, spec, facts).inventory
+        return found
 
     def _ensure(self) -> Worker:
         """The worker, holding this engine's model (a new worker after a crash; a reload after another model)."""
-        key = (str(self.loaded.path), self.family, self.loaded.inventory.digest)
+        key = _loaded_key(self.loaded.path, self.family, self.loaded.inventory.digest, self.text_encoder)
         if not self.worker.alive or self.worker.loaded != key or self.worker is not Worker.shared():
-            self.worker, self.answer = _load_in_worker(*key[:2], self.loaded.threads, key[2])
+            self.worker, self.answer = _load_in_worker(
+                self.loaded.path,
+                self.family,
+                self.loaded.threads,
+                self.loaded.inventory.digest,
+                self.text_encoder,
+            )
         return self.worker
 
     def describe(self) -> dict:
@@ -509,6 +560,7 @@ class _AudiocraftEngine:
                 "snapshot_verified": True,
                 "full_unpickling": bool(self.answer.get("pickle_used")),  # False: weights_only sufficed
             },
+            **({"text_encoder": self.text_encoder.record()} if self.text_encoder is not None else {}),
         }
 
     @classmethod
@@ -536,11 +588,14 @@ class _AudiocraftEngine:
     def fast_paths(cls, wb: Workbench, snapshot: Path, runtime: Runtime) -> tuple[tuple[str, str], ...]:
         return ()
 
-    def _run(self, takes: list[dict], duration_s: float, params: dict, steps_per_take: int, progress, cancel):
+    def _run(
+        self, takes: list[dict], duration_s: float, params: dict, steps_per_take: int, progress, cancel,
+        decoder: str = "encodec",
+    ):  # fmt: skip
         """The worker's generation: float32 ``[channels, samples]`` per take, and its step count."""
         answer = self._ensure().call(
             "generate", progress, cancel, takes=takes, duration_s=duration_s, params=params,
-            steps_per_take=steps_per_take, threads=self.loaded.threads,
+            steps_per_take=steps_per_take, threads=self.loaded.threads, decoder=decoder,
         )  # fmt: skip
         audio = []
         for item in answer["audio"]:
@@ -549,13 +604,121 @@ class _AudiocraftEngine:
         return audio, int(answer["steps"]), float(answer["generate_s"])
 
 
-def _load_in_worker(path, family: str, threads: int, digest: str) -> tuple[Worker, dict]:
+def _loaded_key(path, family: str, digest: str, text_encoder: Companion | None) -> tuple:
+    return (str(path), family, digest, text_encoder.inventory.digest if text_encoder else None)
+
+
+def _load_in_worker(
+    path, family: str, threads: int, digest: str, text_encoder: Companion | None = None
+) -> tuple[Worker, dict]:
     worker = Worker.shared()
     worker.hello()
-    worker.loaded = None
-    answer = worker.call("load", snapshot=str(path), family=family, allow_pickle=True, threads=threads)
-    worker.loaded = (str(path), family, digest)
+    worker.loaded, worker.mbd = (
+        None,
+        None,
+    )  # a load drops the worker's MBD too (it decodes that model's tokens)
+    answer = worker.call(
+        "load", snapshot=str(path), family=family, allow_pickle=True, threads=threads,
+        text_encoder=str(text_encoder.path) if text_encoder else None,
+    )  # fmt: skip
+    worker.loaded = _loaded_key(path, family, digest, text_encoder)
     return worker, answer
+
+
+# -- the other snapshots a model reads: its T5 text encoder, its MBD decoder --------------------
+@dataclass(frozen=True)
+class Companion:
+    """Another verified snapshot an audiocraft model reads (its T5, its MBD), named in its params.yaml entry."""
+
+    role: str  # "text_encoder" or "decoder"
+    path: Path
+    inventory: Inventory
+    facts: dict = field(
+        default_factory=dict
+    )  # what it is (the T5's name and width, the MBD's bands and steps)
+
+    def record(self) -> dict:
+        """The manifest's entry: name, source, digest, licence, and what it is."""
+        src = self.inventory.source
+        return {
+            "model": self.inventory.name, "repo": src.repo, "revision": src.revision, "source": src.type,
+            "inventory_digest": self.inventory.digest, "license": self.inventory.license, **self.facts,
+        }  # fmt: skip
+
+
+def _text_encoder(wb: Workbench, spec, facts: ModelFacts) -> Companion | None:
+    """The local T5 snapshot of a checkpoint whose text conditioner is T5 (never downloaded by name)."""
+    if facts.text_model is None:
+        if spec.text_encoder is not None:
+            raise RequestError(
+                f"Model '{spec.name}' has no T5 text conditioner, but its params.yaml entry names text_encoder "
+                f"'{spec.text_encoder}'; remove that line."
+            )
+        return None
+    if spec.text_encoder is None:
+        raise RequestError(
+            f"Model '{spec.name}' conditions on T5 '{facts.text_model}', which Harmonia loads from a local snapshot, "
+            f"never by name from the hub: add 'text_encoder: {facts.text_model}' to its params.yaml entry (a "
+            f"model entry for {facts.text_model}, fetched with `harmonia models fetch {facts.text_model}`)."
+        )
+    _, path, inventory = open_snapshot(wb, spec.text_encoder, "t5")
+    try:
+        width = json.loads((path / "config.json").read_text())["d_model"]
+    except (OSError, ValueError, KeyError):
+        raise RequestError(
+            f"text_encoder '{spec.text_encoder}' of model '{spec.name}' is not a T5 snapshot (config.json with "
+            "d_model); name a T5 model's entry."
+        ) from None
+    wanted = T5_DIMS.get(facts.text_model)
+    if wanted is not None and width != wanted:
+        raise RequestError(
+            f"Model '{spec.name}' conditions on T5 '{facts.text_model}' ({wanted} wide), but its text_encoder "
+            f"'{spec.text_encoder}' is {width} wide; name a {facts.text_model} snapshot."
+        )
+    return Companion("text_encoder", path, inventory, {"t5": facts.text_model, "d_model": width})
+
+
+_MBD_FACTS: dict[tuple, dict] = {}
+
+
+def _mbd(wb: Workbench, spec, facts: ModelFacts) -> Companion:
+    """The model's Multi-Band Diffusion snapshot (params.yaml ``mbd:``), verified and checked against its tokens."""
+    if spec.mbd is None:
+        raise RequestError(
+            f"decoder mbd: model '{spec.name}' names no Multi-Band Diffusion snapshot; add 'mbd: NAME' to its "
+            "params.yaml entry (e.g. mbd: multiband-diffusion), or use --decoder encodec."
+        )
+    mbd_spec = wb.spec("model", spec.mbd)
+    if not mbd_spec.allow_pickle:
+        raise RequestError(
+            f"Model '{spec.mbd}' is an audiocraft MBD checkpoint ({MBD_FILE}: a torch pickle); Harmonia loads it "
+            "only when its params.yaml entry says 'allow_pickle: true'. Add that if you trust the file."
+        )
+    _, path, inventory = open_snapshot(wb, spec.mbd, "mbd", allow_pickle=True)
+    try:
+        key = (str(path / MBD_FILE), (path / MBD_FILE).stat().st_mtime_ns)
+    except OSError:
+        raise RequestError(
+            f"Model '{spec.mbd}' has no {MBD_FILE}: it is not a Multi-Band Diffusion snapshot for MusicGen tokens."
+        ) from None
+    if key not in _MBD_FACTS:  # its configs are pickled objects: the worker reads them
+        answer = Worker.shared().call("mbd_facts", snapshot=str(path), allow_pickle=True)
+        _MBD_FACTS[key] = {
+            k: answer[k] for k in ("sample_rate", "channels", "codec_dim", "n_bands", "steps_per_band")
+        }
+    mbd = _MBD_FACTS[key]
+    decodes = (mbd["sample_rate"], mbd["channels"], mbd["codec_dim"])
+    makes = (facts.sample_rate, facts.channels, facts.latent_dim)
+    if decodes != makes:
+        raise RequestError(
+            f"decoder mbd: '{spec.mbd}' decodes {_codec(*decodes)}, but model '{spec.name}' makes {_codec(*makes)}: "
+            "MBD cannot decode its tokens. Use --decoder encodec."
+        )
+    return Companion("decoder", path, inventory, dict(mbd))
+
+
+def _codec(rate: int, channels: int, width: int | None) -> str:
+    return f"{rate} Hz {'mono' if channels == 1 else f'{channels}-channel'} EnCodec tokens ({width}-wide latents)"
 
 
 def _open(wb: Workbench, name: str, engine: str):
@@ -617,8 +780,6 @@ class AudioGenEngine(_AudiocraftEngine):
         what AudioGen does not take (a negative prompt, an init clip). ``steps`` (denoising) does not
         apply and is recorded as None.
         """
-        from harmonia.engines import stable_audio
-
         facts = model_facts(snapshot, True)
         if request.negative_prompt is not None:
             raise RequestError("negative_prompt: audiogen has no negative prompt; leave --negative out.")
@@ -626,9 +787,10 @@ class AudioGenEngine(_AudiocraftEngine):
             raise RequestError("init: audiogen makes no variations of a clip; leave --init out.")
         _check_prompts(request.prompts, "sound")
         longest = max(MAX_AUDIOGEN_S, facts.segment_s)
-        shaped = stable_audio.ModelFacts(facts.sample_rate, facts.channels, 1, 0, longest, 0)
-        checked = stable_audio._check_request(replace(request, steps=None), shaped, snapshot.name)
-        if facts.segment_s <= EXTEND_STRIDE_S and stable_audio.generated_seconds(checked) > facts.segment_s:
+        checked = check_sample_request(
+            replace(request, steps=None), facts.sample_rate, longest, snapshot.name
+        )
+        if facts.segment_s <= EXTEND_STRIDE_S and generated_seconds(checked) > facts.segment_s:
             raise RequestError(
                 f"model '{snapshot.name}' has a {facts.segment_s:g} s window, too short to extend; ask for at most "
                 f"{facts.segment_s:g} s."
@@ -639,12 +801,10 @@ class AudioGenEngine(_AudiocraftEngine):
         self, request: SampleRequest, progress: Progress | None = None, cancel: Cancel | None = None
     ) -> AudiocraftResult:
         """One float32 take ``[channels, samples]`` per prompt and take index (take i from seed + i)."""
-        from harmonia.engines import stable_audio
-
         with TORCH_LOCK:
             # 1. Check; fix the seed and the length to generate.
             request = type(self).check(request, self.loaded.path)
-            seconds = stable_audio.generated_seconds(request)
+            seconds = generated_seconds(request)
             runs = [(p, k) for p in range(len(request.prompts)) for k in range(request.takes)]
             takes = [{"prompt": request.prompts[p], "seed": request.seed + k} for p, k in runs]
             params = {"top_k": min(250, self.facts.card), "top_p": 0.0, "temperature": 1.0, "cfg_coef": float(request.guidance_scale),
@@ -655,7 +815,7 @@ class AudioGenEngine(_AudiocraftEngine):
             )
             shaped, details = [], []
             for (p, k), raw in zip(runs, audio, strict=True):
-                clip, facts = stable_audio.shape(raw, self.sample_rate, request, seconds)
+                clip, facts = shape_take(raw, self.sample_rate, request, seconds)
                 shaped.append(clip)
                 details.append(
                     {"prompt": p, "take": k, "seed": request.seed + k, "samples": int(clip.shape[1]), **facts}
@@ -710,6 +870,7 @@ class MagnetEngine(_AudiocraftEngine):
         facts = model_facts(snapshot, True)
         _check_prompts(request.prompts, "music")
         check_limits(request)
+        check_decoder(request, "magnet", ("encodec", "mbd"))
         for role, flag in (("melody", "--melody"), ("continuation", "--continue")):
             if getattr(request, role) is not None:
                 raise RequestError(
@@ -745,10 +906,17 @@ class MagnetEngine(_AudiocraftEngine):
                 + [MAGNET_DECODING_STEPS[-1]] * max(0, self.facts.n_q - len(MAGNET_DECODING_STEPS)),
             }  # fmt: skip
             steps_per_take = sum(params["decoding_steps"])
+            decoder = {"name": "encodec"}
+            if request.decoder == "mbd":  # the same tokens, decoded by diffusion: its steps count too
+                mbd = self._ensure_mbd()
+                steps_per_take += mbd.facts["n_bands"] * mbd.facts["steps_per_band"]
+                decoder = {"name": "mbd", **mbd.record(), "full_unpickling": bool(self.worker.mbd_used)}
             # MAGNeT rounds its length down to whole spans: ask for a few frames more (within its
             # window) and cut to exactly duration_s
             asked = min(self.facts.segment_s, request.duration_s + 4 / self.facts.frame_rate)
-            audio, steps, generate_s = self._run(takes, asked, params, steps_per_take, progress, cancel)
+            audio, steps, generate_s = self._run(
+                takes, asked, params, steps_per_take, progress, cancel, request.decoder
+            )
             length = round(request.duration_s * self.sample_rate)
             audio = [a[:, :length].copy() for a in audio]
             details = [
@@ -763,7 +931,20 @@ class MagnetEngine(_AudiocraftEngine):
             generate_s=generate_s,
             generated_s=request.duration_s,
             take_details=tuple(details),
+            decoder=decoder,
         )
+
+    def _ensure_mbd(self) -> Companion:
+        """The model's MBD, verified and loaded in the worker over this model's compression model."""
+        mbd = _mbd(self.wb, self.loaded.spec, self.facts)
+        worker = self._ensure()
+        key = (str(mbd.path), mbd.inventory.digest)
+        if worker.mbd != key:
+            answer = worker.call(
+                "load_mbd", snapshot=str(mbd.path), allow_pickle=True, threads=self.loaded.threads
+            )
+            worker.mbd, worker.mbd_used = key, bool(answer.get("pickle_used"))
+        return mbd
 
 
 __all__ = [

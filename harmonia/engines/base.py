@@ -16,7 +16,9 @@ An engine module declares one engine class with:
   measure them, () for none); ``load(wb, name, runtime)``; ``generate(request, progress,
   cancel)`` returning a result whose ``takes`` are media (harmonia.media), with ``inputs``,
   ``request``, ``steps``, ``generate_s`` and ``details()`` for the manifest. An engine whose
-  old artifacts had other ids may offer ``legacy_identity(identity, runtime)``.
+  old artifacts had other ids may offer ``legacy_identity(identity, runtime)``; one whose
+  model reads other snapshots (audiocraft: a T5 text encoder, an MBD decoder) offers
+  ``companions(wb, model, request)``: role -> verified inventory, part of the id and the licences.
 
 An engine is loaded once from a local snapshot and then called many times; a call never
 changes the engine. Each call seeds its own random stream (the caller's RNG state is left
@@ -53,7 +55,7 @@ Progress = Callable[[int, int], None]
 Cancel = threading.Event | Callable[[], bool]
 """Set (or returning True) to stop a generation at its next step; nothing is written."""
 
-PICKLED = (".bin", ".pt", ".ckpt", ".pth", ".pkl", ".pickle")
+PICKLED = (".bin", ".pt", ".ckpt", ".pth", ".th", ".pkl", ".pickle")  # .th: audiocraft's MBD
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SEED_LIMIT = 2**63
 MAX_THREADS = 512

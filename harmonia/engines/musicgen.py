@@ -56,7 +56,7 @@ from harmonia.engines.base import (
 from harmonia.engines.decoding import Sampling, decoder_step, sample_window
 from harmonia.errors import AudioError, RequestError
 from harmonia.media import AudioTake
-from harmonia.requests import MAX_PROMPT_CHARS, Limit, MusicRequest, check_limits
+from harmonia.requests import MAX_PROMPT_CHARS, Limit, MusicRequest, check_decoder, check_limits
 from harmonia.workbench import Workbench
 
 TRAINED_WINDOW_S = 30.0
@@ -716,6 +716,7 @@ def _check_request(
         if len(prompt) > MAX_PROMPT_CHARS:
             raise RequestError(f"prompts[{i}] has {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}.")
     check_limits(r)
+    check_decoder(r, "musicgen")
     if r.extend_stride_s is not None:  # the model's window bounds it too
         Limit(0, window_s, "seconds", low_open=True, high_open=True).check(
             "extend_stride_s", r.extend_stride_s

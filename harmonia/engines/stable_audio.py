@@ -29,17 +29,16 @@ import json
 import math
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from harmonia.audio import Audio, conform, is_silent, peak_dbfs, read_audio
+from harmonia.audio import Audio, conform
 from harmonia.engines.base import (
     DTYPES,
-    SEED_LIMIT,
     TORCH_LOCK,
     Cancel,
     LoadedModel,
@@ -48,8 +47,6 @@ from harmonia.engines.base import (
     Steps,
     Timer,
     check_memory,
-    check_seed,
-    choose_seed,
     open_snapshot,
     pick_device,
     pick_dtype,
@@ -58,15 +55,13 @@ from harmonia.engines.base import (
     quiet_transformers,
     seeded,
 )
-from harmonia.errors import AudioError, RequestError
+from harmonia.errors import RequestError
 from harmonia.media import AudioTake
-from harmonia.requests import MAX_PROMPT_CHARS, SampleRequest, check_limits
+from harmonia.requests import SampleRequest
+from harmonia.samples import check_sample_request, generated_seconds, shape_take
 from harmonia.workbench import Workbench
 
 PRECISIONS = ("exact",)
-DEFAULT_DURATION_S = {"one-shot": 4.0, "sfx": 10.0}  # what is generated when duration_s is None
-DEFAULT_BARS = 1
-DEFAULT_BEATS_PER_BAR = 4
 LIBRARIES = ("diffusers", "transformers")  # where a snapshot's components may come from
 
 
@@ -300,7 +295,7 @@ class StableAudioEngine:
         sfx) or grid (loop) filled in, its init audio read.
         """
         facts = model_facts(snapshot)
-        request = _check_request(request, facts, snapshot.name)
+        request = check_sample_request(request, facts.sample_rate, facts.max_duration_s, snapshot.name)
         tokenizer = _tokenizer(snapshot)
         texts = [("prompts", i, p) for i, p in enumerate(request.prompts)]
         if request.negative_prompt is not None:
@@ -349,7 +344,7 @@ class StableAudioEngine:
             for p, k in runs:
                 seed = request.seed + k
                 raw = self._run(request.prompts[p], request, seconds, seed, init, step)
-                shaped, facts = shape(raw, self.sample_rate, request, seconds)
+                shaped, facts = shape_take(raw, self.sample_rate, request, seconds)
                 audio.append(shaped)
                 prompts.append(request.prompts[p])
                 details.append(
@@ -390,42 +385,6 @@ class StableAudioEngine:
         return np.ascontiguousarray(out.audios[0], dtype=np.float32)
 
 
-def generated_seconds(request: SampleRequest) -> float:
-    """Seconds to generate for a checked request: a loop's required length, else duration_s."""
-    if request.type == "loop":
-        from harmonia.samples import required_length_s
-
-        return required_length_s(request.bpm, request.bars, request.beats_per_bar)
-    return float(request.duration_s)
-
-
-def shape(raw: np.ndarray, rate: int, request: SampleRequest, seconds: float) -> tuple[np.ndarray, dict]:
-    """A generated clip shaped by the request's type, and the facts the manifest keeps of it.
-
-    A silent clip (peak under -60 dBFS: nothing to trim or cut on) is kept as generated (a
-    loop: its first ``length`` samples) and marked ``silent``.
-    """
-    from harmonia import samples
-
-    silent = is_silent(raw)
-    facts: dict[str, Any] = {"silent": silent, "peak_dbfs": _finite(peak_dbfs(raw))}
-    if request.type == "loop":
-        length = samples.loop_length_samples(request.bpm, request.bars, request.beats_per_bar, rate)
-        if silent:
-            return raw[:, :length].copy(), {**facts, "loop": None}
-        cut = samples.loop(raw, rate, request.bpm, request.bars, request.beats_per_bar)
-        return cut.samples, {**facts, "loop": cut.facts.to_json()}
-    if silent:
-        return raw, facts
-    if request.type == "one-shot":
-        return samples.one_shot(raw, rate, max_s=min(samples.ONE_SHOT_S, seconds)), facts
-    return samples.sfx(raw, rate), facts
-
-
-def _finite(value: float) -> float | None:
-    return round(value, 6) if math.isfinite(value) else None
-
-
 _TOKENIZERS: dict[tuple[str, int], Any] = {}
 
 
@@ -439,93 +398,3 @@ def _tokenizer(snapshot: Path):
         with quiet_transformers():
             _TOKENIZERS[key] = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     return _TOKENIZERS[key]
-
-
-def longest_loop_bars(bpm: float, beats_per_bar: int, max_s: float) -> int:
-    """The most bars at ``bpm`` whose required length fits in ``max_s`` seconds (0 if none)."""
-    from harmonia.samples import CROSSFADE_S, MARGIN_BEATS
-
-    return max(0, math.floor(((max_s - CROSSFADE_S) * bpm / 60.0 - MARGIN_BEATS) / beats_per_bar + 1e-9))
-
-
-def _check_request(r: SampleRequest, facts: ModelFacts, name: str) -> SampleRequest:
-    """Check every parameter of a request for a model; return it as it will run."""
-    from harmonia.samples import CROSSFADE_S, MARGIN_BEATS, check_type, loop_length_samples, required_length_s
-
-    # 1. Text.
-    if not isinstance(r.prompts, tuple) or not r.prompts:
-        raise RequestError("prompts must be a non-empty list of strings: give at least one prompt.")
-    for i, prompt in enumerate(r.prompts):
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise RequestError(f"prompts[{i}] is empty: describe the sound in a few words.")
-        if len(prompt) > MAX_PROMPT_CHARS:
-            raise RequestError(f"prompts[{i}] has {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}.")
-    negative = r.negative_prompt
-    if negative is not None and (not isinstance(negative, str) or not negative.strip()):
-        raise RequestError(
-            f"negative_prompt must be text naming what to avoid, got {negative!r}. Leave it out or describe it."
-        )
-    if negative is not None and len(negative) > MAX_PROMPT_CHARS:
-        raise RequestError(
-            f"negative_prompt has {len(negative)} characters; the limit is {MAX_PROMPT_CHARS}."
-        )
-
-    # 2. Ranges, the type, the seed.
-    check_limits(r)
-    check_type(r.type)
-    seed = choose_seed() if r.seed is None else check_seed(r.seed)
-    if seed + r.takes > SEED_LIMIT:
-        raise RequestError(
-            f"seed {seed} + {r.takes} takes passes 2**63 (take i uses seed + i); give a seed below {SEED_LIMIT - r.takes}."
-        )
-
-    # 3. The length: a loop's grid, or a duration within the model's limit.
-    longest = facts.max_duration_s
-    if r.type == "loop":
-        if r.bpm is None:
-            raise RequestError(
-                "a loop needs a tempo: give bpm (e.g. --bpm 120) and, if not 1, bars (--bars 2)."
-            )
-        bars = DEFAULT_BARS if r.bars is None else r.bars
-        beats = DEFAULT_BEATS_PER_BAR if r.beats_per_bar is None else r.beats_per_bar
-        need = required_length_s(r.bpm, bars, beats)
-        if need > longest:
-            fit = longest_loop_bars(r.bpm, beats, longest)
-            loop_s = loop_length_samples(r.bpm, bars, beats, facts.sample_rate) / facts.sample_rate
-            if fit >= 1:
-                advice = (
-                    f"at {r.bpm:g} bpm the longest loop is {fit} bar{'s' if fit > 1 else ''} of {beats} beats "
-                    f"({loop_length_samples(r.bpm, fit, beats, facts.sample_rate) / facts.sample_rate:.2f} s). "
-                    "Ask for fewer bars or a faster tempo."
-                )
-            else:
-                slowest = (beats + MARGIN_BEATS) * 60.0 / (longest - CROSSFADE_S)
-                advice = f"even 1 bar of {beats} beats does not fit: use at least {math.ceil(slowest)} bpm."
-            raise RequestError(
-                f"a {bars}-bar loop at {r.bpm:g} bpm is {loop_s:.2f} s and needs {need:.2f} s of audio "
-                f"({MARGIN_BEATS:g} more beats to find the first beat, and the crossfade), but model '{name}' "
-                f"generates at most {longest:.2f} s; {advice}"
-            )
-        r = replace(r, bars=bars, beats_per_bar=beats, duration_s=None)  # its length is the grid's
-    else:
-        # bpm, bars and beats_per_bar shape loops only; a default for loops (params.yaml's samples:)
-        # must not stop a one-shot, so they are dropped here and recorded as None.
-        r = replace(r, bpm=None, bars=None, beats_per_bar=None)
-        duration = min(DEFAULT_DURATION_S[r.type], longest) if r.duration_s is None else r.duration_s
-        if duration > longest:
-            raise RequestError(
-                f"duration_s is {duration:g} s but model '{name}' generates at most {longest:.2f} s; "
-                f"ask for at most {math.floor(longest * 100) / 100:g} s."
-            )
-        r = replace(r, duration_s=float(duration))
-
-    # 4. The init clip: readable, not empty, audible.
-    init = None
-    if r.init is not None:
-        init = read_audio(r.init, "init")  # unreadable, empty, NaN: one sentence each
-        if is_silent(init.samples):
-            raise AudioError(
-                f"init: {init.source or 'the array'} is silent (peak below -60 dBFS); a variation needs audible "
-                "audio. Give another clip or leave init out."
-            )
-    return replace(r, seed=seed, init=init)

@@ -15,8 +15,15 @@ library prints goes to stderr) with messages carrying the same ``id``:
   when a ``{"op": "cancel"}`` line arrived while it ran: it stops at its next step).
 
 Ops: ``hello`` (versions), ``build`` (a tiny model into a folder), ``facts`` (what a checkpoint's
-configs say, no weights built), ``load`` (a snapshot folder), ``generate`` (one take per seed),
-``exit``. Audio goes back as base64 float32 little-endian, ``[channels, samples]``.
+configs say, no weights built), ``load`` (a snapshot folder), ``build_mbd``, ``mbd_facts`` and
+``load_mbd`` (a Multi-Band Diffusion decoder for the loaded model's tokens), ``generate`` (one
+take per seed, decoded by EnCodec or MBD), ``exit``. Audio goes back as base64 float32
+little-endian, ``[channels, samples]``.
+
+Text conditioners that are T5 (the real AudioGen and MAGNeT checkpoints) never download: the
+worker replaces the ``T5Tokenizer`` and ``T5EncoderModel`` that audiocraft's conditioners module
+calls with loaders of the local snapshot Harmonia passes (``text_encoder``: a verified folder),
+``local_files_only``; without one, a T5 conditioner is an error naming what to add.
 """
 
 from __future__ import annotations
@@ -36,6 +43,10 @@ PROTOCOL = 1
 FAMILIES = ("audiogen", "magnet")
 LM_FILE = "state_dict.bin"  # audiocraft's own names for its two checkpoints (as on the hub)
 COMPRESSION_FILE = "compression_state_dict.bin"
+MBD_FILE = (
+    "mbd_musicgen_32khz.th"  # Multi-Band Diffusion for MusicGen's 32 kHz EnCodec tokens (as on the hub)
+)
+T5_DIMS = {"t5-small": 512, "t5-base": 768, "t5-large": 1024}  # audiocraft's T5Conditioner.MODELS_DIMS
 
 
 class Cancelled(Exception):
@@ -49,6 +60,7 @@ class Worker:
         self.model = None
         self.family = None
         self.pickle_used = False
+        self.mbd = None  # MultiBandDiffusion over the loaded model's compression model
 
     # -- messages ------------------------------------------------------------------------------
     def send(self, message: dict) -> None:
@@ -75,7 +87,9 @@ class Worker:
         family, out, seed = request["family"], Path(request["out"]), int(request["seed"])
         torch.manual_seed(seed)
         torch.set_num_threads(1)
-        compression_cfg, lm_cfg = tiny_configs(family)
+        text_encoder = request.get("text_encoder")  # a local T5 folder: the conditioner is T5 (t5-base)
+        compression_cfg, lm_cfg = tiny_configs(family, t5=text_encoder is not None)
+        _local_t5(text_encoder)
         compression, lm = _build(compression_cfg, lm_cfg, family)
         # random init leaves the RVQ codebooks empty: initialise them as audiocraft's debug model does
         compression.quantizer.train()
@@ -123,6 +137,8 @@ class Worker:
             return pkg
 
         loaders._get_state_dict = state
+        _local_t5(request.get("text_encoder"))
+        self.model, self.mbd = None, None
         set_efficient_attention_backend("torch")  # the loader of MAGNeT sets xformers (our stand-in)
         compression = loaders.load_compression_model(folder / COMPRESSION_FILE, device="cpu")
         if family == "magnet":
@@ -175,19 +191,94 @@ class Worker:
                 done[0] += 1
                 self.send({"id": rid, "type": "progress", "done": done[0], "total": total})
 
+        decoder = request.get("decoder", "encodec")
+        if decoder == "mbd" and self.mbd is None:
+            raise RuntimeError("decoder mbd asked for but no MBD is loaded: send a load_mbd request first")
         model.set_custom_progress_callback(on_step)
         audio, started = [], time.perf_counter()
         for i, take in enumerate(takes):
             bound[0] = (i + 1) * per_take
             with torch.inference_mode(), torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(take["seed"]))
-                wav = model.generate([take["prompt"]], progress=True)[0]  # [channels, samples]
+                if (
+                    decoder == "mbd"
+                ):  # the same tokens, decoded by diffusion (the stream goes on from the LM's)
+                    _, tokens = model.generate([take["prompt"]], progress=True, return_tokens=True)
+                    wav = _mbd_decode(self.mbd, tokens, lambda: on_step(0, 0))[0]
+                else:
+                    wav = model.generate([take["prompt"]], progress=True)[0]  # [channels, samples]
             if done[0] < bound[0]:  # the model took fewer steps than estimated
                 done[0] = bound[0]
                 self.send({"id": rid, "type": "progress", "done": done[0], "total": total})
             samples = np.ascontiguousarray(wav.float().cpu().numpy(), dtype="<f4")
             audio.append({"shape": list(samples.shape), "data": base64.b64encode(samples.tobytes()).decode()})
         return {"audio": audio, "generate_s": time.perf_counter() - started, "steps": steps[0]}
+
+    def build_mbd(self, request: dict) -> dict:
+        """A tiny Multi-Band Diffusion decoder from ``seed``, saved as the hub's ``mbd_musicgen_32khz.th``."""
+        import torch
+        from omegaconf import OmegaConf
+
+        out, seed = Path(request["out"]), int(request["seed"])
+        torch.manual_seed(seed)
+        torch.set_num_threads(1)
+        rate, cfgs = tiny_mbd_configs()
+        pkg = {"sample_rate": rate, "n_bands": len(cfgs)}
+        for i, cfg in enumerate(cfgs):
+            cfg = OmegaConf.create(cfg)  # kept as audiocraft keeps it: a DictConfig (a full pickle)
+            unet, processor = _build_band(cfg, rate)
+            processor.project_sample(
+                0.1 * torch.randn(4, 1, rate)
+            )  # fit its band statistics, as training does
+            pkg[i] = {
+                "cfg": cfg,
+                "model_state": {k: v.detach().clone().contiguous() for k, v in unet.state_dict().items()},
+                "processor_state": {
+                    k: v.detach().clone().contiguous() for k, v in processor.state_dict().items()
+                },
+            }
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save(pkg, out / MBD_FILE)
+        return {"files": [MBD_FILE]}
+
+    def mbd_facts(self, request: dict) -> dict:
+        """What an MBD checkpoint decodes (rate, channels, codec latent width) and its steps, no weights built."""
+        pkg, used = _torch_load(
+            Path(request["snapshot"]) / MBD_FILE, bool(request.get("allow_pickle", False))
+        )
+        return {**_mbd_facts(pkg), "pickle_used": used}
+
+    def load_mbd(self, request: dict) -> dict:
+        """Build the MBD of a snapshot over the loaded model's compression model (its tokens' decoder)."""
+        import torch
+        from audiocraft.models.multibanddiffusion import DiffusionProcess, MultiBandDiffusion
+        from audiocraft.modules.diffusion_schedule import NoiseSchedule
+
+        if self.model is None:
+            raise RuntimeError("no model is loaded: send a load request first")
+        started = time.perf_counter()
+        pkg, used = _torch_load(
+            Path(request["snapshot"]) / MBD_FILE, bool(request.get("allow_pickle", False))
+        )
+        facts = _mbd_facts(pkg)
+        codec = self.model.compression_model
+        have = {"sample_rate": int(codec.sample_rate), "channels": int(codec.channels),
+                "codec_dim": int(codec.quantizer.dimension)}  # fmt: skip
+        wanted = {k: facts[k] for k in have}
+        if wanted != have:
+            raise ValueError(f"this MBD decodes {wanted}, the loaded model's tokens are {have}")
+        processes = []
+        for i in range(int(pkg["n_bands"])):
+            band = pkg[i]
+            unet, processor = _build_band(band["cfg"], int(pkg["sample_rate"]))
+            unet.load_state_dict(band["model_state"])
+            processor.load_state_dict(band["processor_state"])
+            unet.eval()
+            schedule = NoiseSchedule(**band["cfg"].schedule, sample_processor=processor, device="cpu")
+            processes.append(DiffusionProcess(model=unet, noise_schedule=schedule))
+        self.mbd = MultiBandDiffusion(DPs=processes, codec_model=codec)
+        torch.set_num_threads(int(request.get("threads", torch.get_num_threads())))
+        return {**facts, "pickle_used": used, "load_s": time.perf_counter() - started}
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self, stdin) -> None:
@@ -219,7 +310,7 @@ class Worker:
                     os._exit(int(message.get("code", 3)))
                 if op == "generate":
                     answer = self.generate(message, rid)
-                elif op in ("hello", "build", "facts", "load"):
+                elif op in ("hello", "build", "facts", "load", "build_mbd", "mbd_facts", "load_mbd"):
                     answer = getattr(self, op)(message)
                 else:
                     raise ValueError(f"unknown op {op!r}")
@@ -232,13 +323,14 @@ class Worker:
 
 
 # -- tiny models --------------------------------------------------------------------------------
-def tiny_configs(family: str) -> tuple[dict, dict]:
+def tiny_configs(family: str, t5: bool = False) -> tuple[dict, dict]:
     """The configs of a tiny model, after audiocraft's debug models (builders.get_debug_*_model).
 
     AudioGen: 16 kHz mono, 25 frames/s, 4 codebooks of 64, a delayed pattern, a causal LM.
     MAGNeT: 32 kHz mono, the same codes, a non-causal LM with restricted context per codebook.
     The text conditioner is a lookup table over the whole description (``noop`` tokenizer:
-    sha256 of the text, no spaCy model to download); the real models use T5.
+    sha256 of the text, no spaCy model to download); with ``t5`` it is T5 ("t5-base", as the
+    real MAGNeT and MusicGen models; loaded from the local folder Harmonia passes).
     """
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
@@ -269,6 +361,9 @@ def tiny_configs(family: str) -> tuple[dict, dict]:
                   "cross": ["description"], "input_interpolate": []},
         "conditioners": {"description": {"model": "lut", "lut": {"n_bins": 256, "dim": 32, "tokenizer": "noop"}}},
     }  # fmt: skip
+    if t5:
+        lm["conditioners"] = {"description": {"model": "t5", "t5": {"name": "t5-base", "finetune": False,
+                                                                    "word_dropout": 0.0, "normalize_text": False}}}  # fmt: skip
     if family == "magnet":
         lm["transformer_lm"]["subcodes_context"] = 5
         lm["codebooks_pattern"] = {"modeling": "parallel", "parallel": {}}
@@ -295,6 +390,93 @@ def _hop(compression_cfg: dict) -> int:
     for ratio in compression_cfg["seanet"]["ratios"]:
         hop *= ratio
     return hop
+
+
+def tiny_mbd_configs() -> tuple[int, list[dict]]:
+    """A tiny Multi-Band Diffusion for the tiny MAGNeT's tokens (32 kHz mono, 32-wide EnCodec latents).
+
+    As audiocraft's MBD for MusicGen: one diffusion U-Net per band, each with a multi-band
+    sample processor and a 1000-step power schedule, the codec latents entering at the
+    bottleneck (here through a small BiLSTM; the released one is wider and deeper).
+    """
+    band = {
+        "channels": 1,
+        "schedule": {"repartition": "power", "beta_t0": 1e-4, "beta_t1": 0.02, "beta_exp": 1.0, "num_steps": 1000,
+                     "variance": "beta", "clip": 5.0, "rescale": 1.0, "n_bands": None, "noise_scale": 1.0},
+        "diffusion_unet": {"hidden": 8, "depth": 2, "res_blocks": 1, "norm_groups": 4, "kernel": 8, "stride": 4,
+                           "growth": 2, "max_channels": 64, "dropout": 0.0, "emb_all_layers": True, "bilstm": True,
+                           "codec_dim": 32, "transformer": False, "cross_attention": False},
+        "processor": {"name": "multi_band_processor", "use": True, "n_bands": 4, "num_samples": 4, "power_std": 1.0},
+    }  # fmt: skip
+    return 32000, [band, json.loads(json.dumps(band))]
+
+
+def _build_band(cfg, sample_rate: int):
+    from audiocraft.models import builders
+
+    return builders.get_diffusion_model(cfg), builders.get_processor(cfg.processor, sample_rate=sample_rate)
+
+
+def _mbd_facts(pkg) -> dict:
+    band = pkg[0]["cfg"]
+    steps = [*range(999, -1, -50), 0]  # audiocraft's default step list (generate_subsampled)
+    return {
+        "sample_rate": int(pkg["sample_rate"]),
+        "channels": int(band.channels),
+        "codec_dim": int(band.diffusion_unet.codec_dim),
+        "n_bands": int(pkg["n_bands"]),
+        "steps_per_band": len(steps) - 1,
+    }
+
+
+def _mbd_decode(mbd, tokens, step):
+    """``mbd.tokens_to_wav(tokens)`` with ``step()`` after every diffusion step of every band: ``[B, C, T]``."""
+
+    class Counted:  # the U-Net, counting its calls (one a diffusion step)
+        def __init__(self, unet):
+            self.unet = unet
+
+        def __call__(self, *args, **kwargs):
+            out = self.unet(*args, **kwargs)
+            step()
+            return out
+
+    originals = [process.model for process in mbd.DPs]
+    try:
+        for process in mbd.DPs:
+            process.model = Counted(process.model)
+        return mbd.tokens_to_wav(tokens)
+    finally:
+        for process, unet in zip(mbd.DPs, originals):
+            process.model = unet
+
+
+def _local_t5(folder: str | None) -> None:
+    """Make audiocraft's T5 conditioner load T5 from ``folder`` (local files only), never from the hub."""
+    from audiocraft.modules import conditioners
+    from transformers import T5EncoderModel, T5Tokenizer
+
+    def local(cls):
+        class Local:
+            @staticmethod
+            def from_pretrained(name, *args, **kwargs):
+                if folder is None:
+                    raise FileNotFoundError(
+                        f"the model's text conditioner is T5 '{name}' and no local T5 snapshot was given; name one "
+                        "with 'text_encoder:' in the model's params.yaml entry (e.g. text_encoder: t5-base)"
+                    )
+                config = json.loads((Path(folder) / "config.json").read_text())
+                if name in T5_DIMS and config.get("d_model") != T5_DIMS[name]:
+                    raise ValueError(
+                        f"the model's text conditioner is T5 '{name}' ({T5_DIMS[name]} wide) but the text encoder "
+                        f"snapshot is {config.get('d_model')} wide; name a {name} snapshot with 'text_encoder:'"
+                    )
+                return cls.from_pretrained(folder, local_files_only=True)
+
+        return Local
+
+    conditioners.T5Tokenizer = local(T5Tokenizer)
+    conditioners.T5EncoderModel = local(T5EncoderModel)
 
 
 # -- checkpoints --------------------------------------------------------------------------------
@@ -338,12 +520,20 @@ def _facts(compression_cfg: dict | None, lm_cfg: dict) -> dict:
         "n_q": int(lm_cfg["transformer_lm"]["n_q"]),
         "card": int(lm_cfg["transformer_lm"]["card"]),
         "conditioners": sorted((lm_cfg.get("conditioners") or {}).keys()),
+        "text_model": _text_model(lm_cfg),
     }
     if compression_cfg is not None:
+        facts["latent_dim"] = int(compression_cfg["seanet"]["dimension"])
         facts["sample_rate"] = int(compression_cfg["encodec"]["sample_rate"])
         facts["channels"] = int(compression_cfg["encodec"].get("channels", 1))
         facts["frame_rate"] = compression_cfg["encodec"]["sample_rate"] / _hop(compression_cfg)
     return facts
+
+
+def _text_model(lm_cfg: dict) -> str | None:
+    """The T5 a checkpoint's text conditioner names ("t5-base"), or None for another conditioner."""
+    description = (lm_cfg.get("conditioners") or {}).get("description") or {}
+    return description.get("t5", {}).get("name") if description.get("model") == "t5" else None
 
 
 def _standin(name: str) -> str | None:

@@ -39,6 +39,35 @@ MODELS = """\
     engine: magnet
     license: mit
     allow_pickle: true
+    mbd: tiny-mbd
+  tiny-magnet-plain:
+    builder: magnet
+    seed: 0
+    engine: magnet
+    license: mit
+    allow_pickle: true
+  tiny-mbd:
+    builder: mbd
+    seed: 0
+    license: mit
+    allow_pickle: true
+  tiny-t5:
+    builder: t5
+    seed: 0
+    license: mit
+  tiny-audiogen-t5:
+    builder: audiogen-t5
+    seed: 0
+    engine: audiogen
+    license: mit
+    allow_pickle: true
+    text_encoder: tiny-t5
+  tiny-audiogen-t5-bare:
+    builder: audiogen-t5
+    seed: 0
+    engine: audiogen
+    license: mit
+    allow_pickle: true
   tiny-audiogen-strict:
     builder: audiogen
     seed: 0
@@ -103,6 +132,57 @@ def test_allow_pickle_must_be_a_boolean(tmp_path):
         Workbench.open(root).specs("model")
 
 
+def test_the_decoder_is_part_of_a_music_request_only_when_it_is_not_encodec():
+    plain, mbd = MusicRequest("x", seed=1), MusicRequest("x", seed=1, decoder="mbd")
+    assert "decoder" not in plain.to_json({})  # every EnCodec artifact keeps the id it had
+    assert mbd.to_json({})["decoder"] == "mbd"
+    assert MusicRequest.from_json(mbd.to_json({}), {}) == mbd
+
+
+def test_mbd_is_refused_where_it_does_not_apply_with_what_to_use(music_wb):
+    from harmonia.generation import generate
+
+    with pytest.raises(RequestError) as caught:
+        generate(music_wb, "tiny-musicgen", MusicRequest("x", duration_s=0.5, seed=0, decoder="mbd"))
+    assert str(caught.value) == (
+        "decoder mbd: Multi-Band Diffusion decodes MAGNeT's EnCodec tokens in the audiocraft worker; the musicgen "
+        "engine decodes with its own EnCodec only. Use --decoder encodec, or a magnet model whose params.yaml "
+        "entry names an MBD snapshot (e.g. --model magnet-small-10secs --decoder mbd)."
+    )
+    with pytest.raises(RequestError, match=r"^decoder must be one of encodec, mbd, got 'hifi'\.$"):
+        generate(music_wb, "tiny-musicgen", MusicRequest("x", duration_s=0.5, seed=0, decoder="hifi"))
+    assert list_artifacts(music_wb) == []
+
+
+def test_text_encoder_and_mbd_must_name_another_model(tmp_path):
+    from harmonia.errors import ParamsError
+
+    root = tmp_path / "wb"
+    _workbench(root)
+    (root / "params.yaml").write_text(_params().replace("mbd: tiny-mbd", "mbd: tiny-magnet", 1))
+    with pytest.raises(
+        ParamsError, match=r"tiny-magnet\.mbd must name another model of models: \(e\.g\. t5-base\)"
+    ):
+        Workbench.open(root).specs("model")
+
+
+def test_the_real_audiocraft_models_are_declared_pinned_and_noncommercial():
+    wb = Workbench.open(REPO_ROOT)
+    specs = wb.specs("model")
+    for name in ("audiogen-medium", "magnet-small-10secs", "multiband-diffusion"):
+        assert specs[name].license == "cc-by-nc-4.0" and specs[name].allow_pickle
+    assert (
+        specs["audiogen-medium"].text_encoder == "t5-large" and specs["t5-large"].repo == "google-t5/t5-large"
+    )
+    assert (
+        specs["magnet-small-10secs"].text_encoder == "t5-base"
+        and specs["magnet-small-10secs"].mbd == "multiband-diffusion"
+    )
+    assert specs["multiband-diffusion"].revision == "841e770848e554829f0f7f4c3496f48b34aaea5c"
+    assert specs["t5-base"].revision == "a9723ea7f1b39c1eae772870f3b547bf6ef7e6c1"
+    assert specs["multiband-diffusion"].allow_patterns == ("mbd_musicgen_32khz.th", "README.md")
+
+
 def test_worker_pins_are_exact_and_never_name_torch():
     from harmonia.engines.audiocraft import WORKER_PINS
 
@@ -128,8 +208,8 @@ def tiny_audiocraft(tmp_path_factory, worker_env) -> Path:
 
     root = tmp_path_factory.mktemp("tiny-audiocraft")
     wb = _workbench(root)
-    build_tiny(wb, "audiogen", seed=0)
-    build_tiny(wb, "magnet", seed=0)
+    for builder in ("audiogen", "magnet", "mbd", "t5", "audiogen-t5"):
+        build_tiny(wb, builder, seed=0)
     return root / "models"
 
 
@@ -296,6 +376,119 @@ def test_a_worker_killed_mid_generation_gives_a_clear_error_and_no_artifact(ac_w
         ac_wb, "tiny-magnet", MusicRequest("x", duration_s=1.0, seed=1), threads=1
     )  # a new worker starts
     assert np.isfinite(again.result.audio[0]).all()
+
+
+@pytest.mark.slow
+def test_magnet_decodes_with_multiband_diffusion_recorded_and_reproducible(ac_wb):
+    from harmonia.generation import generate, reproduce
+
+    seen = []
+    mbd = generate(
+        ac_wb, "tiny-magnet", MusicRequest("calm piano", duration_s=1.0, seed=4, decoder="mbd"),
+        progress=lambda d, t: seen.append((d, t)), threads=1,
+    )  # fmt: skip
+    plain = generate(ac_wb, "tiny-magnet", MusicRequest("calm piano", duration_s=1.0, seed=4), threads=1)
+    assert mbd.result.audio[0].shape == plain.result.audio[0].shape == (1, 32_000)
+    assert (
+        mbd.result.audio[0].tobytes() != plain.result.audio[0].tobytes()
+    )  # the same tokens, another decoder
+    assert mbd.artifact.id != plain.artifact.id
+    assert seen[-1] == (
+        50 + 2 * 20,
+        50 + 2 * 20,
+    )  # MAGNeT's steps, then 20 diffusion steps in each of 2 bands
+    m = mbd.artifact.manifest
+    inventory = json.loads((ac_wb.root / "models" / "tiny-mbd" / "inventory.json").read_text())
+    decoder = m.engine.details["decoder"]
+    assert decoder["name"] == "mbd" and decoder["model"] == "tiny-mbd" and decoder["full_unpickling"] is True
+    assert (decoder["n_bands"], decoder["steps_per_band"], decoder["sample_rate"]) == (2, 20, 32_000)
+    assert m.identity["companions"]["decoder"][0] == "tiny-mbd"
+    assert m.identity["companions"]["decoder"][1] == decoder["inventory_digest"]
+    assert m.request["decoder"] == "mbd" and "decoder" not in plain.artifact.manifest.request
+    assert plain.artifact.manifest.engine.details["decoder"] == {"name": "encodec"}
+    assert "companions" not in plain.artifact.manifest.identity
+    assert {(lic.model, lic.license) for lic in m.licenses} == {("tiny-magnet", "mit"), ("tiny-mbd", "mit")}
+    assert inventory["files"][0]["path"] == "mbd_musicgen_32khz.th"
+    verdict = reproduce(ac_wb, mbd.artifact.id)
+    assert verdict.identical, verdict.summary()
+    (out,) = m.outputs
+    done = run_cli(
+        "generate", "music", "--model", "tiny-magnet", "--decoder", "mbd", "--duration", "1", "--seed", "4",
+        "--threads", "1", "--force", "calm piano", cwd=ac_wb.root, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    again = [a for a in list_artifacts(ac_wb) if a.id == mbd.artifact.id]
+    assert again and again[0].manifest.outputs[0].sha256 == out.sha256  # the same bytes in another process
+
+
+@pytest.mark.slow
+def test_cancel_stops_between_diffusion_steps_and_writes_nothing(ac_wb):
+    from harmonia.generation import generate
+
+    stop = threading.Event()
+
+    def progress(done, total):
+        if done == 55:  # past MAGNeT's 50 steps: inside the MBD's diffusion
+            stop.set()
+
+    with pytest.raises(
+        Cancelled, match=r"^Generation cancelled at step 5[56] of 90; no artifact was written\.$"
+    ):
+        generate(ac_wb, "tiny-magnet", MusicRequest("x", duration_s=1.0, seed=1, decoder="mbd"),
+                 progress=progress, cancel=stop, threads=1)  # fmt: skip
+    assert list_artifacts(ac_wb) == []
+    again = generate(
+        ac_wb, "tiny-magnet", MusicRequest("x", duration_s=0.5, seed=1, decoder="mbd"), threads=1
+    )
+    assert np.isfinite(again.result.audio[0]).all()  # the worker and its MBD are still there
+
+
+@pytest.mark.slow
+def test_mbd_needs_a_snapshot_named_by_the_model(ac_wb):
+    import shutil
+
+    from harmonia.generation import generate
+
+    shutil.copytree(ac_wb.root / "models" / "tiny-magnet", ac_wb.root / "models" / "tiny-magnet-plain")
+    with pytest.raises(RequestError) as caught:
+        generate(
+            ac_wb, "tiny-magnet-plain", MusicRequest("x", duration_s=1.0, seed=0, decoder="mbd"), threads=1
+        )
+    assert str(caught.value) == (
+        "decoder mbd: model 'tiny-magnet-plain' names no Multi-Band Diffusion snapshot; add 'mbd: NAME' to its "
+        "params.yaml entry (e.g. mbd: multiband-diffusion), or use --decoder encodec."
+    )
+    assert list_artifacts(ac_wb) == []
+
+
+@pytest.mark.slow
+def test_a_t5_conditioner_reads_its_local_text_encoder_snapshot(ac_wb):
+    import shutil
+
+    from harmonia.generation import generate
+
+    done = generate(
+        ac_wb, "tiny-audiogen-t5", SampleRequest("rain on a roof", duration_s=1.0, seed=2), threads=1
+    )
+    m = done.artifact.manifest
+    assert done.result.sample_rate == 16_000 and np.isfinite(done.result.audio[0]).all()
+    te = m.engine.details["text_encoder"]
+    assert (te["model"], te["t5"], te["d_model"]) == ("tiny-t5", "t5-base", 768)
+    assert m.identity["companions"]["text_encoder"] == ["tiny-t5", te["inventory_digest"]]
+    other = generate(
+        ac_wb, "tiny-audiogen-t5", SampleRequest("a dog barking", duration_s=1.0, seed=2), threads=1
+    )
+    assert other.result.audio[0].tobytes() != done.result.audio[0].tobytes()  # T5 reads the prompt
+    shutil.copytree(
+        ac_wb.root / "models" / "tiny-audiogen-t5", ac_wb.root / "models" / "tiny-audiogen-t5-bare"
+    )
+    with pytest.raises(RequestError) as caught:
+        generate(ac_wb, "tiny-audiogen-t5-bare", SampleRequest("x", duration_s=1.0, seed=0), threads=1)
+    assert str(caught.value) == (
+        "Model 'tiny-audiogen-t5-bare' conditions on T5 't5-base', which Harmonia loads from a local snapshot, "
+        "never by name from the hub: add 'text_encoder: t5-base' to its params.yaml entry (a model entry for "
+        "t5-base, fetched with `harmonia models fetch t5-base`)."
+    )
 
 
 def _load_standin(relative: str):

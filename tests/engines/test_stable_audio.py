@@ -9,11 +9,11 @@ import pytest
 import soundfile as sf
 
 from harmonia.artifacts import list_artifacts
-from harmonia.engines.stable_audio import StableAudioEngine, longest_loop_bars
+from harmonia.engines.stable_audio import StableAudioEngine
 from harmonia.errors import AudioError, Cancelled, RequestError
 from harmonia.generation import From, generate, load_engine, reproduce
 from harmonia.requests import SAMPLE_TYPES, SLICE_TYPES, MusicRequest, SampleRequest
-from harmonia.samples import loop_length_samples, peak_dbfs
+from harmonia.samples import longest_loop_bars, loop_length_samples, peak_dbfs
 from harmonia.workbench import Workbench
 
 MODEL = "tiny-stable-audio"
