@@ -332,3 +332,40 @@ def test_a_bad_reference_is_refused_in_one_line_before_the_model_loads(song_wb, 
     ):
         edit(song_wb, "extend", song.id, extend_s=1.0, seed=2, reference=str(silent))
     assert [a.id for a in list_artifacts(song_wb)] == [song.id]
+
+
+def test_an_extend_meets_the_song_without_a_dip_or_a_step(song_wb):
+    """The level of the first 20 ms of new audio against the next 40 ms (measured on tiny-ace-step:
+    0.59 when the join faded in from the padding's silence, 1.01 now)."""
+    song = _song(song_wb)
+    art = edit(song_wb, "extend", song.id, extend_s=1.0, seed=2).artifact
+    wave, _ = _wave(art)
+    join, w = 96_000, 960  # 2 s at 48 kHz; 20 ms windows
+
+    def rms(a):
+        return float(np.sqrt(np.mean(wave[:, join + a * w : join + (a + 1) * w] ** 2)))
+
+    assert rms(0) / np.mean([rms(1), rms(2)]) > 0.85
+    step = np.abs(wave[:, join] - wave[:, join - 1]).max()
+    assert step <= np.median(np.abs(np.diff(wave[:, join - 2000 : join])))  # no click either
+    (take,) = art.manifest.engine.details["takes"]
+    assert take["join"] == "offset" and take["outside_max_abs_diff"] == 0.0
+
+
+def test_splice_of_padding_continues_from_the_songs_edge():
+    t = np.arange(400) / 10  # a 10-sample period: 2 periods in the 20-sample join
+    source = np.concatenate([np.sin(2 * np.pi * t[:200]), np.zeros(200)])[None].astype(np.float32)
+    made = (0.9 * np.sin(2 * np.pi * t + 0.1))[None].astype(np.float32)  # the model's drifted version
+    faded, _ = splice(source, made, (200, 400), 20)
+    joined, facts = splice(source, made, (200, 400), 20, padding=True)
+    assert np.array_equal(joined[:, :200], source[:, :200]) and facts["join"] == "offset"
+    assert joined[0, 200] - joined[0, 199] == pytest.approx(made[0, 200] - made[0, 199], abs=1e-6)
+    assert np.array_equal(joined[:, 220:], made[:, 220:])
+    level = [
+        np.sqrt(np.mean(x[0, 200:220] ** 2)) / np.sqrt(np.mean(made[0, 200:220] ** 2))
+        for x in (faded, joined)
+    ]
+    assert level[0] < 0.7 and level[1] > 0.95  # the fade from silence dipped; the offset join does not
+    before = np.concatenate([np.zeros(200), np.sin(2 * np.pi * t[200:])])[None].astype(np.float32)
+    ahead, _ = splice(before, made, (0, 200), 20, padding=True)
+    assert ahead[0, 200] - ahead[0, 199] == pytest.approx(made[0, 200] - made[0, 199], abs=1e-6)
