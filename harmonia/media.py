@@ -6,8 +6,8 @@ and an optional audio track), :class:`TextTake`, or :class:`FileTake` (bytes wri
 they are under a relative path: a sample pack's WAVs, its pack.json and zip).
 ``write_take`` writes a take into an artifact folder the one way its media type is written
 (audio: WAV or FLAC, optional loudness target, a waveform/spectrogram picture; video: an
-H.264 yuv420p MP4 through PyAV with the encoder's threads pinned, so the same frames give
-the same bytes, the track as AAC, a poster frame and a contact sheet; text: UTF-8) and
+H.264 yuv420p MP4 through PyAV with the encoder's threads pinned and x264's AVX-512 code
+out, so the same frames give the same bytes, the track as AAC, a poster frame and a contact sheet; text: UTF-8) and
 returns its :class:`OutputRecord`. The generation path never branches on a kind, only on the media type of a take.
 
 This module knows samples, text and files; it knows nothing about engines or manifests'
@@ -16,6 +16,7 @@ other fields.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -30,7 +31,7 @@ from harmonia.hashing import sha256_file
 from harmonia.manifest import OutputRecord, OutputSettings
 
 LUFS_RANGE = (-70.0, 0.0)
-WRITER_VERSION = 1  # bump when a change here changes written bytes (it is part of every artifact id)
+WRITER_VERSION = 2  # bump when a change here changes written bytes (it is part of every artifact id)
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,6 +116,7 @@ class FilesResult:
 
 Take = AudioTake | VideoTake | TextTake | FileTake
 VIDEO_CRF = 18  # libx264's constant quality (visually near-lossless)
+X264_CPU_AVX512 = 1 << 16  # x264.h's flag for its AVX-512 code paths
 CONTACT_SHEET_FRAMES = 8
 
 
@@ -196,7 +198,7 @@ def _write_audio(
 def _write_video(
     folder: Path, stem: str, take: VideoTake, settings: OutputSettings, previews: bool
 ) -> OutputRecord:
-    """An MP4 (H.264 yuv420p, one encoder thread, no timestamps of the clock) and its pictures."""
+    """An MP4 (H.264 yuv420p, one encoder thread, no AVX-512, no clock) and its pictures."""
     import av
 
     frames = np.ascontiguousarray(take.frames)
@@ -211,7 +213,12 @@ def _write_video(
         video = container.add_stream("libx264", rate=rate)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         video.thread_count = 1  # the encoder's threads change its bytes: pinned
-        video.options = {"crf": str(VIDEO_CRF), "preset": "medium", "threads": "1"}
+        video.options = {
+            "crf": str(VIDEO_CRF),
+            "preset": "medium",
+            "threads": "1",
+            "x264-params": _x264_params(),
+        }
         video.codec_context.flags |= av.codec.context.Flags.bitexact
         audio_stream, track = None, take.audio
         if track is not None:
@@ -222,7 +229,7 @@ def _write_video(
             audio_stream.layout = "stereo" if samples.shape[0] == 2 else "mono"
             audio_stream.codec_context.flags |= av.codec.context.Flags.bitexact
         for i in range(count):
-            frame = _yuv_frame(frames[i])
+            frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24").reformat(format="yuv420p")
             frame.pts = i
             for packet in video.encode(frame):
                 container.mux(packet)
@@ -253,29 +260,32 @@ def _write_video(
     )  # fmt: skip
 
 
-def _yuv_frame(rgb: np.ndarray):
-    """A yuv420p frame of uint8 RGB ``[height, width, 3]`` (swscale's conversion) with every byte set.
+@functools.cache
+def _x264_params() -> str:
+    """x264's options that keep its AVX-512 code out: the CPU's own flags less AVX-512.
 
-    x264 reads the padding past each row of a frame's planes: left as the allocator found
-    it, the same frames gave other MP4 bytes from call to call in a process whose heap had
-    been used (measured after a torch generation). Each plane is written whole, padding zeroed.
+    x264 (core 165) propagates its macroblock-tree costs 8 macroblocks at a time with AVX-512
+    (``mbtree_propagate_list_internal_avx512``) and masks the targets, not the row's end: on a
+    frame whose width is not a multiple of 128 pixels the last group reads mvs, costs and
+    amounts past the row, from memory x264 never wrote, and adds them to its lookahead costs.
+    The same frames gave other MP4 bytes from call to call in one process (and under
+    ``MALLOC_PERTURB_``); docs/pending/determinism.md has the evidence. Its SSE/AVX2 version
+    stops at the row's end. Where the loaded libx264 cannot be asked for its flags, the
+    macroblock tree is turned off instead (the same bytes from call to call, larger files).
     """
-    import av
+    import ctypes
 
-    height, width = rgb.shape[:2]
-    yuv = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p").to_ndarray()
-    quarter = (height // 2) * (width // 2)
-    planes = (
-        yuv[:height],
-        yuv[height:].reshape(-1)[:quarter].reshape(height // 2, width // 2),
-        yuv[height:].reshape(-1)[quarter:].reshape(height // 2, width // 2),
-    )
-    frame = av.VideoFrame(width, height, "yuv420p")
-    for plane, data in zip(frame.planes, planes, strict=True):
-        whole = np.zeros((plane.height, plane.line_size), dtype=np.uint8)
-        whole[: data.shape[0], : data.shape[1]] = data
-        plane.update(whole.tobytes())
-    return frame
+    import av  # noqa: F401  (loads libavcodec and the libx264 it links)
+
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            paths = {line.split()[-1] for line in maps if "libx264" in line.rsplit("/", 1)[-1]}
+        (path,) = paths
+        detect = ctypes.CDLL(path).x264_cpu_detect
+    except (OSError, ValueError, AttributeError):
+        return "mbtree=0"
+    detect.restype = ctypes.c_uint32
+    return f"asm={detect() & ~X264_CPU_AVX512}"
 
 
 def _video_pictures(folder: Path, stem: str, frames: np.ndarray) -> str:

@@ -16,7 +16,8 @@ Edits take a source song, resampled to the model's rate and padded to whole late
   records that (``outside_max_abs_diff``) and how far the model's own output had drifted
   there (``model_outside_max_abs_diff``: the VAE round trip and the loudness normalisation).
 - ``extend`` pads the source with silence before or after and repaints the padding (the
-  pipeline has no extend mode); the source's samples are kept the same way.
+  pipeline has no extend mode); the source's samples are kept the same way, and the new audio
+  meets the song without a fade from the padding's silence (``splice``'s offset join).
 - ``cover`` runs the cover task (the source's structure through the audio tokenizer, blended
   with plain text-to-music by ``strength``), with an optional timbre ``reference``.
 
@@ -155,7 +156,7 @@ class AceStepEngine:
 
     name: ClassVar[str] = "ace-step"
     kind: ClassVar[str] = "song"
-    code_version: ClassVar[int] = 1  # bump when a change here changes output bytes
+    code_version: ClassVar[int] = 2  # bump when a change here changes output bytes (2: extend's join)
     packages: ClassVar[tuple[str, ...]] = ("torch", "diffusers", "transformers", "numpy", "soxr")
     request_type: ClassVar[type] = SongRequest
     precisions: ClassVar[tuple[str, ...]] = PRECISIONS
@@ -289,7 +290,13 @@ class AceStepEngine:
                 raw = self._run(prompt, request, seed, padded, span, reference, step)
                 facts: dict[str, Any] = {"prompt": i, "seed": seed}
                 if request.task in ("repaint", "extend"):
-                    raw, spliced = splice(padded, raw, span, round(CROSSFADE_S * self.sample_rate))
+                    raw, spliced = splice(
+                        padded,
+                        raw,
+                        span,
+                        round(CROSSFADE_S * self.sample_rate),
+                        padding=request.task == "extend",
+                    )
                     facts.update(spliced)
                 raw = np.ascontiguousarray(raw[:, : round(request.duration_s * self.sample_rate)])
                 facts["samples"] = int(raw.shape[1])
@@ -370,8 +377,16 @@ class AceStepEngine:
         return np.ascontiguousarray(out.audios[0], dtype=np.float32)
 
 
-def splice(source: np.ndarray, made: np.ndarray, span: tuple[int, int], fade: int) -> tuple[np.ndarray, dict]:
-    """The source with ``made`` inside ``span`` (linear crossfades of ``fade`` samples inside it).
+def splice(
+    source: np.ndarray, made: np.ndarray, span: tuple[int, int], fade: int, *, padding: bool = False
+) -> tuple[np.ndarray, dict]:
+    """The source with ``made`` inside ``span``, joined over ``fade`` samples inside it.
+
+    A repaint fades linearly from the source into the new audio at each edge. An extend's range
+    (``padding``) holds no source audio to fade from (a fade from its silence dipped the level
+    at the join), so at an edge that meets the song the new audio is offset to start from the
+    song's sample there, the offset falling linearly to nothing over ``fade`` samples: no dip, no
+    step. Either way every sample outside the span is the source's own.
 
     Returns the spliced audio and what the manifest records: how far the model's own output
     was from the source outside the span, and that the spliced audio is the source there.
@@ -381,10 +396,15 @@ def splice(source: np.ndarray, made: np.ndarray, span: tuple[int, int], fade: in
     out = source.copy()
     ramp = np.linspace(0.0, 1.0, fade, endpoint=False, dtype=np.float32) if fade else np.zeros(0, np.float32)
     inside = made[:, start:end].copy()
-    if fade:
-        if start > 0:  # fade in from the source (an extend before the song starts with new audio)
+    if fade and start > 0:  # the join after the song's start (an extend before the song has none)
+        if padding:
+            inside[:, :fade] += (source[:, start - 1 : start] - made[:, start - 1 : start]) * (1 - ramp)
+        else:
             inside[:, :fade] = source[:, start : start + fade] * (1 - ramp) + inside[:, :fade] * ramp
-        if end < source.shape[1]:
+    if fade and end < source.shape[1]:
+        if padding:
+            inside[:, -fade:] += (source[:, end : end + 1] - made[:, end : end + 1]) * (1 - ramp)[::-1]
+        else:
             inside[:, -fade:] = inside[:, -fade:] * (1 - ramp) + source[:, end - fade : end] * ramp
     out[:, start:end] = inside
     outside = np.ones(source.shape[1], dtype=bool)
@@ -394,6 +414,7 @@ def splice(source: np.ndarray, made: np.ndarray, span: tuple[int, int], fade: in
     return out, {
         "range_samples": [int(start), int(end)],
         "crossfade_samples": int(fade),
+        "join": "offset" if padding else "crossfade",
         "outside_max_abs_diff": kept,
         "model_outside_max_abs_diff": round(model_drift, 6),
     }

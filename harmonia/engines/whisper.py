@@ -2,9 +2,13 @@
 
 The engine loads a verified transformers snapshot of a Whisper checkpoint (safetensors,
 ``local_files_only=True``, no remote code) and runs the ASR pipeline on numpy arrays (no
-ffmpeg): the source is resampled to 16 kHz mono and cut into 30-second windows, one pipeline
-call per window with greedy decoding (the same audio gives the same text on a machine and
-thread count), progress after each window and cancel between windows. When the request
+ffmpeg): the source is resampled to 16 kHz mono and cut into 30-second windows that overlap
+their neighbours by 5 s on each side (the pipeline's own chunking: ``chunk_length_s`` and
+``stride_length_s``), one greedy decoding per window (the same audio gives the same text on
+a machine and thread count), progress after each window and cancel between windows. The
+pipeline then joins the windows' tokens where they overlap (the longest common token sequence
+of neighbours), so a word sung across a window's edge lies whole inside the next window and
+is written once; the manifest records the windows (start, end, own text) and the chunking. When the request
 carries lyrics, the result records the word and character error rates of the transcript
 against them on normalised text (harmonia.lyrics.intelligibility, jiwer) and the aligned
 words, so a reader sees which words were not understood. ASR of a full mix is poor: give it
@@ -47,6 +51,7 @@ from harmonia.workbench import Workbench
 
 RATE = 16_000  # Whisper's
 WINDOW_S = 30  # Whisper's window
+OVERLAP_S = 5  # how far a window reaches into each neighbour (transformers' default, WINDOW_S / 6)
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,7 +59,7 @@ class TranscriptResult:
     """The transcript as a text take, per window, and its scores against the lyrics."""
 
     text: str
-    windows: tuple[str, ...]
+    windows: tuple[dict, ...]  # {"start_s", "end_s", "text"} per window, overlapping by OVERLAP_S
     request: TranscribeRequest
     source: Audio
     scores: Intelligibility | None
@@ -72,9 +77,38 @@ class TranscriptResult:
     def details(self) -> dict[str, Any]:
         return {
             "transcript": self.text,
+            "chunking": CHUNKING,
             "windows": list(self.windows),
             "intelligibility": None if self.scores is None else self.scores.to_json(),
         }
+
+
+CHUNKING = {
+    "window_s": WINDOW_S,
+    "overlap_s": OVERLAP_S,
+    "join": "transformers' ASR pipeline: the longest common token sequence where neighbours overlap",
+}
+
+
+def window_spans(samples: int) -> tuple[tuple[int, int], ...]:
+    """The windows ``[start, end)`` (in samples at 16 kHz) the pipeline's chunking cuts.
+
+    Windows of ``WINDOW_S`` start every ``WINDOW_S - 2 * OVERLAP_S`` seconds, so neighbours
+    share ``2 * OVERLAP_S``; the last one ends at the audio's end (transformers' ``chunk_iter``).
+
+    Example:
+        >>> [(a / RATE, b / RATE) for a, b in window_spans(65 * RATE)]
+        [(0.0, 30.0), (20.0, 50.0), (40.0, 65.0)]
+    """
+    size, overlap = WINDOW_S * RATE, OVERLAP_S * RATE
+    spans = []
+    for start in range(0, samples, size - 2 * overlap):
+        end = min(start + size, samples)
+        if end - start > (overlap if start else 0):
+            spans.append((start, end))
+        if start + size >= samples:
+            break
+    return tuple(spans)
 
 
 def _languages(snapshot: Path) -> tuple[str, ...]:
@@ -98,7 +132,7 @@ class WhisperEngine:
 
     name: ClassVar[str] = "whisper"
     kind: ClassVar[str] = "transcript"
-    code_version: ClassVar[int] = 1  # bump when a change here changes output bytes
+    code_version: ClassVar[int] = 2  # bump when a change here changes output bytes (2: overlapping windows)
     packages: ClassVar[tuple[str, ...]] = ("torch", "transformers", "tokenizers", "numpy", "soxr", "jiwer")
     request_type: ClassVar[type] = TranscribeRequest
     precisions: ClassVar[tuple[str, ...]] = ("exact",)
@@ -145,6 +179,7 @@ class WhisperEngine:
             "class": type(self.asr.model).__name__,
             "sample_rate": RATE,
             "window_s": WINDOW_S,
+            "overlap_s": OVERLAP_S,
         }
 
     @classmethod
@@ -185,22 +220,18 @@ class WhisperEngine:
     def generate(
         self, request: TranscribeRequest, progress: Progress | None = None, cancel: Cancel | None = None
     ) -> TranscriptResult:
-        """Transcribe the source, 30 s at a time; score it against the lyrics when given."""
+        """Transcribe the source in overlapping 30 s windows; score it against the lyrics when given."""
         with TORCH_LOCK:
             return self._generate(request, progress, cancel)
 
     def _generate(
         self, request: TranscribeRequest, progress: Progress | None, cancel: Cancel | None
     ) -> TranscriptResult:
-        # 1. Check inputs; the source at 16 kHz mono, in 30 s windows.
+        # 1. Check inputs; the source at 16 kHz mono; its overlapping windows.
         request = type(self).check(request, self.loaded.path)
-        wave = conform(request.source, RATE, 1)[0]
-        size = WINDOW_S * RATE
-        windows = [wave[i : i + size] for i in range(0, len(wave), size)]
-        step = Steps(len(windows), progress, cancel)
-
-        # 2. One greedy pipeline call per window.
-        texts = []
+        wave = np.ascontiguousarray(conform(request.source, RATE, 1)[0])
+        spans = window_spans(len(wave))
+        step = Steps(len(spans), progress, cancel)
         options = {
             "task": "transcribe",
             "do_sample": False,
@@ -209,22 +240,31 @@ class WhisperEngine:
         }
         if request.language is not None:
             options["language"] = request.language
+        chunking, forwarding, joining = self.asr._sanitize_parameters(
+            chunk_length_s=WINDOW_S, stride_length_s=OVERLAP_S, ignore_warning=True, generate_kwargs=options
+        )
+
+        # 2. One greedy decoding per window (the pipeline's run_single, with a step between windows).
+        outputs, windows = [], []
         with (
             torch.inference_mode(),
             pinned_threads(self.loaded.threads),
             quiet_transformers(),
             Timer() as timer,
         ):
-            for window in windows:
-                out = self.asr(
-                    {"raw": np.ascontiguousarray(window), "sampling_rate": RATE}, generate_kwargs=options
+            chunks = self.asr.preprocess({"raw": wave, "sampling_rate": RATE}, **chunking)
+            for (start, end), chunk in zip(spans, chunks, strict=True):
+                out = self.asr.forward(chunk, **forwarding)
+                outputs.append(out)
+                own = self.asr.tokenizer.decode(out["tokens"][0], skip_special_tokens=True).strip()
+                windows.append(
+                    {"start_s": round(start / RATE, 6), "end_s": round(end / RATE, 6), "text": own}
                 )
-                texts.append(out["text"].strip())
                 step()
 
-        # 3. The transcript, and its scores against the lyrics.
-        text = " ".join(t for t in texts if t)
+            # 3. The windows joined where they overlap; its scores against the lyrics.
+            text = self.asr.postprocess(outputs, **joining)["text"].strip()
         scores = None if request.lyrics is None else intelligibility(text, request.lyrics)
         return TranscriptResult(
-            text, tuple(texts), request, request.source, scores, step.total, timer.seconds
+            text, tuple(windows), request, request.source, scores, step.total, timer.seconds
         )

@@ -253,3 +253,119 @@ def test_a_song_from_the_cli_reproduces_in_a_fresh_process(song_wb, tmp_path):
         "generate", "song", "pop", "--model", MODEL, "--lyrics", "[verse]\nla\n[chrous]\nla", cwd=song_wb.root
     )
     assert bad.returncode != 0 and "error: lyrics line 3: [chrous] is not a section tag" in bad.stderr
+
+
+def _tone(path, seconds=1.0, rate=24_000, level=0.3):
+    t = np.arange(int(seconds * rate)) / rate
+    wave = level * np.sin(2 * np.pi * 330 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t)) / 1.5
+    sf.write(path, np.stack([wave, wave], 1).astype(np.float32), rate, subtype="FLOAT")
+    return path
+
+
+def test_a_cover_with_a_reference_clip_is_hashed_kept_and_reproduces(song_wb, tmp_path):
+    from harmonia.generation import From
+
+    song = _song(song_wb)
+    clip = _tone(tmp_path / "timbre.wav")
+    plain = edit(song_wb, "cover", song.id, strength=0.5, seed=2).artifact
+    timbre = edit(song_wb, "cover", song.id, strength=0.5, seed=2, reference=str(clip)).artifact
+    assert timbre.id != plain.id  # the reference is part of the identity
+    assert _wave(timbre)[0].tobytes() != _wave(plain)[0].tobytes()  # and it reaches the model
+    kept = timbre.manifest.inputs
+    import hashlib
+
+    assert kept["reference"].sha256 == hashlib.sha256(clip.read_bytes()).hexdigest()
+    assert kept["reference"].parent is None and kept["reference"].duration_s == 1.0
+    assert [p.role for p in timbre.manifest.parents] == ["source"]  # a file is no artifact
+    assert reproduce(song_wb, timbre.id).verified
+    other = _tone(tmp_path / "other.wav", level=0.2)
+    assert (
+        edit(song_wb, "cover", song.id, strength=0.5, seed=2, reference=str(other)).artifact.id != timbre.id
+    )
+
+    # a reference from an artifact (another song, by id as the CLI passes it, or From) is a parent
+    voice = _song(song_wb, seed=9)
+    by_id = edit(song_wb, "cover", song.id, strength=0.5, seed=2, reference=voice.id).artifact
+    roles = {p.role: p for p in by_id.manifest.parents}
+    assert roles["reference"].id == voice.id and roles["source"].id == song.id
+    assert roles["reference"].sha256 == voice.manifest.outputs[0].sha256
+    again = edit(song_wb, "cover", song.id, strength=0.5, seed=2, reference=From(voice.id))
+    assert again.cached and again.artifact.id == by_id.id
+
+
+@pytest.mark.slow
+def test_a_cover_with_a_reference_reproduces_in_a_fresh_process(song_wb, tmp_path):
+    song = _song(song_wb)
+    cover = edit(
+        song_wb, "cover", song.id, strength=0.7, seed=4, reference=str(_tone(tmp_path / "t.wav"))
+    ).artifact
+    result = run_cli("reproduce", cover.id, cwd=song_wb.root)
+    assert result.returncode == 0, result.stderr
+    assert f"{cover.id}: identical (1 outputs, same sha256)" in result.stdout
+
+
+def test_a_bad_reference_is_refused_in_one_line_before_the_model_loads(song_wb, monkeypatch, tmp_path):
+    song = _song(song_wb)
+    monkeypatch.setattr(
+        AceStepEngine, "load", classmethod(lambda *a, **k: pytest.fail("the model was loaded"))
+    )
+    monkeypatch.setattr("harmonia.generation._engines", {})
+    unreadable = tmp_path / "notes.wav"
+    unreadable.write_text("not audio")
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros((RATE, 2), dtype=np.float32), RATE, subtype="FLOAT")
+    long = tmp_path / "long.wav"
+    sf.write(long, np.full((601 * 100, 1), 0.1, dtype=np.float32), 100, subtype="FLOAT")  # 601 s at 100 Hz
+    cases = [
+        (unreadable, f"reference: cannot read {unreadable} as audio ("),
+        (silent, f"reference: {silent} is silent (peak below -60 dBFS); give a clip with the timbre to "
+                 "follow, or leave it out."),
+        (long, f"reference: {long} is 601.0 s long; audio inputs are limited to 600 s. Trim it to the part "
+               "you want used."),
+    ]  # fmt: skip
+    for path, message in cases:
+        with pytest.raises(AudioError) as caught:
+            edit(song_wb, "cover", song.id, strength=0.5, seed=2, reference=str(path))
+        assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+    with pytest.raises(
+        RequestError, match=r"^reference \(a timbre clip\) is for covers only; leave it out\.$"
+    ):
+        edit(song_wb, "extend", song.id, extend_s=1.0, seed=2, reference=str(silent))
+    assert [a.id for a in list_artifacts(song_wb)] == [song.id]
+
+
+def test_an_extend_meets_the_song_without_a_dip_or_a_step(song_wb):
+    """The level of the first 20 ms of new audio against the next 40 ms (measured on tiny-ace-step:
+    0.59 when the join faded in from the padding's silence, 1.01 now)."""
+    song = _song(song_wb)
+    art = edit(song_wb, "extend", song.id, extend_s=1.0, seed=2).artifact
+    wave, _ = _wave(art)
+    join, w = 96_000, 960  # 2 s at 48 kHz; 20 ms windows
+
+    def rms(a):
+        return float(np.sqrt(np.mean(wave[:, join + a * w : join + (a + 1) * w] ** 2)))
+
+    assert rms(0) / np.mean([rms(1), rms(2)]) > 0.85
+    step = np.abs(wave[:, join] - wave[:, join - 1]).max()
+    assert step <= np.median(np.abs(np.diff(wave[:, join - 2000 : join])))  # no click either
+    (take,) = art.manifest.engine.details["takes"]
+    assert take["join"] == "offset" and take["outside_max_abs_diff"] == 0.0
+
+
+def test_splice_of_padding_continues_from_the_songs_edge():
+    t = np.arange(400) / 10  # a 10-sample period: 2 periods in the 20-sample join
+    source = np.concatenate([np.sin(2 * np.pi * t[:200]), np.zeros(200)])[None].astype(np.float32)
+    made = (0.9 * np.sin(2 * np.pi * t + 0.1))[None].astype(np.float32)  # the model's drifted version
+    faded, _ = splice(source, made, (200, 400), 20)
+    joined, facts = splice(source, made, (200, 400), 20, padding=True)
+    assert np.array_equal(joined[:, :200], source[:, :200]) and facts["join"] == "offset"
+    assert joined[0, 200] - joined[0, 199] == pytest.approx(made[0, 200] - made[0, 199], abs=1e-6)
+    assert np.array_equal(joined[:, 220:], made[:, 220:])
+    level = [
+        np.sqrt(np.mean(x[0, 200:220] ** 2)) / np.sqrt(np.mean(made[0, 200:220] ** 2))
+        for x in (faded, joined)
+    ]
+    assert level[0] < 0.7 and level[1] > 0.95  # the fade from silence dipped; the offset join does not
+    before = np.concatenate([np.zeros(200), np.sin(2 * np.pi * t[200:])])[None].astype(np.float32)
+    ahead, _ = splice(before, made, (0, 200), 20, padding=True)
+    assert ahead[0, 200] - ahead[0, 199] == pytest.approx(made[0, 200] - made[0, 199], abs=1e-6)

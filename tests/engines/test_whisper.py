@@ -1,6 +1,8 @@
 """The whisper engine on the tiny model, and intelligibility: WER/CER on a fixture with known words,
 transcripts as artifacts that reproduce (in a fresh process too), refusals before loading."""
 
+import itertools
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -111,3 +113,71 @@ def test_a_song_of_unknown_language_is_transcribed_with_the_language_detected(
     assert done.artifact.manifest.request["language"] is None
     assert done.artifact.manifest.request["lyrics"] == LYRICS
     assert [p.id for p in done.artifact.manifest.parents] == [song.id]
+
+
+def test_the_windows_are_the_pipelines_own_chunks_and_overlap():
+    from harmonia.engines.whisper import OVERLAP_S, RATE, WINDOW_S, window_spans
+
+    assert [(a / RATE, b / RATE) for a, b in window_spans(65 * RATE)] == [(0, 30), (20, 50), (40, 65)]
+    assert window_spans(31 * RATE) == ((0, 30 * RATE), (20 * RATE, 31 * RATE))
+    assert window_spans(30 * RATE) == ((0, 30 * RATE),) and window_spans(RATE) == ((0, RATE),)
+    assert window_spans(55 * RATE)[-1] == (40 * RATE, 55 * RATE)  # not a sliver that is all overlap
+    for seconds in (31, 47.3, 65, 200.5):
+        spans = window_spans(round(seconds * RATE))
+        assert spans[0][0] == 0 and spans[-1][1] == round(seconds * RATE)
+        for (a0, a1), (b0, _) in itertools.pairwise(spans):
+            assert a1 - b0 == 2 * OVERLAP_S * RATE and a1 - a0 == WINDOW_S * RATE
+        # any stretch up to 2 * OVERLAP_S long (a sung word or two) lies whole inside some window
+        for t in np.arange(0, seconds - 2 * OVERLAP_S, 0.25):
+            a, b = round(t * RATE), round((t + 2 * OVERLAP_S) * RATE)
+            assert any(s <= a and b <= e for s, e in spans)
+
+
+def test_a_word_across_a_window_edge_is_written_once(whisper_wb, monkeypatch):
+    """The tiny model speaks random text, so its forward is replaced by one that 'hears' the words whose
+    bursts lie in its window (a cut word as a garbled token, as a real model would); the join is the pipeline's."""
+    import torch
+
+    from harmonia.engines.whisper import RATE, window_spans
+    from harmonia.generation import load_engine
+
+    engine = load_engine(whisper_wb, MODEL)
+    tokenizer = engine.asr.tokenizer
+    words = [(1.0 + 3 * k, 1.8 + 3 * k) for k in range(21)]  # 0.8 s bursts every 3 s up to 62.8 s
+    words[9] = (29.6, 30.4)  # across the old hard edge at 30 s (and window 0's end)
+    words[16] = (49.6, 50.4)  # across window 1's end
+    ids = [
+        tokenizer.convert_tokens_to_ids(t) for t in ("a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k")
+    ]
+    word_ids = [ids[k % 10] for k in range(len(words))]
+    garbled = ids[10]
+    seconds = 65.0
+    t = np.arange(int(seconds * RATE)) / RATE
+    wave = np.zeros_like(t)
+    for a, b in words:
+        wave[(t >= a) & (t < b)] = 0.3 * np.sin(2 * np.pi * 200 * t[(t >= a) & (t < b)])
+    source = whisper_wb.root / "words.wav"
+    sf.write(source, wave.astype(np.float32), RATE, subtype="FLOAT")
+    spans, heard = window_spans(len(t)), []
+
+    def hearing(model_inputs, **kwargs):
+        start, end = (s / RATE for s in spans[len(heard)])
+        tokens = []
+        for (a, b), token in zip(words, word_ids, strict=True):
+            if start <= a and b <= end:
+                tokens.append(token)
+            elif a < end and b > start:
+                tokens.append(garbled)
+        heard.append(tokens)
+        return {
+            "is_last": model_inputs["is_last"],
+            "tokens": torch.tensor([tokens]),
+            "stride": model_inputs["stride"],
+        }
+
+    monkeypatch.setattr(engine.asr, "_forward", hearing)
+    result = engine.generate(TranscribeRequest(source=str(source)))
+    assert len(heard) == 3 and garbled in heard[0] and garbled in heard[1]  # each cut one word
+    assert result.text == tokenizer.decode(word_ids).strip()  # every word once, none garbled
+    assert [(w["start_s"], w["end_s"]) for w in result.windows] == [(0.0, 30.0), (20.0, 50.0), (40.0, 65.0)]
+    assert result.details()["chunking"]["overlap_s"] == 5
