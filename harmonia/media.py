@@ -31,7 +31,10 @@ from harmonia.hashing import sha256_file
 from harmonia.manifest import OutputRecord, OutputSettings
 
 LUFS_RANGE = (-70.0, 0.0)
-WRITER_VERSION = 2  # bump when a change here changes written bytes (it is part of every artifact id)
+WRITER_VERSION = 1  # bump when a change here changes written bytes (it is part of every artifact id)
+# A change that alters the bytes of one media type only bumps the code_version of the engines
+# that write it instead, so the other kinds keep their ids: the MP4 writer's x264 without its
+# AVX-512 code (2026-12-06) is wan's code_version 2.
 
 
 @dataclass(frozen=True, eq=False)

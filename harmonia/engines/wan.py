@@ -215,7 +215,9 @@ class WanEngine:
 
     name: ClassVar[str] = "wan"
     kind: ClassVar[str] = "video"
-    code_version: ClassVar[int] = 1  # bump when a change here changes output bytes
+    code_version: ClassVar[int] = (
+        2  # bump when a change here changes output bytes (2: the MP4 writer's x264 without AVX-512)
+    )
     packages: ClassVar[tuple[str, ...]] = (
         "torch",
         "diffusers",
