@@ -24,10 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -35,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import cpu_name
+from common import against_plain, finish, peak_rss_gib, run_children
 
 from harmonia.engines.base import LoadedModel
 from harmonia.engines.stable_audio import StableAudioEngine, _quiet, model_facts
@@ -175,7 +171,7 @@ def one_dtype(args) -> dict:
         "engine": eng,
         "engine_overhead_pct": round(100 * (eng["seconds"] / plain["seconds"] - 1), 2),
         "same_samples": same,
-        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "peak_rss_gib": peak_rss_gib(),
     }
 
 
@@ -193,34 +189,14 @@ def main() -> None:
     if args.dtype:
         print(json.dumps(one_dtype(args)))
         return
-    rows = []
-    for dtype in args.dtypes.split(","):
-        command = [sys.executable, __file__, "--dtype", dtype, "--steps", str(args.steps), "--seconds",
-                   str(args.seconds), "--runs", str(args.runs), "--threads", str(args.threads)]  # fmt: skip
-        if args.tiny:
-            command.append("--tiny")
-        out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
-        r = rows[-1]
-        print(
-            f"{dtype:9} plain {r['plain']['seconds_per_step']:.3f} s/step, {r['plain']['seconds']:.2f} s, "
-            f"RTF {r['plain']['real_time_factor']:.3f} | engine {r['engine']['seconds_per_step']:.3f} s/step, "
-            f"{r['engine']['seconds']:.2f} s, RTF {r['engine']['real_time_factor']:.3f} | overhead "
-            f"{r['engine_overhead_pct']:+.2f} % | same samples {r['same_samples']} | peak {r['peak_rss_gib']} GiB",
-            flush=True,
-        )
-    result = {
-        "model": "tiny-stable-audio" if args.tiny else "stable-audio-open-1.0 architecture, random weights",
-        "cpu": cpu_name(),
-        "threads": args.threads,
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "steps": args.steps,
-        "rows": rows,
-    }
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"cpu: {result['cpu']}, {args.threads} threads, torch {torch.__version__}")
+    runs = [
+        (f"{dtype:9}", ["--dtype", dtype, "--steps", str(args.steps), "--seconds", str(args.seconds),
+                        "--runs", str(args.runs), "--threads", str(args.threads)])
+        for dtype in args.dtypes.split(",")
+    ]  # fmt: skip
+    rows = run_children(__file__, runs, args.tiny, against_plain)
+    model = "tiny-stable-audio" if args.tiny else "stable-audio-open-1.0 architecture, random weights"
+    finish(args, model, rows)
 
 
 if __name__ == "__main__":

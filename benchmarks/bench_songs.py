@@ -23,17 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from common import cpu_name
+from common import against_plain, finish, peak_rss_gib, run_children
 
 from harmonia.engines.base import LoadedModel
 from harmonia.requests import SongRequest, StemsRequest
@@ -261,7 +257,7 @@ def _figures(args, part: str, rows: dict, same: bool, build_s: float, seconds: f
         "engine": eng,
         "engine_overhead_pct": round(100 * (eng["seconds"] / plain["seconds"] - 1), 2),
         "same_samples": same,
-        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "peak_rss_gib": peak_rss_gib(),
     }
 
 
@@ -281,41 +277,15 @@ def main() -> None:
     if args.part:
         print(json.dumps(one_ace_step(args) if args.part == "ace-step" else one_demucs(args)))
         return
-    rows = []
-    for part in args.parts.split(","):
-        for dtype in args.dtypes.split(",") if part == "ace-step" else ["float32"]:
-            command = [sys.executable, __file__, "--part", part, "--dtype", dtype, "--steps", str(args.steps),
-                       "--seconds", str(args.seconds), "--runs", str(args.runs), "--threads", str(args.threads)]  # fmt: skip
-            if args.tiny:
-                command.append("--tiny")
-            proc = subprocess.run(command, capture_output=True, text=True)
-            if proc.returncode != 0:
-                print(
-                    f"{part:8} {dtype:9} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}",
-                    flush=True,
-                )
-                continue
-            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            r = rows[-1]
-            print(
-                f"{part:8} {dtype:9} plain {r['plain']['seconds_per_step']:.3f} s/step, {r['plain']['seconds']:.2f} s, "
-                f"RTF {r['plain']['real_time_factor']:.3f} | engine {r['engine']['seconds_per_step']:.3f} s/step, "
-                f"{r['engine']['seconds']:.2f} s, RTF {r['engine']['real_time_factor']:.3f} | overhead "
-                f"{r['engine_overhead_pct']:+.2f} % | same samples {r['same_samples']} | peak {r['peak_rss_gib']} GiB",
-                flush=True,
-            )
-    result = {
-        "models": "tiny" if args.tiny else "ACE-Step 1.5 turbo and htdemucs architectures, random weights",
-        "cpu": cpu_name(),
-        "threads": args.threads,
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "steps": args.steps,
-        "rows": rows,
-    }
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"cpu: {result['cpu']}, {args.threads} threads, torch {torch.__version__}")
+    runs = [
+        (f"{part:8} {dtype:9}", ["--part", part, "--dtype", dtype, "--steps", str(args.steps), "--seconds",
+                                 str(args.seconds), "--runs", str(args.runs), "--threads", str(args.threads)])
+        for part in args.parts.split(",")
+        for dtype in (args.dtypes.split(",") if part == "ace-step" else ["float32"])
+    ]  # fmt: skip
+    rows = run_children(__file__, runs, args.tiny, against_plain)
+    model = "tiny" if args.tiny else "ACE-Step 1.5 turbo and htdemucs architectures, random weights"
+    finish(args, model, rows)
 
 
 if __name__ == "__main__":

@@ -25,17 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from common import cpu_name
+from common import against_plain, finish, peak_rss_gib, run_children
 
 from harmonia.engines.base import LoadedModel
 from harmonia.engines.wan import WanEngine, _quiet, model_facts
@@ -159,7 +155,7 @@ def one_dtype(args) -> dict:
         "engine": engine_f,
         "engine_overhead_pct": round(100 * (engine_f["seconds"] / plain_f["seconds"] - 1), 2),
         "same_frames": same,
-        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "peak_rss_gib": peak_rss_gib(),
     }
 
 
@@ -180,35 +176,16 @@ def main() -> None:
     if args.dtype:
         print(json.dumps(one_dtype(args)))
         return
-    rows = []
-    for dtype in args.dtypes.split(","):
-        command = [sys.executable, __file__, "--dtype", dtype, "--steps", str(args.steps), "--size", str(args.size),
-                   "--frames", str(args.frames), "--warmup", str(args.warmup), "--threads", str(args.threads)]  # fmt: skip
-        if args.tiny:
-            command.append("--tiny")
-        out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
-        r = rows[-1]
-        print(
-            f"{dtype:9} {r['size']} plain {r['plain']['seconds_per_step']:.2f} s/step, {r['plain']['seconds']:.1f} s | "
-            f"engine {r['engine']['seconds_per_step']:.2f} s/step, {r['engine']['seconds']:.1f} s | overhead "
-            f"{r['engine_overhead_pct']:+.2f} % | same frames {r['same_frames']} | peak {r['peak_rss_gib']} GiB",
-            flush=True,
-        )
-    result = {
-        "model": "tiny-wan"
-        if args.tiny
-        else "Wan 2.1 T2V 1.3B architecture, random weights (1-layer text encoder)",
-        "cpu": cpu_name(),
-        "threads": args.threads,
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "steps": args.steps,
-        "rows": rows,
-    }
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"cpu: {result['cpu']}, {args.threads} threads, torch {torch.__version__}")
+    runs = [
+        (f"{dtype:9}", ["--dtype", dtype, "--steps", str(args.steps), "--size", str(args.size), "--frames",
+                        str(args.frames), "--warmup", str(args.warmup), "--threads", str(args.threads)])
+        for dtype in args.dtypes.split(",")
+    ]  # fmt: skip
+    rows = run_children(__file__, runs, args.tiny, lambda r: f"{r['size']} {against_plain(r, 'same_frames')}")
+    model = (
+        "tiny-wan" if args.tiny else "Wan 2.1 T2V 1.3B architecture, random weights (1-layer text encoder)"
+    )
+    finish(args, model, rows)
 
 
 if __name__ == "__main__":

@@ -30,3 +30,71 @@ def cpu_name() -> str:
     from harmonia.calibration import cpu_model
 
     return cpu_model()
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory so far, in GiB."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+
+
+def run_children(script: str, runs: list[tuple[str, list[str]]], tiny: bool, line) -> list[dict]:
+    """Run ``script`` once per (label, arguments) in a process of its own (so each peak memory is
+    its own), read the JSON row its last stdout line holds, print ``label`` and ``line(row)``;
+    a child that fails prints its last error line and adds no row."""
+    import json
+    import subprocess
+    import sys
+
+    rows = []
+    for label, arguments in runs:
+        command = [sys.executable, script, *arguments, *(["--tiny"] if tiny else [])]
+        proc = subprocess.run(command, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"{label} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}", flush=True)
+            continue
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(f"{label} {line(rows[-1])}", flush=True)
+    return rows
+
+
+def against_plain(row: dict, same: str = "same_samples") -> str:
+    """One line: the plain call, the engine's, the overhead, whether they agree, the peak memory."""
+
+    def call(figures: dict) -> str:
+        rtf = f", RTF {figures['real_time_factor']:.3f}" if "real_time_factor" in figures else ""
+        return f"{figures['seconds_per_step']:.3f} s/step, {figures['seconds']:.2f} s{rtf}"
+
+    return (
+        f"plain {call(row['plain'])} | engine {call(row['engine'])} | overhead "
+        f"{row['engine_overhead_pct']:+.2f} % | {same.replace('_', ' ')} {row[same]} | peak {row['peak_rss_gib']} GiB"
+    )
+
+
+def finish(args, model: str, rows: list[dict], **extra) -> dict:
+    """The run's record (what ran, on which CPU, threads and torch), written to ``args.out`` if
+    given, and its closing line."""
+    import json
+    import platform
+
+    import torch
+
+    result = {
+        "model": model,
+        "cpu": cpu_name(),
+        "cpu_flags": cpu_flags(),
+        "threads": args.threads,
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torch_build": torch_build(),
+        "steps": args.steps,
+        **extra,
+        "rows": rows,
+    }
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(
+        f"cpu: {result['cpu']} ({', '.join(result['cpu_flags'])}), {args.threads} threads, torch {torch.__version__}"
+    )
+    return result
