@@ -200,20 +200,37 @@ def load_engine(
     return _load(wb, cls, model, (runtime or Runtime(**settings)).resolved(), inventory)
 
 
-def _load(wb: Workbench, cls, model: str | None, runtime: Runtime, inventory: Inventory | None) -> Any:
-    """The engine ``cls`` for ``model`` (None: an engine without weights), reused when already loaded."""
+def _load(
+    wb: Workbench,
+    cls,
+    model: str | None,
+    runtime: Runtime,
+    inventory: Inventory | None,
+    companions: dict[str, Inventory] | None = None,
+) -> Any:
+    """The engine ``cls`` for ``model`` (None: an engine without weights), reused when already loaded.
+
+    The key of a loaded engine names the model's snapshot and, by role, name and digest, each
+    companion its load reads (``cls.load_companions``: an audiocraft model's T5): a companion
+    rebuilt within the process loads the engine again, so the bytes come from the snapshot the
+    id names. ``companions``: those the caller has just verified (else they are verified here).
+    """
     with TORCH_LOCK:
         if model is None:
             key = (str(wb.root), cls.name, None, runtime)
         else:
             if inventory is None:
                 _, _, inventory = open_snapshot(wb, model, cls.name)
-            key = (str(wb.root), model, inventory.digest, runtime)
+            roles = getattr(cls, "load_companions", ())
+            if companions is None and roles:
+                companions = _companions(wb, cls, model, None)
+            read = tuple((r, c.name, c.digest) for r, c in sorted((companions or {}).items()) if r in roles)
+            key = (str(wb.root), model, inventory.digest, read, runtime)
         if key not in _engines:
             _engines.clear()  # one model in memory at a time
             engine = _engines[key] = cls.load(wb, model, runtime)
             # the paths it measured are now fixed: a request naming them finds this engine too
-            _engines[(*key[:3], replace(runtime, paths=engine.loaded.paths))] = engine
+            _engines[(*key[:-1], replace(runtime, paths=engine.loaded.paths))] = engine
         return _engines[key]
 
 
@@ -374,7 +391,7 @@ def _make(
     if paths is None:  # never before on this machine: a load measures them (check what it needs first)
         cls.check_resources(request, path)
         resources_checked = True
-        paths = _load(wb, cls, model, runtime, inventory).loaded.paths
+        paths = _load(wb, cls, model, runtime, inventory, companions).loaded.paths
     runtime = replace(runtime, paths=paths)
     identity = _identity(cls, digest, request, inputs, parents, output, runtime, companions)
     new_id = artifact_id(identity)
@@ -392,12 +409,12 @@ def _make(
     if not resources_checked:
         cls.check_resources(request, path)
     with TORCH_LOCK:
-        engine = _load(wb, cls, model, runtime, inventory)
+        engine = _load(wb, cls, model, runtime, inventory, companions)
         if notice is not None and hasattr(engine, "estimate"):
             notice(engine.estimate(request))
         result = engine.generate(request, progress=progress, cancel=cancel)
     if path is not None:  # the weights were still the hashed bytes when they ran (a mapped file can change)
-        confirm_unchanged(wb, "model", model, inventory)
+        _confirm_unchanged(wb, model, inventory, companions)
 
     # 5. Write the artifact whole: media, kept inputs, previews, manifest.
     started = time.perf_counter()
@@ -534,7 +551,7 @@ def reproduce(
             )
     inputs = {role: read_audio(stored.file(kept.file), role) for role, kept in m.inputs.items()}
     request = cls.request_type.from_json(m.request, inputs)
-    path = open_snapshot(wb, m.model.name, cls.name)[1] if uses_model(cls) else None
+    path, inventory = open_snapshot(wb, m.model.name, cls.name)[1:] if uses_model(cls) else (None, None)
     request = cls.check(request, path)  # a manifest is a file like any other: its request is checked
 
     # 2. Note what differs between then and now.
@@ -582,12 +599,12 @@ def reproduce(
         if not uses_model(cls):
             engine = _load(wb, cls, None, runtime.resolved(), None)
         else:
-            engine = load_engine(wb, m.model.name, runtime)
+            engine = _load(wb, cls, m.model.name, runtime.resolved(), inventory, now_companions)
         if uses_model(cls) and engine.loaded.inventory.digest != m.model.inventory_digest:
             differences.append(f"model {m.model.name} snapshot changed (inventory digest differs)")
         result = engine.generate(request, progress=progress, cancel=cancel)
-    if uses_model(cls):  # no verdict from weights that changed while they ran (an endpoint has no files)
-        confirm_unchanged(wb, "model", m.model.name, engine.loaded.inventory)
+    if path is not None:  # no verdict from weights that changed while they ran (an endpoint has no files)
+        _confirm_unchanged(wb, m.model.name, inventory, now_companions)
     with tempfile.TemporaryDirectory(prefix="harmonia-reproduce-") as tmp:
         fresh = [write_take(Path(tmp), i, take, m.output, False) for i, take in enumerate(result.takes)]
         if len(fresh) != len(m.outputs):
@@ -617,6 +634,15 @@ def reproduce(
 
 
 # -- helpers -----------------------------------------------------------------------------------
+def _confirm_unchanged(
+    wb: Workbench, model: str, inventory: Inventory, companions: dict[str, Inventory]
+) -> None:
+    """No file of the model or of a companion (its T5, its MBD) changed since this call verified it."""
+    confirm_unchanged(wb, "model", model, inventory)
+    for _, companion in sorted(companions.items()):
+        confirm_unchanged(wb, "model", companion.name, companion)
+
+
 def _companions(wb: Workbench, cls, model: str | None, request: Any) -> dict[str, Inventory]:
     """The other snapshots a generation reads (role -> verified inventory), e.g. an audiocraft model's
     T5 text encoder or its MBD decoder: an engine names them with ``companions(wb, model, request)``."""

@@ -78,6 +78,10 @@ class Inventory:
     license: str | None
     files: tuple[FileEntry, ...]
     created: str = field(default_factory=lambda: utc_now())
+    # the stat facts this process verified the files under, path -> (size, mtime_ns, ctime_ns, inode,
+    # device, sha256): set by a verification (``require_loadable``), compared by ``confirm_unchanged``;
+    # never written, never part of equality or the digest
+    seen: tuple[tuple[str, tuple], ...] = field(default=(), compare=False, repr=False)
 
     @property
     def total_size(self) -> int:

@@ -28,7 +28,7 @@ import stat
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -269,6 +269,13 @@ def verify(
         >>> report.summary()  # doctest: +SKIP
         'model tiny-musicgen: ok (9 files, 0 hashed, 9 unchanged, fast)'
     """
+    return _verify(wb, kind, name, full, progress, mode)[0]
+
+
+def _verify(
+    wb: Workbench, kind: Kind, name: str, full: bool, progress, mode: str | None
+) -> tuple[VerifyReport, Inventory]:
+    """:func:`verify`, and the inventory it checked with the stat facts of this verification (``seen``)."""
     started = time.perf_counter()
     mode = mode or ("full" if full else "fast")
     if mode not in MODES:
@@ -342,7 +349,8 @@ def verify(
     )
     last = {"ok": report.ok, "mode": report.mode, "at": utc_now(), "problems": len(problems)}
     state.save(inventory.digest, new_state, last)
-    return report
+    seen = tuple(sorted((rel, tuple(facts)) for rel, facts in new_state.items()))
+    return report, replace(inventory, seen=seen)
 
 
 def require_verified(
@@ -351,7 +359,7 @@ def require_verified(
     """Verify (fast mode unless ``full`` or ``mode`` says otherwise) and return the inventory;
     :class:`VerificationError` if anything is off.
     """
-    report = verify(wb, kind, name, full=full, mode=mode)
+    report, inventory = _verify(wb, kind, name, full, None, mode)
     if not report.ok:
         # what a fast verify may have trusted, this one hashed: the user's check must hash too
         flag = "" if report.mode == "fast" else "--full "
@@ -360,7 +368,7 @@ def require_verified(
             f"Run 'harmonia {plural(kind)} verify {flag}{name}' for details, then "
             f"'{how_to_get(wb.specs(kind).get(name), kind, name)}' to restore it."
         )
-    return read_inventory(wb.snapshot_dir(kind, name))
+    return inventory  # with the stat facts this verification took (``inventory.seen``)
 
 
 def require_loadable(wb: Workbench, kind: Kind, name: str, full: bool = False) -> Inventory:
@@ -404,22 +412,26 @@ def require_loadable(wb: Workbench, kind: Kind, name: str, full: bool = False) -
 
 
 def confirm_unchanged(wb: Workbench, kind: Kind, name: str, inventory: Inventory) -> None:
-    """A :class:`VerificationError` unless every file is as it was when this process hashed it.
+    """A :class:`VerificationError` unless every file is as it was when ``inventory`` was verified.
 
     Called after a generation, before its artifact is written: transformers maps safetensors
     files shared, so a write to a weights file while the model is loaded changes the weights
-    in memory. Any such write moves the file's ctime (one ``stat`` per file).
+    in memory. Any such write moves the file's ctime (one ``stat`` per file). The stat facts
+    compared are those of the verification that returned ``inventory`` (``inventory.seen``, set
+    by :func:`require_loadable`), never the process-wide record: another thread's load that
+    re-hashed a file written and then restored mid-generation refreshes that record, not this
+    copy. An inventory without them (not from a verification) counts as changed.
     """
     folder = wb.snapshot_dir(kind, name)
+    verified = dict(inventory.seen)
     changed = []
     for entry in inventory.files:
-        path = str(folder / entry.path)
-        seen = _HASHED_HERE.get(path)
+        seen = verified.get(entry.path)
         try:
-            now = _stat_key(os.stat(path))
+            now = _stat_key(os.stat(folder / entry.path))
         except OSError:
             now = None
-        if seen is None or now is None or seen[:-1] != now or seen[-1] != entry.sha256:
+        if seen is None or now is None or list(seen[:-1]) != now or seen[-1] != entry.sha256:
             changed.append(entry.path)
     if changed:
         shown = ", ".join(changed[:3]) + (f", +{len(changed) - 3} more" if len(changed) > 3 else "")

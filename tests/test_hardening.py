@@ -200,3 +200,43 @@ def test_weights_written_while_the_model_runs_stop_the_artifact(music_wb):
     )
     assert len(calls) > 1  # it ran to the end; the check came before the write
     assert not music_wb.artifacts_dir.exists() or not any(music_wb.artifacts_dir.iterdir())
+
+
+def test_weights_written_and_restored_mid_run_stop_the_artifact_whatever_another_load_saw(music_wb):
+    """Before: a write at step 1, undone at step 10, then another thread's load (which hashed the
+    restored file and refreshed the process-wide record) let the run write its artifact, made
+    partly with the written weights, under the clean id."""
+    import threading
+
+    import pytest
+
+    from harmonia.errors import VerificationError
+    from harmonia.generation import generate
+    from harmonia.requests import MusicRequest
+    from harmonia.snapshots import require_loadable
+
+    weights = music_wb.snapshot_dir("model", "tiny-musicgen") / "model.safetensors"
+    clean = sha(weights)
+    calls = []
+
+    def write_then_restore(done, total):
+        calls.append(done)
+        if len(calls) in (1, 10):
+            _nudge_weights(weights)  # the second nudge puts the bytes back
+        if len(calls) == 10:
+            assert sha(weights) == clean
+            other = threading.Thread(target=require_loadable, args=(music_wb, "model", "tiny-musicgen"))
+            other.start()
+            other.join()
+
+    with pytest.raises(VerificationError) as caught:
+        generate(music_wb, "tiny-musicgen", MusicRequest("x", duration_s=0.5, seed=3), threads=1,
+                 progress=write_then_restore)  # fmt: skip
+    assert str(caught.value) == (
+        "Model 'tiny-musicgen' changed on disk while it was in use (model.safetensors); nothing was "
+        "written. Run 'harmonia models verify --full tiny-musicgen', then generate again."
+    )
+    assert len(calls) > 10
+    assert not music_wb.artifacts_dir.exists() or not any(music_wb.artifacts_dir.iterdir())
+    again = generate(music_wb, "tiny-musicgen", MusicRequest("x", duration_s=0.5, seed=3), threads=1)
+    assert not again.cached  # the intact bytes make it, as any first run

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -137,6 +138,34 @@ def test_require_loadable_returns_the_inventory_of_an_intact_snapshot(workbench,
     inventory = require_loadable(workbench, "model", "toy")
     assert inventory.name == "toy" and len(inventory.files) == 4
     assert require_loadable(workbench, "model", "toy", full=True) == inventory
+
+
+def test_confirm_unchanged_compares_with_its_own_load_not_a_later_one(workbench, snap):
+    """Before: it compared with the process-wide record, which another thread's load refreshes after
+    a file was written and restored while the first load's model ran: the write went unseen."""
+    from harmonia.snapshots import confirm_unchanged
+
+    first = require_loadable(workbench, "model", "toy")
+    assert {rel for rel, _ in first.seen} == set(FILES)
+    confirm_unchanged(workbench, "model", "toy", first)  # nothing moved since
+    weights = bytearray(FILES["model.safetensors"])
+    weights[1000:1004] = b"EVIL"
+    _overwrite_keeping_size_and_times(snap / "model.safetensors", bytes(weights))
+    _overwrite_keeping_size_and_times(snap / "model.safetensors", FILES["model.safetensors"])  # restored
+    second = require_loadable(workbench, "model", "toy")  # another view's load: hashed again, intact
+    assert second == first and second.seen != first.seen
+    with pytest.raises(VerificationError) as caught:
+        confirm_unchanged(workbench, "model", "toy", first)
+    assert str(caught.value) == (
+        "Model 'toy' changed on disk while it was in use (model.safetensors); nothing was written. "
+        "Run 'harmonia models verify --full toy', then generate again."
+    )
+    confirm_unchanged(workbench, "model", "toy", second)
+    unverified = replace(first, seen=())  # an inventory no verification returned counts as changed
+    with pytest.raises(
+        VerificationError, match=r"changed on disk while it was in use \(config.json, empty.txt"
+    ):
+        confirm_unchanged(workbench, "model", "toy", unverified)
 
 
 @pytest.mark.parametrize(

@@ -44,6 +44,7 @@ import sys
 import sysconfig
 import tempfile
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -203,6 +204,21 @@ def ensure_worker_env(venv: Path | None = None, quiet: bool = False) -> Path:
     return python
 
 
+def worker_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The worker's environment: ours without PYTHONPATH/PYTHONHOME or any Hugging Face token (it is
+    always offline: every snapshot it reads was fetched and verified before), offline switches on."""
+    env = {
+        k: v
+        for k, v in environ.items()
+        if k not in ("PYTHONPATH", "PYTHONHOME")
+        and not (k.upper().startswith(("HF_", "HUGGING")) and "TOKEN" in k.upper())
+    }
+    env.update(
+        HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_IMPLICIT_TOKEN="1", PYTHONNOUSERSITE="1"
+    )
+    return env
+
+
 def _run(command: list[str], what: str) -> None:
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -228,14 +244,12 @@ class Worker:
     def __init__(self, python: Path):
         self.python = python
         self.stderr = tempfile.TemporaryFile(mode="w+b")  # noqa: SIM115 (lives as long as the worker)
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-        env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONNOUSERSITE="1")
         self.process = subprocess.Popen(
             [str(python), "-u", str(WORKER_SCRIPT)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.stderr,
-            env=env,
+            env=worker_environment(os.environ),
             text=True,
             bufsize=1,
         )
@@ -510,6 +524,10 @@ class _AudiocraftEngine:
             worker, answer = _load_in_worker(path, cls.family, threads, inventory.digest, text_encoder)
         loaded = LoadedModel(name, path, spec, inventory, str(chosen), dtype, threads, timer.seconds)
         return cls(worker, loaded, facts, answer, pickled, wb, text_encoder)
+
+    # the companions its load reads (the T5): part of the key of a loaded engine, so a changed T5
+    # snapshot loads the engine again; the MBD decoder is loaded per request (``_ensure_mbd``)
+    load_companions: ClassVar[tuple[str, ...]] = ("text_encoder",)
 
     @classmethod
     def companions(cls, wb: Workbench, model: str, request: Any) -> dict[str, Inventory]:
@@ -957,5 +975,6 @@ __all__ = [
     "ensure_worker_env",
     "model_facts",
     "shutdown",
+    "worker_environment",
     "worker_venv",
 ]

@@ -183,6 +183,21 @@ def test_the_real_audiocraft_models_are_declared_pinned_and_noncommercial():
     assert specs["multiband-diffusion"].allow_patterns == ("mbd_musicgen_32khz.th", "README.md")
 
 
+def test_the_worker_environment_holds_no_hugging_face_token():
+    """Before: the always-offline worker inherited HF_TOKEN and its spellings."""
+    from harmonia.engines.audiocraft import worker_environment
+
+    env = worker_environment({
+        "HF_TOKEN": "hf_a", "HUGGING_FACE_HUB_TOKEN": "hf_b", "HUGGINGFACE_HUB_TOKEN": "hf_c",
+        "HF_TOKEN_PATH": "/home/u/.cache/huggingface/token", "HF_HOME": "/h", "PYTHONPATH": "/x",
+        "PATH": "/usr/bin", "HF_HUB_OFFLINE": "0",
+    })  # fmt: skip
+    assert env == {
+        "HF_HOME": "/h", "PATH": "/usr/bin", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+        "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1", "PYTHONNOUSERSITE": "1",
+    }  # fmt: skip
+
+
 def test_worker_pins_are_exact_and_never_name_torch():
     from harmonia.engines.audiocraft import WORKER_PINS
 
@@ -489,6 +504,76 @@ def test_a_t5_conditioner_reads_its_local_text_encoder_snapshot(ac_wb):
         "never by name from the hub: add 'text_encoder: t5-base' to its params.yaml entry (a model entry for "
         "t5-base, fetched with `harmonia models fetch t5-base`)."
     )
+
+
+@pytest.mark.slow
+def test_a_started_worker_has_no_token_in_its_environment(worker_env, monkeypatch):
+    from harmonia.engines.audiocraft import Worker
+
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_HUB_TOKEN"):
+        monkeypatch.setenv(name, "hf_secret")
+    worker = Worker(worker_env)
+    try:
+        raw = Path(f"/proc/{worker.process.pid}/environ").read_bytes()
+        env = dict(item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+        assert worker.hello()["protocol"]  # it runs
+    finally:
+        worker.close()
+    assert b"hf_secret" not in raw
+    assert not {b"HF_TOKEN", b"HUGGING_FACE_HUB_TOKEN", b"HUGGINGFACE_HUB_TOKEN"} & set(env)
+    assert env[b"HF_HUB_OFFLINE"] == b"1"
+
+
+@pytest.mark.slow
+def test_a_t5_rebuilt_in_the_process_is_the_one_the_id_names(ac_wb):
+    """Before: the engine cached with the old T5 made the old bytes under an id naming the new T5."""
+    from harmonia.generation import generate, reproduce
+    from harmonia.tiny import build_tiny
+
+    request = SampleRequest("rain on a roof", duration_s=1.0, seed=2)
+    first = generate(ac_wb, "tiny-audiogen-t5", request, threads=1)
+    build_tiny(ac_wb, "t5", seed=1)  # the T5 snapshot changes; the model's does not
+    second = generate(ac_wb, "tiny-audiogen-t5", request, threads=1)
+    m = second.artifact.manifest
+    named = m.identity["companions"]["text_encoder"]
+    assert not second.cached and named != first.artifact.manifest.identity["companions"]["text_encoder"]
+    assert m.engine.details["text_encoder"]["inventory_digest"] == named[1]
+    assert second.result.audio[0].tobytes() != first.result.audio[0].tobytes()
+    assert reproduce(ac_wb, second.artifact.id).identical
+
+
+@pytest.mark.slow
+def test_a_t5_overwritten_while_in_use_stops_the_artifact(ac_wb, tmp_path, monkeypatch):
+    """Before: only the main model was checked after a generation: a same-size overwrite of the T5
+    between its verification and the worker's read made an artifact under the clean T5's id."""
+    import shutil
+
+    import harmonia.engines.audiocraft as ac
+    from harmonia.errors import VerificationError
+    from harmonia.generation import generate
+    from harmonia.tiny import build_tiny
+
+    other = (
+        build_tiny(_workbench(tmp_path / "other"), "t5", name="tiny-t5", seed=1).path / "model.safetensors"
+    )
+    target = ac_wb.snapshot_dir("model", "tiny-t5") / "model.safetensors"
+    assert other.stat().st_size == target.stat().st_size
+    real = ac._load_in_worker
+
+    def racing(*args, **kwargs):  # a writer lands after the load verified the T5, before the worker reads it
+        shutil.copyfile(other, target)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ac, "_load_in_worker", racing)
+    with pytest.raises(VerificationError) as caught:
+        generate(
+            ac_wb, "tiny-audiogen-t5", SampleRequest("rain on a roof", duration_s=1.0, seed=2), threads=1
+        )
+    assert str(caught.value) == (
+        "Model 'tiny-t5' changed on disk while it was in use (model.safetensors); nothing was written. "
+        "Run 'harmonia models verify --full tiny-t5', then generate again."
+    )
+    assert list_artifacts(ac_wb) == []
 
 
 def _load_standin(relative: str):
