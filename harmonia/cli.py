@@ -23,7 +23,7 @@ from harmonia.engines import KINDS
 from harmonia.errors import HarmoniaError, RequestError
 from harmonia.terminal import printable
 from harmonia.workbench import KINDS as SNAPSHOT_KINDS
-from harmonia.workbench import Kind, Workbench, plural
+from harmonia.workbench import PICKLE_PATTERNS, Kind, Workbench, plural
 
 EXIT_FAILED = 1
 EXIT_ERROR = 2
@@ -294,7 +294,8 @@ def _add_snapshot_commands(commands, kind: Kind) -> None:
     p.add_argument(
         "--allow-pickle",
         action="store_true",
-        help="also download pickled weights (*.bin, *.pt, *.ckpt, *.pth)",
+        help=f"also download pickled weights ({', '.join(PICKLE_PATTERNS)}); an entry with "
+        "allow_pickle: true in params.yaml gets them without it",
     )
     p.set_defaults(run=_fetch, kind=kind)
 
@@ -352,9 +353,25 @@ def _fetch(args) -> int:
         raise RequestError(
             f"give a {args.kind} name or --all (not both), e.g. 'harmonia {plural(args.kind)} fetch --all'."
         )
-    names = [s.name for s in wb.specs(args.kind).values() if s.repo] if args.all else [args.name]
-    for name in names:
-        _fetch_one(wb, args, name)
+    if not args.all:
+        _fetch_one(wb, args, args.name)
+        return 0
+    from harmonia.errors import FetchError
+
+    names = [s.name for s in wb.specs(args.kind).values() if s.repo]
+    failed = []
+    for name in names:  # one refused snapshot does not stop the others
+        try:
+            _fetch_one(wb, args, name)
+        except FetchError as exc:
+            print(f"error: {args.kind} {name}: {printable(exc)}", file=sys.stderr)
+            failed.append(name)
+    if failed:
+        print(
+            f"error: {len(failed)} of {len(names)} {plural(args.kind)} not fetched: {', '.join(failed)}",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
     return 0
 
 
@@ -369,10 +386,20 @@ def _fetch_one(wb: Workbench, args, name: str) -> None:
     finally:
         bar.close()
     inv, src = result.inventory, result.inventory.source
+    for note in result.notes:
+        print(note)
     verb = "already present" if result.reused else "fetched"
+    pickles = ""
+    if result.pickles:
+        why = (
+            "--allow-pickle"
+            if result.pickle_consent == "--allow-pickle"
+            else "params.yaml's allow_pickle: true"
+        )
+        pickles = f"; pickled weights taken ({why}): {', '.join(result.pickles)}"
     print(
         f"{verb}: {args.kind} {result.name} = {src.repo}@{src.revision} "
-        f"({len(inv.files)} files, {_size(inv.total_size)}) in {_rel(wb, result.path)}"
+        f"({len(inv.files)} files, {_size(inv.total_size)}) in {_rel(wb, result.path)}{pickles}"
     )
     if not result.reused:
         _after_snapshot_change(wb, args.kind)

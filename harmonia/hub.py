@@ -14,6 +14,7 @@ workbench's ``.env``; it is passed to huggingface_hub and never printed, logged 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,10 +40,14 @@ from harmonia.errors import FetchError
 from harmonia.hashing import git_blob_sha1, hash_files
 from harmonia.inventory import FileEntry, Inventory, Source, read_inventory, write_inventory
 from harmonia.snapshots import how_to_get, record_hashed, staging_dir, verify
-from harmonia.workbench import Kind, Workbench, plural
+from harmonia.tracking import RECORD_FILE, locked_commit
+from harmonia.workbench import PICKLE_PATTERNS, Kind, Workbench, plural
 
 TOKEN_VARIABLES = ("HF_TOKEN", "HUGGINGFACE_HUB_TOKEN")
-PICKLE_PATTERNS = ("*.bin", "*.pt", "*.ckpt", "*.pth", "*.th", "*.pkl", "*.pickle")
+# What counts as weights when pickles are left out: a selection with none of these is only
+# README and metadata, which no engine can load.
+WEIGHT_PATTERNS = ("*.safetensors", "*.gguf", "*.onnx", "*.msgpack", "*.h5", "*.npz", *PICKLE_PATTERNS)
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 HUB_CACHE_FOLDER = ".cache"  # snapshot_download(local_dir=...) writes .cache/huggingface/ there
 
 
@@ -55,6 +60,17 @@ class FetchResult:
     path: Path
     inventory: Inventory
     reused: bool  # True when the snapshot at that commit was already present and verified
+    pickle_consent: str | None = None  # "--allow-pickle" or "allow_pickle: true" when pickles were taken
+    notes: tuple[str, ...] = ()  # one line each, for the user (e.g. the revision came from snapshots.lock)
+
+    @property
+    def pickles(self) -> tuple[str, ...]:
+        """The pickled files this snapshot holds."""
+        return tuple(f.path for f in self.inventory.files if _is_pickle(f.path))
+
+
+def _is_pickle(path: str) -> bool:
+    return bool(list(filter_repo_objects([path], allow_patterns=list(PICKLE_PATTERNS))))
 
 
 def _find_token(root: Path) -> tuple[str, str] | None:
@@ -98,8 +114,11 @@ def fetch(
         wb: the workbench (params.yaml says which repo and revision ``name`` is).
         kind: "model" or "dataset".
         name: a name declared in params.yaml.
-        revision: a branch, tag or commit overriding params.yaml.
-        allow_pickle: also download pickled weights (``*.bin``, ``*.pt``, ``*.ckpt``, ``*.pth``).
+        revision: a branch, tag or commit overriding params.yaml. Without it, an entry whose
+            revision is not a 40-hex commit (``main``) is fetched at the commit snapshots.lock
+            records for the same repo, when it records one, so every machine gets the same bytes.
+        allow_pickle: also download pickled weights (:data:`PICKLE_PATTERNS`); an entry whose
+            params.yaml says ``allow_pickle: true`` gets them without it (the researcher's consent).
         endpoint: the hub's URL (default: ``HF_ENDPOINT`` or https://huggingface.co).
         progress: called as ``progress(bytes_just_hashed, bytes_to_hash)`` while checking.
 
@@ -131,9 +150,19 @@ def fetch(
             f"HF_HUB_OFFLINE=0 (e.g. 'HF_HUB_OFFLINE=0 harmonia {plural(kind)} fetch {name}')."
         )
     requested = revision or spec.revision or "main"
+    notes: list[str] = []
+    if revision is None and not _COMMIT.match(requested):
+        pinned = locked_commit(wb, kind, name, spec.repo)
+        if pinned is not None:
+            notes.append(
+                f"revision {requested}: using the commit {RECORD_FILE} records ({pinned[:12]}…); "
+                f"pass --revision {requested} to move to the newest"
+            )
+            requested = pinned
+    consent = "--allow-pickle" if allow_pickle else "allow_pickle: true" if spec.allow_pickle else None
     token = resolve_token(wb.root)
     api = HfApi(endpoint=endpoint, token=token)
-    ignore = list(spec.ignore_patterns) + ([] if allow_pickle else list(PICKLE_PATTERNS))
+    ignore = list(spec.ignore_patterns) + ([] if consent else list(PICKLE_PATTERNS))
     allow = list(spec.allow_patterns) if spec.allow_patterns else None
     context = _Context(spec.repo, kind, name, requested, endpoint, sent_token=token is not None)
 
@@ -151,15 +180,25 @@ def fetch(
         raise FetchError(
             f"No file of {spec.repo}@{commit[:12]} matches allow_patterns={allow} with "
             f"ignore_patterns={ignore}. Fix the patterns for {name} in params.yaml"
-            + ("" if allow_pickle else " (or pass --allow-pickle if it only has pickled weights)")
+            + ("" if consent else " (or pass --allow-pickle if it only has pickled weights)")
             + "."
         )
+    if kind == "model" and not consent:
+        with_pickles = filter_repo_objects(tree, allow_patterns=allow, ignore_patterns=spec.ignore_patterns)
+        left_out = sorted(set(with_pickles) - set(wanted))
+        if left_out and not list(filter_repo_objects(wanted, allow_patterns=list(WEIGHT_PATTERNS))):
+            raise FetchError(
+                f"{spec.repo}@{commit[:12]} has only pickled weights ({', '.join(left_out[:3])}"
+                f"{', …' if len(left_out) > 3 else ''}) and without them {name} would hold only "
+                f"{', '.join(wanted[:3])}: pass --allow-pickle, or set allow_pickle: true for {name} in "
+                "params.yaml, to take them. Nothing was written."
+            )
 
     # 3. Nothing to do when that commit's files are already here and intact.
     final = wb.snapshot_dir(kind, name)
     existing = _existing(wb, kind, name, final)
     if existing is not None and existing.source.revision == commit and sorted(existing.by_path()) == wanted:
-        return FetchResult(name, kind, final, existing, reused=True)
+        return FetchResult(name, kind, final, existing, True, consent, tuple(notes))
 
     # 4. Download into a staging folder, check every byte, write the inventory, move it in place.
     staging = staging_dir(wb, kind, name)
@@ -195,7 +234,7 @@ def fetch(
     finally:
         discard(staging)
     record_hashed(wb, kind, name, inventory)
-    return FetchResult(name, kind, final, inventory, reused=False)
+    return FetchResult(name, kind, final, inventory, False, consent, tuple(notes))
 
 
 def _existing(wb: Workbench, kind: Kind, name: str, final: Path) -> Inventory | None:

@@ -53,7 +53,58 @@ def record(wb: Workbench) -> dict:
                 "inventory": inventory.to_json(),
             }
         data[plural(kind)] = entries
+    data["pins"] = _pins(wb, data, _read_record(wb))
     return data
+
+
+def _pins(wb: Workbench, data: dict, previous: dict) -> dict:
+    """The commit of every hub snapshot params.yaml declares that was fetched here, present or not.
+
+    A present snapshot's pin is its own commit; an absent one keeps the pin the previous record
+    held for the same repo, so fetching one model does not forget the commits of the others.
+    """
+    pins: dict = {}
+    for kind in KINDS:
+        section = {}
+        for name, spec in wb.specs(kind).items():
+            if spec.repo is None:
+                continue
+            entry = data.get(plural(kind), {}).get(name)
+            if entry is not None:
+                source = entry["source"]
+                if source.get("type") == "huggingface" and source.get("repo") == spec.repo:
+                    section[name] = {"repo": source["repo"], "revision": source["revision"]}
+                continue
+            pin = locked_commit(wb, kind, name, spec.repo, previous)
+            if pin is not None:
+                section[name] = {"repo": spec.repo, "revision": pin}
+        pins[plural(kind)] = section
+    return pins
+
+
+def _read_record(wb: Workbench) -> dict:
+    """The record on disk, or {} when it is missing or unreadable (fetch then uses params.yaml alone)."""
+    try:
+        data = json.loads((wb.root / RECORD_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) and data.get("schema") == RECORD_SCHEMA else {}
+
+
+def locked_commit(wb: Workbench, kind: Kind, name: str, repo: str, data: dict | None = None) -> str | None:
+    """The 40-hex commit snapshots.lock records for ``name`` from ``repo`` (its pin, else its
+    present entry's source), or None."""
+    data = _read_record(wb) if data is None else data
+    candidates = []
+    for section in ("pins", None):
+        entries = data.get(section, {}) if section else data
+        entry = (entries.get(plural(kind)) or {}).get(name) if isinstance(entries, dict) else None
+        if isinstance(entry, dict):
+            candidates.append(entry.get("source", entry) if section is None else entry)
+    for c in candidates:
+        if isinstance(c, dict) and c.get("repo") == repo and _COMMIT.match(str(c.get("revision") or "")):
+            return c["revision"]
+    return None
 
 
 def write_record(wb: Workbench) -> Path:

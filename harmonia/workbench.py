@@ -23,6 +23,9 @@ Kind = Literal["model", "dataset"]
 KINDS: tuple[Kind, ...] = ("model", "dataset")
 PARAMS_FILE = "params.yaml"
 ROOT_ENV = "HARMONIA_ROOT"
+# Pickled weights (torch.save, pickle; ``*.th`` is audiocraft's MBD checkpoint): fetched only with
+# --allow-pickle or an entry's ``allow_pickle: true``, loaded only from a verified snapshot.
+PICKLE_PATTERNS = ("*.bin", "*.pt", "*.ckpt", "*.pth", "*.th", "*.pkl", "*.pickle")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")

@@ -80,7 +80,14 @@ def test_dataset_fetch_through_the_cli(workbench, hub):
         "not a DVC repository: run 'dvc init && dvc add datasets' to track datasets/ with DVC",
     ]
     again = run_cli("datasets", "fetch", "captions", cwd=workbench.root, env={"HF_ENDPOINT": hub.url})
-    assert again.stdout.startswith("already present: dataset captions")
+    assert (
+        again.stdout.splitlines()[:2]
+        == [  # params.yaml says no commit: the lock's is the pin
+            f"revision main: using the commit snapshots.lock records ({commit[:12]}…); "
+            "pass --revision main to move to the newest",
+            f"already present: dataset captions = acme/captions@{commit} (1 files, 24 B) in datasets/captions/",
+        ]
+    )
 
 
 def test_generate_list_show_reproduce(music_wb):

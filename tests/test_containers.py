@@ -266,6 +266,15 @@ def test_the_fetch_service_command_runs_on_the_host(tmp_path):
         for name in names:
             assert any(line.startswith(f"fetched: {kind} {name} = ") for line in out), (name, proc.stdout)
             assert f"{kind} {name}: ok (" in proc.stdout and ", full)" in proc.stdout
+    # params.yaml's allow_pickle: true is consent: audiocraft's pickled checkpoints come too, not a README alone
+    for name, spec in params["models"].items():
+        if spec.get("repo") and spec.get("allow_pickle"):
+            (line,) = [line for line in out if line.startswith(f"fetched: model {name} = ")]
+            assert line.endswith("pickled weights taken (params.yaml's allow_pickle: true): " + ", ".join(
+                sorted(p for p in spec["allow_patterns"] if p.endswith((".bin", ".th")))
+            )), line  # fmt: skip
+            files = sorted(p.name for p in (wb / "models" / name).iterdir())
+            assert files == sorted([*spec["allow_patterns"], "inventory.json"]), (name, files)
     assert service["environment"]["HF_HUB_OFFLINE"] == "0"  # the one service that may reach the hub
 
 

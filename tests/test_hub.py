@@ -233,3 +233,136 @@ def test_patterns_that_match_nothing(workbench, hub):
         FetchError, match=r"No file of acme/toy@[0-9a-f]{12} matches allow_patterns=\['\*.gguf'\]"
     ):
         fetch(Workbench.open(workbench.root), "model", "toy", endpoint=hub.url)
+
+
+# -- pickles: params.yaml's allow_pickle is consent; a pickle-only repo without it is refused ----------
+PICKLE_PARAMS = """\
+models:
+  toy:
+    repo: acme/toy
+  consented:
+    repo: acme/pk
+    allow_pickle: true
+    allow_patterns: ["state_dict.bin", "mbd.th", "README.md"]
+  unconsented:
+    repo: acme/pk
+    allow_patterns: ["state_dict.bin", "mbd.th", "README.md"]
+"""
+PK_FILES = {"state_dict.bin": b"PICKLE" * 50, "mbd.th": b"TORCH" * 40, "README.md": b"# pk\n"}
+
+
+def _pickle_workbench(workbench, hub):
+    from harmonia.workbench import Workbench
+
+    hub.add_repo("acme/pk", PK_FILES)
+    (workbench.root / "params.yaml").write_text(PICKLE_PARAMS)
+    return Workbench.open(workbench.root)
+
+
+def test_allow_pickle_in_params_yaml_takes_the_pickles_without_the_flag(workbench, hub):
+    wb = _pickle_workbench(workbench, hub)
+    result = fetch(wb, "model", "consented", endpoint=hub.url)
+    assert [f.path for f in result.inventory.files] == ["README.md", "mbd.th", "state_dict.bin"]
+    assert result.pickle_consent == "allow_pickle: true" and result.pickles == ("mbd.th", "state_dict.bin")
+    flagged = fetch(wb, "model", "unconsented", allow_pickle=True, endpoint=hub.url)
+    assert flagged.pickle_consent == "--allow-pickle" and len(flagged.inventory.files) == 3
+
+
+def test_a_pickle_only_selection_without_consent_is_refused_and_nothing_is_written(workbench, hub):
+    wb = _pickle_workbench(workbench, hub)
+    commit = hub.repos[("model", "acme/pk")].refs["main"]
+    with pytest.raises(FetchError) as exc:
+        fetch(wb, "model", "unconsented", endpoint=hub.url)
+    assert str(exc.value) == (
+        f"acme/pk@{commit[:12]} has only pickled weights (mbd.th, state_dict.bin) and without them "
+        "unconsented would hold only README.md: pass --allow-pickle, or set allow_pickle: true for "
+        "unconsented in params.yaml, to take them. Nothing was written."
+    )
+    assert _leftovers(wb) == [] and not _downloads(hub)
+
+
+def test_fetch_all_reports_a_refused_model_and_fetches_the_others(workbench, hub):
+    wb = _pickle_workbench(workbench, hub)
+    proc = run_cli("models", "fetch", "--all", cwd=wb.root, env={"HF_ENDPOINT": hub.url})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    pk = hub.repos[("model", "acme/pk")].refs["main"]
+    fetched = [line for line in proc.stdout.splitlines() if line.startswith("fetched: ")]
+    assert fetched[0].startswith("fetched: model toy = acme/toy@") and fetched[0].endswith(" in models/toy/")
+    assert fetched[1] == (
+        f"fetched: model consented = acme/pk@{pk} (3 files, 505 B) in models/consented/; "
+        "pickled weights taken (params.yaml's allow_pickle: true): mbd.th, state_dict.bin"
+    )
+    errors = proc.stderr.strip().splitlines()[-2:]
+    assert errors[0].startswith(f"error: model unconsented: acme/pk@{pk[:12]} has only pickled weights")
+    assert errors[1] == "error: 1 of 3 models not fetched: unconsented"
+    assert _leftovers(wb) == ["consented", "toy"]
+
+
+def test_the_allow_pickle_help_lists_the_code_s_pickle_patterns(workbench):
+    from harmonia.workbench import PICKLE_PATTERNS
+
+    proc = run_cli("models", "fetch", "--help", cwd=workbench.root, env={"COLUMNS": "400"})
+    assert f"also download pickled weights ({', '.join(PICKLE_PATTERNS)})" in proc.stdout
+    assert "*.th" in PICKLE_PATTERNS and "*.pickle" in PICKLE_PATTERNS
+
+
+# -- revision main: the commit snapshots.lock records is the pin ----------------------------------------
+def test_a_branch_revision_is_fetched_at_the_commit_the_lock_records(workbench, hub, tmp_path):
+    import shutil
+
+    from harmonia.tracking import write_record
+    from harmonia.workbench import Workbench
+
+    repo = hub.repos[("model", "acme/toy")]
+    first = repo.refs["main"]
+    fetch(workbench, "model", "toy", endpoint=hub.url)
+    write_record(workbench)  # what 'harmonia models fetch' does after a fetch
+    second = repo.add_commit({"config.json": b'{"v": 2}', "model.safetensors": b"moved on"})
+
+    # A second machine: params.yaml and the committed lock, no snapshots.
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("params.yaml", "snapshots.lock"):
+        shutil.copy(workbench.root / name, other / name)
+    wb2 = Workbench.open(other)
+    fetch(wb2, "dataset", "captions", endpoint=hub.url)  # another snapshot rewrites the lock ...
+    write_record(wb2)  # ... and keeps toy's pin although toy is not here
+    proc = run_cli("models", "fetch", "toy", cwd=other, env={"HF_ENDPOINT": hub.url})
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == (
+        f"revision main: using the commit snapshots.lock records ({first[:12]}…); "
+        "pass --revision main to move to the newest"
+    )
+    assert lines[1].startswith(f"fetched: model toy = acme/toy@{first} (3 files, ")
+    assert read_inventory(wb2.snapshot_dir("model", "toy")).source.revision == first
+
+    moved = fetch(wb2, "model", "toy", revision="main", endpoint=hub.url)  # --revision main overrides
+    assert moved.inventory.source.revision == second and moved.notes == ()
+    write_record(wb2)
+    again = fetch(wb2, "model", "toy", endpoint=hub.url)  # and the lock now pins the new commit
+    assert again.reused and again.inventory.source.revision == second
+    assert again.notes == (
+        f"revision main: using the commit snapshots.lock records ({second[:12]}…); "
+        "pass --revision main to move to the newest",
+    )
+
+
+def test_a_lock_entry_for_another_repo_is_not_a_pin(workbench, hub):
+    import json
+
+    from harmonia.tracking import write_record
+
+    fetch(workbench, "model", "toy", endpoint=hub.url)
+    write_record(workbench)
+    lock = json.loads((workbench.root / "snapshots.lock").read_text())
+    assert lock["pins"]["models"]["toy"] == {
+        "repo": "acme/toy",
+        "revision": hub.repos[("model", "acme/toy")].refs["main"],
+    }
+    lock["pins"]["models"]["toy"]["repo"] = "acme/elsewhere"
+    lock["models"]["toy"]["source"]["repo"] = "acme/elsewhere"
+    (workbench.root / "snapshots.lock").write_text(json.dumps(lock))
+    new = hub.repos[("model", "acme/toy")].add_commit({"config.json": b"{}"})
+    result = fetch(workbench, "model", "toy", endpoint=hub.url)
+    assert result.inventory.source.revision == new and result.notes == ()

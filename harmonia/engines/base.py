@@ -48,14 +48,14 @@ import torch
 from harmonia.errors import Cancelled, RequestError, VerificationError
 from harmonia.inventory import Inventory, Source
 from harmonia.snapshots import require_loadable, require_snapshot
-from harmonia.workbench import SnapshotSpec, Workbench
+from harmonia.workbench import PICKLE_PATTERNS, SnapshotSpec, Workbench
 
 Progress = Callable[[int, int], None]
 """``progress(done, total)``: called after every step; raising stops the generation."""
 Cancel = threading.Event | Callable[[], bool]
 """Set (or returning True) to stop a generation at its next step; nothing is written."""
 
-PICKLED = (".bin", ".pt", ".ckpt", ".pth", ".th", ".pkl", ".pickle")  # .th: audiocraft's MBD
+PICKLED = tuple(p.removeprefix("*") for p in PICKLE_PATTERNS)  # (".bin", ..., ".th", ...)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SEED_LIMIT = 2**63
 MAX_THREADS = 512

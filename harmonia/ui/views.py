@@ -244,22 +244,35 @@ class Task:
             self.thread.join(timeout)
 
 
-def local_models(wb: Workbench, engine: str) -> list[str]:
-    """The names of the models in params.yaml that ``engine`` runs and that have a local snapshot."""
+def engine_kind(spec) -> str | None:
+    """The kind of artifact a model's engine makes (None when its engine is unknown)."""
+    from harmonia.engines import ENGINES, engine_class
+
+    engine = getattr(spec, "engine", None)
+    return engine_class(engine).kind if engine in ENGINES else None
+
+
+def local_models(wb: Workbench, engine: str, kind: str | None = None) -> list[str]:
+    """The names of the models in params.yaml that have a local snapshot and that ``engine`` runs,
+    or, given ``kind``, whose engine makes that kind (stable-audio and audiogen both make samples)."""
     specs = wb.specs("model")
-    return [
-        r.name
-        for r in list_snapshots(wb, "model")
-        if r.present and getattr(specs.get(r.name), "engine", None) == engine
-    ]
+    present = [r.name for r in list_snapshots(wb, "model") if r.present and r.name in specs]
+    if kind is not None:
+        return [name for name in present if engine_kind(specs[name]) == kind]
+    return [name for name in present if getattr(specs[name], "engine", None) == engine]
 
 
 def model_dropdown(
-    wb: Workbench, engine: str, prefer: str | None, description: str = "model", style: dict | None = None
+    wb: Workbench,
+    engine: str,
+    prefer: str | None,
+    description: str = "model",
+    style: dict | None = None,
+    kind: str | None = None,
 ) -> widgets.Dropdown:
-    """A choice of the local models of ``engine`` (``prefer`` selected when it is one), or a hint
-    saying how to get one (its value None)."""
-    names = local_models(wb, engine)
+    """A choice of the local models of ``engine`` (given ``kind``: of every engine making that kind;
+    ``prefer`` selected when it is one), or a hint saying how to get one (its value None)."""
+    names = local_models(wb, engine, kind)
     hint = f"no local {engine} model: fetch or build one (harmonia models tiny {engine})"
     # index, not value: a value of None would select nothing, and the hint would not show
     return widgets.Dropdown(
@@ -275,7 +288,7 @@ class GenerateView:
     """The shell of a generating view (samples, song, video): the one face they share.
 
     It owns the workbench and the kind's defaults (those of the CLI and the pipeline), the
-    model list (local snapshots of ``engine``), Generate and Stop, the progress bar, the status
+    model list (local snapshots of every engine making ``kind``), Generate and Stop, the progress bar, the status
     line, the summary and the log, and the worker thread (one :class:`Task` at a time). A
     subclass sets ``kind``, ``engine`` and ``title``, builds its own fields, and defines
     ``build_request()`` (the model and request its fields describe) and ``show(artifact)`` (put
@@ -290,7 +303,9 @@ class GenerateView:
     """
 
     kind: str = ""  # whose params.yaml section and request type the view uses
-    engine: str = ""  # whose local snapshots the model list offers
+    engine: str = (
+        ""  # the engine the "no model" hint suggests building (the list offers every engine of ``kind``)
+    )
     title: str = ""  # the heading
     made_verb: str = "Generated"  # the status line's verb after new work
 
@@ -302,9 +317,9 @@ class GenerateView:
         self._stop = threading.Event()
         self._last_tick = 0.0
 
-        # 1. The model: local snapshots of the engine, the one asked for (or the default) first.
+        # 1. The model: local snapshots of the kind's engines, the one asked for (or the default) first.
         self.model = model_dropdown(
-            self.wb, self.engine, model or self.defaults.model, style=self.field_style
+            self.wb, self.engine, model or self.defaults.model, style=self.field_style, kind=self.kind
         )
 
         # 2. Actions, progress, status, summary, log; the buttons work disables.
