@@ -123,6 +123,9 @@ def _add_generation_commands(commands) -> None:
         p.add_argument("--steps", type=int, help="denoising steps (default: the song's)")
         p.add_argument("--model", help="an ace-step model (default: the song's)")
         p.add_argument("--force", action="store_true", help="make it again even if the identical edit exists")
+        p.add_argument(
+            "--threads", type=int, help="CPU threads (default: all cores); recorded, they change the bits"
+        )
         p.set_defaults(run=_edit)
 
     p = commands.add_parser(
@@ -131,6 +134,9 @@ def _add_generation_commands(commands) -> None:
     p.add_argument("source", metavar="ID", help="an artifact id (ID or ID/FILE) or an audio file")
     p.add_argument("--model", help="a demucs model (default: songs.stems_model in params.yaml)")
     p.add_argument("--force", action="store_true", help="split again even if the identical stems exist")
+    p.add_argument(
+        "--threads", type=int, help="CPU threads (default: all cores); recorded, they change the bits"
+    )
     p.set_defaults(run=_stems)
 
     p = commands.add_parser("transcribe", help="transcribe a song's vocals; word and character error rates")
@@ -141,6 +147,9 @@ def _add_generation_commands(commands) -> None:
     p.add_argument("--language", help="the sung language (default: the song's, else detected)")
     p.add_argument("--model", help="a whisper model (default: songs.transcribe_model in params.yaml)")
     p.add_argument("--force", action="store_true", help="transcribe again even if the identical one exists")
+    p.add_argument(
+        "--threads", type=int, help="CPU threads (default: all cores); recorded, they change the bits"
+    )
     p.set_defaults(run=_transcribe)
 
     p = commands.add_parser("reproduce", help="regenerate an artifact and compare it bit for bit")
@@ -892,7 +901,16 @@ def _edit(args) -> int:
         fields["lyrics"] = _text_or_file(args.lyrics, "lyrics")
     bar = _Steps(args.edit)
     try:
-        done = edit(wb, args.edit, args.song, model=args.model, force=args.force, progress=bar, **fields)
+        done = edit(
+            wb,
+            args.edit,
+            args.song,
+            model=args.model,
+            force=args.force,
+            progress=bar,
+            threads=args.threads,
+            **fields,
+        )
     finally:
         bar.close()
     _print_generated(wb, done)
@@ -917,7 +935,7 @@ def _stems(args) -> int:
     wb = Workbench.open()
     bar = _Steps("separating")
     try:
-        done = stems(wb, args.source, model=args.model, force=args.force, progress=bar)
+        done = stems(wb, args.source, model=args.model, force=args.force, progress=bar, threads=args.threads)
     finally:
         bar.close()
     art, m = done.artifact, done.artifact.manifest
@@ -955,6 +973,7 @@ def _transcribe(args) -> int:
             model=args.model,
             force=args.force,
             progress=bar,
+            threads=args.threads,
         )
     finally:
         bar.close()

@@ -99,6 +99,7 @@ def edit(
     force: bool = False,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
+    threads: int | None = None,
     **fields: Any,
 ) -> Generated:
     """Repaint, extend or cover a song into a new artifact whose parent is the song.
@@ -109,6 +110,8 @@ def edit(
     """
     model, request = edit_request(wb, task, artifact, model=model, **fields)
     settings = kind_defaults(wb, "song").run_settings()
+    if threads is not None:
+        settings["threads"] = threads
     return generate(wb, model, replace(request), force=force, progress=progress, cancel=cancel, **settings)
 
 
@@ -127,6 +130,7 @@ def stems(
     force: bool = False,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
+    threads: int | None = None,
 ) -> Generated:
     """Split a song (an artifact id, ``From``, a file or Audio) into vocals, drums, bass and other.
 
@@ -138,7 +142,9 @@ def stems(
         'vocals.wav'
     """
     model = model or _setting(wb, "stems_model", "stems", "--model")
-    return generate(wb, model, StemsRequest(source=source), force=force, progress=progress, cancel=cancel)
+    return generate(
+        wb, model, StemsRequest(source=source), force=force, progress=progress, cancel=cancel, threads=threads
+    )
 
 
 def song_lyrics(wb: Workbench, artifact: str) -> str | None:
@@ -171,6 +177,7 @@ def transcribe(
     force: bool = False,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
+    threads: int | None = None,
 ) -> Generated:
     """Transcribe a song's vocals and score them against its lyrics.
 
@@ -186,7 +193,7 @@ def transcribe(
     model = model or _setting(wb, "transcribe_model", "transcription", "--model")
     if Path(str(artifact)).is_file():  # a file: nothing to look up
         request = TranscribeRequest(source=str(artifact), lyrics=lyrics, language=language)
-        return generate(wb, model, request, force=force, progress=progress, cancel=cancel)
+        return generate(wb, model, request, force=force, progress=progress, cancel=cancel, threads=threads)
     art = load_artifact(wb, check_id(artifact))
     vocals = next((o for o in art.outputs if o.path == "vocals.wav"), None)
     source = From(art.id, "vocals.wav" if vocals is not None else None)
@@ -198,7 +205,7 @@ def transcribe(
         if language == UNSAID_LANGUAGE:  # the song never said its language: let the model detect it
             language = None
     request = TranscribeRequest(source=source, lyrics=lyrics, language=language)
-    return generate(wb, model, request, force=force, progress=progress, cancel=cancel)
+    return generate(wb, model, request, force=force, progress=progress, cancel=cancel, threads=threads)
 
 
 def _song_of(wb: Workbench, artifact: str):

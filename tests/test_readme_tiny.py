@@ -55,11 +55,6 @@ def test_every_readme_bash_block_is_run_by_a_test():
     assert {h for h, t in RUN_BY.items() if t.endswith("tiny_models_run_as_written")} == runs_tiny
 
 
-def _one_core():
-    """The ids are one thread's: `edit`, `stems` and `transcribe` take the process's core count."""
-    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(SEQUENCES))
 def test_the_readme_sequences_on_tiny_models_run_as_written(tmp_path, name):
@@ -80,7 +75,6 @@ def test_the_readme_sequences_on_tiny_models_run_as_written(tmp_path, name):
             capture_output=True,
             text=True,
             timeout=600,
-            preexec_fn=_one_core,
         )
         assert proc.returncode == 0, f"{line}\n{proc.stdout}{proc.stderr}"
         if not line.startswith("harmonia models tiny") and proc.stdout.strip():
