@@ -17,6 +17,28 @@ from harmonia.errors import RequestError
 
 MAX_DURATION_S = 300.0
 MAX_PROMPT_CHARS = 2000
+
+
+def check_prompt_texts(prompts: tuple, negative: Any, what: str) -> None:
+    """Each prompt is non-blank text within MAX_PROMPT_CHARS; a negative prompt, if given, too.
+
+    ``what``: the hint for a blank prompt, e.g. "describe the sound in a few words".
+    """
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise RequestError(f"prompts[{i}] is empty: {what}.")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise RequestError(f"prompts[{i}] has {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}.")
+    if negative is not None and (not isinstance(negative, str) or not negative.strip()):
+        raise RequestError(
+            f"negative_prompt must be text naming what to avoid, got {negative!r}. Leave it out or describe it."
+        )
+    if negative is not None and len(negative) > MAX_PROMPT_CHARS:
+        raise RequestError(
+            f"negative_prompt has {len(negative)} characters; the limit is {MAX_PROMPT_CHARS}."
+        )
+
+
 MAX_TOP_K = 65536  # above the codebook size every token is kept
 MAX_IDEA_CHARS = 20_000  # a text request's idea; the model's context may allow fewer (the engine says)
 MAX_NEW_TOKENS = 8192

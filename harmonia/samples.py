@@ -1071,25 +1071,12 @@ def check_sample_request(
     """
     from harmonia.audio import read_audio
     from harmonia.engines.base import SEED_LIMIT, check_seed, choose_seed
-    from harmonia.requests import MAX_PROMPT_CHARS, check_limits
+    from harmonia.requests import check_limits, check_prompt_texts
 
     # 1. Text.
     if not isinstance(r.prompts, tuple) or not r.prompts:
         raise RequestError("prompts must be a non-empty list of strings: give at least one prompt.")
-    for i, prompt in enumerate(r.prompts):
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise RequestError(f"prompts[{i}] is empty: describe the sound in a few words.")
-        if len(prompt) > MAX_PROMPT_CHARS:
-            raise RequestError(f"prompts[{i}] has {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}.")
-    negative = r.negative_prompt
-    if negative is not None and (not isinstance(negative, str) or not negative.strip()):
-        raise RequestError(
-            f"negative_prompt must be text naming what to avoid, got {negative!r}. Leave it out or describe it."
-        )
-    if negative is not None and len(negative) > MAX_PROMPT_CHARS:
-        raise RequestError(
-            f"negative_prompt has {len(negative)} characters; the limit is {MAX_PROMPT_CHARS}."
-        )
+    check_prompt_texts(r.prompts, r.negative_prompt, "describe the sound in a few words")
 
     # 2. Ranges, the type, the seed.
     check_limits(r)

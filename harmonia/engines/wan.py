@@ -64,7 +64,7 @@ from harmonia.engines.base import (
 )
 from harmonia.errors import RequestError
 from harmonia.media import AudioTake, VideoTake
-from harmonia.requests import MAX_PROMPT_CHARS, VideoRequest, check_limits
+from harmonia.requests import VideoRequest, check_limits, check_prompt_texts
 from harmonia.workbench import Workbench
 
 PRECISIONS = ("exact",)
@@ -568,20 +568,7 @@ def _check_request(r: VideoRequest, facts: ModelFacts, name: str) -> VideoReques
         raise RequestError(
             "prompts must not be empty: give a prompt, or --soundtrack and --shots for a music video."
         )
-    for i, prompt in enumerate(r.prompts):
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise RequestError(f"prompts[{i}] is empty: describe what the clip shows.")
-        if len(prompt) > MAX_PROMPT_CHARS:
-            raise RequestError(f"prompts[{i}] has {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}.")
-    negative = r.negative_prompt
-    if negative is not None and (not isinstance(negative, str) or not negative.strip()):
-        raise RequestError(
-            f"negative_prompt must be text naming what to avoid, got {negative!r}. Leave it out or describe it."
-        )
-    if negative is not None and len(negative) > MAX_PROMPT_CHARS:
-        raise RequestError(
-            f"negative_prompt has {len(negative)} characters; the limit is {MAX_PROMPT_CHARS}."
-        )
+    check_prompt_texts(r.prompts, r.negative_prompt, "describe what the clip shows")
 
     # 2. Ranges and the seed.
     check_limits(r)
