@@ -220,7 +220,7 @@ def _write_video(
             "crf": str(VIDEO_CRF),
             "preset": "medium",
             "threads": "1",
-            "x264-params": _x264_params(),
+            "x264-params": x264_params(),
         }
         video.codec_context.flags |= av.codec.context.Flags.bitexact
         audio_stream, track = None, take.audio
@@ -264,7 +264,8 @@ def _write_video(
 
 
 @functools.cache
-def _x264_params() -> str:
+@functools.cache
+def x264_params() -> str:
     """x264's options that keep its AVX-512 code out: the CPU's own flags less AVX-512.
 
     x264 (core 165) propagates its macroblock-tree costs 8 macroblocks at a time with AVX-512
@@ -272,9 +273,10 @@ def _x264_params() -> str:
     frame whose width is not a multiple of 128 pixels the last group reads mvs, costs and
     amounts past the row, from memory x264 never wrote, and adds them to its lookahead costs.
     The same frames gave other MP4 bytes from call to call in one process (and under
-    ``MALLOC_PERTURB_``); docs/pending/determinism.md has the evidence. Its SSE/AVX2 version
+    ``MALLOC_PERTURB_``); the README's "Video bytes" has the evidence. Its SSE/AVX2 version
     stops at the row's end. Where the loaded libx264 cannot be asked for its flags, the
     macroblock tree is turned off instead (the same bytes from call to call, larger files).
+    The options change the bytes, so the wan engine names them among its paths (in the id).
     """
     import ctypes
 

@@ -278,6 +278,11 @@ class WanEngine:
             pipe = pipe.to(chosen)
             pipe.set_progress_bar_config(disable=True)
         loaded = LoadedModel(name, path, spec, inventory, str(chosen), dtype, threads, timer.seconds)
+        from harmonia.media import x264_params
+
+        params = x264_params()
+        why = "AVX-512 left out" if params.startswith("asm=") else "libx264 not found: no macroblock tree"
+        loaded.choices["x264"] = f"{params} (the MP4 writer's x264 options: {why})"
         return cls(pipe, loaded, facts, wb.state_dir)
 
     def describe(self) -> dict:
@@ -315,8 +320,12 @@ class WanEngine:
 
     @classmethod
     def fast_paths(cls, wb: Workbench, snapshot: Path, runtime: Runtime) -> tuple[tuple[str, str], ...]:
-        """None: diffusers' own paths."""
-        return ()
+        """diffusers' own paths for the model; for the MP4, the x264 options the writer passes
+        (the CPU's SIMD levels less AVX-512, or no macroblock tree where libx264 cannot be
+        asked): they change the file's bytes, so they are part of the id."""
+        from harmonia.media import x264_params
+
+        return (("x264", x264_params()),)
 
     @classmethod
     def check(cls, request: VideoRequest, snapshot: Path) -> VideoRequest:

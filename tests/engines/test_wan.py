@@ -77,6 +77,11 @@ def test_a_clip_has_the_frames_size_and_rate_asked_for(video_wb):
         "prompt": "a paper boat on a stream",
     }
     assert art.manifest.model.license == "mit" and art.manifest.timings.steps == 2
+    # the x264 options change the bytes: recorded, and part of the id (AVX-512 never among them)
+    from harmonia.media import X264_CPU_AVX512, x264_params
+
+    assert art.manifest.runtime.paths == {"x264": x264_params()}
+    assert x264_params() == "mbtree=0" or not int(x264_params().removeprefix("asm=")) & X264_CPU_AVX512
     # the frames the engine made are the frames in the file, to H.264's tolerance
     made = done.result.videos[0]
     assert made.dtype == np.uint8 and made.shape == frames.shape
