@@ -149,10 +149,10 @@ def fetch(
             f"HF_HUB_OFFLINE=1 is set, so {spec.repo} cannot be downloaded. Run the fetch with "
             f"HF_HUB_OFFLINE=0 (e.g. 'HF_HUB_OFFLINE=0 harmonia {plural(kind)} fetch {name}')."
         )
-    requested = revision or spec.revision or "main"
+    requested = asked = revision or spec.revision or "main"
     notes: list[str] = []
     if revision is None and not _COMMIT.match(requested):
-        pinned = locked_commit(wb, kind, name, spec.repo)
+        pinned = locked_commit(wb, kind, name, spec.repo, requested=requested)
         if pinned is not None:
             notes.append(
                 f"revision {requested}: using the commit {RECORD_FILE} records ({pinned[:12]}…); "
@@ -224,7 +224,7 @@ def fetch(
                 repo=spec.repo,
                 repo_type=kind,
                 revision=commit,
-                requested_revision=requested,
+                requested_revision=asked,  # what was asked for, even when the lock's commit was used
             ),
             license=spec.license,
             files=files,

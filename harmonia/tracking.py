@@ -73,11 +73,15 @@ def _pins(wb: Workbench, data: dict, previous: dict) -> dict:
             if entry is not None:
                 source = entry["source"]
                 if source.get("type") == "huggingface" and source.get("repo") == spec.repo:
-                    section[name] = {"repo": source["repo"], "revision": source["revision"]}
+                    section[name] = {
+                        "repo": source["repo"],
+                        "revision": source["revision"],
+                        "requested": source.get("requested_revision"),
+                    }
                 continue
-            pin = locked_commit(wb, kind, name, spec.repo, previous)
+            pin = _lock_entry(previous, kind, name, spec.repo)
             if pin is not None:
-                section[name] = {"repo": spec.repo, "revision": pin}
+                section[name] = pin
         pins[plural(kind)] = section
     return pins
 
@@ -91,20 +95,36 @@ def _read_record(wb: Workbench) -> dict:
     return data if isinstance(data, dict) and data.get("schema") == RECORD_SCHEMA else {}
 
 
-def locked_commit(wb: Workbench, kind: Kind, name: str, repo: str, data: dict | None = None) -> str | None:
-    """The 40-hex commit snapshots.lock records for ``name`` from ``repo`` (its pin, else its
-    present entry's source), or None."""
-    data = _read_record(wb) if data is None else data
-    candidates = []
+def _lock_entry(data: dict, kind: Kind, name: str, repo: str) -> dict | None:
+    """What a record holds for ``name`` from ``repo``: {repo, revision (40-hex), requested (the
+    branch or tag it was fetched as, None if unknown)}, from its pin, else its present entry."""
     for section in ("pins", None):
         entries = data.get(section, {}) if section else data
         entry = (entries.get(plural(kind)) or {}).get(name) if isinstance(entries, dict) else None
-        if isinstance(entry, dict):
-            candidates.append(entry.get("source", entry) if section is None else entry)
-    for c in candidates:
+        if not isinstance(entry, dict):
+            continue
+        c = entry.get("source", entry) if section is None else entry
         if isinstance(c, dict) and c.get("repo") == repo and _COMMIT.match(str(c.get("revision") or "")):
-            return c["revision"]
+            requested = c.get("requested", c.get("requested_revision"))
+            return {"repo": repo, "revision": c["revision"], "requested": requested}
     return None
+
+
+def locked_commit(
+    wb: Workbench, kind: Kind, name: str, repo: str, data: dict | None = None, requested: str | None = None
+) -> str | None:
+    """The 40-hex commit snapshots.lock records for ``name`` from ``repo``, or None.
+
+    ``requested``: the branch or tag params.yaml names now; a commit recorded as fetched under
+    another name (params.yaml moved from ``main`` to ``v2``, or a ``--revision refs/pr/1``) is
+    not it, so None. A record that does not say what it was fetched as counts as ``main``.
+    """
+    entry = _lock_entry(_read_record(wb) if data is None else data, kind, name, repo)
+    if entry is None:
+        return None
+    if requested is not None and (entry["requested"] or "main") != requested:
+        return None
+    return entry["revision"]
 
 
 def write_record(wb: Workbench) -> Path:

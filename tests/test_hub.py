@@ -359,6 +359,7 @@ def test_a_lock_entry_for_another_repo_is_not_a_pin(workbench, hub):
     assert lock["pins"]["models"]["toy"] == {
         "repo": "acme/toy",
         "revision": hub.repos[("model", "acme/toy")].refs["main"],
+        "requested": "main",
     }
     lock["pins"]["models"]["toy"]["repo"] = "acme/elsewhere"
     lock["models"]["toy"]["source"]["repo"] = "acme/elsewhere"
@@ -366,3 +367,24 @@ def test_a_lock_entry_for_another_repo_is_not_a_pin(workbench, hub):
     new = hub.repos[("model", "acme/toy")].add_commit({"config.json": b"{}"})
     result = fetch(workbench, "model", "toy", endpoint=hub.url)
     assert result.inventory.source.revision == new and result.notes == ()
+
+
+def test_a_lock_pin_fetched_as_another_branch_is_not_used(workbench, hub):
+    """params.yaml moved from main to v2: the commit the lock holds for main is not v2's."""
+    from harmonia.tracking import write_record
+    from harmonia.workbench import Workbench
+
+    repo = hub.repos[("model", "acme/toy")]
+    first = fetch(workbench, "model", "toy", endpoint=hub.url)
+    assert first.inventory.source.requested_revision == "main"
+    write_record(workbench)
+    again = fetch(workbench, "model", "toy", endpoint=hub.url)  # the lock's commit, asked as main
+    assert again.notes and again.inventory.source.requested_revision == "main"
+    v2 = repo.add_commit({"config.json": b'{"v": 2}', "model.safetensors": b"v2"}, ref="v2")
+    params = workbench.root / "params.yaml"
+    params.write_text(
+        params.read_text().replace("repo: acme/toy\n    revision: main", "repo: acme/toy\n    revision: v2")
+    )
+    moved = fetch(Workbench.open(workbench.root), "model", "toy", endpoint=hub.url)
+    assert moved.inventory.source.revision == v2 and moved.notes == ()
+    assert moved.inventory.source.requested_revision == "v2"
