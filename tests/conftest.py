@@ -19,6 +19,15 @@ os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="harmonia-test-hf-home-")
 for _var in ("HF_TOKEN", "HUGGINGFACE_HUB_TOKEN", "HF_HUB_OFFLINE", "HF_ENDPOINT", "HARMONIA_ROOT"):
     os.environ.pop(_var, None)
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+# numba (librosa's onset and peak picking) writes its compiled functions into a cache; two xdist
+# workers (and the CLI processes they start) compiling the same function into one cache at once
+# crashed a worker with a segfault in a fresh clone's first run. Each worker gets a cache of its own.
+os.environ.setdefault(
+    "NUMBA_CACHE_DIR",
+    os.path.join(
+        tempfile.gettempdir(), f"harmonia-test-numba-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
+    ),
+)
 
 import pytest  # noqa: E402
 
