@@ -17,6 +17,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name harmonia --display-name "Harmonia (.venv)" > /dev/null
+	$(BIN)/python -c "from harmonia.samples import warm_numba_cache; warm_numba_cache()"  # numba #10128
 	@touch $@
 
 # System packages the tests use, where missing: Debian's chromium (the browser test drives it)

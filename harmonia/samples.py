@@ -1167,3 +1167,27 @@ def shape_take(raw: np.ndarray, rate: int, request: SampleRequest, seconds: floa
     if request.type == "one-shot":
         return one_shot(raw, rate, max_s=min(ONE_SHOT_S, seconds)), facts
     return sfx(raw, rate), facts
+
+
+def warm_numba_cache(rate: int = 44100) -> None:
+    """Compile librosa's numba functions that Harmonia calls, once, in this one process.
+
+    librosa caches its numba functions on disk (``cache=True``), and two processes compiling
+    the same ``guvectorize`` function into that cache at once can leave it with parts from
+    each that do not match: the next process to load them segfaults (numba issue #10128, seen
+    in librosa's ``peak_pick`` and ``__last_beat`` when test workers and batch workers started
+    together on a fresh environment). Run once after installing (``make setup`` does), every
+    later process only reads the cache. The analysis here is a slice and a loop of a click
+    track: the calls, and argument types, Harmonia itself makes.
+    """
+    seconds = 60 / 120
+    y = np.zeros(round(12 * seconds * rate) + rate, dtype=np.float64)
+    t = np.arange(round(0.15 * rate)) / rate
+    click = 0.5 * np.cos(2 * np.pi * 180.0 * t) * np.exp(-t * 46.0)
+    for k in range(12):
+        start = round((0.25 + k * seconds) * rate)
+        y[start : start + len(click)] += click
+    samples = y[None].astype(np.float32)
+    loop(samples, rate, 120, 1)
+    slice_pack(samples, rate)
+    beat_grid(samples, rate)

@@ -19,15 +19,6 @@ os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="harmonia-test-hf-home-")
 for _var in ("HF_TOKEN", "HUGGINGFACE_HUB_TOKEN", "HF_HUB_OFFLINE", "HF_ENDPOINT", "HARMONIA_ROOT"):
     os.environ.pop(_var, None)
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
-# numba (librosa's onset and peak picking) writes its compiled functions into a cache; two xdist
-# workers (and the CLI processes they start) compiling the same function into one cache at once
-# crashed a worker with a segfault in a fresh clone's first run. Each worker gets a cache of its own.
-os.environ.setdefault(
-    "NUMBA_CACHE_DIR",
-    os.path.join(
-        tempfile.gettempdir(), f"harmonia-test-numba-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
-    ),
-)
 
 import pytest  # noqa: E402
 
@@ -346,3 +337,12 @@ def video_wb(tmp_path, tiny_wan, tiny_models) -> Workbench:
     shutil.copytree(tiny_wan, root / "models")
     shutil.copytree(tiny_models / "tiny-musicgen", root / "models" / "tiny-musicgen")
     return Workbench.open(root)
+
+
+def pytest_configure(config):
+    """Before any xdist worker starts: librosa's numba functions compiled into their cache by one
+    process (two workers compiling one at once crashed a worker: numba #10128)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        from harmonia.samples import warm_numba_cache
+
+        warm_numba_cache()
