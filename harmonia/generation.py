@@ -593,7 +593,7 @@ def reproduce(
         m.runtime.dtype,
         m.runtime.threads,
         m.runtime.precision,
-        tuple(sorted(m.runtime.paths.items())),
+        tuple(sorted(getattr(cls, "replayed_paths", lambda r: r.paths)(m.runtime).items())),
     )  # the recorded fast paths are replayed, whatever this machine would choose
     with TORCH_LOCK:
         if not uses_model(cls):

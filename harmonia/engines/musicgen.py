@@ -91,6 +91,31 @@ class _FewRowsLinear(torch.nn.Linear):
         return y.reshape(shape)
 
 
+class _RowsLinear(torch.nn.Linear):
+    """A Linear whose few-row products run on Harmonia's own kernel (:mod:`harmonia.kernels`).
+
+    float32 or bfloat16 weights as they are; each output is one dot product summed in a fixed
+    order, so the bits do not depend on the thread count (they differ from ``F.linear``'s in
+    the last bits). Larger inputs (the prompt) use ``F.linear``. Used only where the
+    calibration measured it faster, and only where the kernel runs.
+    """
+
+    __constants__ = (*torch.nn.Linear.__constants__, "few_rows")
+    few_rows = FEW_ROWS
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() // x.shape[-1] > self.few_rows:
+            return torch.nn.functional.linear(x, self.weight, self.bias)
+        return torch.ops.harmonia.rows_linear(x, self.weight, self.bias)
+
+
+def _swap_linears(module: torch.nn.Module, kind: type) -> None:
+    """Every plain Linear under ``module`` computes as ``kind`` (same weights, in place)."""
+    for child in list(module.modules()):
+        if type(child) is torch.nn.Linear:
+            child.__class__ = kind
+
+
 def check_precision(precision: str, device: torch.device) -> None:
     """A precision mode Harmonia knows, on a device that runs it (int8 runs on the CPU only)."""
     if precision not in PRECISIONS:
@@ -103,23 +128,99 @@ def check_precision(precision: str, device: torch.device) -> None:
         )
 
 
-def _set_precision(model, precision: str, few_rows: str = "matmul"):
+class _RowwiseInt8Linear(torch.nn.Module):
+    """A Linear in Harmonia's int8 scheme: int8 weights with one scale per output channel, and
+    each row of the input quantised to int8 by its own scale when the product runs.
+
+    The sums are exact integer sums, so the result is the same whichever kernel computes it:
+    Harmonia's AVX-512 VNNI kernel (:mod:`harmonia.kernels`) where it is available, else
+    :class:`_ReferenceInt8Linear`'s float64 products (exact for these integers), to the bit
+    (tests/engines check both against each other). It does not depend on the thread count.
+    Compared with torch.ao's dynamic int8 (one scale per weight tensor and per input tensor)
+    it is closer to float32 (a scale per channel and per row).
+    """
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight = linear.weight.detach().float()
+        scales = (weight.abs().amax(1) / 127).clamp_min(torch.finfo(torch.float32).tiny)
+        quantised = torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8)
+        self.register_buffer("scales", scales.contiguous())
+        self.register_buffer("colsum", quantised.sum(1, dtype=torch.int32))
+        bias = linear.bias.detach().float().contiguous() if linear.bias is not None else None
+        self.register_buffer("bias", bias)
+        self._keep(quantised)
+
+    def _keep(self, quantised: torch.Tensor) -> None:
+        """Pack for the kernel: ``[O/16, I/4, 16, 4]`` (padded with zeros to multiples of 16)."""
+        out_pad, in_pad = -(-self.out_features // 16) * 16, -(-self.in_features // 16) * 16
+        padded = torch.zeros(out_pad, in_pad, dtype=torch.int8)
+        padded[: self.out_features, : self.in_features] = quantised
+        packed = padded.reshape(out_pad // 16, 16, in_pad // 4, 4).permute(0, 2, 1, 3).contiguous()
+        self.register_buffer("packed", packed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.harmonia.int8_linear(x, self.packed, self.scales, self.colsum, self.bias)
+
+
+class _ReferenceInt8Linear(_RowwiseInt8Linear):
+    """:class:`_RowwiseInt8Linear`'s arithmetic in torch, for CPUs without the kernel.
+
+    The integer sums come from a float64 product (every partial sum below 2**53, so exact) and
+    the float steps follow the kernel's order: the same bits, more slowly.
+    """
+
+    def _keep(self, quantised: torch.Tensor) -> None:
+        self.register_buffer("weight", quantised)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features).float()
+        scale = rows.abs().amax(1, keepdim=True) / 127
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        sums = (torch.round(rows / scale).double() @ self.weight.double().t()).to(torch.int32)
+        y = sums.float() * (self.scales[None, :] * scale)
+        bias = self.bias
+        if bias is not None:
+            y = y + bias
+        shape = list(x.shape[:-1])
+        shape.append(self.out_features)
+        return y.reshape(shape)
+
+
+def _int8_rowwise(decoder: torch.nn.Module) -> None:
+    """Every Linear of the decoder in Harmonia's int8 scheme (the kernel where it runs)."""
+    from harmonia.kernels import unavailable
+
+    kind = _RowwiseInt8Linear if unavailable("int8_linear") is None else _ReferenceInt8Linear
+    for module in list(decoder.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is torch.nn.Linear:
+                setattr(module, name, kind(child))
+
+
+def _set_precision(model, precision: str, paths: dict[str, str] | None = None):
     """Prepare the decoder of this model instance (only) for a precision mode; returns the model.
 
-    - exact: float32; on CPU the few-row products run as ``W @ x.T`` when ``few_rows`` is
-      "matmul" (the calibration's choice where it is faster and bit-identical; the same
-      tokens as plain transformers); otherwise the decoder is left as transformers built it.
-    - bf16: the decoder's weights in bfloat16 (text encoder and EnCodec stay float32).
-    - int8: the decoder's Linear layers dynamically quantised to int8 (torch.ao).
+    ``paths`` are the product paths the calibration chose (or a manifest recorded); an absent
+    one means torch's own.
+
+    - exact: float32; on CPU the few-row products run as ``F.linear`` ("linear"), ``W @ x.T``
+      ("matmul") or Harmonia's kernel ("rows"), as ``few_row_products`` names; on another
+      device the decoder is left as transformers built it.
+    - bf16: the decoder's weights in bfloat16 (text encoder and EnCodec stay float32); its
+      few-row products through ``F.linear`` or Harmonia's kernel, as ``bf16_products`` names.
+    - int8: the decoder's Linear layers in int8: torch.ao's dynamic quantisation ("fbgemm") or
+      Harmonia's per-channel, per-row scheme ("rowwise"), as ``int8_products`` names.
     """
+    paths = paths or {}
     decoder = model.decoder
     if precision == "exact":
-        if decoder.device.type != "cpu" or few_rows != "matmul":  # a CPU build's one-thread products
+        if decoder.device.type != "cpu":
             return model
-        for module in decoder.modules():
-            for child in module.children():
-                if type(child) is torch.nn.Linear:
-                    child.__class__ = _FewRowsLinear
+        kind = {"matmul": _FewRowsLinear, "rows": _RowsLinear}.get(paths.get("few_row_products", "linear"))
+        if kind is not None:
+            _swap_linears(decoder, kind)
     elif precision == "bf16":
         decoder.to(torch.bfloat16)
 
@@ -131,6 +232,10 @@ def _set_precision(model, precision: str, few_rows: str = "matmul"):
         decoder.register_forward_pre_hook(cast_inputs, with_kwargs=True)
         for head in decoder.lm_heads:
             head.register_forward_hook(lambda module, inputs, output: output.float())
+        if paths.get("bf16_products") == "rows":
+            _swap_linears(decoder, _RowsLinear)
+    elif precision == "int8" and paths.get("int8_products") == "rowwise":
+        _int8_rowwise(decoder)
     elif precision == "int8":
         import warnings
 
@@ -142,7 +247,51 @@ def _set_precision(model, precision: str, few_rows: str = "matmul"):
     return model
 
 
-FEW_ROW_PATHS = ("linear", "matmul")
+INT8_PATHS = ("fbgemm", "rowwise")
+
+
+def _choose_int8_products(state_dir: Path, decoder: torch.nn.Module, shape: str) -> Choice:
+    """torch.ao's fbgemm int8 or Harmonia's rowwise int8 for the decoder, whichever is faster here.
+
+    Both run every Linear of the decoder once on the same two rows (one decoding step's
+    products at batch 1 with guidance), each built from the float32 weights. They quantise
+    differently, so their results differ by quantisation error, not rounding: the path is part
+    of the artifact id and ``reproduce`` replays it (rowwise runs anywhere, the kernel where it
+    can, else a slower float64 form of the same bits). A path further than 1/8 of the largest
+    value from fbgemm's (a broken product, not a quantisation difference) is never chosen.
+    """
+    import warnings
+
+    linears = [m for m in decoder.modules() if type(m) is torch.nn.Linear]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fbgemm = list(
+            torch.ao.quantization.quantize_dynamic(
+                torch.nn.Sequential(*linears), {torch.nn.Linear}, dtype=torch.qint8
+            )
+        )
+    from harmonia.kernels import unavailable
+
+    kind = _RowwiseInt8Linear if unavailable("int8_linear") is None else _ReferenceInt8Linear
+    rowwise = [kind(m) for m in linears]
+    generator = torch.Generator().manual_seed(0)
+    inputs = {
+        width: torch.randn(FEW_ROWS, width, generator=generator) for width in {m.in_features for m in linears}
+    }
+    with torch.inference_mode():
+        return choose(
+            state_dir, "int8_products", shape,
+            {
+                "fbgemm": lambda: [m(inputs[m.in_features]) for m in fbgemm],
+                "rowwise": lambda: [m(inputs[m.in_features]) for m in rowwise],
+            },
+            "fbgemm",
+            agree=lambda a, b: bool((a - b).abs().max() <= b.abs().max() / 8),
+        )  # fmt: skip
+
+
+FEW_ROW_PATHS = ("linear", "matmul", "rows")
+BF16_PATHS = ("linear", "rows")
 
 
 def _decoder_shape(config: dict) -> str:
@@ -155,21 +304,39 @@ def _decoder_shape(config: dict) -> str:
 
 
 def _choose_few_row_products(state_dir: Path, decoder: torch.nn.Module, shape: str) -> Choice:
-    """``F.linear`` or ``W @ x.T`` for the decoder's two-row products, whichever is faster here.
+    """``F.linear``, ``W @ x.T`` or Harmonia's kernel for the float32 decoder's two-row products,
+    whichever is fastest here.
 
-    Both run every Linear of the decoder once on the same two rows (one decoding step's
-    products at batch 1 with guidance). The two sum in different orders, so their products
+    Each runs every Linear of the decoder once on the same two rows (one decoding step's
+    products at batch 1 with guidance). They sum in different orders, so their products
     differ in the last bits (measured here: up to 2e-6 on musicgen-small's widths); the
     sampled tokens, and so the audio, are the same as plain transformers' (the engine tests
     check tokens and audio against transformers on every run), yet a draw could flip on a
     rare step, so the path is part of the artifact id and ``reproduce`` replays it. A path
-    whose products are further off than rounding (1e-4 of the largest value) is never chosen. Measured once
-    per CPU model, torch version, thread count and decoder shape, then cached.
+    whose products are further off than rounding (1e-4 of the largest value) is never chosen.
+    Measured once per CPU model, torch version, thread count and decoder shape, then cached.
     """
+    return _choose_float_products(state_dir, decoder, shape, "few_row_products", 1e-4)
+
+
+def _choose_bf16_products(state_dir: Path, decoder: torch.nn.Module, shape: str) -> Choice:
+    """``F.linear`` or Harmonia's kernel for the bfloat16 decoder's two-row products. Both sum
+    in float32 and round once to bfloat16; a path further than 1/64 of the largest value from
+    ``F.linear``'s is never chosen."""
+    return _choose_float_products(state_dir, decoder, shape, "bf16_products", 1 / 64)
+
+
+def _choose_float_products(
+    state_dir: Path, decoder: torch.nn.Module, shape: str, name: str, tolerance: float
+) -> Choice:
+    from harmonia.kernels import unavailable
+
     linears = [m for m in decoder.modules() if type(m) is torch.nn.Linear]
+    dtype = linears[0].weight.dtype
     generator = torch.Generator().manual_seed(0)
     inputs = {
-        width: torch.randn(FEW_ROWS, width, generator=generator) for width in {m.in_features for m in linears}
+        width: torch.randn(FEW_ROWS, width, generator=generator).to(dtype)
+        for width in {m.in_features for m in linears}
     }
 
     def plain() -> list[torch.Tensor]:
@@ -182,11 +349,44 @@ def _choose_few_row_products(state_dir: Path, decoder: torch.nn.Module, shape: s
             out.append(y + m.bias if m.bias is not None else y)
         return out
 
+    def rows() -> list[torch.Tensor]:
+        return [torch.ops.harmonia.rows_linear(inputs[m.in_features], m.weight, m.bias) for m in linears]
+
+    candidates = {"linear": plain}
+    if dtype == torch.float32:
+        candidates["matmul"] = matmul
+    if unavailable("rows_linear") is None:
+        candidates["rows"] = rows
     with torch.inference_mode():
         return choose(
-            state_dir, "few_row_products", shape, {"linear": plain, "matmul": matmul}, "linear",
-            agree=lambda a, b: bool((a - b).abs().max() <= 1e-4 * b.abs().max()),
+            state_dir, name, shape, candidates, "linear",
+            agree=lambda a, b: bool((a.float() - b.float()).abs().max() <= tolerance * b.float().abs().max()),
         )  # fmt: skip
+
+
+PRODUCT_CHOICES = {  # precision -> the calibrated choice of its products, and how it is measured
+    "exact": ("few_row_products", _choose_few_row_products),
+    "bf16": ("bf16_products", _choose_bf16_products),
+    "int8": ("int8_products", _choose_int8_products),
+}
+PRODUCT_PATHS = {"few_row_products": FEW_ROW_PATHS, "bf16_products": BF16_PATHS, "int8_products": INT8_PATHS}
+KERNEL_PATHS = {("few_row_products", "rows"): "rows_linear", ("bf16_products", "rows"): "rows_linear"}
+
+
+def _check_product_path(which: str, path: str) -> None:
+    """A recorded or forced path this machine can run (Harmonia's float kernel needs AVX-512;
+    its int8 scheme runs everywhere, on the kernel or in torch)."""
+    from harmonia.kernels import unavailable
+
+    if path not in PRODUCT_PATHS[which]:
+        raise RequestError(f"{which} must be one of {', '.join(PRODUCT_PATHS[which])}, got {path!r}.")
+    product = KERNEL_PATHS.get((which, path))
+    why = unavailable(product) if product else None
+    if why is not None:
+        raise RequestError(
+            f"This run needs Harmonia's {product} kernel ({which}: {path}), but {why}. Run it on a CPU "
+            "with AVX-512 and a C++ compiler, or ask for another path (a new artifact)."
+        )
 
 
 def _fold_weight_norm(module: torch.nn.Module) -> None:
@@ -364,17 +564,23 @@ class MusicGenEngine:
                     trust_remote_code=False,
                     dtype=DTYPES[dtype],
                 )
-            model, choices, few_rows = model.to(chosen).eval(), {}, "linear"
-            if precision == "exact" and chosen.type == "cpu":  # the faster product path here
-                recorded = dict(runtime.paths).get("few_row_products")
+            model, choices, paths = model.to(chosen).eval(), {}, {}
+            which, chooser = PRODUCT_CHOICES.get(precision, (None, None))
+            if precision == "bf16":  # the paths are measured on the bfloat16 weights
+                model.decoder.to(torch.bfloat16)
+            if chooser is not None and chosen.type == "cpu":  # the faster product path here
+                recorded = dict(runtime.paths).get(which)
                 if recorded is not None:  # replayed from a manifest, or fixed by generate()
-                    choice = Choice("few_row_products", recorded, "recorded", {})
-                else:
-                    config = json.loads((path / "config.json").read_text())
-                    with pinned_threads(threads):
-                        choice = _choose_few_row_products(wb.state_dir, model.decoder, _decoder_shape(config))
-                choices[choice.name], few_rows = choice.describe(), choice.path
-            model = _set_precision(model, precision, few_rows)
+                    choice = Choice(which, recorded, "recorded", {})
+                else:  # forced by the environment, cached for this CPU, or measured now
+                    shape = _decoder_shape(json.loads((path / "config.json").read_text()))
+                    choice = known(wb.state_dir, which, shape, threads, PRODUCT_PATHS[which])
+                    if choice is None:
+                        with pinned_threads(threads):
+                            choice = chooser(wb.state_dir, model.decoder, shape)
+                choices[choice.name], paths[which] = choice.describe(), choice.path
+                _check_product_path(which, choice.path)
+            model = _set_precision(model, precision, paths)
             _fold_weight_norm(model.audio_encoder)
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
             chroma, step = None, None
@@ -455,15 +661,25 @@ class MusicGenEngine:
         cls, wb: Workbench, snapshot: Path, runtime: Runtime
     ) -> tuple[tuple[str, str], ...] | None:
         """The paths a load would take, known without loading (None: the load must measure them)."""
-        if runtime.precision != "exact" or torch.device(runtime.device).type != "cpu":
+        name, _ = PRODUCT_CHOICES.get(runtime.precision, (None, None))
+        if name is None or torch.device(runtime.device).type != "cpu":
             return ()
-        if "few_row_products" in dict(runtime.paths):
+        if name in dict(runtime.paths):
             return runtime.paths
         config, _, _ = _config_facts(snapshot)
-        choice = known(
-            wb.state_dir, "few_row_products", _decoder_shape(config), runtime.threads, FEW_ROW_PATHS
-        )
-        return None if choice is None else (("few_row_products", choice.path),)
+        choice = known(wb.state_dir, name, _decoder_shape(config), runtime.threads, PRODUCT_PATHS[name])
+        return None if choice is None else ((name, choice.path),)
+
+    @classmethod
+    def replayed_paths(cls, runtime) -> dict[str, str]:
+        """The fast paths a manifest's runtime ran: bf16 and int8 manifests made before those
+        modes had a choice name none, and ran torch's F.linear and torch.ao's fbgemm."""
+        paths = dict(runtime.paths)
+        if torch.device(runtime.device).type == "cpu":
+            before = {"int8": ("int8_products", "fbgemm"), "bf16": ("bf16_products", "linear")}
+            if runtime.precision in before:
+                paths.setdefault(*before[runtime.precision])
+        return paths
 
     @classmethod
     def legacy_identity(cls, identity: dict[str, Any], runtime: Runtime) -> dict[str, Any] | None:
@@ -473,6 +689,12 @@ class MusicGenEngine:
         machine would pick, and ``reproduce`` replays ``W @ x.T`` for it."""
         if identity["parents"] or cls.code_version != 1:
             return None
+        recorded = dict(runtime.paths)
+        if (
+            recorded.get("int8_products", "fbgemm") != "fbgemm"
+            or recorded.get("bf16_products", "linear") != "linear"
+        ):
+            return None  # schema 1 knew only torch's own bf16 and int8 products
         legacy_runtime = {k: identity["runtime"][k] for k in ("device", "dtype", "threads")}
         if runtime.precision != "exact":
             legacy_runtime["precision"] = runtime.precision

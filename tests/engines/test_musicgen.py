@@ -7,6 +7,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from harmonia import kernels
 from harmonia.audio import from_array
 from harmonia.engines.musicgen import MusicGenEngine, MusicRequest, _plan, _set_precision, check_precision
 from harmonia.errors import (
@@ -403,7 +404,7 @@ def test_exact_rewrites_the_decoders_products_on_cpu_only(mono):
     assert type(mono.model.decoder.model.decoder.layers[0].fc1).__name__ == expected
 
 
-FEW_ROWS_CLASS = {"matmul": "_FewRowsLinear", "linear": "Linear"}
+FEW_ROWS_CLASS = {"matmul": "_FewRowsLinear", "linear": "Linear", "rows": "_RowsLinear"}
 
 
 def _few_rows(engine) -> str:
@@ -422,25 +423,29 @@ def test_the_few_row_path_is_chosen_by_measurement_cached_recorded_and_overridab
     measured = MusicGenEngine.load(wb, "tiny-musicgen", threads=2)
     line = measured.loaded.choices["few_row_products"]
     assert (
-        line.startswith(("matmul (measured: linear ", "linear (measured: linear ")) and " ms, matmul " in line
+        line.startswith(tuple(f"{p} (measured: linear " for p in FEW_ROWS_CLASS)) and " ms, matmul " in line
     )
+    if kernels.unavailable("rows_linear") is None:  # Harmonia's kernel is measured where it runs
+        assert " ms, rows " in line
     (key,) = json.loads(cache.read_text())
     assert key.startswith(f"{cpu_model()} | torch {torch.__version__} | 2 threads | few_row_products ")
     again = MusicGenEngine.load(wb, "tiny-musicgen", threads=2)
     assert again.loaded.choices["few_row_products"].split()[:2] == [line.split()[0], "(cached:"]
     request = MusicRequest(["calm piano", "drums"], duration_s=1.0, seed=5)
     audio = {}
-    for path in ("linear", "matmul"):
+    paths = [p for p in FEW_ROWS_CLASS if p != "rows" or kernels.unavailable("rows_linear") is None]
+    for path in paths:
         monkeypatch.setenv("HARMONIA_FEW_ROW_PRODUCTS", path)
         forced = MusicGenEngine.load(wb, "tiny-musicgen", threads=2)
         assert forced.loaded.choices == {"few_row_products": f"{path} (forced)"}
         assert type(forced.model.decoder.lm_heads[0]).__name__ == FEW_ROWS_CLASS[path]
         audio[path] = forced.generate(request).audio
-    assert np.array_equal(audio["linear"], audio["matmul"])
+    assert all(np.array_equal(audio["linear"], audio[path]) for path in paths)
     assert np.array_equal(audio["linear"], measured.generate(request).audio)
     monkeypatch.setenv("HARMONIA_FEW_ROW_PRODUCTS", "fast")
     with pytest.raises(
-        RequestError, match=r"^HARMONIA_FEW_ROW_PRODUCTS must be auto or one of linear, matmul, got 'fast'\.$"
+        RequestError,
+        match=r"^HARMONIA_FEW_ROW_PRODUCTS must be auto or one of linear, matmul, rows, got 'fast'\.$",
     ):
         MusicGenEngine.load(wb, "tiny-musicgen", threads=2)
 

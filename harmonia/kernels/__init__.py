@@ -1,0 +1,101 @@
+"""Harmonia's own CPU products for decoding, compiled on first use where the CPU and a compiler allow.
+
+``decode.cpp`` holds two products for MusicGen's few-row decoding steps (batch 1 with
+guidance: two rows against every weight of the decoder, read once from memory):
+
+- ``torch.ops.harmonia.rows_linear``: float32 or bfloat16 weights as torch stores them
+  (AVX-512F). In this torch CPU build a two-row ``F.linear`` reads float32 weights at 8-10
+  GiB/s on one core of an AMD EPYC whose memory gives 34-39 GiB/s.
+- ``torch.ops.harmonia.int8_linear``: int8 weights, one scale per channel, each row of the
+  input quantised on the fly (AVX-512 VNNI).
+
+Whether either is used is decided by measurement on the machine at hand
+(:mod:`harmonia.calibration`), never assumed; the engine records the choice.
+
+The library is compiled by torch's extension builder (g++ and ninja) into the user's cache
+(``$XDG_CACHE_HOME/harmonia/kernels``, else ``~/.cache/harmonia/kernels``; the
+``HARMONIA_KERNEL_DIR`` variable overrides it), once per source, torch version and compiler
+flags: about 10 s. Each function carries its own target attribute, so the library loads on any
+x86-64 CPU; a product runs only where /proc/cpuinfo lists what it needs. Where it cannot
+run, :func:`unavailable` says why in one line, and the engine keeps torch's own products.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("decode.cpp")
+FLAGS = ("-O3", "-ffp-contract=off")  # no fused multiply-add where the source has none
+NEEDS = {  # what each product needs of the CPU (/proc/cpuinfo flags)
+    "rows_linear": ("avx512f", "avx512bw", "avx512vl"),
+    "int8_linear": ("avx512f", "avx512bw", "avx512vl", "avx512_vnni"),
+}
+_lock = threading.Lock()
+_state: dict[str, str | None] = {}
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (from /proc/cpuinfo; empty where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def kernel_dir() -> Path:
+    """Where compiled kernels are kept (per user, shared by every workbench)."""
+    if os.environ.get("HARMONIA_KERNEL_DIR"):
+        return Path(os.environ["HARMONIA_KERNEL_DIR"])
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "harmonia" / "kernels"
+
+
+def unavailable(product: str) -> str | None:
+    """None when ``torch.ops.harmonia.<product>`` can run here (compiled first if needed); else why not."""
+    missing = [flag for flag in NEEDS[product] if flag not in cpu_flags()]
+    if missing:
+        return f"this CPU lacks {', '.join(missing)}"
+    with _lock:
+        if "library" not in _state:
+            _state["library"] = _load()
+        return _state["library"]
+
+
+def _load() -> str | None:
+    source = SOURCE.read_bytes()
+    tag = hashlib.sha256(source + repr((torch.__version__, FLAGS)).encode()).hexdigest()[:16]
+    name = f"harmonia_decode_{tag}"
+    build = kernel_dir() / name
+    try:
+        build.mkdir(parents=True, exist_ok=True)
+        library = build / f"{name}.so"
+        if library.is_file():
+            torch.ops.load_library(str(library))
+            return None
+        from torch.utils.cpp_extension import load
+
+        log.info("compiling Harmonia's decoding products into %s (once, about 10 s)", build)
+        load(
+            name=name,
+            sources=[str(SOURCE)],
+            extra_cflags=list(FLAGS),
+            build_directory=str(build),
+            is_python_module=False,
+            verbose=False,
+        )
+        return None
+    except Exception as error:  # no compiler, no ninja, a failed build: fbgemm stays the only path
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        log.warning("Harmonia's decoding products are unavailable (%s); torch's own run instead", reason)
+        return f"it could not be compiled ({reason})"

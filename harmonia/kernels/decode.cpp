@@ -1,0 +1,198 @@
+// Harmonia's products for MusicGen's decoding steps: one or two rows (batch 1 with guidance)
+// against a weight matrix read once from memory, on AVX-512 CPUs. Each function carries its
+// own target attribute, so the library loads on any x86-64 CPU and Python calls a product
+// only where /proc/cpuinfo lists what it needs (harmonia/kernels/__init__.py).
+//
+// harmonia.rows_linear: y = x @ W.T + b, float32 or bfloat16 W as stored by torch ([O, I]).
+//   Every output is one dot product summed in a fixed order (16 lanes, then a fixed lane
+//   reduction), so the bits do not depend on the thread count; they differ from torch's
+//   F.linear in the last bits (another order of the same sums).
+// harmonia.int8_linear: W stored as int8 (one scale per output channel), x quantised to int8
+//   per row on the fly (symmetric, round half to even). The sums are exact 32-bit integer sums
+//   (AVX-512 VNNI vpdpbusd); the float steps after them are fixed (-ffp-contract=off: no fused
+//   multiply-add), and tests compare them with torch's arithmetic to the bit. Weight layout
+//   (packed once at load): [O_pad / 16][I_pad / 4][16][4] int8, so one 64-byte load holds 4
+//   inputs of 16 outputs and every byte of W is read once per pair of rows.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace {
+
+// Integer sums of 16 output channels for two rows of uint8 inputs (x + 128).
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) inline void block(const int8_t *wp, const uint8_t *x0p, const uint8_t *x1p, int64_t I, int32_t *out0,
+                  int32_t *out1) {
+    const int64_t nb = I / 4;
+    const __m512i *w = reinterpret_cast<const __m512i *>(wp);
+    const int32_t *x0 = reinterpret_cast<const int32_t *>(x0p);
+    const int32_t *x1 = reinterpret_cast<const int32_t *>(x1p);
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    for (int64_t ib = 0; ib < nb; ib += 4) {
+        _mm_prefetch(reinterpret_cast<const char *>(w + ib + 64), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char *>(w + ib + 66), _MM_HINT_T0);
+        const __m512i w0 = _mm512_loadu_si512(w + ib), w1 = _mm512_loadu_si512(w + ib + 1);
+        const __m512i w2 = _mm512_loadu_si512(w + ib + 2), w3 = _mm512_loadu_si512(w + ib + 3);
+        a0 = _mm512_dpbusd_epi32(a0, _mm512_set1_epi32(x0[ib]), w0);
+        a1 = _mm512_dpbusd_epi32(a1, _mm512_set1_epi32(x0[ib + 1]), w1);
+        a2 = _mm512_dpbusd_epi32(a2, _mm512_set1_epi32(x0[ib + 2]), w2);
+        a3 = _mm512_dpbusd_epi32(a3, _mm512_set1_epi32(x0[ib + 3]), w3);
+        b0 = _mm512_dpbusd_epi32(b0, _mm512_set1_epi32(x1[ib]), w0);
+        b1 = _mm512_dpbusd_epi32(b1, _mm512_set1_epi32(x1[ib + 1]), w1);
+        b2 = _mm512_dpbusd_epi32(b2, _mm512_set1_epi32(x1[ib + 2]), w2);
+        b3 = _mm512_dpbusd_epi32(b3, _mm512_set1_epi32(x1[ib + 3]), w3);
+    }
+    _mm512_storeu_si512(out0, _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)));
+    _mm512_storeu_si512(out1, _mm512_add_epi32(_mm512_add_epi32(b0, b1), _mm512_add_epi32(b2, b3)));
+}
+
+at::Tensor int8_linear(const at::Tensor &x, const at::Tensor &packed, const at::Tensor &scales,
+                  const at::Tensor &colsum, const c10::optional<at::Tensor> &bias) {
+    TORCH_CHECK(packed.dim() == 4 && packed.size(2) == 16 && packed.size(3) == 4 && packed.is_contiguous() &&
+                    packed.scalar_type() == at::kChar,
+                "harmonia.int8_linear: packed weights must be int8 [O/16, I/4, 16, 4]");
+    const int64_t I = x.size(-1), O = scales.size(0), I_pad = packed.size(1) * 4;
+    TORCH_CHECK(I <= I_pad && I_pad % 16 == 0 && O <= packed.size(0) * 16, "harmonia.int8_linear: shapes");
+    const at::Tensor xf = x.reshape({-1, I}).to(at::kFloat).contiguous();
+    const int64_t R = xf.size(0), pairs = (R + 1) / 2;
+    // each row quantised by its own scale (largest |x| / 127), stored + 128 as uint8; pads hold 128 (zero)
+    std::vector<uint8_t> xu(static_cast<size_t>(pairs * 2 * I_pad), 128);
+    std::vector<float> xs(static_cast<size_t>(pairs * 2), 0.f);
+    const float *xp = xf.data_ptr<float>();
+    for (int64_t r = 0; r < R; r++) {
+        const float *p = xp + r * I;
+        float m = 0.f;
+        for (int64_t i = 0; i < I; i++) m = std::max(m, std::fabs(p[i]));
+        const float scale = m > 0.f ? m / 127.f : 1.f;
+        xs[r] = scale;
+        uint8_t *q = xu.data() + r * I_pad;
+        for (int64_t i = 0; i < I; i++) q[i] = static_cast<uint8_t>(static_cast<int>(std::nearbyint(p[i] / scale)) + 128);
+    }
+    at::Tensor y = at::empty({R, O}, xf.options());
+    const int8_t *w = packed.data_ptr<int8_t>();
+    const float *s = scales.data_ptr<float>();
+    const int32_t *cs = colsum.data_ptr<int32_t>();
+    const float *b = bias.has_value() && bias->defined() ? bias->data_ptr<float>() : nullptr;
+    float *yp = y.data_ptr<float>();
+    const int64_t blocks = packed.size(0);
+    at::parallel_for(0, blocks, 8, [&](int64_t begin, int64_t end) {
+        alignas(64) int32_t acc0[16], acc1[16];
+        for (int64_t ob = begin; ob < end; ob++) {
+            for (int64_t pair = 0; pair < pairs; pair++) {  // the block's 16 x I_pad bytes stay in cache
+                const int64_t r0 = 2 * pair;
+                block(w + ob * 16 * I_pad, xu.data() + r0 * I_pad, xu.data() + (r0 + 1) * I_pad, I_pad, acc0, acc1);
+                for (int64_t j = 0; j < 16 && ob * 16 + j < O; j++) {
+                    const int64_t o = ob * 16 + j;
+                    const float bo = b ? b[o] : 0.f;
+                    const int32_t zero = 128 * cs[o];  // the +128 of the inputs, taken back exactly
+                    yp[r0 * O + o] = static_cast<float>(acc0[j] - zero) * (s[o] * xs[r0]) + bo;
+                    if (r0 + 1 < R) yp[(r0 + 1) * O + o] = static_cast<float>(acc1[j] - zero) * (s[o] * xs[r0 + 1]) + bo;
+                }
+            }
+        }
+    });
+    std::vector<int64_t> shape = x.sizes().vec();
+    shape.back() = O;
+    return y.view(shape);
+}
+
+
+// Dot products of `G` weight rows (fp32 or bf16) with R (1 or 2) float32 rows of x.
+constexpr int64_t AHEAD = 16;  // rows ahead that the loop asks the memory for
+
+template <int G, bool BF16, int R>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void dots(const char *wv, int64_t I, const float *x0,
+                                                                 const float *x1, float *out0, float *out1) {
+    __m512 a[G], c[G];
+    for (int g = 0; g < G; g++) a[g] = c[g] = _mm512_setzero_ps();
+    const int64_t full = I / 16 * 16;
+    for (int64_t i = 0; i < I; i += 16) {
+        const __mmask16 mask =
+            i < full ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (I - i)) - 1);
+        const __m512 v0 = _mm512_maskz_loadu_ps(mask, x0 + i);
+        const __m512 v1 = R > 1 ? _mm512_maskz_loadu_ps(mask, x1 + i) : v0;
+        for (int g = 0; g < G; g++) {
+            // the same place in the next rows: they start a new page, where hardware prefetch stops
+            _mm_prefetch(wv + (AHEAD * I + g * I + i) * (BF16 ? 2 : 4), _MM_HINT_T0);
+            __m512 w;
+            if (BF16) {  // bfloat16 -> float32 is a 16-bit shift: exact
+                const __m256i raw = _mm256_maskz_loadu_epi16(mask, reinterpret_cast<const uint16_t *>(wv) + g * I + i);
+                w = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+            } else {
+                w = _mm512_maskz_loadu_ps(mask, reinterpret_cast<const float *>(wv) + g * I + i);
+            }
+            a[g] = _mm512_fmadd_ps(w, v0, a[g]);
+            if (R > 1) c[g] = _mm512_fmadd_ps(w, v1, c[g]);
+        }
+    }
+    for (int g = 0; g < G; g++) {
+        out0[g] = _mm512_reduce_add_ps(a[g]);
+        if (R > 1) out1[g] = _mm512_reduce_add_ps(c[g]);
+    }
+}
+
+template <bool BF16, int R>
+void rows(const void *w, const float *x, const float *b, float *y, int64_t O, int64_t I) {
+    constexpr int G = 4;  // four weight rows at once: up to eight independent sums in flight
+    const int64_t groups = (O + G - 1) / G;
+    const int64_t bytes = BF16 ? 2 : 4;
+    at::parallel_for(0, groups, 16, [&](int64_t begin, int64_t end) {
+        float s0[G], s1[G];
+        for (int64_t grp = begin; grp < end; grp++) {
+            const int64_t o = grp * G;
+            const char *wg = static_cast<const char *>(w) + o * I * bytes;
+            if (o + G <= O) {
+                dots<G, BF16, R>(wg, I, x, x + I, s0, s1);
+            } else {
+                for (int64_t k = 0; o + k < O; k++) dots<1, BF16, R>(wg + k * I * bytes, I, x, x + I, s0 + k, s1 + k);
+            }
+            for (int64_t k = 0; k < G && o + k < O; k++) {
+                const float bo = b ? b[o + k] : 0.f;
+                y[o + k] = s0[k] + bo;
+                if (R > 1) y[O + o + k] = s1[k] + bo;
+            }
+        }
+    });
+}
+
+at::Tensor rows_linear(const at::Tensor &x, const at::Tensor &weight, const c10::optional<at::Tensor> &bias) {
+    const bool bf16 = weight.scalar_type() == at::kBFloat16;
+    TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous() && (bf16 || weight.scalar_type() == at::kFloat),
+                "harmonia.rows_linear: weight must be a contiguous float32 or bfloat16 [O, I]");
+    const int64_t I = weight.size(1), O = weight.size(0);
+    TORCH_CHECK(x.size(-1) == I && x.scalar_type() == weight.scalar_type(), "harmonia.rows_linear: x");
+    const at::Tensor xf = x.reshape({-1, I}).to(at::kFloat).contiguous();  // bfloat16 -> float32 is exact
+    const int64_t R = xf.size(0);
+    TORCH_CHECK(R >= 1 && R <= 2, "harmonia.rows_linear: one or two rows");
+    at::Tensor bf;
+    if (bias.has_value() && bias->defined()) bf = bias->to(at::kFloat).contiguous();
+    at::Tensor y = at::empty({R, O}, xf.options());
+    const float *bp = bf.defined() ? bf.data_ptr<float>() : nullptr;
+    const void *w = weight.data_ptr();
+    float *yp = y.data_ptr<float>();
+    const float *xp = xf.data_ptr<float>();
+    if (bf16) {
+        R == 2 ? rows<true, 2>(w, xp, bp, yp, O, I) : rows<true, 1>(w, xp, bp, yp, O, I);
+    } else {
+        R == 2 ? rows<false, 2>(w, xp, bp, yp, O, I) : rows<false, 1>(w, xp, bp, yp, O, I);
+    }
+    std::vector<int64_t> shape = x.sizes().vec();
+    shape.back() = O;
+    return y.to(weight.scalar_type()).view(shape);  // bfloat16: round to nearest even, as torch does
+}
+
+}  // namespace
+
+TORCH_LIBRARY(harmonia, m) {
+    m.def("int8_linear(Tensor x, Tensor packed, Tensor scales, Tensor colsum, Tensor? bias) -> Tensor");
+    m.def("rows_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+}
+TORCH_LIBRARY_IMPL(harmonia, CPU, m) {
+    m.impl("int8_linear", &int8_linear);
+    m.impl("rows_linear", &rows_linear);
+}

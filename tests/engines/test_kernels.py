@@ -1,0 +1,201 @@
+"""Harmonia's own decoding products (harmonia/kernels): what they compute, and how the MusicGen
+engine chooses, records, forces and replays them for bf16 and int8 (exact's few-row path is
+tested with the engine, in test_musicgen.py)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from harmonia import kernels
+from harmonia.engines import musicgen
+from harmonia.engines.musicgen import MusicGenEngine, MusicRequest
+from harmonia.errors import RequestError
+
+AVX512 = all(flag in kernels.cpu_flags() for flag in kernels.NEEDS["rows_linear"])
+VNNI = all(flag in kernels.cpu_flags() for flag in kernels.NEEDS["int8_linear"])
+needs_avx512 = pytest.mark.skipif(not AVX512, reason="this CPU lacks AVX-512 (the float kernel's target)")
+needs_vnni = pytest.mark.skipif(not VNNI, reason="this CPU lacks AVX-512 VNNI (the int8 kernel's target)")
+
+
+@pytest.fixture(scope="module")
+def wb(tmp_path_factory, tiny_models):
+    from harmonia.workbench import Workbench
+    from tests.conftest import PARAMS
+
+    root = tmp_path_factory.mktemp("kernels-wb")
+    (root / "params.yaml").write_text(PARAMS)
+    shutil.copytree(tiny_models, root / "models")
+    return Workbench.open(root)
+
+
+def test_the_products_are_built_wherever_the_cpu_runs_them():
+    """On a CPU with the instructions (every CI machine so far) the library must compile and load:
+    a broken build would otherwise only show as torch's slower paths being chosen."""
+    for product, needs in kernels.NEEDS.items():
+        why = kernels.unavailable(product)
+        if all(flag in kernels.cpu_flags() for flag in needs):
+            assert why is None, why
+            assert hasattr(torch.ops.harmonia, product)
+        else:
+            assert why == f"this CPU lacks {', '.join(f for f in needs if f not in kernels.cpu_flags())}"
+
+
+@needs_avx512
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    ("out", "width", "rows", "bias"), [(64, 48, 2, True), (33, 70, 1, False), (1024, 1024, 2, False)]
+)
+def test_the_float_product_is_a_linear_and_its_bits_do_not_depend_on_threads(dtype, out, width, rows, bias):
+    generator = torch.Generator().manual_seed(out)
+    weight = (torch.randn(out, width, generator=generator) * 0.05).to(dtype)
+    b = torch.randn(out, generator=generator).to(dtype) if bias else None
+    x = torch.randn(1, rows, width, generator=generator).to(dtype)
+    exact = torch.nn.functional.linear(x.double(), weight.double(), None if b is None else b.double())
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = torch.ops.harmonia.rows_linear(x, weight, b)
+        torch.set_num_threads(2)
+        two = torch.ops.harmonia.rows_linear(x, weight, b)
+    finally:
+        torch.set_num_threads(threads)
+    assert one.shape == (1, rows, out) and one.dtype == dtype
+    assert torch.equal(one, two)
+    # as close to the float64 product as torch's own F.linear is (float32: rounding; bfloat16: one rounding)
+    plain = torch.nn.functional.linear(x, weight, b).double()
+    limit = 2 * (plain - exact).abs().max() + (1e-6 if dtype == torch.float32 else 0) * exact.abs().max()
+    assert (one.double() - exact).abs().max() <= limit
+
+
+def _int8_pair(out: int, width: int, bias: bool):
+    generator = torch.Generator().manual_seed(width)
+    linear = torch.nn.Linear(width, out, bias=bias)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(out, width, generator=generator) * 0.05)
+    return musicgen._RowwiseInt8Linear(linear), musicgen._ReferenceInt8Linear(linear), linear
+
+
+@needs_vnni
+@pytest.mark.parametrize(("out", "width", "rows"), [(64, 48, 2), (33, 70, 5), (40, 24, 1), (4096, 1024, 2)])
+def test_the_int8_kernel_computes_the_torch_reference_to_the_bit(out, width, rows):
+    kernel, reference, linear = _int8_pair(out, width, bias=rows != 2)
+    x = torch.randn(3, rows, width, generator=torch.Generator().manual_seed(1))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = kernel(x)
+        torch.set_num_threads(2)
+        two = kernel(x)
+    finally:
+        torch.set_num_threads(threads)
+    assert one.shape == (3, rows, out) and torch.equal(one, two)
+    assert torch.equal(one, reference(x))
+    # an int8 product: near the float32 one, nearer than per-tensor scales would be
+    error = (one - linear(x)).abs().max() / linear(x).abs().max()
+    assert 0 < error < 0.02
+
+
+def test_the_int8_reference_runs_anywhere_and_keeps_zero_rows_finite():
+    _, reference, linear = _int8_pair(16, 32, bias=True)
+    x = torch.zeros(2, 32)
+    assert torch.equal(reference(x), linear.bias.detach().expand(2, 16))
+
+
+@needs_avx512
+def test_the_bf16_path_is_measured_cached_recorded_forced_and_replayed(wb, monkeypatch):
+    from harmonia.generation import generate, reproduce
+
+    cache = wb.state_dir / "calibration.json"
+    cache.unlink(missing_ok=True)
+    measured = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="bf16")
+    line = measured.loaded.choices["bf16_products"]
+    assert line.startswith(("rows (measured: linear ", "linear (measured: linear ")) and " ms, rows " in line
+    (key,) = json.loads(cache.read_text())
+    assert "| 2 threads | bf16_products " in key
+    request = MusicRequest(["calm piano"], duration_s=0.6, seed=4)
+    made, audio = {}, {}
+    for path in ("linear", "rows"):
+        monkeypatch.setenv("HARMONIA_BF16_PRODUCTS", path)
+        forced = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="bf16")
+        assert forced.loaded.choices == {"bf16_products": f"{path} (forced)"}
+        head = type(forced.model.decoder.model.decoder.layers[0].fc1).__name__
+        assert head == {"linear": "Linear", "rows": "_RowsLinear"}[path]
+        audio[path] = forced.generate(request).audio
+        assert np.array_equal(audio[path], forced.generate(request).audio)
+        made[path] = generate(
+            wb, "tiny-musicgen", request, threads=2, precision="bf16", previews=False
+        ).artifact
+        assert made[path].manifest.runtime.paths == {"bf16_products": path}
+    assert made["linear"].id != made["rows"].id
+    monkeypatch.setenv("HARMONIA_BF16_PRODUCTS", "linear")  # this machine would now pick linear
+    assert reproduce(wb, made["rows"].id).identical  # the artifact's own path is replayed
+
+
+def test_the_int8_path_is_measured_recorded_and_a_manifest_from_before_replays_fbgemm(wb, monkeypatch):
+    from harmonia.generation import generate, reproduce
+
+    (wb.state_dir / "calibration.json").unlink(missing_ok=True)
+    measured = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int8")
+    line = measured.loaded.choices["int8_products"]
+    assert (
+        line.startswith(("fbgemm (measured: fbgemm ", "rowwise (measured: fbgemm "))
+        and " ms, rowwise " in line
+    )
+    request = MusicRequest(["drums"], duration_s=0.6, seed=6)
+    made = {}
+    for path in ("fbgemm", "rowwise"):
+        monkeypatch.setenv("HARMONIA_INT8_PRODUCTS", path)
+        made[path] = generate(
+            wb, "tiny-musicgen", request, threads=2, precision="int8", previews=False
+        ).artifact
+        assert made[path].manifest.runtime.paths == {"int8_products": path}
+        assert made[path].manifest.identity["runtime"]["paths"] == {"int8_products": path}
+    assert made["fbgemm"].id != made["rowwise"].id
+    assert made["fbgemm"].file("take-0.wav").read_bytes() != made["rowwise"].file("take-0.wav").read_bytes()
+    monkeypatch.setenv("HARMONIA_INT8_PRODUCTS", "rowwise")  # this machine would now pick rowwise ...
+    assert reproduce(wb, made["rowwise"].id).identical
+    # ... and an int8 manifest written before int8 had paths (none recorded) ran fbgemm, and still does
+    manifest = made["fbgemm"].path / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["runtime"].pop("paths")
+    manifest.write_text(json.dumps(data, indent=2))
+    assert musicgen.MusicGenEngine.replayed_paths(musicgen.Runtime("cpu", "float32", 2, "int8")) == {
+        "int8_products": "fbgemm"
+    }
+    assert reproduce(wb, made["fbgemm"].id).identical
+
+
+def test_rowwise_int8_makes_the_same_audio_with_or_without_the_kernel(wb, monkeypatch):
+    """The kernel and its float64 stand-in compute the same bits, so an artifact made on an AVX-512
+    VNNI machine reproduces on any CPU (more slowly)."""
+    monkeypatch.setenv("HARMONIA_INT8_PRODUCTS", "rowwise")
+    request = MusicRequest(["calm piano", "drums"], duration_s=0.6, seed=8)
+    audio = []
+    for kernel in (VNNI, False):
+        if not kernel:
+            monkeypatch.setattr(kernels, "unavailable", lambda product: "this CPU lacks avx512_vnni")
+        engine = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int8")
+        layer = type(engine.model.decoder.model.decoder.layers[0].fc1).__name__
+        assert layer == ("_RowwiseInt8Linear" if kernel else "_ReferenceInt8Linear")
+        audio.append(engine.generate(request).audio)
+    assert audio[0].shape == (2, 1, 19200) and np.array_equal(audio[0], audio[1])
+
+
+def test_a_path_this_cpu_cannot_run_is_refused_in_one_line(wb, monkeypatch):
+    monkeypatch.setattr(kernels, "unavailable", lambda product: "this CPU lacks avx512f")
+    monkeypatch.setenv("HARMONIA_BF16_PRODUCTS", "rows")
+    with pytest.raises(
+        RequestError,
+        match=r"^This run needs Harmonia's rows_linear kernel \(bf16_products: rows\), but this CPU lacks "
+        r"avx512f\. Run it on a CPU with AVX-512 and a C\+\+ compiler, or ask for another path \(a new "
+        r"artifact\)\.$",
+    ):
+        MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="bf16")
+    monkeypatch.setenv("HARMONIA_BF16_PRODUCTS", "fast")
+    with pytest.raises(
+        RequestError, match=r"^HARMONIA_BF16_PRODUCTS must be auto or one of linear, rows, got 'fast'\.$"
+    ):
+        MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="bf16")
