@@ -16,9 +16,10 @@ ENV PYTHONUNBUFFERED=1 \
     HARMONIA_ROOT=/workbench \
     JUPYTER_PORT=8888
 
-# 1. System packages: audio I/O, git for DVC, tini as PID 1.
+# 1. System packages: audio I/O, git for DVC, tini as PID 1, g++ and ninja for Harmonia's own
+#    CPU products (compiled on first use into ~/.cache/harmonia/kernels).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libsndfile1 git tini \
+ && apt-get install -y --no-install-recommends libsndfile1 git tini g++ ninja-build \
  && rm -rf /var/lib/apt/lists/*
 
 # 2. A non-root user with uid 1000 (the jupyter/docker-stacks convention).

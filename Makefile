@@ -20,9 +20,10 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -c "from harmonia.samples import warm_numba_cache; warm_numba_cache()"  # numba #10128
 	@touch $@
 
-# System packages the tests use, where missing: Debian's chromium (the browser test drives it)
-# and docker-compose (the container tests parse the compose files with it; no engine needed).
-SYSTEM_PACKAGES := chromium:chromium docker-compose:docker-compose
+# System packages the tests use, where missing: Debian's chromium (the browser test drives it),
+# docker-compose (the container tests parse the compose files with it; no engine needed), and
+# g++ and ninja (Harmonia's own CPU products compile on first use: harmonia/kernels).
+SYSTEM_PACKAGES := chromium:chromium docker-compose:docker-compose g++:g++ ninja:ninja-build
 system:
 	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
 	  command -v $${pair%%:*} > /dev/null || missing="$$missing $${pair##*:}"; done; \

@@ -45,6 +45,13 @@ def test_bench_generate_runs_on_the_tiny_model(tmp_path):
     assert result["steps"] == 13 and result["load_s"] > 0 and result["memory_bandwidth_gib_s"] > 0
     per_step = {mode: rows[mode, 1]["decoder_bytes_per_step"] for mode in ("exact", "bf16", "int8")}
     assert per_step["int8"] < per_step["bf16"] < per_step["exact"]
+    assert all(r["step_ms"] > 0 and r["step_bandwidth_share"] > 0 for r in result["generate"])
+    assert set(result["memory_bandwidth_by_pages_gib_s"]) == {"4k_pages", "huge_pages"}
+    assert result["memory_bandwidth_gib_s"] == max(result["memory_bandwidth_by_pages_gib_s"].values())
+    # each mode's product path, as the engine's calibration chose it on this CPU
+    assert {"exact: few_row_products", "bf16: bf16_products", "int8: int8_products"} <= set(
+        result["calibration"]
+    )
 
 
 def test_bench_samples_runs_on_the_tiny_model(tmp_path):

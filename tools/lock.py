@@ -44,6 +44,8 @@ def main() -> None:
         "dependencies:",
         f"  - python={sys.version_info.major}.{sys.version_info.minor}",
         "  - pip",
+        "  - cxx-compiler  # Harmonia's own CPU products compile on first use (harmonia/kernels)",
+        "  - ninja",
         "  - pip:",
         *(f"      - {pin}" for pin in pins),
         "      - -e .",
