@@ -33,7 +33,10 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("decode.cpp")
-FLAGS = ("-O3", "-ffp-contract=off")  # no fused multiply-add where the source has none
+# -ffp-contract=off: no fused multiply-add where the source has none. -fopenmp: at::parallel_for
+# runs on OpenMP, which the library shares with torch (the same libgomp.so.1, already loaded by
+# torch, so torch.set_num_threads governs both).
+FLAGS = ("-O3", "-ffp-contract=off", "-fopenmp")
 NEEDS = {  # what each product needs of the CPU (/proc/cpuinfo flags)
     "rows_linear": ("avx512f", "avx512bw", "avx512vl"),
     "int8_linear": ("avx512f", "avx512bw", "avx512vl", "avx512_vnni"),
@@ -90,6 +93,7 @@ def _load() -> str | None:
             name=name,
             sources=[str(SOURCE)],
             extra_cflags=list(FLAGS),
+            extra_ldflags=["-fopenmp"],
             build_directory=str(build),
             is_python_module=False,
             verbose=False,
