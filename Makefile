@@ -18,6 +18,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name harmonia --display-name "Harmonia (.venv)" > /dev/null
 	$(BIN)/python -c "from harmonia.samples import warm_numba_cache; warm_numba_cache()"  # numba #10128
+	$(BIN)/python -c "from harmonia.kernels import unavailable; unavailable('rows_linear')"  # built once, where g++ is
 	@touch $@
 
 # System packages the tests use, where missing: Debian's chromium (the browser test drives it),

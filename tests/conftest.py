@@ -341,8 +341,11 @@ def video_wb(tmp_path, tiny_wan, tiny_models) -> Workbench:
 
 def pytest_configure(config):
     """Before any xdist worker starts: librosa's numba functions compiled into their cache by one
-    process (two workers compiling one at once crashed a worker: numba #10128)."""
+    process (two workers compiling one at once crashed a worker: numba #10128), and Harmonia's
+    own decoding products built (once per machine; workers would wait for each other's build)."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
+        from harmonia.kernels import unavailable
         from harmonia.samples import warm_numba_cache
 
         warm_numba_cache()
+        unavailable("rows_linear")

@@ -22,9 +22,12 @@ run, :func:`unavailable` says why in one line, and the engine keeps torch's own 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 
@@ -79,27 +82,38 @@ def _load() -> str | None:
     source = SOURCE.read_bytes()
     tag = hashlib.sha256(source + repr((torch.__version__, FLAGS)).encode()).hexdigest()[:16]
     name = f"harmonia_decode_{tag}"
-    build = kernel_dir() / name
+    library = kernel_dir() / f"{name}.so"
     try:
-        build.mkdir(parents=True, exist_ok=True)
-        library = build / f"{name}.so"
-        if library.is_file():
-            torch.ops.load_library(str(library))
-            return None
-        from torch.utils.cpp_extension import load
+        library.parent.mkdir(parents=True, exist_ok=True)
+        with open(kernel_dir() / f".{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # processes starting together build once, the others wait
+            if library.is_file():
+                torch.ops.load_library(str(library))
+            else:
+                _build(name, library)  # which loads it too
+        return None
+    except Exception as error:  # no compiler, no ninja, a failed build: torch's own products run
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        log.warning("Harmonia's decoding products are unavailable (%s); torch's own run instead", reason)
+        return f"it could not be compiled ({reason})"
 
-        log.info("compiling Harmonia's decoding products into %s (once, about 10 s)", build)
+
+def _build(name: str, library: Path) -> None:
+    """Compile (and load) in a private folder, then move the library into place whole (never half-written)."""
+    from torch.utils.cpp_extension import load
+
+    log.warning("compiling Harmonia's decoding products into %s (once, about 10 s)", library.parent)
+    folder = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=library.parent))
+    try:
         load(
             name=name,
             sources=[str(SOURCE)],
             extra_cflags=list(FLAGS),
             extra_ldflags=["-fopenmp"],
-            build_directory=str(build),
+            build_directory=str(folder),
             is_python_module=False,
             verbose=False,
         )
-        return None
-    except Exception as error:  # no compiler, no ninja, a failed build: fbgemm stays the only path
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        log.warning("Harmonia's decoding products are unavailable (%s); torch's own run instead", reason)
-        return f"it could not be compiled ({reason})"
+        os.replace(folder / f"{name}.so", library)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
