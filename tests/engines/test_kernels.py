@@ -199,3 +199,32 @@ def test_a_path_this_cpu_cannot_run_is_refused_in_one_line(wb, monkeypatch):
         RequestError, match=r"^HARMONIA_BF16_PRODUCTS must be auto or one of linear, rows, got 'fast'\.$"
     ):
         MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="bf16")
+
+
+@needs_avx512
+def test_processes_starting_together_build_the_library_once(tmp_path):
+    """Two fresh processes, one empty kernel folder: one compiles, the other waits and loads the same
+    file; nothing half-built is left behind."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; from harmonia.kernels import unavailable; assert unavailable('rows_linear') is None; "
+        "print(torch.ops.harmonia.rows_linear(torch.ones(2, 16), torch.ones(4, 16), None).sum().item())"
+    )
+    env = {**os.environ, "HARMONIA_KERNEL_DIR": str(tmp_path)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert [out.strip() for out, _ in outputs] == ["128.0", "128.0"]
+    assert sum("compiling Harmonia's decoding products" in err for _, err in outputs) == 1
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == [
+        next(tmp_path.glob("harmonia_decode_*.so")).name
+    ]
+    assert not [p for p in tmp_path.iterdir() if p.is_dir()]  # the private build folders are gone
