@@ -830,9 +830,10 @@ def _artifacts_show(args) -> int:
         if k not in ("prompts",) and v is not None
     )
     print(f"  request   {settings}")
+    paths = "".join(f"; {name} {path}" for name, path in sorted(rt.paths.items()))  # the products it ran
     print(
-        f"  runtime   {rt.device} {rt.dtype} ({rt.precision}), {rt.threads} threads, torch {m.packages.get('torch')}, "
-        f"transformers {m.packages.get('transformers')}"
+        f"  runtime   {rt.device} {rt.dtype} ({rt.precision}{paths}), {rt.threads} threads, "
+        f"torch {m.packages.get('torch')}, transformers {m.packages.get('transformers')}"
     )
     rtf = f", real-time factor {t.real_time_factor:.2f}" if t.real_time_factor is not None else ""
     print(f"  timings   load {t.load_s:.2f} s, generate {t.generate_s:.2f} s{rtf}")
