@@ -65,6 +65,15 @@ PRECISIONS = ("exact", "bf16", "int8")
 FEW_ROWS = 2  # batch 1 with guidance; from 4 rows on, F.linear is multi-threaded and faster (measured)
 
 
+def _shaped(y: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor, out_features: int) -> torch.Tensor:
+    """A few-row product ``y`` ``[rows, out]`` plus the bias, shaped as ``x``'s leading dims (TorchScript-able)."""
+    if bias is not None:
+        y = y + bias
+    shape = list(x.shape[:-1])
+    shape.append(out_features)
+    return y.reshape(shape)
+
+
 class _FewRowsLinear(torch.nn.Linear):
     """A Linear whose few-row products run as ``W @ x.T``.
 
@@ -82,13 +91,7 @@ class _FewRowsLinear(torch.nn.Linear):
         rows = x.numel() // x.shape[-1]
         if rows > self.few_rows:
             return torch.nn.functional.linear(x, self.weight, self.bias)
-        y = (self.weight @ x.reshape(rows, x.shape[-1]).t()).t()
-        bias = self.bias
-        if bias is not None:
-            y = y + bias
-        shape = list(x.shape[:-1])
-        shape.append(self.out_features)
-        return y.reshape(shape)
+        return _shaped((self.weight @ x.reshape(rows, x.shape[-1]).t()).t(), self.bias, x, self.out_features)
 
 
 class _RowsLinear(torch.nn.Linear):
@@ -179,13 +182,7 @@ class _ReferenceInt8Linear(_RowwiseInt8Linear):
         scale = rows.abs().amax(1, keepdim=True) / 127
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         sums = (torch.round(rows / scale).double() @ self.weight.double().t()).to(torch.int32)
-        y = sums.float() * (self.scales[None, :] * scale)
-        bias = self.bias
-        if bias is not None:
-            y = y + bias
-        shape = list(x.shape[:-1])
-        shape.append(self.out_features)
-        return y.reshape(shape)
+        return _shaped(sums.float() * (self.scales[None, :] * scale), self.bias, x, self.out_features)
 
 
 def _int8_rowwise(decoder: torch.nn.Module) -> None:

@@ -180,6 +180,7 @@ def test_rowwise_int8_makes_the_same_audio_with_or_without_the_kernel(wb, monkey
         engine = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int8")
         layer = type(engine.model.decoder.model.decoder.layers[0].fc1).__name__
         assert layer == ("_RowwiseInt8Linear" if kernel else "_ReferenceInt8Linear")
+        assert isinstance(engine._step, torch.jit.ScriptModule)  # both forms compile to TorchScript
         audio.append(engine.generate(request).audio)
     assert audio[0].shape == (2, 1, 19200) and np.array_equal(audio[0], audio[1])
 
