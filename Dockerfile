@@ -36,8 +36,10 @@ RUN pip install "torch==${TORCH_VERSION}" --index-url "https://download.pytorch.
 # 4. Harmonia itself, its Jupyter kernel, and the scripts the container runs.
 COPY pyproject.toml README.md /opt/harmonia/
 COPY harmonia /opt/harmonia/harmonia
+ENV HARMONIA_KERNEL_DIR=/opt/harmonia/kernels
 RUN pip install --no-deps /opt/harmonia \
- && python -m ipykernel install --sys-prefix --name harmonia --display-name "Harmonia"
+ && python -m ipykernel install --sys-prefix --name harmonia --display-name "Harmonia" \
+ && python -c "from harmonia.kernels import build; print(build() or 'built Harmonia kernels')"
 COPY docker/entrypoint.sh /usr/local/bin/harmonia-entrypoint
 COPY docker/healthcheck.py /usr/local/bin/harmonia-healthcheck
 RUN chmod 0755 /usr/local/bin/harmonia-entrypoint /usr/local/bin/harmonia-healthcheck

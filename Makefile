@@ -43,7 +43,7 @@ audiocraft: setup
 demo: setup
 	$(BIN)/harmonia demo
 
-test: setup system
+test: system setup   # system first: setup builds Harmonia's kernels with the g++ it installs
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -n 2 --dist loadfile   # two workers, a test file each (pytest-xdist)

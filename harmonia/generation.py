@@ -682,7 +682,11 @@ def _identity(
             "dtype": runtime.dtype,
             "threads": runtime.threads,
             "precision": runtime.precision,
-            **({"paths": dict(runtime.paths)} if runtime.paths else {}),
+            **(
+                {"paths": paths}
+                if (paths := getattr(cls, "identity_paths", lambda r: dict(r.paths))(runtime))
+                else {}
+            ),
         },
         "packages": {name: _version(name, known) for name in names},
     }

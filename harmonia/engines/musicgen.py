@@ -300,6 +300,16 @@ def _decoder_shape(config: dict) -> str:
     )
 
 
+def _product_shape(config: dict) -> str:
+    """What a product path's speed depends on besides the CPU, torch and threads: the decoder's
+    shape, and which of Harmonia's kernels run here (a machine whose build failed, or a CPU of the
+    same name without them, measures again instead of reading a choice it cannot run)."""
+    from harmonia.kernels import NEEDS, unavailable
+
+    kernels = ", ".join(product for product in NEEDS if unavailable(product) is None) or "none"
+    return f"{_decoder_shape(config)} | Harmonia's kernels: {kernels}"
+
+
 def _choose_few_row_products(state_dir: Path, decoder: torch.nn.Module, shape: str) -> Choice:
     """``F.linear``, ``W @ x.T`` or Harmonia's kernel for the float32 decoder's two-row products,
     whichever is fastest here.
@@ -570,7 +580,7 @@ class MusicGenEngine:
                 if recorded is not None:  # replayed from a manifest, or fixed by generate()
                     choice = Choice(which, recorded, "recorded", {})
                 else:  # forced by the environment, cached for this CPU, or measured now
-                    shape = _decoder_shape(json.loads((path / "config.json").read_text()))
+                    shape = _product_shape(json.loads((path / "config.json").read_text()))
                     choice = known(wb.state_dir, which, shape, threads, PRODUCT_PATHS[which])
                     if choice is None:
                         with pinned_threads(threads):
@@ -664,8 +674,15 @@ class MusicGenEngine:
         if name in dict(runtime.paths):
             return runtime.paths
         config, _, _ = _config_facts(snapshot)
-        choice = known(wb.state_dir, name, _decoder_shape(config), runtime.threads, PRODUCT_PATHS[name])
+        choice = known(wb.state_dir, name, _product_shape(config), runtime.threads, PRODUCT_PATHS[name])
         return None if choice is None else ((name, choice.path),)
+
+    @classmethod
+    def identity_paths(cls, runtime) -> dict[str, str]:
+        """The paths the artifact id names: bf16's ``linear`` and int8's ``fbgemm`` are what those
+        modes ran before they had a choice, so ids made then stay the ids of the same bytes."""
+        before = {("bf16_products", "linear"), ("int8_products", "fbgemm")}
+        return {name: path for name, path in runtime.paths if (name, path) not in before}
 
     @classmethod
     def replayed_paths(cls, runtime) -> dict[str, str]:

@@ -72,18 +72,47 @@ def unavailable(product: str) -> str | None:
     missing = [flag for flag in NEEDS[product] if flag not in cpu_flags()]
     if missing:
         return f"this CPU lacks {', '.join(missing)}"
+    return build()
+
+
+def build() -> str | None:
+    """Compile (once per machine) and load the library; None when loaded, else why not.
+
+    The library runs on any x86-64 CPU (each product checks its own target), so an image can
+    build it on a machine whose CPU would not use it. A failure is remembered for the life of
+    the process: restart it after installing a compiler.
+    """
     with _lock:
         if "library" not in _state:
             _state["library"] = _load()
         return _state["library"]
 
 
+def compiler() -> str:
+    """The C++ compiler torch's builder uses (``$CXX``, else c++) and its version line."""
+    import subprocess
+
+    name = os.environ.get("CXX", "c++")
+    try:
+        out = subprocess.run([name, "--version"], capture_output=True, text=True, timeout=30).stdout
+        return f"{name}: {out.splitlines()[0] if out else '?'}"
+    except (OSError, subprocess.SubprocessError):
+        return f"{name}: not found"
+
+
+def library_name() -> str:
+    """The library's file stem: a digest of the source, torch's version, the flags and the compiler."""
+    tag = repr((torch.__version__, FLAGS, compiler())).encode()
+    return f"harmonia_decode_{hashlib.sha256(SOURCE.read_bytes() + tag).hexdigest()[:16]}"
+
+
 def _load() -> str | None:
-    source = SOURCE.read_bytes()
-    tag = hashlib.sha256(source + repr((torch.__version__, FLAGS)).encode()).hexdigest()[:16]
-    name = f"harmonia_decode_{tag}"
+    name = library_name()
     library = kernel_dir() / f"{name}.so"
     try:
+        if library.is_file():  # built before (moved into place whole): no lock needed, read-only is fine
+            torch.ops.load_library(str(library))
+            return None
         library.parent.mkdir(parents=True, exist_ok=True)
         with open(kernel_dir() / f".{name}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # processes starting together build once, the others wait

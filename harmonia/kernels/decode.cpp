@@ -21,31 +21,55 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace {
 
+// Four input bytes as one 32-bit lane (memcpy: no aliasing of uint8_t as int32_t).
+inline int32_t four(const uint8_t *p) {
+    int32_t v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+// A prefetch of `p` only where it lies inside [begin, end): never a pointer past the weights.
+inline void ask(const char *begin, const char *end, std::uintptr_t offset) {
+    if (offset < static_cast<std::uintptr_t>(end - begin)) _mm_prefetch(begin + offset, _MM_HINT_T0);
+}
+
+// A vector's 16 lanes summed in lane order (the order is this source's, not a compiler's).
+__attribute__((target("avx512f"))) inline float lanes(__m512 v) {
+    alignas(64) float t[16];
+    _mm512_store_ps(t, v);
+    float s = 0.f;
+    for (int k = 0; k < 16; k++) s += t[k];
+    return s;
+}
+
 // Integer sums of 16 output channels for two rows of uint8 inputs (x + 128).
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) inline void block(const int8_t *wp, const uint8_t *x0p, const uint8_t *x1p, int64_t I, int32_t *out0,
-                  int32_t *out1) {
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) inline void block(
+    const int8_t *wp, const int8_t *wend, const uint8_t *x0, const uint8_t *x1, int64_t I, int32_t *out0,
+    int32_t *out1) {
     const int64_t nb = I / 4;
     const __m512i *w = reinterpret_cast<const __m512i *>(wp);
-    const int32_t *x0 = reinterpret_cast<const int32_t *>(x0p);
-    const int32_t *x1 = reinterpret_cast<const int32_t *>(x1p);
+    const char *begin = reinterpret_cast<const char *>(wp), *end = reinterpret_cast<const char *>(wend);
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
     for (int64_t ib = 0; ib < nb; ib += 4) {
-        _mm_prefetch(reinterpret_cast<const char *>(w + ib + 64), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char *>(w + ib + 66), _MM_HINT_T0);
+        ask(begin, end, static_cast<std::uintptr_t>((ib + 64) * 64));  // 4 KiB ahead in the packed stream
+        ask(begin, end, static_cast<std::uintptr_t>((ib + 66) * 64));
         const __m512i w0 = _mm512_loadu_si512(w + ib), w1 = _mm512_loadu_si512(w + ib + 1);
         const __m512i w2 = _mm512_loadu_si512(w + ib + 2), w3 = _mm512_loadu_si512(w + ib + 3);
-        a0 = _mm512_dpbusd_epi32(a0, _mm512_set1_epi32(x0[ib]), w0);
-        a1 = _mm512_dpbusd_epi32(a1, _mm512_set1_epi32(x0[ib + 1]), w1);
-        a2 = _mm512_dpbusd_epi32(a2, _mm512_set1_epi32(x0[ib + 2]), w2);
-        a3 = _mm512_dpbusd_epi32(a3, _mm512_set1_epi32(x0[ib + 3]), w3);
-        b0 = _mm512_dpbusd_epi32(b0, _mm512_set1_epi32(x1[ib]), w0);
-        b1 = _mm512_dpbusd_epi32(b1, _mm512_set1_epi32(x1[ib + 1]), w1);
-        b2 = _mm512_dpbusd_epi32(b2, _mm512_set1_epi32(x1[ib + 2]), w2);
-        b3 = _mm512_dpbusd_epi32(b3, _mm512_set1_epi32(x1[ib + 3]), w3);
+        const uint8_t *p0 = x0 + 4 * ib, *p1 = x1 + 4 * ib;
+        a0 = _mm512_dpbusd_epi32(a0, _mm512_set1_epi32(four(p0)), w0);
+        a1 = _mm512_dpbusd_epi32(a1, _mm512_set1_epi32(four(p0 + 4)), w1);
+        a2 = _mm512_dpbusd_epi32(a2, _mm512_set1_epi32(four(p0 + 8)), w2);
+        a3 = _mm512_dpbusd_epi32(a3, _mm512_set1_epi32(four(p0 + 12)), w3);
+        b0 = _mm512_dpbusd_epi32(b0, _mm512_set1_epi32(four(p1)), w0);
+        b1 = _mm512_dpbusd_epi32(b1, _mm512_set1_epi32(four(p1 + 4)), w1);
+        b2 = _mm512_dpbusd_epi32(b2, _mm512_set1_epi32(four(p1 + 8)), w2);
+        b3 = _mm512_dpbusd_epi32(b3, _mm512_set1_epi32(four(p1 + 12)), w3);
     }
     _mm512_storeu_si512(out0, _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)));
     _mm512_storeu_si512(out1, _mm512_add_epi32(_mm512_add_epi32(b0, b1), _mm512_add_epi32(b2, b3)));
@@ -57,7 +81,15 @@ at::Tensor int8_linear(const at::Tensor &x, const at::Tensor &packed, const at::
                     packed.scalar_type() == at::kChar,
                 "harmonia.int8_linear: packed weights must be int8 [O/16, I/4, 16, 4]");
     const int64_t I = x.size(-1), O = scales.size(0), I_pad = packed.size(1) * 4;
-    TORCH_CHECK(I <= I_pad && I_pad % 16 == 0 && O <= packed.size(0) * 16, "harmonia.int8_linear: shapes");
+    TORCH_CHECK(I_pad - I < 16 && I_pad % 16 == 0 && I_pad <= 65536 && O <= packed.size(0) * 16 &&
+                    O > (packed.size(0) - 1) * 16,
+                "harmonia.int8_linear: x's width and the scales must match the packed weights (at most 65536 "
+                "inputs: the integer sums stay below 2**31)");
+    TORCH_CHECK(colsum.numel() == O && colsum.scalar_type() == at::kInt && scales.scalar_type() == at::kFloat &&
+                    scales.is_contiguous() && colsum.is_contiguous() &&
+                    (!bias.has_value() || !bias->defined() ||
+                     (bias->numel() == O && bias->scalar_type() == at::kFloat && bias->is_contiguous())),
+                "harmonia.int8_linear: scales, colsum and bias must have one float32/int32/float32 entry per output");
     const at::Tensor xf = x.reshape({-1, I}).to(at::kFloat).contiguous();
     const int64_t R = xf.size(0), pairs = (R + 1) / 2;
     // each row quantised by its own scale (largest |x| / 127), stored + 128 as uint8; pads hold 128 (zero)
@@ -75,6 +107,7 @@ at::Tensor int8_linear(const at::Tensor &x, const at::Tensor &packed, const at::
     }
     at::Tensor y = at::empty({R, O}, xf.options());
     const int8_t *w = packed.data_ptr<int8_t>();
+    const int8_t *wend = w + packed.numel();
     const float *s = scales.data_ptr<float>();
     const int32_t *cs = colsum.data_ptr<int32_t>();
     const float *b = bias.has_value() && bias->defined() ? bias->data_ptr<float>() : nullptr;
@@ -85,7 +118,7 @@ at::Tensor int8_linear(const at::Tensor &x, const at::Tensor &packed, const at::
         for (int64_t ob = begin; ob < end; ob++) {
             for (int64_t pair = 0; pair < pairs; pair++) {  // the block's 16 x I_pad bytes stay in cache
                 const int64_t r0 = 2 * pair;
-                block(w + ob * 16 * I_pad, xu.data() + r0 * I_pad, xu.data() + (r0 + 1) * I_pad, I_pad, acc0, acc1);
+                block(w + ob * 16 * I_pad, wend, xu.data() + r0 * I_pad, xu.data() + (r0 + 1) * I_pad, I_pad, acc0, acc1);
                 for (int64_t j = 0; j < 16 && ob * 16 + j < O; j++) {
                     const int64_t o = ob * 16 + j;
                     const float bo = b ? b[o] : 0.f;
@@ -106,8 +139,9 @@ at::Tensor int8_linear(const at::Tensor &x, const at::Tensor &packed, const at::
 constexpr int64_t AHEAD = 16;  // rows ahead that the loop asks the memory for
 
 template <int G, bool BF16, int R>
-__attribute__((target("avx512f,avx512bw,avx512vl"))) void dots(const char *wv, int64_t I, const float *x0,
-                                                                 const float *x1, float *out0, float *out1) {
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void dots(const char *wv, const char *wend, int64_t I,
+                                                                 const float *x0, const float *x1, float *out0,
+                                                                 float *out1) {
     __m512 a[G], c[G];
     for (int g = 0; g < G; g++) a[g] = c[g] = _mm512_setzero_ps();
     const int64_t full = I / 16 * 16;
@@ -118,7 +152,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void dots(const char *wv, i
         const __m512 v1 = R > 1 ? _mm512_maskz_loadu_ps(mask, x1 + i) : v0;
         for (int g = 0; g < G; g++) {
             // the same place in the next rows: they start a new page, where hardware prefetch stops
-            _mm_prefetch(wv + (AHEAD * I + g * I + i) * (BF16 ? 2 : 4), _MM_HINT_T0);
+            ask(wv, wend, static_cast<std::uintptr_t>((AHEAD * I + g * I + i) * (BF16 ? 2 : 4)));
             __m512 w;
             if (BF16) {  // bfloat16 -> float32 is a 16-bit shift: exact
                 const __m256i raw = _mm256_maskz_loadu_epi16(mask, reinterpret_cast<const uint16_t *>(wv) + g * I + i);
@@ -131,8 +165,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void dots(const char *wv, i
         }
     }
     for (int g = 0; g < G; g++) {
-        out0[g] = _mm512_reduce_add_ps(a[g]);
-        if (R > 1) out1[g] = _mm512_reduce_add_ps(c[g]);
+        out0[g] = lanes(a[g]);
+        if (R > 1) out1[g] = lanes(c[g]);
     }
 }
 
@@ -141,15 +175,17 @@ void rows(const void *w, const float *x, const float *b, float *y, int64_t O, in
     constexpr int G = 4;  // four weight rows at once: up to eight independent sums in flight
     const int64_t groups = (O + G - 1) / G;
     const int64_t bytes = BF16 ? 2 : 4;
+    const char *wend = static_cast<const char *>(w) + O * I * bytes;
     at::parallel_for(0, groups, 16, [&](int64_t begin, int64_t end) {
         float s0[G], s1[G];
         for (int64_t grp = begin; grp < end; grp++) {
             const int64_t o = grp * G;
             const char *wg = static_cast<const char *>(w) + o * I * bytes;
             if (o + G <= O) {
-                dots<G, BF16, R>(wg, I, x, x + I, s0, s1);
+                dots<G, BF16, R>(wg, wend, I, x, x + I, s0, s1);
             } else {
-                for (int64_t k = 0; o + k < O; k++) dots<1, BF16, R>(wg + k * I * bytes, I, x, x + I, s0 + k, s1 + k);
+                for (int64_t k = 0; o + k < O; k++)
+                    dots<1, BF16, R>(wg + k * I * bytes, wend, I, x, x + I, s0 + k, s1 + k);
             }
             for (int64_t k = 0; k < G && o + k < O; k++) {
                 const float bo = b ? b[o + k] : 0.f;
@@ -170,7 +206,10 @@ at::Tensor rows_linear(const at::Tensor &x, const at::Tensor &weight, const c10:
     const int64_t R = xf.size(0);
     TORCH_CHECK(R >= 1 && R <= 2, "harmonia.rows_linear: one or two rows");
     at::Tensor bf;
-    if (bias.has_value() && bias->defined()) bf = bias->to(at::kFloat).contiguous();
+    if (bias.has_value() && bias->defined()) {
+        TORCH_CHECK(bias->numel() == O, "harmonia.rows_linear: one bias per output");
+        bf = bias->to(at::kFloat).contiguous();
+    }
     at::Tensor y = at::empty({R, O}, xf.options());
     const float *bp = bf.defined() ? bf.data_ptr<float>() : nullptr;
     const void *w = weight.data_ptr();

@@ -130,8 +130,18 @@ def test_the_bf16_path_is_measured_cached_recorded_forced_and_replayed(wb, monke
         ).artifact
         assert made[path].manifest.runtime.paths == {"bf16_products": path}
     assert made["linear"].id != made["rows"].id
+    # ids made before bf16 had a choice ran F.linear: that path leaves the id as it was
+    assert "paths" not in made["linear"].manifest.identity["runtime"]
+    assert made["rows"].manifest.identity["runtime"]["paths"] == {"bf16_products": "rows"}
     monkeypatch.setenv("HARMONIA_BF16_PRODUCTS", "linear")  # this machine would now pick linear
-    assert reproduce(wb, made["rows"].id).identical  # the artifact's own path is replayed
+    assert reproduce(wb, made["rows"].id).identical  # the artifact's own path is replayed ...
+    from harmonia.generation import load_engine
+
+    replayed = load_engine(
+        wb, "tiny-musicgen", threads=2, precision="bf16", paths=(("bf16_products", "rows"),)
+    )
+    assert replayed.loaded.choices == {"bf16_products": "rows (recorded)"}  # ... and runs as recorded
+    assert type(replayed.model.decoder.model.decoder.layers[0].fc1).__name__ == "_RowsLinear"
 
 
 def test_the_int8_path_is_measured_recorded_and_a_manifest_from_before_replays_fbgemm(wb, monkeypatch):
@@ -144,7 +154,17 @@ def test_the_int8_path_is_measured_recorded_and_a_manifest_from_before_replays_f
         line.startswith(("fbgemm (measured: fbgemm ", "rowwise (measured: fbgemm "))
         and " ms, rowwise " in line
     )
+    chosen = line.split()[0]
+    layer = type(measured.model.decoder.model.decoder.layers[0].fc1).__name__
+    assert (
+        layer
+        == {"rowwise": "_RowwiseInt8Linear" if VNNI else "_ReferenceInt8Linear", "fbgemm": "Linear"}[chosen]
+    )
+    (entry,) = json.loads((wb.state_dir / "calibration.json").read_text()).values()
+    assert entry["path"] == chosen
     request = MusicRequest(["drums"], duration_s=0.6, seed=6)
+    auto = generate(wb, "tiny-musicgen", request, threads=2, precision="int8", previews=False).artifact
+    assert auto.manifest.runtime.paths == {"int8_products": chosen}  # the cached choice, honoured
     made = {}
     for path in ("fbgemm", "rowwise"):
         monkeypatch.setenv("HARMONIA_INT8_PRODUCTS", path)
@@ -152,7 +172,9 @@ def test_the_int8_path_is_measured_recorded_and_a_manifest_from_before_replays_f
             wb, "tiny-musicgen", request, threads=2, precision="int8", previews=False
         ).artifact
         assert made[path].manifest.runtime.paths == {"int8_products": path}
-        assert made[path].manifest.identity["runtime"]["paths"] == {"int8_products": path}
+    # fbgemm is what int8 ran before it had a choice: its ids stay as they were
+    assert "paths" not in made["fbgemm"].manifest.identity["runtime"]
+    assert made["rowwise"].manifest.identity["runtime"]["paths"] == {"int8_products": "rowwise"}
     assert made["fbgemm"].id != made["rowwise"].id
     assert made["fbgemm"].file("take-0.wav").read_bytes() != made["rowwise"].file("take-0.wav").read_bytes()
     monkeypatch.setenv("HARMONIA_INT8_PRODUCTS", "rowwise")  # this machine would now pick rowwise ...
@@ -168,13 +190,14 @@ def test_the_int8_path_is_measured_recorded_and_a_manifest_from_before_replays_f
     assert reproduce(wb, made["fbgemm"].id).identical
 
 
+@needs_vnni
 def test_rowwise_int8_makes_the_same_audio_with_or_without_the_kernel(wb, monkeypatch):
     """The kernel and its float64 stand-in compute the same bits, so an artifact made on an AVX-512
     VNNI machine reproduces on any CPU (more slowly)."""
     monkeypatch.setenv("HARMONIA_INT8_PRODUCTS", "rowwise")
     request = MusicRequest(["calm piano", "drums"], duration_s=0.6, seed=8)
     audio = []
-    for kernel in (VNNI, False):
+    for kernel in (True, False):
         if not kernel:
             monkeypatch.setattr(kernels, "unavailable", lambda product: "this CPU lacks avx512_vnni")
         engine = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int8")
@@ -229,3 +252,16 @@ def test_processes_starting_together_build_the_library_once(tmp_path):
         next(tmp_path.glob("harmonia_decode_*.so")).name
     ]
     assert not [p for p in tmp_path.iterdir() if p.is_dir()]  # the private build folders are gone
+
+
+def test_the_kernel_source_is_pinned_to_the_engines_code_version():
+    """decode.cpp computes the bytes of every `rows` and `rowwise` artifact, and an id names the path,
+    not the source: a change to the source must bump MusicGenEngine.code_version (so every id moves
+    with it) and then this pin."""
+    import hashlib
+
+    digest = hashlib.sha256(kernels.SOURCE.read_bytes()).hexdigest()
+    assert (MusicGenEngine.code_version, digest) == (
+        1,
+        "d5396366d487e7943a1b9697e29538779c2d95d34bd05af9737553ea800f4230",
+    ), "harmonia/kernels/decode.cpp changed: bump MusicGenEngine.code_version, then pin the new digest here"

@@ -431,6 +431,8 @@ def test_the_few_row_path_is_chosen_by_measurement_cached_recorded_and_overridab
     assert key.startswith(f"{cpu_model()} | torch {torch.__version__} | 2 threads | few_row_products ")
     again = MusicGenEngine.load(wb, "tiny-musicgen", threads=2)
     assert again.loaded.choices["few_row_products"].split()[:2] == [line.split()[0], "(cached:"]
+    for engine in (measured, again):  # the choice is what runs
+        assert type(engine.model.decoder.lm_heads[0]).__name__ == FEW_ROWS_CLASS[line.split()[0]]
     request = MusicRequest(["calm piano", "drums"], duration_s=1.0, seed=5)
     audio = {}
     paths = [p for p in FEW_ROWS_CLASS if p != "rows" or kernels.unavailable("rows_linear") is None]
