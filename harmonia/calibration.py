@@ -2,9 +2,9 @@
 
 Some ways of computing the same thing are faster on one CPU and slower on another (a
 few-row product as ``F.linear`` runs on one thread in this torch build on an AMD EPYC, and
-is the fastest path on an Intel Xeon with AMX). :func:`choose` times each candidate on the
+beat ``W @ x.T`` on an Intel Xeon with AMX). :func:`choose` times each candidate on the
 real weights and shapes, keeps only candidates whose results agree with the reference's
-(bit for bit by default; the caller may allow rounding differences), and caches the winner
+(bit for bit by default; the caller may allow rounding or quantisation differences), and caches the winner
 per CPU model, torch version, thread count and shape in ``.harmonia/calibration.json``. An
 environment variable forces a path (``HARMONIA_<NAME>=<path>``). A path whose bits may
 differ is part of the artifact id (the engine puts it in its runtime), and ``reproduce``
