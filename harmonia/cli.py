@@ -996,9 +996,13 @@ def _transcribe(args) -> int:
 
 
 def _reproduce(args) -> int:
-    from harmonia.generation import reproduce
+    from harmonia.artifacts import check_id
 
     wb = Workbench.open()
+    check_id(args.artifact)  # a bad id is refused before torch and the engines are imported
+
+    from harmonia.generation import reproduce
+
     bar = _Steps("reproducing")
     try:
         verdict = reproduce(wb, args.artifact, progress=bar)

@@ -330,9 +330,10 @@ def _actor_pids(sid: int) -> list[int]:
     return found
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_head():
-    """A real Ray head on 127.0.0.1 (2 CPUs, token auth, its own ports and temp folder), stopped at the end.
+    """A real Ray head on 127.0.0.1 (2 CPUs, token auth, its own ports and temp folder), stopped at the end
+    of the module: started once (about 11 s) for the tests that use it; each runs a job of its own on it.
 
     The head runs in a session of its own (``ray start --block``); its workers get process groups
     of their own but stay in that session, so the fixture ends exactly that session's processes,

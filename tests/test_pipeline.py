@@ -29,8 +29,11 @@ def stages_run(output: str) -> list[str]:
     return sorted(line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage"))
 
 
-@pytest.fixture
-def repo(tmp_path, tiny_models):
+@pytest.fixture(scope="module")
+def repo_template(tmp_path_factory, tiny_models):
+    """The git + DVC workbench, built once per module (about 9 s of `git`, `dvc` and `harmonia` runs);
+    each test gets a copy of its own from ``repo``."""
+    tmp_path = tmp_path_factory.mktemp("pipeline-template")
     root = tmp_path / "repo"
     root.mkdir()
     for name in ("params.yaml", "dvc.yaml", ".dvcignore", ".gitignore"):
@@ -52,6 +55,15 @@ def repo(tmp_path, tiny_models):
     assert "dvc add datasets: datasets.dvc updated" in out
     run(*GIT, "add", "-A", cwd=root)
     run(*GIT, "commit", "-qm", "workbench", cwd=root)
+    return root
+
+
+@pytest.fixture
+def repo(tmp_path, repo_template):
+    """A copy of the template: the same commit, its own DVC remote (in .dvc/config.local, untracked)."""
+    root = tmp_path / "repo"
+    shutil.copytree(repo_template, root, symlinks=True)
+    run("dvc", "remote", "modify", "--local", "local", "url", str(tmp_path / "storage"), cwd=root)
     return root
 
 

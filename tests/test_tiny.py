@@ -9,26 +9,39 @@ from harmonia.errors import BuilderError
 from harmonia.inventory import read_inventory
 from harmonia.snapshots import verify
 from harmonia.tiny import CODEBOOK_SIZE, NUM_CODEBOOKS, build_tiny
+from harmonia.workbench import Workbench
 from tests.conftest import run_cli
 
 
-def _build_in_fresh_process(workbench, builder, name, seed):
+def _declare(workbench, builder, name, seed):
     params = workbench.root / "params.yaml"  # a name must be declared before it is built
     params.write_text(
         params.read_text().replace(
             "models:\n", f"models:\n  {name}: {{builder: {builder}, seed: {seed}, engine: musicgen}}\n", 1
         )
     )
+
+
+def _build_in_fresh_process(workbench, builder, name, seed):
+    _declare(workbench, builder, name, seed)
     proc = run_cli("models", "tiny", builder, "--name", name, "--seed", str(seed), cwd=workbench.root)
     assert proc.returncode == 0, proc.stderr
     return read_inventory(workbench.snapshot_dir("model", name))
 
 
+def _build_in_this_process(workbench, builder, name, seed):
+    _declare(workbench, builder, name, seed)
+    build_tiny(Workbench.open(workbench.root), builder, name=name, seed=seed)
+    return read_inventory(workbench.snapshot_dir("model", name))
+
+
 @pytest.mark.parametrize("builder", ["musicgen", "musicgen-stereo", "musicgen-melody"])
 def test_same_seed_same_bytes_across_processes(workbench, builder):
+    """a: built in a fresh `harmonia models tiny` process; b: in this one (a process that has run other
+    tests); c: another seed. One process start per builder instead of three."""
     a = _build_in_fresh_process(workbench, builder, "a", 7)
-    b = _build_in_fresh_process(workbench, builder, "b", 7)
-    c = _build_in_fresh_process(workbench, builder, "c", 8)
+    b = _build_in_this_process(workbench, builder, "b", 7)
+    c = _build_in_this_process(workbench, builder, "c", 8)
     assert [(f.path, f.size, f.sha256) for f in a.files] == [(f.path, f.size, f.sha256) for f in b.files]
     assert a.digest == b.digest != c.digest
     weights = {inv.name: inv.by_path()["model.safetensors"].sha256 for inv in (a, b, c)}
