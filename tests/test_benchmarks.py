@@ -45,7 +45,11 @@ def test_bench_generate_runs_on_the_tiny_model(tmp_path):
     assert result["steps"] == 13 and result["load_s"] > 0 and result["memory_bandwidth_gib_s"] > 0
     per_step = {mode: rows[mode, 1]["decoder_bytes_per_step"] for mode in ("exact", "bf16", "int8")}
     assert per_step["int8"] < per_step["bf16"] < per_step["exact"]
-    assert all(r["step_ms"] > 0 and r["step_bandwidth_share"] > 0 for r in result["generate"])
+    for r in result["generate"]:  # the steps' share: their bytes over their time, against the bandwidth
+        expected = (
+            r["decoder_bytes_per_step"] / (1 << 30) / (r["step_ms"] / 1000) / result["memory_bandwidth_gib_s"]
+        )
+        assert r["step_ms"] > 0 and abs(r["step_bandwidth_share"] - expected) <= 0.001 + 0.05 * expected, r
     assert set(result["memory_bandwidth_by_pages_gib_s"]) == {"4k_pages", "huge_pages"}
     assert result["memory_bandwidth_gib_s"] == max(result["memory_bandwidth_by_pages_gib_s"].values())
     # each mode's product path, as the engine's calibration chose it on this CPU
