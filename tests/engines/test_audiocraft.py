@@ -520,9 +520,9 @@ def test_a_started_worker_has_no_token_in_its_environment(worker_env, monkeypatc
         monkeypatch.setenv(name, "hf_secret")
     worker = Worker(worker_env)
     try:
+        assert worker.hello()["protocol"]  # it runs: it has exec'd (before, /proc showed the parent's copy)
         raw = Path(f"/proc/{worker.process.pid}/environ").read_bytes()
         env = dict(item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
-        assert worker.hello()["protocol"]  # it runs
     finally:
         worker.close()
     assert b"hf_secret" not in raw
