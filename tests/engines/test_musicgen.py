@@ -23,19 +23,6 @@ RATE = 32_000
 
 
 @pytest.fixture(scope="module")
-def wb(tmp_path_factory, tiny_models):
-    import shutil
-
-    from harmonia.workbench import Workbench
-    from tests.conftest import PARAMS
-
-    root = tmp_path_factory.mktemp("engine-wb")
-    (root / "params.yaml").write_text(PARAMS)
-    shutil.copytree(tiny_models, root / "models")
-    return Workbench.open(root)
-
-
-@pytest.fixture(scope="module")
 def mono(wb):
     return MusicGenEngine.load(wb, "tiny-musicgen", threads=2)
 
