@@ -279,8 +279,9 @@ def _add_request_flags(p: argparse.ArgumentParser, info) -> None:
     )
     p.add_argument(
         "--precision",
-        choices=["exact", "bf16", "int8"],
-        help="exact (default: plain transformers' bytes, faster), bf16 or int8 (faster still; CPU only)",
+        choices=["exact", "bf16", "int8", "int4"],
+        help="exact (default: plain transformers' bytes, faster), bf16, int8 or int4 (faster still; "
+        "int8 and int4: CPU only)",
     )
     idea = p.add_argument_group("idea", "give any of these and each PROMPT becomes an idea's text")
     taken = {meta["flag"] for _, meta in options(request_type(info.name))}  # a request's own --key wins

@@ -10,8 +10,8 @@ tokens as context and adds ``stride`` seconds, and all tokens are decoded once a
 A continuation prompt is encoded to tokens with the model's EnCodec and extended the same
 way. A melody is turned into a chroma (the computation of transformers'
 MusicgenMelodyFeatureExtractor, on torch.stft) per window, looping the melody like audiocraft.
-Three precision modes change how the decoder of the engine's own model instance computes:
-``exact`` (float32, the same bytes as plain transformers), ``bf16`` and ``int8``.
+Four precision modes change how the decoder of the engine's own model instance computes:
+``exact`` (float32, the same bytes as plain transformers), ``bf16``, ``int8`` and ``int4``.
 
 The engine knows nothing about artifacts, files it does not read, or the UI.
 """
@@ -61,7 +61,7 @@ from harmonia.workbench import Workbench
 
 TRAINED_WINDOW_S = 30.0
 DEFAULT_STRIDE_SHARE = 0.6  # audiocraft: 18 s of new audio per 30 s window
-PRECISIONS = ("exact", "bf16", "int8")
+PRECISIONS = ("exact", "bf16", "int8", "int4")
 FEW_ROWS = 2  # batch 1 with guidance; from 4 rows on, F.linear is multi-threaded and faster (measured)
 
 
@@ -119,14 +119,20 @@ def _swap_linears(module: torch.nn.Module, kind: type) -> None:
             child.__class__ = kind
 
 
+CPU_ONLY = {  # precision -> why it runs on the CPU only
+    "int8": "torch's dynamic int8 kernels are CPU kernels",
+    "int4": "Harmonia's 4-bit products are CPU products",
+}
+
+
 def check_precision(precision: str, device: torch.device) -> None:
-    """A precision mode Harmonia knows, on a device that runs it (int8 runs on the CPU only)."""
+    """A precision mode Harmonia knows, on a device that runs it (int8 and int4 run on the CPU only)."""
     if precision not in PRECISIONS:
         raise RequestError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
-    if precision == "int8" and device.type != "cpu":
+    if precision in CPU_ONLY and device.type != "cpu":
         raise RequestError(
-            f"precision 'int8' runs on the CPU only (torch's dynamic int8 kernels are CPU kernels), "
-            f"but the device is {device.type!r}. Use device 'cpu' with int8, or precision 'bf16' or "
+            f"precision {precision!r} runs on the CPU only ({CPU_ONLY[precision]}), "
+            f"but the device is {device.type!r}. Use device 'cpu' with {precision}, or precision 'bf16' or "
             "'exact' on this device."
         )
 
@@ -185,11 +191,83 @@ class _ReferenceInt8Linear(_RowwiseInt8Linear):
         return _shaped(sums.float() * (self.scales[None, :] * scale), self.bias, x, self.out_features)
 
 
-def _int8_rowwise(decoder: torch.nn.Module) -> None:
-    """Every Linear of the decoder in Harmonia's int8 scheme (the kernel where it runs)."""
+INT4_GROUP = 64  # inputs of a channel that share one scale in the int4 scheme
+
+
+class _Int4Linear(torch.nn.Module):
+    """A Linear in Harmonia's 4-bit scheme (the ``int4`` precision): each output channel's
+    weights in groups of 64 inputs, each group with its own scale and its weights rounded to
+    the integers -7..7 (half a byte each, plus a float32 scale per 64: 0.5625 bytes a weight);
+    each row of the input quantised to int8 by its own scale when the product runs.
+
+    Each group's sum is an exact integer sum; the float steps after it follow one fixed order
+    (group sum x scale, added group after group, x the row's scale, + bias), so the result is
+    the same whichever computes it: Harmonia's AVX-512 VNNI kernel (:mod:`harmonia.kernels`)
+    where it is available, else :class:`_ReferenceInt4Linear` in torch, to the bit (tests/engines
+    check both against each other). It does not depend on the thread count.
+    """
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        out_pad, in_pad = -(-self.out_features // 16) * 16, -(-self.in_features // INT4_GROUP) * INT4_GROUP
+        weight = torch.zeros(out_pad, in_pad)
+        weight[: self.out_features, : self.in_features] = linear.weight.detach().float()
+        groups = weight.reshape(out_pad, in_pad // INT4_GROUP, INT4_GROUP)
+        scales = groups.abs().amax(2) / 7
+        scales = torch.where(scales > 0, scales, torch.ones_like(scales))  # an all-zero group: any scale
+        quantised = (
+            torch.round(groups / scales[..., None]).clamp(-7, 7).to(torch.int8).reshape(out_pad, in_pad)
+        )
+        bias = linear.bias.detach().float().contiguous() if linear.bias is not None else None
+        self.register_buffer("bias", bias)
+        self._keep(quantised, scales)
+
+    def _keep(self, quantised: torch.Tensor, scales: torch.Tensor) -> None:
+        """Pack for the kernel: weights + 8 as nibbles ``[O/16, I/8, 16, 4]`` (byte k of a channel's
+        four: input 8c + k low, 8c + 4 + k high) and scales ``[O/16, I/64, 16]``."""
+        out_pad, in_pad = quantised.shape
+        nibbles = (quantised + 8).to(torch.uint8).reshape(out_pad // 16, 16, in_pad // 8, 2, 4)
+        packed = (nibbles[:, :, :, 0] | (nibbles[:, :, :, 1] << 4)).permute(0, 2, 1, 3).contiguous()
+        self.register_buffer("packed", packed)
+        self.register_buffer("scales", scales.reshape(out_pad // 16, 16, -1).permute(0, 2, 1).contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.harmonia.int4_linear(x, self.packed, self.scales, self.bias, self.out_features)
+
+
+class _ReferenceInt4Linear(_Int4Linear):
+    """:class:`_Int4Linear`'s arithmetic in torch, for CPUs without the kernel: each group's
+    integer sum from a float64 product (exact), then the kernel's float steps in its order."""
+
+    def _keep(self, quantised: torch.Tensor, scales: torch.Tensor) -> None:
+        self.register_buffer("weight", quantised)  # [O_pad, I_pad] int8
+        self.register_buffer("scales", scales.contiguous())  # [O_pad, groups]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features).float()
+        scale = rows.abs().amax(1, keepdim=True) / 127
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        out_pad, in_pad = self.weight.shape
+        groups = self.scales.shape[1]
+        quantised = torch.nn.functional.pad(torch.round(rows / scale), [0, in_pad - self.in_features])
+        sums = torch.bmm(  # [groups, rows, out_pad]: exact integers
+            quantised.double().reshape(rows.shape[0], groups, -1).transpose(0, 1),
+            self.weight.double().reshape(out_pad, groups, -1).permute(1, 2, 0),
+        )
+        products = sums.float() * self.scales.t().unsqueeze(1)
+        total = torch.zeros(rows.shape[0], out_pad)
+        for group in range(groups):  # added in the kernel's order
+            total = total + products[group]
+        return _shaped((total * scale)[:, : self.out_features], self.bias, x, self.out_features)
+
+
+def _quantise_linears(decoder: torch.nn.Module, product: str, kernel: type, reference: type) -> None:
+    """Every Linear of the decoder as ``kernel`` where Harmonia's ``product`` runs, else as
+    ``reference`` (the same bits in torch)."""
     from harmonia.kernels import unavailable
 
-    kind = _RowwiseInt8Linear if unavailable("int8_linear") is None else _ReferenceInt8Linear
+    kind = kernel if unavailable(product) is None else reference
     for module in list(decoder.modules()):
         for name, child in list(module.named_children()):
             if type(child) is torch.nn.Linear:
@@ -209,6 +287,8 @@ def _set_precision(model, precision: str, paths: dict[str, str] | None = None):
       few-row products through ``F.linear`` or Harmonia's kernel, as ``bf16_products`` names.
     - int8: the decoder's Linear layers in int8: torch.ao's dynamic quantisation ("fbgemm") or
       Harmonia's per-channel, per-row scheme ("rowwise"), as ``int8_products`` names.
+    - int4: the decoder's Linear layers in Harmonia's 4-bit scheme (one path: the kernel and
+      its torch stand-in compute the same bits).
     """
     paths = paths or {}
     decoder = model.decoder
@@ -232,7 +312,9 @@ def _set_precision(model, precision: str, paths: dict[str, str] | None = None):
         if paths.get("bf16_products") == "rows":
             _swap_linears(decoder, _RowsLinear)
     elif precision == "int8" and paths.get("int8_products") == "rowwise":
-        _int8_rowwise(decoder)
+        _quantise_linears(decoder, "int8_linear", _RowwiseInt8Linear, _ReferenceInt8Linear)
+    elif precision == "int4":
+        _quantise_linears(decoder, "int4_linear", _Int4Linear, _ReferenceInt4Linear)
     elif precision == "int8":
         import warnings
 
@@ -536,8 +618,9 @@ class MusicGenEngine:
                 threads for every generate() call (default: torch's current setting; the thread
                 count changes the bits of CPU results, so it is recorded); precision "exact"
                 (float32; the same tokens and audio as plain transformers, faster), "bf16"
-                (decoder in bfloat16) or "int8" (decoder Linear layers quantised), each
-                deterministic for a seed, recorded and part of the artifact id.
+                (decoder in bfloat16), "int8" or "int4" (decoder Linear layers quantised to 8
+                or 4 bits, CPU only), each deterministic for a seed, recorded and part of the
+                artifact id.
             allow_pickle: accept a snapshot with pickled weights (never needed for released MusicGen).
         """
         runtime = runtime or Runtime(**settings)
@@ -623,7 +706,7 @@ class MusicGenEngine:
     # -- checks ----------------------------------------------------------------------------
     @classmethod
     def check_runtime(cls, runtime: Runtime) -> None:
-        """The precision mode exists and runs on the device (int8 is CPU only)."""
+        """The precision mode exists and runs on the device (int8 and int4 are CPU only)."""
         check_precision(runtime.precision, pick_device(runtime.device))
 
     @classmethod
@@ -701,8 +784,8 @@ class MusicGenEngine:
         made before schema 2 stay cache hits. Exact on a CPU always ran ``W @ x.T`` then, one of
         the two paths exact takes now: such an artifact answers the request whichever path this
         machine would pick, and ``reproduce`` replays ``W @ x.T`` for it."""
-        if identity["parents"] or cls.code_version != 1:
-            return None
+        if identity["parents"] or cls.code_version != 1 or runtime.precision == "int4":
+            return None  # (schema 1 had no int4)
         recorded = dict(runtime.paths)
         if (
             recorded.get("int8_products", "fbgemm") != "fbgemm"

@@ -1,6 +1,6 @@
 """Harmonia's own CPU products for decoding, compiled on first use where the CPU and a compiler allow.
 
-``decode.cpp`` holds two products for MusicGen's few-row decoding steps (batch 1 with
+``decode.cpp`` holds the products for MusicGen's few-row decoding steps (batch 1 with
 guidance: two rows against every weight of the decoder, read once from memory):
 
 - ``torch.ops.harmonia.rows_linear``: float32 or bfloat16 weights as torch stores them
@@ -8,8 +8,11 @@ guidance: two rows against every weight of the decoder, read once from memory):
   GiB/s on one core of an AMD EPYC whose memory gives 34-39 GiB/s.
 - ``torch.ops.harmonia.int8_linear``: int8 weights, one scale per channel, each row of the
   input quantised on the fly (AVX-512 VNNI).
+- ``torch.ops.harmonia.int4_linear``: 4-bit weights, one scale per group of 64 inputs of a
+  channel, each row of the input quantised to int8 on the fly (AVX-512 VNNI); the ``int4``
+  precision, whose torch stand-in computes the same bits where the kernel cannot run.
 
-Whether either is used is decided by measurement on the machine at hand
+Whether rows_linear or int8_linear is used is decided by measurement on the machine at hand
 (:mod:`harmonia.calibration`), never assumed; the engine records the choice.
 
 The library is compiled by torch's extension builder (g++ and ninja) into the user's cache
@@ -43,6 +46,7 @@ FLAGS = ("-O3", "-ffp-contract=off", "-fopenmp")
 NEEDS = {  # what each product needs of the CPU (/proc/cpuinfo flags)
     "rows_linear": ("avx512f", "avx512bw", "avx512vl"),
     "int8_linear": ("avx512f", "avx512bw", "avx512vl", "avx512_vnni"),
+    "int4_linear": ("avx512f", "avx512bw", "avx512vl", "avx512_vnni"),
 }
 _lock = threading.Lock()
 _state: dict[str, str | None] = {}

@@ -13,6 +13,19 @@
 //   multiply-add), and tests compare them with torch's arithmetic to the bit. Weight layout
 //   (packed once at load): [O_pad / 16][I_pad / 4][16][4] int8, so one 64-byte load holds 4
 //   inputs of 16 outputs and every byte of W is read once per pair of rows.
+// harmonia.int4_linear: W in 4 bits (the `int4` precision): each output channel's weights in
+//   groups of G inputs (G a multiple of 16), each group with its own float32 scale and its
+//   weights rounded to the integers -7..7; x quantised to int8 per row as for int8_linear.
+//   Per group the sum is an exact 32-bit integer sum (vpdpbusd on the weights stored + 8 as
+//   unsigned nibbles, then 8 x the group's input sum taken back); the float steps after it are
+//   fixed, in this order: each group's sum x its scale, added group after group from 0.0, x the
+//   row's scale, + bias. Tests compare the bits with torch's arithmetic
+//   (musicgen._ReferenceInt4Linear). Weight layout (packed once at load):
+//   [O_pad / 16][I_pad / 8][16][4] bytes; byte k of a channel's 4 holds input 8c + k in its low
+//   nibble and input 8c + 4 + k in its high one, so a 64-byte load holds 8 inputs of 16 outputs.
+//   Scales: [O_pad / 16][I_pad / G][16] float32.
+// Both integer products quantise each row of x with quantise_row (AVX-512: the same IEEE
+// division and round-half-to-even as std::nearbyint(x / scale), without a libm call per input).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -49,6 +62,35 @@ __attribute__((target("avx512f"))) inline float lanes(__m512 v) {
     const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
     const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
     return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+}
+
+// Row p (I floats) quantised by its own scale (largest |x| / 127; 1 for a zero row): q[i] =
+// nearbyint(p[i] / scale) + offset as a byte (offset 128: uint8 for vpdpbusd's unsigned side;
+// 0: int8). With `sums`, each group of G inputs' sum of the quantised values (without offset) is
+// added to sums[i / G]. Returns the scale. The max and the integer sums do not depend on the
+// order; the division and the rounding are IEEE operations, the same as the scalar tail's.
+__attribute__((target("avx512f,avx512bw,avx512vl"))) float quantise_row(const float *p, int64_t I, uint8_t *q,
+                                                                          int32_t offset, int32_t *sums, int64_t G) {
+    __m512 mv = _mm512_setzero_ps();
+    const int64_t full = I / 16 * 16;
+    for (int64_t i = 0; i < full; i += 16)  // a NaN input is skipped, as std::max(m, NaN) skips it
+        mv = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(p + i)), mv);
+    float m = _mm512_reduce_max_ps(mv);
+    for (int64_t i = full; i < I; i++) m = std::max(m, std::fabs(p[i]));
+    const float scale = m > 0.f ? m / 127.f : 1.f;
+    const __m512 sv = _mm512_set1_ps(scale);
+    const __m512i ov = _mm512_set1_epi32(offset);
+    for (int64_t i = 0; i < full; i += 16) {
+        const __m512i n = _mm512_cvtps_epi32(_mm512_div_ps(_mm512_loadu_ps(p + i), sv));  // to nearest even
+        _mm_storeu_si128(reinterpret_cast<__m128i *>(q + i), _mm512_cvtepi32_epi8(_mm512_add_epi32(n, ov)));
+        if (sums) sums[i / G] += _mm512_reduce_add_epi32(n);
+    }
+    for (int64_t i = full; i < I; i++) {
+        const int32_t n = static_cast<int32_t>(std::nearbyint(p[i] / scale));
+        q[i] = static_cast<uint8_t>(n + offset);
+        if (sums) sums[i / G] += n;
+    }
+    return scale;
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) inline void block(
@@ -98,15 +140,7 @@ at::Tensor int8_linear(const at::Tensor &x, const at::Tensor &packed, const at::
     std::vector<uint8_t> xu(static_cast<size_t>(pairs * 2 * I_pad), 128);
     std::vector<float> xs(static_cast<size_t>(pairs * 2), 0.f);
     const float *xp = xf.data_ptr<float>();
-    for (int64_t r = 0; r < R; r++) {
-        const float *p = xp + r * I;
-        float m = 0.f;
-        for (int64_t i = 0; i < I; i++) m = std::max(m, std::fabs(p[i]));
-        const float scale = m > 0.f ? m / 127.f : 1.f;
-        xs[r] = scale;
-        uint8_t *q = xu.data() + r * I_pad;
-        for (int64_t i = 0; i < I; i++) q[i] = static_cast<uint8_t>(static_cast<int>(std::nearbyint(p[i] / scale)) + 128);
-    }
+    for (int64_t r = 0; r < R; r++) xs[r] = quantise_row(xp + r * I, I, xu.data() + r * I_pad, 128, nullptr, 16);
     at::Tensor y = at::empty({R, O}, xf.options());
     const int8_t *w = packed.data_ptr<int8_t>();
     const int8_t *wend = w + packed.numel();
@@ -227,13 +261,106 @@ at::Tensor rows_linear(const at::Tensor &x, const at::Tensor &weight, const c10:
     return y.to(weight.scalar_type()).view(shape);  // bfloat16: round to nearest even, as torch does
 }
 
+// One block of 16 outputs against two quantised rows: out = sum over groups of
+// (integer group sum) x (the group's scale), in group order, per output lane.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) inline void block4(
+    const uint8_t *wp, const float *sp, const uint8_t *x0, const uint8_t *x1, const int32_t *sum0,
+    const int32_t *sum1, int64_t groups, int64_t chunks, float *out0, float *out1) {
+    const __m512i *w = reinterpret_cast<const __m512i *>(wp);
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    __m512 f0 = _mm512_setzero_ps(), f1 = f0;
+    for (int64_t g = 0; g < groups; g++) {
+        __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        for (int64_t c = g * chunks; c < (g + 1) * chunks; c += 2) {
+            ask(reinterpret_cast<const char *>(wp), nullptr, static_cast<std::uintptr_t>((c + 64) * 64));  // 4 KiB ahead in the packed stream
+            const __m512i v0 = _mm512_loadu_si512(w + c), v1 = _mm512_loadu_si512(w + c + 1);
+            const __m512i lo0 = _mm512_and_si512(v0, low), hi0 = _mm512_and_si512(_mm512_srli_epi16(v0, 4), low);
+            const __m512i lo1 = _mm512_and_si512(v1, low), hi1 = _mm512_and_si512(_mm512_srli_epi16(v1, 4), low);
+            const uint8_t *p0 = x0 + 8 * c, *p1 = x1 + 8 * c;
+            a0 = _mm512_dpbusd_epi32(a0, lo0, _mm512_set1_epi32(four(p0)));
+            a1 = _mm512_dpbusd_epi32(a1, hi0, _mm512_set1_epi32(four(p0 + 4)));
+            a2 = _mm512_dpbusd_epi32(a2, lo1, _mm512_set1_epi32(four(p0 + 8)));
+            a3 = _mm512_dpbusd_epi32(a3, hi1, _mm512_set1_epi32(four(p0 + 12)));
+            b0 = _mm512_dpbusd_epi32(b0, lo0, _mm512_set1_epi32(four(p1)));
+            b1 = _mm512_dpbusd_epi32(b1, hi0, _mm512_set1_epi32(four(p1 + 4)));
+            b2 = _mm512_dpbusd_epi32(b2, lo1, _mm512_set1_epi32(four(p1 + 8)));
+            b3 = _mm512_dpbusd_epi32(b3, hi1, _mm512_set1_epi32(four(p1 + 12)));
+        }
+        // the weights were stored + 8: take back 8 x the group's input sum (exact integers)
+        const __m512i s0 = _mm512_sub_epi32(_mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)),
+                                            _mm512_set1_epi32(8 * sum0[g]));
+        const __m512i s1 = _mm512_sub_epi32(_mm512_add_epi32(_mm512_add_epi32(b0, b1), _mm512_add_epi32(b2, b3)),
+                                            _mm512_set1_epi32(8 * sum1[g]));
+        const __m512 scale = _mm512_loadu_ps(sp + g * 16);
+        f0 = _mm512_add_ps(f0, _mm512_mul_ps(_mm512_cvtepi32_ps(s0), scale));
+        f1 = _mm512_add_ps(f1, _mm512_mul_ps(_mm512_cvtepi32_ps(s1), scale));
+    }
+    _mm512_storeu_ps(out0, f0);
+    _mm512_storeu_ps(out1, f1);
+}
+
+at::Tensor int4_linear(const at::Tensor &x, const at::Tensor &packed, const at::Tensor &scales,
+                       const c10::optional<at::Tensor> &bias, int64_t out_features) {
+    TORCH_CHECK(packed.dim() == 4 && packed.size(2) == 16 && packed.size(3) == 4 && packed.is_contiguous() &&
+                    packed.scalar_type() == at::kByte,
+                "harmonia.int4_linear: packed weights must be uint8 [O/16, I/8, 16, 4]");
+    const int64_t I = x.size(-1), O = out_features, blocks = packed.size(0), chunks_all = packed.size(1);
+    const int64_t I_pad = chunks_all * 8;
+    TORCH_CHECK(scales.dim() == 3 && scales.size(0) == blocks && scales.size(2) == 16 && scales.is_contiguous() &&
+                    scales.scalar_type() == at::kFloat && scales.size(1) > 0 && I_pad % scales.size(1) == 0,
+                "harmonia.int4_linear: scales must be float32 [O/16, I/G, 16]");
+    const int64_t groups = scales.size(1), G = I_pad / groups, chunks = G / 8;
+    TORCH_CHECK(G % 16 == 0 && I_pad - I < G && I <= I_pad && O <= blocks * 16 && O > (blocks - 1) * 16,
+                "harmonia.int4_linear: x's width and out_features must match the packed weights (groups of a "
+                "multiple of 16 inputs)");
+    TORCH_CHECK(!bias.has_value() || !bias->defined() ||
+                    (bias->numel() == O && bias->scalar_type() == at::kFloat && bias->is_contiguous()),
+                "harmonia.int4_linear: bias must have one float32 entry per output");
+    const at::Tensor xf = x.reshape({-1, I}).to(at::kFloat).contiguous();
+    const int64_t R = xf.size(0), pairs = (R + 1) / 2;
+    // each row quantised by its own scale; pads hold 0; each group's input sum kept
+    std::vector<uint8_t> xq(static_cast<size_t>(pairs * 2 * I_pad), 0);  // int8 values as bytes
+    std::vector<int32_t> xsum(static_cast<size_t>(pairs * 2 * groups), 0);
+    std::vector<float> xs(static_cast<size_t>(pairs * 2), 0.f);
+    const float *xp = xf.data_ptr<float>();
+    for (int64_t r = 0; r < R; r++)
+        xs[r] = quantise_row(xp + r * I, I, xq.data() + r * I_pad, 0, xsum.data() + r * groups, G);
+    at::Tensor y = at::empty({R, O}, xf.options());
+    const uint8_t *w = packed.data_ptr<uint8_t>();
+    const float *s = scales.data_ptr<float>();
+    const float *b = bias.has_value() && bias->defined() ? bias->data_ptr<float>() : nullptr;
+    float *yp = y.data_ptr<float>();
+    at::parallel_for(0, blocks, 4, [&](int64_t begin, int64_t end) {
+        alignas(64) float acc0[16], acc1[16];
+        for (int64_t ob = begin; ob < end; ob++) {
+            for (int64_t pair = 0; pair < pairs; pair++) {  // the block's bytes stay in cache
+                const int64_t r0 = 2 * pair;
+                block4(w + ob * chunks_all * 64, s + ob * groups * 16, xq.data() + r0 * I_pad,
+                       xq.data() + (r0 + 1) * I_pad, xsum.data() + r0 * groups, xsum.data() + (r0 + 1) * groups,
+                       groups, chunks, acc0, acc1);
+                for (int64_t j = 0; j < 16 && ob * 16 + j < O; j++) {
+                    const int64_t o = ob * 16 + j;
+                    const float bo = b ? b[o] : 0.f;
+                    yp[r0 * O + o] = acc0[j] * xs[r0] + bo;
+                    if (r0 + 1 < R) yp[(r0 + 1) * O + o] = acc1[j] * xs[r0 + 1] + bo;
+                }
+            }
+        }
+    });
+    std::vector<int64_t> shape = x.sizes().vec();
+    shape.back() = O;
+    return y.view(shape);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(harmonia, m) {
     m.def("int8_linear(Tensor x, Tensor packed, Tensor scales, Tensor colsum, Tensor? bias) -> Tensor");
+    m.def("int4_linear(Tensor x, Tensor packed, Tensor scales, Tensor? bias, int out_features) -> Tensor");
     m.def("rows_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
 }
 TORCH_LIBRARY_IMPL(harmonia, CPU, m) {
     m.impl("int8_linear", &int8_linear);
+    m.impl("int4_linear", &int4_linear);
     m.impl("rows_linear", &rows_linear);
 }

