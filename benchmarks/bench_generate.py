@@ -143,9 +143,7 @@ def decoder_bytes(engine: MusicGenEngine) -> int:
         if type(module).__name__ == "Linear" and hasattr(module, "_packed_params"):  # torch.ao dynamic int8
             weight, _ = module._packed_params._weight_bias()
             total += weight.numel()  # one byte per weight
-        elif hasattr(module, "packed") or hasattr(module, "scales"):  # Harmonia's rowwise int8
-            total += module.in_features * module.out_features + 8 * module.out_features
-        else:
+        else:  # float weights, or Harmonia's packed int8/int4 weights and their scales
             tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
             total += sum(t.numel() * t.element_size() for t in tensors)
     return total
@@ -162,7 +160,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=53, help="decoding steps per run (53 = 1 s of audio)")
     parser.add_argument("--runs", type=int, default=2, help="best of N")
     parser.add_argument("--batches", default="1,4")
-    parser.add_argument("--modes", default="exact,bf16,int8", help="Harmonia precision modes to time")
+    parser.add_argument("--modes", default="exact,bf16,int8,int4", help="Harmonia precision modes to time")
     parser.add_argument(
         "--long", type=float, default=10.0, help="seconds of the long clip at batch 1 (0: skip)"
     )

@@ -35,16 +35,16 @@ def test_bench_generate_runs_on_the_tiny_model(tmp_path):
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     rows = {(r["mode"], r["batch"]): r for r in result["generate"] if r["clip"] == "short"}
-    assert set(rows) == {(m, b) for m in ("exact", "bf16", "int8") for b in (1, 2)}
+    assert set(rows) == {(m, b) for m in ("exact", "bf16", "int8", "int4") for b in (1, 2)}
     long = {r["mode"]: r for r in result["generate"] if r["clip"] == "long"}
-    assert set(long) == {"exact", "bf16", "int8"} and long["exact"]["same_samples_as_transformers"]
+    assert set(long) == {"exact", "bf16", "int8", "int4"} and long["exact"]["same_samples_as_transformers"]
     assert long["int8"]["batch"] == 1 and long["int8"]["seconds"] > rows["int8", 1]["seconds"]
     assert (
         rows["exact", 1]["same_samples_as_transformers"] and rows["exact", 2]["same_samples_as_transformers"]
     )
     assert result["steps"] == 13 and result["load_s"] > 0 and result["memory_bandwidth_gib_s"] > 0
-    per_step = {mode: rows[mode, 1]["decoder_bytes_per_step"] for mode in ("exact", "bf16", "int8")}
-    assert per_step["int8"] < per_step["bf16"] < per_step["exact"]
+    per_step = {mode: rows[mode, 1]["decoder_bytes_per_step"] for mode in ("exact", "bf16", "int8", "int4")}
+    assert per_step["int4"] < per_step["int8"] < per_step["bf16"] < per_step["exact"]
     for r in result["generate"]:  # the steps' share: their bytes over their time, against the bandwidth
         expected = (
             r["decoder_bytes_per_step"] / (1 << 30) / (r["step_ms"] / 1000) / result["memory_bandwidth_gib_s"]
@@ -56,6 +56,31 @@ def test_bench_generate_runs_on_the_tiny_model(tmp_path):
     assert {"exact: few_row_products", "bf16: bf16_products", "int8: int8_products"} <= set(
         result["calibration"]
     )
+
+
+def test_bench_precision_compares_every_mode_with_float32_on_the_tiny_model(tmp_path):
+    out = tmp_path / "precision.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/bench_precision.py"), "--tiny", "--frames", "20", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    rows = {r["mode"]: r for r in result["modes"]}
+    assert list(rows) == ["exact", "bf16", "int8 fbgemm", "int8 rowwise", "int4"] and result["frames"] == 20
+    assert rows["exact"] | {"forward_s": 0} == {
+        "mode": "exact", "layer": "Linear", "forward_s": 0, "relative_logit_error": 0.0,
+        "relative_logit_error_max": 0.0, "greedy_agreement": 1.0, "sampled_agreement": 1.0, "kl_nats": 0.0,
+    }  # fmt: skip
+    assert rows["int4"]["layer"] in ("_Int4Linear", "_ReferenceInt4Linear")
+    assert rows["int8 rowwise"]["layer"] in ("_RowwiseInt8Linear", "_ReferenceInt8Linear")
+    for name in ("bf16", "int8 fbgemm", "int8 rowwise", "int4"):
+        row = rows[name]
+        assert 0 < row["relative_logit_error"] <= row["relative_logit_error_max"] < 1, row
+        assert 0 < row["sampled_agreement"] < 1 and 0 <= row["greedy_agreement"] <= 1 and row["kl_nats"] > 0
+    # fewer bits, further from float32
+    assert rows["int4"]["relative_logit_error"] > rows["int8 rowwise"]["relative_logit_error"]
+    assert "int4" in proc.stdout and "float32 logits:" in proc.stdout
 
 
 def test_bench_samples_runs_on_the_tiny_model(tmp_path):
