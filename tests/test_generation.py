@@ -365,7 +365,7 @@ def test_bad_output_settings(music_wb):
         load_artifact(music_wb, "abcdef")
 
 
-@pytest.mark.parametrize("precision", ["exact", "bf16", "int8"])
+@pytest.mark.parametrize("precision", ["exact", "bf16", "int8", "int4"])
 def test_same_bytes_in_two_processes(music_wb, tmp_path, precision):
     """Two fresh processes, two workbenches: the same id and the same sha256, in every precision mode."""
     import shutil
