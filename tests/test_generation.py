@@ -456,5 +456,5 @@ def test_precision_is_in_the_manifest_the_id_and_reproduce(music_wb):
     assert exact.manifest.runtime.precision == "exact" and fast.manifest.runtime.precision == "int8"
     assert fast.manifest.identity["runtime"]["precision"] == "int8"
     assert reproduce(music_wb, fast.id).identical
-    with pytest.raises(RequestError, match=r"precision must be one of exact, bf16, int8, got 'fp4'"):
+    with pytest.raises(RequestError, match=r"precision must be one of exact, bf16, int8, int4, got 'fp4'"):
         generate(music_wb, "tiny-musicgen", request, precision="fp4")

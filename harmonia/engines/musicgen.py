@@ -471,6 +471,9 @@ PRODUCT_CHOICES = {  # precision -> the calibrated choice of its products, and h
     "int8": ("int8_products", _choose_int8_products),
 }
 PRODUCT_PATHS = {"few_row_products": FEW_ROW_PATHS, "bf16_products": BF16_PATHS, "int8_products": INT8_PATHS}
+# precision -> the path it ran before it had a choice (torch's own products): left out of ids,
+# replayed for manifests that name none, and all that a schema-1 id can have run
+BEFORE_CHOICES = {"bf16": ("bf16_products", "linear"), "int8": ("int8_products", "fbgemm")}
 KERNEL_PATHS = {("few_row_products", "rows"): "rows_linear", ("bf16_products", "rows"): "rows_linear"}
 
 
@@ -774,20 +777,18 @@ class MusicGenEngine:
 
     @classmethod
     def identity_paths(cls, runtime) -> dict[str, str]:
-        """The paths the artifact id names: bf16's ``linear`` and int8's ``fbgemm`` are what those
-        modes ran before they had a choice, so ids made then stay the ids of the same bytes."""
-        before = {("bf16_products", "linear"), ("int8_products", "fbgemm")}
+        """The paths the artifact id names: what bf16 and int8 ran before they had a choice
+        (:data:`BEFORE_CHOICES`) is left out, so ids made then stay the ids of the same bytes."""
+        before = set(BEFORE_CHOICES.values())
         return {name: path for name, path in runtime.paths if (name, path) not in before}
 
     @classmethod
     def replayed_paths(cls, runtime) -> dict[str, str]:
         """The fast paths a manifest's runtime ran: bf16 and int8 manifests made before those
-        modes had a choice name none, and ran torch's F.linear and torch.ao's fbgemm."""
+        modes had a choice name none, and ran :data:`BEFORE_CHOICES`."""
         paths = dict(runtime.paths)
-        if torch.device(runtime.device).type == "cpu":
-            before = {"int8": ("int8_products", "fbgemm"), "bf16": ("bf16_products", "linear")}
-            if runtime.precision in before:
-                paths.setdefault(*before[runtime.precision])
+        if torch.device(runtime.device).type == "cpu" and runtime.precision in BEFORE_CHOICES:
+            paths.setdefault(*BEFORE_CHOICES[runtime.precision])
         return paths
 
     @classmethod
@@ -799,10 +800,7 @@ class MusicGenEngine:
         if identity["parents"] or cls.code_version != 1 or runtime.precision == "int4":
             return None  # (schema 1 had no int4)
         recorded = dict(runtime.paths)
-        if (
-            recorded.get("int8_products", "fbgemm") != "fbgemm"
-            or recorded.get("bf16_products", "linear") != "linear"
-        ):
+        if any(recorded.get(name, path) != path for name, path in BEFORE_CHOICES.values()):
             return None  # schema 1 knew only torch's own bf16 and int8 products
         legacy_runtime = {k: identity["runtime"][k] for k in ("device", "dtype", "threads")}
         if runtime.precision != "exact":
