@@ -19,6 +19,7 @@ The engine knows nothing about artifacts, files it does not read, or the UI.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -61,6 +62,7 @@ from harmonia.workbench import Workbench
 
 TRAINED_WINDOW_S = 30.0
 DEFAULT_STRIDE_SHARE = 0.6  # audiocraft: 18 s of new audio per 30 s window
+log = logging.getLogger(__name__)
 PRECISIONS = ("exact", "bf16", "int8", "int4")
 FEW_ROWS = 2  # batch 1 with guidance; from 4 rows on, F.linear is multi-threaded and faster (measured)
 
@@ -187,8 +189,10 @@ class _ReferenceInt8Linear(_RowwiseInt8Linear):
         rows = x.reshape(-1, self.in_features).float()
         scale = rows.abs().amax(1, keepdim=True) / 127
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        sums = (torch.round(rows / scale).double() @ self.weight.double().t()).to(torch.int32)
-        return _shaped(sums.float() * (self.scales[None, :] * scale), self.bias, x, self.out_features)
+        # exact integer sums in float64, rounded once to float32 as the kernel's int32 -> float32 is;
+        # a row with a NaN or an infinity stays NaN (through int32 it would become a number)
+        sums = (torch.round(rows / scale).double() @ self.weight.double().t()).float()
+        return _shaped(sums * (self.scales[None, :] * scale), self.bias, x, self.out_features)
 
 
 INT4_GROUP = 64  # inputs of a channel that share one scale in the int4 scheme
@@ -238,10 +242,13 @@ class _Int4Linear(torch.nn.Module):
 
 class _ReferenceInt4Linear(_Int4Linear):
     """:class:`_Int4Linear`'s arithmetic in torch, for CPUs without the kernel: each group's
-    integer sum from a float64 product (exact), then the kernel's float steps in its order."""
+    integer sum from a float32 product (exact: a group's partial sums stay below 64 x 7 x 127,
+    far below 2**24, in any order), then the kernel's float steps in its order. It keeps the
+    rounded weights as float32 (4 bytes a weight, as ``exact``) and runs at about float32's
+    speed or slower; a row with a NaN or an infinity gives NaN outputs, as the kernel does."""
 
     def _keep(self, quantised: torch.Tensor, scales: torch.Tensor) -> None:
-        self.register_buffer("weight", quantised)  # [O_pad, I_pad] int8
+        self.register_buffer("weight", quantised.float())  # [O_pad, I_pad], the integers -7..7
         self.register_buffer("scales", scales.contiguous())  # [O_pad, groups]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -252,10 +259,10 @@ class _ReferenceInt4Linear(_Int4Linear):
         groups = self.scales.shape[1]
         quantised = torch.nn.functional.pad(torch.round(rows / scale), [0, in_pad - self.in_features])
         sums = torch.bmm(  # [groups, rows, out_pad]: exact integers
-            quantised.double().reshape(rows.shape[0], groups, -1).transpose(0, 1),
-            self.weight.double().reshape(out_pad, groups, -1).permute(1, 2, 0),
+            quantised.reshape(rows.shape[0], groups, -1).transpose(0, 1),
+            self.weight.reshape(out_pad, groups, -1).permute(1, 2, 0),
         )
-        products = sums.float() * self.scales.t().unsqueeze(1)
+        products = sums * self.scales.t().unsqueeze(1)
         total = torch.zeros(rows.shape[0], out_pad)
         for group in range(groups):  # added in the kernel's order
             total = total + products[group]
@@ -267,7 +274,14 @@ def _quantise_linears(decoder: torch.nn.Module, product: str, kernel: type, refe
     ``reference`` (the same bits in torch)."""
     from harmonia.kernels import unavailable
 
-    kind = kernel if unavailable(product) is None else reference
+    why = unavailable(product)
+    kind = kernel if why is None else reference
+    if why is not None:
+        log.warning(
+            "Harmonia's %s kernel is unavailable (%s): its torch form runs, the same bits, slower",
+            product,
+            why,
+        )
     for module in list(decoder.modules()):
         for name, child in list(module.named_children()):
             if type(child) is torch.nn.Linear:

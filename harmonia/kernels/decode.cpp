@@ -36,6 +36,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 namespace {
@@ -69,14 +70,28 @@ __attribute__((target("avx512f"))) inline float lanes(__m512 v) {
 // 0: int8). With `sums`, each group of G inputs' sum of the quantised values (without offset) is
 // added to sums[i / G]. Returns the scale. The max and the integer sums do not depend on the
 // order; the division and the rounding are IEEE operations, the same as the scalar tail's.
+// A row with a NaN or an infinity returns a NaN scale (its products come out NaN, as torch's
+// float arithmetic gives them) and quantises to zeros.
 __attribute__((target("avx512f,avx512bw,avx512vl"))) float quantise_row(const float *p, int64_t I, uint8_t *q,
                                                                           int32_t offset, int32_t *sums, int64_t G) {
     __m512 mv = _mm512_setzero_ps();
+    __mmask16 nan = 0;
     const int64_t full = I / 16 * 16;
-    for (int64_t i = 0; i < full; i += 16)  // a NaN input is skipped, as std::max(m, NaN) skips it
-        mv = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(p + i)), mv);
+    for (int64_t i = 0; i < full; i += 16) {
+        const __m512 v = _mm512_abs_ps(_mm512_loadu_ps(p + i));
+        nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+        mv = _mm512_max_ps(v, mv);
+    }
     float m = _mm512_reduce_max_ps(mv);
-    for (int64_t i = full; i < I; i++) m = std::max(m, std::fabs(p[i]));
+    bool finite = nan == 0;
+    for (int64_t i = full; i < I; i++) {
+        finite = finite && !std::isnan(p[i]);
+        m = std::max(m, std::fabs(p[i]));
+    }
+    if (!finite || std::isinf(m)) {
+        std::memset(q, offset, static_cast<size_t>(I));
+        return std::numeric_limits<float>::quiet_NaN();
+    }
     const float scale = m > 0.f ? m / 127.f : 1.f;
     const __m512 sv = _mm512_set1_ps(scale);
     const __m512i ov = _mm512_set1_epi32(offset);
@@ -157,10 +172,14 @@ at::Tensor int8_linear(const at::Tensor &x, const at::Tensor &packed, const at::
                 block(w + ob * 16 * I_pad, wend, xu.data() + r0 * I_pad, xu.data() + (r0 + 1) * I_pad, I_pad, acc0, acc1);
                 for (int64_t j = 0; j < 16 && ob * 16 + j < O; j++) {
                     const int64_t o = ob * 16 + j;
-                    const float bo = b ? b[o] : 0.f;
                     const int32_t zero = 128 * cs[o];  // the +128 of the inputs, taken back exactly
-                    yp[r0 * O + o] = static_cast<float>(acc0[j] - zero) * (s[o] * xs[r0]) + bo;
-                    if (r0 + 1 < R) yp[(r0 + 1) * O + o] = static_cast<float>(acc1[j] - zero) * (s[o] * xs[r0 + 1]) + bo;
+                    // no bias: nothing added (+ 0.0 would turn an underflowed -0.0 into +0.0)
+                    const float y0 = static_cast<float>(acc0[j] - zero) * (s[o] * xs[r0]);
+                    yp[r0 * O + o] = b ? y0 + b[o] : y0;
+                    if (r0 + 1 < R) {
+                        const float y1 = static_cast<float>(acc1[j] - zero) * (s[o] * xs[r0 + 1]);
+                        yp[(r0 + 1) * O + o] = b ? y1 + b[o] : y1;
+                    }
                 }
             }
         }
@@ -340,9 +359,9 @@ at::Tensor int4_linear(const at::Tensor &x, const at::Tensor &packed, const at::
                        groups, chunks, acc0, acc1);
                 for (int64_t j = 0; j < 16 && ob * 16 + j < O; j++) {
                     const int64_t o = ob * 16 + j;
-                    const float bo = b ? b[o] : 0.f;
-                    yp[r0 * O + o] = acc0[j] * xs[r0] + bo;
-                    if (r0 + 1 < R) yp[(r0 + 1) * O + o] = acc1[j] * xs[r0 + 1] + bo;
+                    const float y0 = acc0[j] * xs[r0], y1 = acc1[j] * xs[r0 + 1];
+                    yp[r0 * O + o] = b ? y0 + b[o] : y0;  // no bias: nothing added (keeps a -0.0)
+                    if (r0 + 1 < R) yp[(r0 + 1) * O + o] = b ? y1 + b[o] : y1;
                 }
             }
         }

@@ -19,6 +19,17 @@ needs_avx512 = pytest.mark.skipif(not AVX512, reason="this CPU lacks AVX-512 (th
 needs_vnni = pytest.mark.skipif(not VNNI, reason="this CPU lacks AVX-512 VNNI (the int8 kernel's target)")
 
 
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit for bit, NaN where NaN (its payload and sign carry nothing): torch.equal calls -0.0 and
+    +0.0 equal and NaN unequal to itself."""
+    nan = a.isnan()
+    return (
+        a.shape == b.shape
+        and torch.equal(nan, b.isnan())
+        and torch.equal(a[~nan].view(torch.int32), b[~nan].view(torch.int32))
+    )
+
+
 def test_the_products_are_built_wherever_the_cpu_runs_them():
     """On a CPU with the instructions (every CI machine so far) the library must compile and load:
     a broken build would otherwise only show as torch's slower paths being chosen."""
@@ -58,11 +69,11 @@ def test_the_float_product_is_a_linear_and_its_bits_do_not_depend_on_threads(dty
     assert (one.double() - exact).abs().max() <= limit
 
 
-def _int8_pair(out: int, width: int, bias: bool):
+def _int8_pair(out: int, width: int, bias: bool, gain: float = 0.05):
     generator = torch.Generator().manual_seed(width)
     linear = torch.nn.Linear(width, out, bias=bias)
     with torch.no_grad():
-        linear.weight.copy_(torch.randn(out, width, generator=generator) * 0.05)
+        linear.weight.copy_(torch.randn(out, width, generator=generator) * gain)
     return musicgen._RowwiseInt8Linear(linear), musicgen._ReferenceInt8Linear(linear), linear
 
 
@@ -79,8 +90,8 @@ def test_the_int8_kernel_computes_the_torch_reference_to_the_bit(out, width, row
         two = kernel(x)
     finally:
         torch.set_num_threads(threads)
-    assert one.shape == (3, rows, out) and torch.equal(one, two)
-    assert torch.equal(one, reference(x))
+    assert one.shape == (3, rows, out) and same_bits(one, two)
+    assert same_bits(one, reference(x))
     # an int8 product: near the float32 one, nearer than per-tensor scales would be
     error = (one - linear(x)).abs().max() / linear(x).abs().max()
     assert 0 < error < 0.02
@@ -92,11 +103,11 @@ def test_the_int8_reference_runs_anywhere_and_keeps_zero_rows_finite():
     assert torch.equal(reference(x), linear.bias.detach().expand(2, 16))
 
 
-def _int4_pair(out: int, width: int, bias: bool):
+def _int4_pair(out: int, width: int, bias: bool, gain: float = 0.05):
     generator = torch.Generator().manual_seed(width)
     linear = torch.nn.Linear(width, out, bias=bias)
     with torch.no_grad():
-        linear.weight.copy_(torch.randn(out, width, generator=generator) * 0.05)
+        linear.weight.copy_(torch.randn(out, width, generator=generator) * gain)
         linear.weight[0, :8] = 0  # a group with zeros, one without its largest weight
     return musicgen._Int4Linear(linear), musicgen._ReferenceInt4Linear(linear), linear
 
@@ -116,12 +127,35 @@ def test_the_int4_kernel_computes_the_torch_reference_to_the_bit(out, width, row
         two = kernel(x)
     finally:
         torch.set_num_threads(threads)
-    assert one.shape == (3, rows, out) and one.dtype == torch.float32 and torch.equal(one, two)
-    assert torch.equal(one, reference(x))
+    assert one.shape == (3, rows, out) and one.dtype == torch.float32 and same_bits(one, two)
+    assert same_bits(one, reference(x))
     # 4 bits with a scale per 64 inputs: further from float32 than int8, still near it
     error = (one - linear(x)).abs().max() / linear(x).abs().max()
     int8_error = (musicgen._ReferenceInt8Linear(linear)(x) - linear(x)).abs().max() / linear(x).abs().max()
     assert int8_error < error < 0.15
+
+
+@needs_vnni
+@pytest.mark.parametrize("pair", [_int8_pair, _int4_pair])
+def test_the_integer_kernels_agree_with_torch_on_ties_underflow_nan_and_infinity(pair):
+    """Inputs that land on .5 after the row's scale (round half to even), products that
+    underflow to -0.0 without a bias, and rows with a NaN or an infinity (all NaN out)."""
+    kernel, reference, _ = pair(37, 130, bias=False)
+    generator = torch.Generator().manual_seed(3)
+    ties = torch.randint(-254, 255, (4, 130), generator=generator).float() / 2  # k/2: many exact .5s
+    ties[:, 0] = 127.0  # the scale is 1: every odd k lands on a tie
+    broken = torch.randn(3, 130, generator=generator)
+    broken[0, 5], broken[1, 129], broken[2, 64] = float("nan"), float("inf"), float("-inf")
+    for x in (ties, broken):
+        assert same_bits(kernel(x), reference(x))
+    assert kernel(broken).isnan().all()
+    small_kernel, small_reference, _ = pair(37, 130, bias=False, gain=1e-30)
+    tiny = torch.randn(4, 130, generator=generator) * 1e-30  # the weights' scale x the row's underflows
+    out = small_kernel(tiny)
+    assert same_bits(out, small_reference(tiny))
+    assert (torch.signbit(out) & (out == 0)).any()  # -0.0 kept: nothing added where there is no bias
+    fine = torch.randn(2, 130, generator=generator)
+    assert not kernel(torch.cat([broken, fine]))[3:].isnan().any()  # one row's NaN stays in its row
 
 
 def test_the_int4_scheme_stores_half_a_byte_a_weight_and_the_reference_runs_anywhere():
@@ -324,7 +358,7 @@ def test_the_kernel_source_is_pinned_to_the_engines_code_version():
     digest = hashlib.sha256(kernels.SOURCE.read_bytes()).hexdigest()
     assert (MusicGenEngine.code_version, digest) == (
         1,
-        "7bbc8a8573ac57e2aca75b0b10f368ddc96c23eb82697eb2336abd31de7e1228",
+        "ae6ea49f19a1ef6a4776848f868053b86c144a8f3fa97a46b4c796c9160ff753",
     ), (
         "harmonia/kernels/decode.cpp changed: bump MusicGenEngine.code_version if its bits did, then pin the digest"
     )
