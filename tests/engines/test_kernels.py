@@ -19,6 +19,18 @@ needs_avx512 = pytest.mark.skipif(not AVX512, reason="this CPU lacks AVX-512 (th
 needs_vnni = pytest.mark.skipif(not VNNI, reason="this CPU lacks AVX-512 VNNI (the int8 kernel's target)")
 
 
+def on_one_and_two_threads(run):
+    """``run()``'s result on one thread and on two (torch's setting restored after)."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+        torch.set_num_threads(2)
+        return one, run()
+    finally:
+        torch.set_num_threads(threads)
+
+
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Bit for bit, NaN where NaN (its payload and sign carry nothing): torch.equal calls -0.0 and
     +0.0 equal and NaN unequal to itself."""
@@ -53,14 +65,7 @@ def test_the_float_product_is_a_linear_and_its_bits_do_not_depend_on_threads(dty
     b = torch.randn(out, generator=generator).to(dtype) if bias else None
     x = torch.randn(1, rows, width, generator=generator).to(dtype)
     exact = torch.nn.functional.linear(x.double(), weight.double(), None if b is None else b.double())
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = torch.ops.harmonia.rows_linear(x, weight, b)
-        torch.set_num_threads(2)
-        two = torch.ops.harmonia.rows_linear(x, weight, b)
-    finally:
-        torch.set_num_threads(threads)
+    one, two = on_one_and_two_threads(lambda: torch.ops.harmonia.rows_linear(x, weight, b))
     assert one.shape == (1, rows, out) and one.dtype == dtype
     assert torch.equal(one, two)
     # as close to the float64 product as torch's own F.linear is (float32: rounding; bfloat16: one rounding)
@@ -82,14 +87,7 @@ def _int8_pair(out: int, width: int, bias: bool, gain: float = 0.05):
 def test_the_int8_kernel_computes_the_torch_reference_to_the_bit(out, width, rows):
     kernel, reference, linear = _int8_pair(out, width, bias=rows != 2)
     x = torch.randn(3, rows, width, generator=torch.Generator().manual_seed(1))
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = kernel(x)
-        torch.set_num_threads(2)
-        two = kernel(x)
-    finally:
-        torch.set_num_threads(threads)
+    one, two = on_one_and_two_threads(lambda: kernel(x))
     assert one.shape == (3, rows, out) and same_bits(one, two)
     assert same_bits(one, reference(x))
     # an int8 product: near the float32 one, nearer than per-tensor scales would be
@@ -119,14 +117,7 @@ def _int4_pair(out: int, width: int, bias: bool, gain: float = 0.05):
 def test_the_int4_kernel_computes_the_torch_reference_to_the_bit(out, width, rows):
     kernel, reference, linear = _int4_pair(out, width, bias=rows != 2)
     x = torch.randn(3, rows, width, generator=torch.Generator().manual_seed(1))
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = kernel(x)
-        torch.set_num_threads(2)
-        two = kernel(x)
-    finally:
-        torch.set_num_threads(threads)
+    one, two = on_one_and_two_threads(lambda: kernel(x))
     assert one.shape == (3, rows, out) and one.dtype == torch.float32 and same_bits(one, two)
     assert same_bits(one, reference(x))
     # 4 bits with a scale per 64 inputs: further from float32 than int8, still near it
