@@ -165,7 +165,9 @@ def test_the_int4_scheme_stores_half_a_byte_a_weight_and_the_reference_runs_anyw
 
 
 @needs_vnni
-def test_int4_makes_the_same_audio_with_or_without_the_kernel_and_is_an_artifact_of_its_own(wb, monkeypatch):
+def test_int4_makes_the_same_audio_with_or_without_the_kernel_and_is_an_artifact_of_its_own(
+    wb, monkeypatch, caplog
+):
     """The kernel and its torch stand-in compute the same bits, so an int4 artifact made on an
     AVX-512 VNNI machine reproduces on any CPU (more slowly)."""
     from harmonia.generation import generate, reproduce
@@ -180,7 +182,14 @@ def test_int4_makes_the_same_audio_with_or_without_the_kernel_and_is_an_artifact
     for kernel in (True, False):
         if not kernel:
             monkeypatch.setattr(kernels, "unavailable", lambda product: "this CPU lacks avx512_vnni")
-        engine = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int4")
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="harmonia.engines.musicgen"):
+            engine = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int4")
+        warning = (
+            "Harmonia's int4_linear kernel is unavailable (this CPU lacks avx512_vnni): its torch form "
+            "runs, the same bits, slower"
+        )
+        assert (warning in caplog.text) == (not kernel)
         assert engine.loaded.choices == {}
         layer = type(engine.model.decoder.model.decoder.layers[0].fc1).__name__
         assert layer == ("_Int4Linear" if kernel else "_ReferenceInt4Linear")
