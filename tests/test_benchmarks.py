@@ -83,6 +83,32 @@ def test_bench_precision_compares_every_mode_with_float32_on_the_tiny_model(tmp_
     assert "int4" in proc.stdout and "float32 logits:" in proc.stdout
 
 
+def test_bench_products_times_every_path_this_cpu_runs(tmp_path):
+    from harmonia import kernels
+
+    out = tmp_path / "products.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/bench_products.py"), "--tiny", "--runs", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    paths = {r["path"]: r for r in result["paths"]}
+    expected = {"fp32 F.linear", "fp32 W @ x.T", "bf16 F.linear", "int8 fbgemm"}
+    if kernels.unavailable("rows_linear") is None:
+        expected |= {"fp32 rows (Harmonia)", "bf16 rows (Harmonia)"}
+    if kernels.unavailable("int4_linear") is None:
+        expected |= {"int8 rowwise (Harmonia)", "int4 (Harmonia)"}
+        assert [c["products"] for c in result["calls"]] == ["fc2", "hidden x hidden"]
+        assert result["calls"][1]["calls"] == 6 * result["layers"]
+    assert set(paths) == expected and (result["layers"], result["hidden"], result["ffn"]) == (2, 64, 256)
+    weights = result["layers"] * (6 * 64 * 64 + 2 * 64 * 256)
+    assert paths["fp32 F.linear"]["bytes"] == 4 * weights and paths["bf16 F.linear"]["bytes"] == 2 * weights
+    for row in paths.values():  # GiB/s: the bytes over the time (rounded to 0.1)
+        assert row["ms"] > 0 and abs(row["gib_s"] - row["bytes"] / 2**30 / row["seconds"]) <= 0.051
+    assert "the sum of a buffer" in proc.stdout
+
+
 def test_bench_samples_runs_on_the_tiny_model(tmp_path):
     out = tmp_path / "samples.json"
     proc = subprocess.run(

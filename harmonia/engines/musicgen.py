@@ -286,6 +286,47 @@ def _quantise_linears(decoder: torch.nn.Module, product: str, kernel: type, refe
         for name, child in list(module.named_children()):
             if type(child) is torch.nn.Linear:
                 setattr(module, name, kind(child))
+    if why is None:
+        _lay_out_in_step_order(decoder)
+
+
+def _lay_out_in_step_order(decoder: torch.nn.Module) -> None:
+    """Move the kernels' packed weights and scales into one buffer, one after another in the
+    order a decoding step reads them (each layer's q, k, v, out, cross q, cross out, fc1, fc2,
+    then the heads; the prompt's cross k and v last), each 64-byte aligned.
+
+    Only where the bytes lie changes, not a bit of any result. Measured (AMD EPYC, 2 threads):
+    144 int4 products of 1024 x 1024 read 27-28 GiB/s from separate tensors and 37 GiB/s as
+    views of one buffer (one call over all of it: 45-53 GiB/s): the memory streams on from one
+    product into the next instead of starting again at a tensor somewhere else.
+    """
+    layers = decoder.model.decoder.layers
+    order = [
+        module
+        for layer in layers
+        for module in (
+            layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.out_proj,
+            layer.encoder_attn.q_proj, layer.encoder_attn.out_proj, layer.fc1, layer.fc2,
+        )
+    ] + list(decoder.lm_heads) + [m for layer in layers for m in (layer.encoder_attn.k_proj, layer.encoder_attn.v_proj)]  # fmt: skip
+    seen = {id(m) for m in order}
+    order += [m for m in decoder.modules() if id(m) not in seen]  # anything else, in module order
+    tensors = [
+        (module, name) for module in order if hasattr(module, "packed") for name in ("packed", "scales")
+    ]
+    sizes = [-(-getattr(m, n).numel() * getattr(m, n).element_size() // 64) * 64 for m, n in tensors]
+    if not tensors:
+        return
+    raw = torch.from_numpy(np.empty(sum(sizes) + 64, dtype=np.uint8))  # numpy asks for huge pages
+    arena = raw[(-raw.data_ptr()) % 64 :]
+    offset = 0
+    for (module, name), size in zip(tensors, sizes, strict=True):
+        tensor = getattr(module, name)
+        nbytes = tensor.numel() * tensor.element_size()
+        view = arena[offset : offset + nbytes].view(tensor.dtype).view(tensor.shape)
+        view.copy_(tensor)
+        module._buffers[name] = view
+        offset += size
 
 
 def _set_precision(model, precision: str, paths: dict[str, str] | None = None):

@@ -19,6 +19,13 @@ needs_avx512 = pytest.mark.skipif(not AVX512, reason="this CPU lacks AVX-512 (th
 needs_vnni = pytest.mark.skipif(not VNNI, reason="this CPU lacks AVX-512 VNNI (the int8 kernel's target)")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _library():
+    """The library loaded in this process (built by the test controller; a test that calls a
+    product directly must not depend on an earlier test having loaded it)."""
+    kernels.build()
+
+
 def on_one_and_two_threads(run):
     """``run()``'s result on one thread and on two (torch's setting restored after)."""
     threads = torch.get_num_threads()
@@ -197,6 +204,41 @@ def test_int4_makes_the_same_audio_with_or_without_the_kernel_and_is_an_artifact
         audio.append(engine.generate(request).audio)
     assert audio[0].shape == (2, 1, 19200) and np.array_equal(audio[0], audio[1])
     assert reproduce(wb, made.id).identical  # on the stand-in (unavailable is still patched)
+
+
+@needs_vnni
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_the_packed_weights_lie_in_one_buffer_in_step_order_and_the_bytes_do_not_change(
+    wb, monkeypatch, precision
+):
+    monkeypatch.setenv("HARMONIA_INT8_PRODUCTS", "rowwise")
+    request = MusicRequest(["calm piano", "drums"], duration_s=0.6, seed=9)
+    engine = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision=precision)
+    layers = engine.model.decoder.model.decoder.layers
+    step = [
+        m
+        for layer in layers
+        for m in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.out_proj,
+                  layer.encoder_attn.q_proj, layer.encoder_attn.out_proj, layer.fc1, layer.fc2)
+    ] + list(engine.model.decoder.lm_heads)  # fmt: skip
+    storages = {t.untyped_storage().data_ptr() for m in step for t in (m.packed, m.scales)}
+    assert len(storages) == 1  # one buffer
+    starts = [t.data_ptr() for m in step for t in (m.packed, m.scales)]
+    assert starts == sorted(starts) and all(p % 64 == 0 for p in starts)  # in the order a step reads them
+    arranged = engine.generate(request).audio
+    monkeypatch.setattr(musicgen, "_lay_out_in_step_order", lambda decoder: None)
+    apart = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision=precision)
+    assert (
+        len(
+            {
+                m.packed.untyped_storage().data_ptr()
+                for m in apart.model.decoder.model.decoder.layers[0].modules()
+                if hasattr(m, "packed")
+            }
+        )
+        > 1
+    )
+    assert np.array_equal(arranged, apart.generate(request).audio)
 
 
 @needs_avx512
