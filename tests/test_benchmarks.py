@@ -10,15 +10,21 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_bench_verify_runs_and_writes_its_figures(tmp_path):
-    out = tmp_path / "verify.json"
+def run_bench(tmp_path: Path, script: str, *args: str, timeout: int = 300):
+    """Run benchmarks/<script>.py with ``args`` and --out in tmp_path; its JSON and the process."""
+    out = tmp_path / f"{script}.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks/bench_verify.py"), "--size-mib", "8", "--files", "16",
-         "--small-files", "200", "--runs", "1", "--out", str(out)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        [sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), *args, "--out", str(out)],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    result = json.loads(out.read_text())
+    return json.loads(out.read_text()), proc
+
+
+def test_bench_verify_runs_and_writes_its_figures(tmp_path):
+    result, proc = run_bench(
+        tmp_path, "bench_verify", "--size-mib", "8", "--files", "16", "--small-files", "200", "--runs", "1"
+    )
     assert result["big_tree"] == {"bytes": 8 << 20, "files": 16}
     assert result["small_tree_files"] == 200
     assert result["ratio_vs_single_stream"] > 0 and result["fast_verify_unchanged_s_best"] > 0
@@ -26,14 +32,8 @@ def test_bench_verify_runs_and_writes_its_figures(tmp_path):
 
 
 def test_bench_generate_runs_on_the_tiny_model(tmp_path):
-    out = tmp_path / "generate.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks/bench_generate.py"), "--tiny", "--steps", "13", "--runs", "1",
-         "--batches", "1,2", "--long", "0.6", "--out", str(out)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(out.read_text())
+    args = ("--tiny", "--steps", "13", "--runs", "1", "--batches", "1,2", "--long", "0.6")
+    result, _ = run_bench(tmp_path, "bench_generate", *args)
     rows = {(r["mode"], r["batch"]): r for r in result["generate"] if r["clip"] == "short"}
     assert set(rows) == {(m, b) for m in ("exact", "bf16", "int8", "int4") for b in (1, 2)}
     long = {r["mode"]: r for r in result["generate"] if r["clip"] == "long"}
@@ -59,13 +59,7 @@ def test_bench_generate_runs_on_the_tiny_model(tmp_path):
 
 
 def test_bench_precision_compares_every_mode_with_float32_on_the_tiny_model(tmp_path):
-    out = tmp_path / "precision.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks/bench_precision.py"), "--tiny", "--frames", "20", "--out", str(out)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(out.read_text())
+    result, proc = run_bench(tmp_path, "bench_precision", "--tiny", "--frames", "20")
     rows = {r["mode"]: r for r in result["modes"]}
     assert list(rows) == ["exact", "bf16", "int8 fbgemm", "int8 rowwise", "int4"] and result["frames"] == 20
     assert rows["exact"] | {"forward_s": 0} == {
@@ -86,13 +80,7 @@ def test_bench_precision_compares_every_mode_with_float32_on_the_tiny_model(tmp_
 def test_bench_products_times_every_path_this_cpu_runs(tmp_path):
     from harmonia import kernels
 
-    out = tmp_path / "products.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks/bench_products.py"), "--tiny", "--runs", "2", "--out", str(out)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(out.read_text())
+    result, proc = run_bench(tmp_path, "bench_products", "--tiny", "--runs", "2")
     paths = {r["path"]: r for r in result["paths"]}
     expected = {"fp32 F.linear", "fp32 W @ x.T", "bf16 F.linear", "int8 fbgemm"}
     if kernels.unavailable("rows_linear") is None:
@@ -110,13 +98,7 @@ def test_bench_products_times_every_path_this_cpu_runs(tmp_path):
 
 
 def test_bench_samples_runs_on_the_tiny_model(tmp_path):
-    out = tmp_path / "samples.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks/bench_samples.py"), "--tiny", "--steps", "2", "--out", str(out)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(out.read_text())
+    result, _ = run_bench(tmp_path, "bench_samples", "--tiny", "--steps", "2")
     assert [r["dtype"] for r in result["rows"]] == ["float32", "bfloat16"] and result["steps"] == 2
     for row in result["rows"]:
         assert row["same_samples"] and row["plain"]["seconds"] > 0 and row["engine"]["seconds_per_step"] > 0
@@ -125,27 +107,27 @@ def test_bench_samples_runs_on_the_tiny_model(tmp_path):
 
 @pytest.mark.slow
 def test_bench_audiocraft_runs_on_a_small_width(tmp_path):
-    out = tmp_path / "audiocraft.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks/bench_audiocraft.py"), "--seconds", "0.2", "--threads", "1",
-         "--dim", "64", "--layers", "2", "--out", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(out.read_text())
+    result, proc = run_bench(
+        tmp_path,
+        "bench_audiocraft",
+        "--seconds",
+        "0.2",
+        "--threads",
+        "1",
+        "--dim",
+        "64",
+        "--layers",
+        "2",
+        timeout=600,
+    )
     assert set(result["models"]) == {"musicgen-small", "magnet-small"} and result["magnet_speedup"] > 0
     assert "MAGNeT is" in proc.stdout
 
 
 @pytest.mark.slow
 def test_bench_video_runs_on_the_tiny_model(tmp_path):
-    out = tmp_path / "video.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks/bench_video.py"), "--tiny", "--steps", "2", "--size", "32",
-         "--frames", "5", "--warmup", "0", "--out", str(out)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(out.read_text())
+    result, _ = run_bench(
+        tmp_path, "bench_video", "--tiny", "--steps", "2", "--size", "32", "--frames", "5", "--warmup", "0"
+    )
     assert [r["dtype"] for r in result["rows"]] == ["float32", "bfloat16"]
     assert all(r["same_frames"] and r["size"] == "32x32x5" for r in result["rows"])
