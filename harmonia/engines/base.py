@@ -16,7 +16,10 @@ An engine module declares one engine class with:
   measure them, () for none); ``load(wb, name, runtime)``; ``generate(request, progress,
   cancel)`` returning a result whose ``takes`` are media (harmonia.media), with ``inputs``,
   ``request``, ``steps``, ``generate_s`` and ``details()`` for the manifest. An engine whose
-  old artifacts had other ids may offer ``legacy_identity(identity, runtime)``; one whose
+  old artifacts had other ids may offer ``legacy_identity(identity, runtime)``, and one whose
+  fast paths had defaults before they were recorded ``identity_paths(runtime)`` (the paths
+  the id names; default: all of them) and ``replayed_paths(runtime)`` (the paths
+  ``reproduce`` runs for a manifest; default: those recorded); one whose
   model reads other snapshots (audiocraft: a T5 text encoder, an MBD decoder) offers
   ``companions(wb, model, request)``: role -> verified inventory, part of the id and the licences.
 

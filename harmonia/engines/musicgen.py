@@ -269,24 +269,29 @@ class _ReferenceInt4Linear(_Int4Linear):
         return _shaped((total * scale)[:, : self.out_features], self.bias, x, self.out_features)
 
 
-def _quantise_linears(decoder: torch.nn.Module, product: str, kernel: type, reference: type) -> None:
-    """Every Linear of the decoder as ``kernel`` where Harmonia's ``product`` runs, else as
-    ``reference`` (the same bits in torch)."""
+def _kernel_or_reference(product: str, kernel: type, reference: type) -> type:
+    """``kernel`` where Harmonia's ``product`` runs here, else ``reference`` (the same bits in
+    torch, slower; said once in the log)."""
     from harmonia.kernels import unavailable
 
     why = unavailable(product)
-    kind = kernel if why is None else reference
-    if why is not None:
-        log.warning(
-            "Harmonia's %s kernel is unavailable (%s): its torch form runs, the same bits, slower",
-            product,
-            why,
-        )
+    if why is None:
+        return kernel
+    log.warning(
+        "Harmonia's %s kernel is unavailable (%s): its torch form runs, the same bits, slower", product, why
+    )
+    return reference
+
+
+def _quantise_linears(decoder: torch.nn.Module, product: str, kernel: type, reference: type) -> None:
+    """Every Linear of the decoder as ``kernel`` where Harmonia's ``product`` runs, else as
+    ``reference`` (the same bits in torch)."""
+    kind = _kernel_or_reference(product, kernel, reference)
     for module in list(decoder.modules()):
         for name, child in list(module.named_children()):
             if type(child) is torch.nn.Linear:
                 setattr(module, name, kind(child))
-    if why is None:
+    if kind is kernel:
         _lay_out_in_step_order(decoder)
 
 
@@ -404,9 +409,7 @@ def _choose_int8_products(state_dir: Path, decoder: torch.nn.Module, shape: str)
                 torch.nn.Sequential(*linears), {torch.nn.Linear}, dtype=torch.qint8
             )
         )
-    from harmonia.kernels import unavailable
-
-    kind = _RowwiseInt8Linear if unavailable("int8_linear") is None else _ReferenceInt8Linear
+    kind = _kernel_or_reference("int8_linear", _RowwiseInt8Linear, _ReferenceInt8Linear)
     rowwise = [kind(m) for m in linears]
     generator = torch.Generator().manual_seed(0)
     inputs = {
