@@ -65,6 +65,7 @@ DEFAULT_STRIDE_SHARE = 0.6  # audiocraft: 18 s of new audio per 30 s window
 log = logging.getLogger(__name__)
 PRECISIONS = ("exact", "bf16", "int8", "int4")
 FEW_ROWS = 2  # batch 1 with guidance; from 4 rows on, F.linear is multi-threaded and faster (measured)
+MANY_ROWS = 8  # batch 4 with guidance: bf16's "rows8" path runs Harmonia's kernel up to here
 
 
 def _shaped(y: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor, out_features: int) -> torch.Tensor:
@@ -112,6 +113,17 @@ class _RowsLinear(torch.nn.Linear):
         if x.numel() // x.shape[-1] > self.few_rows:
             return torch.nn.functional.linear(x, self.weight, self.bias)
         return torch.ops.harmonia.rows_linear(x, self.weight, self.bias)
+
+
+class _Rows8Linear(_RowsLinear):
+    """bf16's ``rows8`` path: Harmonia's kernel for up to :data:`MANY_ROWS` rows (batch 4 with
+    guidance), ``F.linear`` beyond (the prompt). On a CPU without bfloat16 instructions torch's
+    bfloat16 ``F.linear`` on 8 rows is slower than float32's (an Intel Xeon of the Ice Lake class:
+    172 against 143 ms for one step's products, measured), while the kernel reads each group of
+    weight rows once for all pairs of rows. A row's bits are the same at any row count, so at
+    batch 1 ``rows8`` makes the bytes ``rows`` makes."""
+
+    few_rows = MANY_ROWS
 
 
 def _swap_linears(module: torch.nn.Module, kind: type) -> None:
@@ -369,8 +381,9 @@ def _set_precision(model, precision: str, paths: dict[str, str] | None = None):
         decoder.register_forward_pre_hook(cast_inputs, with_kwargs=True)
         for head in decoder.lm_heads:
             head.register_forward_hook(lambda module, inputs, output: output.float())
-        if paths.get("bf16_products") == "rows":
-            _swap_linears(decoder, _RowsLinear)
+        kind = {"rows": _RowsLinear, "rows8": _Rows8Linear}.get(paths.get("bf16_products", "linear"))
+        if kind is not None:
+            _swap_linears(decoder, kind)
     elif precision == "int8" and paths.get("int8_products") == "rowwise":
         _quantise_linears(decoder, "int8_linear", _RowwiseInt8Linear, _ReferenceInt8Linear)
     elif precision == "int4":
@@ -428,7 +441,7 @@ def _choose_int8_products(state_dir: Path, decoder: torch.nn.Module, shape: str)
 
 
 FEW_ROW_PATHS = ("linear", "matmul", "rows")
-BF16_PATHS = ("linear", "rows")
+BF16_PATHS = ("linear", "rows", "rows8")
 
 
 def _decoder_shape(config: dict) -> str:
@@ -442,14 +455,16 @@ def _decoder_shape(config: dict) -> str:
     )
 
 
-def _product_shape(config: dict) -> str:
+def _product_shape(config: dict, which: str) -> str:
     """What a product path's speed depends on besides the CPU, torch and threads: the decoder's
     shape, and which of Harmonia's kernels run here (a machine whose build failed, or a CPU of the
-    same name without them, measures again instead of reading a choice it cannot run)."""
+    same name without them, measures again instead of reading a choice it cannot run). bf16's
+    products are measured on eight rows as well (choices cached before ``rows8`` are measured again)."""
     from harmonia.kernels import NEEDS, unavailable
 
     kernels = ", ".join(product for product in NEEDS if unavailable(product) is None) or "none"
-    return f"{_decoder_shape(config)} | Harmonia's kernels: {kernels}"
+    also = f" and {MANY_ROWS} rows" if which == "bf16_products" else ""
+    return f"{_decoder_shape(config)}{also} | Harmonia's kernels: {kernels}"
 
 
 def _choose_few_row_products(state_dir: Path, decoder: torch.nn.Module, shape: str) -> Choice:
@@ -469,30 +484,33 @@ def _choose_few_row_products(state_dir: Path, decoder: torch.nn.Module, shape: s
 
 
 def _choose_bf16_products(state_dir: Path, decoder: torch.nn.Module, shape: str) -> Choice:
-    """``F.linear`` or Harmonia's kernel for the bfloat16 decoder's two-row products. Both sum
-    in float32 and round once to bfloat16; a path further than 1/64 of the largest value from
-    ``F.linear``'s is never chosen."""
-    return _choose_float_products(state_dir, decoder, shape, "bf16_products", 1 / 64)
+    """``F.linear`` or Harmonia's kernel for the bfloat16 decoder's products: ``rows`` for two
+    rows (batch 1 with guidance), ``rows8`` for up to eight (batch 4). Each candidate runs one
+    step's products on two rows and again on eight, the way it would (``rows`` through
+    ``F.linear`` on eight), so the choice weighs both. Both sum in float32 and round once to
+    bfloat16; a path further than 1/64 of the largest value from ``F.linear``'s is never chosen."""
+    return _choose_float_products(state_dir, decoder, shape, "bf16_products", 1 / 64, many=True)
 
 
 def _choose_float_products(
-    state_dir: Path, decoder: torch.nn.Module, shape: str, name: str, tolerance: float
+    state_dir: Path, decoder: torch.nn.Module, shape: str, name: str, tolerance: float, many: bool = False
 ) -> Choice:
     from harmonia.kernels import unavailable
 
     named = [(name, m) for name, m in decoder.named_modules() if type(m) is torch.nn.Linear]
     dtype = named[0][1].weight.dtype
     generator = torch.Generator().manual_seed(0)
-    inputs = {
-        width: torch.randn(FEW_ROWS, width, generator=generator).to(dtype)
-        for width in {m.in_features for _, m in named}
+    widths = sorted({m.in_features for _, m in named})
+    fed_rows = {
+        rows: {w: torch.randn(rows, w, generator=generator).to(dtype) for w in widths}
+        for rows in (FEW_ROWS, MANY_ROWS)
     }
 
-    def step(product) -> list[torch.Tensor]:
+    def step(product, rows: int = FEW_ROWS) -> list[torch.Tensor]:
         """Every product once, each fc2 fed with gelu of its own layer's fc1 output, as a step
         runs: a path's output layout is its next product's input layout (W @ x.T returns a
         transposed view, and W @ x.T on such an input is about 3x slower, measured)."""
-        out, fed = [], {}
+        out, fed, inputs = [], {}, fed_rows[rows]
         for name, m in named:
             x = torch.nn.functional.gelu(fed.pop(name[:-1] + "1")) if name.endswith(".fc2") else None
             y = product(m, inputs[m.in_features] if x is None else x)
@@ -516,6 +534,11 @@ def _choose_float_products(
         candidates["matmul"] = lambda: step(matmul)
     if unavailable("rows_linear") is None:
         candidates["rows"] = lambda: step(rows)
+    if many:  # each path as it runs eight rows too
+        candidates["linear"] = lambda: step(plain) + step(plain, MANY_ROWS)
+        if "rows" in candidates:
+            candidates["rows"] = lambda: step(rows) + step(plain, MANY_ROWS)
+            candidates["rows8"] = lambda: step(rows) + step(rows, MANY_ROWS)
     with torch.inference_mode():
         return choose(
             state_dir, name, shape, candidates, "linear",
@@ -532,7 +555,11 @@ PRODUCT_PATHS = {"few_row_products": FEW_ROW_PATHS, "bf16_products": BF16_PATHS,
 # precision -> the path it ran before it had a choice (torch's own products): left out of ids,
 # replayed for manifests that name none, and all that a schema-1 id can have run
 BEFORE_CHOICES = {"bf16": ("bf16_products", "linear"), "int8": ("int8_products", "fbgemm")}
-KERNEL_PATHS = {("few_row_products", "rows"): "rows_linear", ("bf16_products", "rows"): "rows_linear"}
+KERNEL_PATHS = {
+    ("few_row_products", "rows"): "rows_linear",
+    ("bf16_products", "rows"): "rows_linear",
+    ("bf16_products", "rows8"): "rows_linear",
+}
 
 
 def _check_product_path(which: str, path: str) -> None:
@@ -736,7 +763,7 @@ class MusicGenEngine:
                 if recorded is not None:  # replayed from a manifest, or fixed by generate()
                     choice = Choice(which, recorded, "recorded", {})
                 else:  # forced by the environment, cached for this CPU, or measured now
-                    shape = _product_shape(json.loads((path / "config.json").read_text()))
+                    shape = _product_shape(json.loads((path / "config.json").read_text()), which)
                     choice = known(wb.state_dir, which, shape, threads, PRODUCT_PATHS[which])
                     if choice is None:
                         with pinned_threads(threads):
@@ -830,7 +857,7 @@ class MusicGenEngine:
         if name in dict(runtime.paths):
             return runtime.paths
         config, _, _ = _config_facts(snapshot)
-        choice = known(wb.state_dir, name, _product_shape(config), runtime.threads, PRODUCT_PATHS[name])
+        choice = known(wb.state_dir, name, _product_shape(config, name), runtime.threads, PRODUCT_PATHS[name])
         return None if choice is None else ((name, choice.path),)
 
     @classmethod

@@ -5,8 +5,9 @@
 //
 // harmonia.rows_linear: y = x @ W.T + b, float32 or bfloat16 W as stored by torch ([O, I]).
 //   Every output is one dot product summed in a fixed order (16 lanes, then a fixed lane
-//   reduction), so the bits do not depend on the thread count; they differ from torch's
-//   F.linear in the last bits (another order of the same sums).
+//   reduction), so the bits do not depend on the thread count nor on how many rows x has;
+//   they differ from torch's F.linear in the last bits (another order of the same sums). Rows
+//   go two by two against each group of weight rows, which stays in cache for the next pair.
 // harmonia.int8_linear: W stored as int8 (one scale per output channel), x quantised to int8
 //   per row on the fly (symmetric, round half to even). The sums are exact 32-bit integer sums
 //   (AVX-512 VNNI vpdpbusd); the float steps after them are fixed (-ffp-contract=off: no fused
@@ -225,8 +226,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void dots(const char *wv, c
     }
 }
 
-template <bool BF16, int R>
-void rows(const void *w, const float *x, const float *b, float *y, int64_t O, int64_t I) {
+template <bool BF16>
+void rows(const void *w, const float *x, const float *b, float *y, int64_t O, int64_t I, int64_t R) {
     constexpr int G = 4;  // four weight rows at once: up to eight independent sums in flight
     const int64_t groups = (O + G - 1) / G;
     const int64_t bytes = BF16 ? 2 : 4;
@@ -236,16 +237,25 @@ void rows(const void *w, const float *x, const float *b, float *y, int64_t O, in
         for (int64_t grp = begin; grp < end; grp++) {
             const int64_t o = grp * G;
             const char *wg = static_cast<const char *>(w) + o * I * bytes;
-            if (o + G <= O) {
-                dots<G, BF16, R>(wg, wend, I, x, x + I, s0, s1);
-            } else {
-                for (int64_t k = 0; o + k < O; k++)
-                    dots<1, BF16, R>(wg + k * I * bytes, wend, I, x, x + I, s0 + k, s1 + k);
-            }
-            for (int64_t k = 0; k < G && o + k < O; k++) {
-                const float bo = b ? b[o + k] : 0.f;
-                y[o + k] = s0[k] + bo;
-                if (R > 1) y[O + o + k] = s1[k] + bo;
+            // rows two by two against the same G weight rows (in cache after the first pair): a
+            // row's sums are the same operations whichever pair it is in, so its bits do not
+            // depend on R
+            for (int64_t r = 0; r < R; r += 2) {
+                const float *x0 = x + r * I;
+                const bool two = r + 1 < R;
+                if (o + G <= O) {
+                    two ? dots<G, BF16, 2>(wg, wend, I, x0, x0 + I, s0, s1)
+                        : dots<G, BF16, 1>(wg, wend, I, x0, x0, s0, s1);
+                } else {
+                    for (int64_t k = 0; o + k < O; k++)
+                        two ? dots<1, BF16, 2>(wg + k * I * bytes, wend, I, x0, x0 + I, s0 + k, s1 + k)
+                            : dots<1, BF16, 1>(wg + k * I * bytes, wend, I, x0, x0, s0 + k, s1 + k);
+                }
+                for (int64_t k = 0; k < G && o + k < O; k++) {
+                    const float bo = b ? b[o + k] : 0.f;
+                    y[r * O + o + k] = s0[k] + bo;
+                    if (two) y[(r + 1) * O + o + k] = s1[k] + bo;
+                }
             }
         }
     });
@@ -259,7 +269,7 @@ at::Tensor rows_linear(const at::Tensor &x, const at::Tensor &weight, const c10:
     TORCH_CHECK(x.size(-1) == I && x.scalar_type() == weight.scalar_type(), "harmonia.rows_linear: x");
     const at::Tensor xf = x.reshape({-1, I}).to(at::kFloat).contiguous();  // bfloat16 -> float32 is exact
     const int64_t R = xf.size(0);
-    TORCH_CHECK(R >= 1 && R <= 2, "harmonia.rows_linear: one or two rows");
+    TORCH_CHECK(R >= 1, "harmonia.rows_linear: at least one row");
     at::Tensor bf;
     if (bias.has_value() && bias->defined()) {
         TORCH_CHECK(bias->numel() == O, "harmonia.rows_linear: one bias per output");
@@ -270,11 +280,7 @@ at::Tensor rows_linear(const at::Tensor &x, const at::Tensor &weight, const c10:
     const void *w = weight.data_ptr();
     float *yp = y.data_ptr<float>();
     const float *xp = xf.data_ptr<float>();
-    if (bf16) {
-        R == 2 ? rows<true, 2>(w, xp, bp, yp, O, I) : rows<true, 1>(w, xp, bp, yp, O, I);
-    } else {
-        R == 2 ? rows<false, 2>(w, xp, bp, yp, O, I) : rows<false, 1>(w, xp, bp, yp, O, I);
-    }
+    bf16 ? rows<true>(w, xp, bp, yp, O, I, R) : rows<false>(w, xp, bp, yp, O, I, R);
     std::vector<int64_t> shape = x.sizes().vec();
     shape.back() = O;
     return y.to(weight.scalar_type()).view(shape);  // bfloat16: round to nearest even, as torch does

@@ -81,6 +81,23 @@ def test_the_float_product_is_a_linear_and_its_bits_do_not_depend_on_threads(dty
     assert (one.double() - exact).abs().max() <= limit
 
 
+@needs_avx512
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("out", "width"), [(33, 70), (1024, 1024)])
+def test_the_float_product_gives_a_row_the_same_bits_at_any_row_count(dtype, out, width):
+    """bf16's rows8 path runs up to eight rows through the kernel, pair after pair against the
+    same weights: each row must come out as it does alone (so batch 1 makes rows' bytes)."""
+    generator = torch.Generator().manual_seed(width)
+    weight = (torch.randn(out, width, generator=generator) * 0.05).to(dtype)
+    b = torch.randn(out, generator=generator).to(dtype)
+    x = torch.randn(9, width, generator=generator).to(dtype)
+    alone = torch.cat([torch.ops.harmonia.rows_linear(x[r : r + 1], weight, b) for r in range(9)])
+    for rows in (3, 5, 8, 9):
+        together = torch.ops.harmonia.rows_linear(x[:rows], weight, b)
+        assert together.shape == (rows, out) and together.dtype == dtype
+        assert torch.equal(together.view(torch.int16), alone[:rows].view(torch.int16))  # every bit
+
+
 def _int8_pair(out: int, width: int, bias: bool, gain: float = 0.05):
     generator = torch.Generator().manual_seed(width)
     linear = torch.nn.Linear(width, out, bias=bias)
@@ -249,24 +266,39 @@ def test_the_bf16_path_is_measured_cached_recorded_forced_and_replayed(wb, monke
     cache.unlink(missing_ok=True)
     measured = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="bf16")
     line = measured.loaded.choices["bf16_products"]
-    assert line.startswith(("rows (measured: linear ", "linear (measured: linear ")) and " ms, rows " in line
+    assert line.startswith(
+        ("rows (measured: linear ", "rows8 (measured: linear ", "linear (measured: linear ")
+    )
+    assert " ms, rows " in line and " ms, rows8 " in line
     (key,) = json.loads(cache.read_text())
-    assert "| 2 threads | bf16_products " in key
+    assert "| 2 threads | bf16_products " in key and " and 8 rows | " in key
     request = MusicRequest(["calm piano"], duration_s=0.6, seed=4)
     made, audio = {}, {}
-    for path in ("linear", "rows"):
+    for path in ("linear", "rows", "rows8"):
         monkeypatch.setenv("HARMONIA_BF16_PRODUCTS", path)
         forced = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="bf16")
         assert forced.loaded.choices == {"bf16_products": f"{path} (forced)"}
-        head = type(forced.model.decoder.model.decoder.layers[0].fc1).__name__
-        assert head == {"linear": "Linear", "rows": "_RowsLinear"}[path]
+        fc1 = forced.model.decoder.model.decoder.layers[0].fc1
+        assert (
+            type(fc1).__name__ == {"linear": "Linear", "rows": "_RowsLinear", "rows8": "_Rows8Linear"}[path]
+        )
         audio[path] = forced.generate(request).audio
         assert np.array_equal(audio[path], forced.generate(request).audio)
         made[path] = generate(
             wb, "tiny-musicgen", request, threads=2, precision="bf16", previews=False
         ).artifact
         assert made[path].manifest.runtime.paths == {"bf16_products": path}
-    assert made["linear"].id != made["rows"].id
+        # eight rows (batch 4 with guidance): the kernel on rows8, F.linear on the others
+        x = torch.randn(4, 2, fc1.in_features).to(torch.bfloat16)
+        with torch.inference_mode():
+            expected = (
+                torch.ops.harmonia.rows_linear(x, fc1.weight, fc1.bias)
+                if path == "rows8"
+                else torch.nn.functional.linear(x, fc1.weight, fc1.bias)
+            )
+            assert torch.equal(fc1(x), expected)
+    assert made["linear"].id != made["rows"].id != made["rows8"].id
+    assert np.array_equal(audio["rows8"], audio["rows"])  # at batch 1 the same bytes (the id names the path)
     # ids made before bf16 had a choice ran F.linear: that path leaves the id as it was
     assert "paths" not in made["linear"].manifest.identity["runtime"]
     assert made["rows"].manifest.identity["runtime"]["paths"] == {"bf16_products": "rows"}
@@ -355,9 +387,15 @@ def test_a_path_this_cpu_cannot_run_is_refused_in_one_line(wb, monkeypatch):
         r"artifact\)\.$",
     ):
         MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="bf16")
+    monkeypatch.setenv("HARMONIA_BF16_PRODUCTS", "rows8")
+    with pytest.raises(
+        RequestError, match=r"^This run needs Harmonia's rows_linear kernel \(bf16_products: rows8\), "
+    ):
+        MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="bf16")
     monkeypatch.setenv("HARMONIA_BF16_PRODUCTS", "fast")
     with pytest.raises(
-        RequestError, match=r"^HARMONIA_BF16_PRODUCTS must be auto or one of linear, rows, got 'fast'\.$"
+        RequestError,
+        match=r"^HARMONIA_BF16_PRODUCTS must be auto or one of linear, rows, rows8, got 'fast'\.$",
     ):
         MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="bf16")
 
@@ -400,7 +438,7 @@ def test_the_kernel_source_is_pinned_to_the_engines_code_version():
     digest = hashlib.sha256(kernels.SOURCE.read_bytes()).hexdigest()
     assert (MusicGenEngine.code_version, digest) == (
         1,
-        "ae6ea49f19a1ef6a4776848f868053b86c144a8f3fa97a46b4c796c9160ff753",
+        "d9e5a5153c562de63a276b4489176430c3b28054e945cc7f0b38a2350a5675d7",
     ), (
         "harmonia/kernels/decode.cpp changed: bump MusicGenEngine.code_version if its bits did, then pin the digest"
     )
