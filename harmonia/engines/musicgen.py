@@ -116,14 +116,24 @@ class _RowsLinear(torch.nn.Linear):
 
 
 class _Rows8Linear(_RowsLinear):
-    """bf16's ``rows8`` path: Harmonia's kernel for up to :data:`MANY_ROWS` rows (batch 4 with
-    guidance), ``F.linear`` beyond (the prompt). On a CPU without bfloat16 instructions torch's
-    bfloat16 ``F.linear`` on 8 rows is slower than float32's (an Intel Xeon of the Ice Lake class:
-    172 against 143 ms for one step's products, measured), while the kernel reads each group of
-    weight rows once for all pairs of rows. A row's bits are the same at any row count, so at
-    batch 1 ``rows8`` makes the bytes ``rows`` makes."""
+    """bf16's ``rows8`` path: Harmonia's kernel for a decoding step of up to :data:`MANY_ROWS`
+    rows of one position each (batch 4 with guidance), and wherever ``rows`` runs it (up to two
+    rows); ``F.linear`` for the rest (the prompt's keys and values, a continuation's prefill),
+    as ``rows`` does. On a CPU without bfloat16 instructions torch's bfloat16 ``F.linear`` on 8
+    rows is slower than float32's (an Intel Xeon of the Ice Lake class: 172-181 against 143-152
+    ms for one step's products, measured), while the kernel reads each group of weight rows
+    once for all pairs of rows. A row's bits are the same at any row count, so at batch 1
+    ``rows8`` makes the bytes ``rows`` makes (under its own id)."""
 
-    few_rows = MANY_ROWS
+    __constants__ = (*_RowsLinear.__constants__, "step_rows")
+    step_rows = MANY_ROWS
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1]
+        step = x.dim() == 3 and x.shape[1] == 1  # [rows, one position, width]
+        if rows > self.few_rows and not (step and rows <= self.step_rows):
+            return torch.nn.functional.linear(x, self.weight, self.bias)
+        return torch.ops.harmonia.rows_linear(x, self.weight, self.bias)
 
 
 def _swap_linears(module: torch.nn.Module, kind: type) -> None:
@@ -487,7 +497,9 @@ def _choose_bf16_products(state_dir: Path, decoder: torch.nn.Module, shape: str)
     """``F.linear`` or Harmonia's kernel for the bfloat16 decoder's products: ``rows`` for two
     rows (batch 1 with guidance), ``rows8`` for up to eight (batch 4). Each candidate runs one
     step's products on two rows and again on eight, the way it would (``rows`` through
-    ``F.linear`` on eight), so the choice weighs both. Both sum in float32 and round once to
+    ``F.linear`` on eight), and the sum decides: a batch-1 step and a batch-4 step weigh the
+    same (so ``rows``' gain over ``linear`` counts against both, and a machine may keep
+    ``linear`` where a two-row measurement alone picked ``rows``). Both sum in float32 and round once to
     bfloat16; a path further than 1/64 of the largest value from ``F.linear``'s is never chosen."""
     return _choose_float_products(state_dir, decoder, shape, "bf16_products", 1 / 64, many=True)
 
@@ -503,7 +515,7 @@ def _choose_float_products(
     widths = sorted({m.in_features for _, m in named})
     fed_rows = {
         rows: {w: torch.randn(rows, w, generator=generator).to(dtype) for w in widths}
-        for rows in (FEW_ROWS, MANY_ROWS)
+        for rows in ((FEW_ROWS, MANY_ROWS) if many else (FEW_ROWS,))
     }
 
     def step(product, rows: int = FEW_ROWS) -> list[torch.Tensor]:

@@ -282,23 +282,18 @@ def test_the_bf16_path_is_measured_cached_recorded_forced_and_replayed(wb, monke
         assert (
             type(fc1).__name__ == {"linear": "Linear", "rows": "_RowsLinear", "rows8": "_Rows8Linear"}[path]
         )
+        assert isinstance(forced._step, torch.jit.ScriptModule)  # every path compiles to TorchScript
         audio[path] = forced.generate(request).audio
         assert np.array_equal(audio[path], forced.generate(request).audio)
         made[path] = generate(
             wb, "tiny-musicgen", request, threads=2, precision="bf16", previews=False
         ).artifact
         assert made[path].manifest.runtime.paths == {"bf16_products": path}
-        # eight rows (batch 4 with guidance): the kernel on rows8, F.linear on the others
-        x = torch.randn(4, 2, fc1.in_features).to(torch.bfloat16)
-        with torch.inference_mode():
-            expected = (
-                torch.ops.harmonia.rows_linear(x, fc1.weight, fc1.bias)
-                if path == "rows8"
-                else torch.nn.functional.linear(x, fc1.weight, fc1.bias)
-            )
-            assert torch.equal(fc1(x), expected)
-    assert made["linear"].id != made["rows"].id != made["rows8"].id
+    assert len({made[path].id for path in made}) == 3
     assert np.array_equal(audio["rows8"], audio["rows"])  # at batch 1 the same bytes (the id names the path)
+    four = MusicRequest(["calm piano", "drums", "a", "strings"], duration_s=0.4, seed=5)
+    assert np.array_equal(forced.generate(four).audio, forced.generate(four).audio)  # rows8 at batch 4
+    assert reproduce(wb, made["rows8"].id).identical
     # ids made before bf16 had a choice ran F.linear: that path leaves the id as it was
     assert "paths" not in made["linear"].manifest.identity["runtime"]
     assert made["rows"].manifest.identity["runtime"]["paths"] == {"bf16_products": "rows"}
@@ -311,6 +306,41 @@ def test_the_bf16_path_is_measured_cached_recorded_forced_and_replayed(wb, monke
     )
     assert replayed.loaded.choices == {"bf16_products": "rows (recorded)"}  # ... and runs as recorded
     assert type(replayed.model.decoder.model.decoder.layers[0].fc1).__name__ == "_RowsLinear"
+
+
+@needs_avx512
+def test_rows8_runs_the_kernel_on_a_step_of_up_to_eight_rows_and_nothing_else_that_rows_does_not():
+    """rows8 takes a batch-4 step (8 rows of one position) to the kernel; a prompt's rows (several
+    positions) and a batch-8 step go to F.linear, as on rows, so at batch 1 both run the same
+    products. Eagerly and compiled (the decoding step is TorchScript). The routing does not
+    depend on the weights' type: float32 and a wide layer, so the kernel's and F.linear's bits
+    differ somewhere in every case (bfloat16's rounding often hides it) and each check is decisive."""
+    generator = torch.Generator().manual_seed(3)
+    linear = torch.nn.Linear(4096, 512, bias=True)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(512, 4096, generator=generator) * 0.02)
+    cases = {
+        (8, 1): "rows8",
+        (2, 1): "both",
+        (1, 1): "both",
+        (2, 2): "neither",
+        (4, 1): "rows8",
+        (16, 1): "neither",
+    }
+    for kind in (musicgen._RowsLinear, musicgen._Rows8Linear):
+        module = torch.nn.Linear(4096, 512, bias=True)
+        module.load_state_dict(linear.state_dict())
+        module.__class__ = kind
+        scripted = torch.jit.script(module)
+        with torch.inference_mode():
+            for shape, who in cases.items():
+                x = torch.randn(*shape, 4096, generator=generator)
+                kernel = torch.ops.harmonia.rows_linear(x, linear.weight, linear.bias)
+                plain = torch.nn.functional.linear(x, linear.weight, linear.bias)
+                assert not torch.equal(kernel, plain)  # the check below tells them apart
+                runs_kernel = who == "both" or (who == "rows8" and kind is musicgen._Rows8Linear)
+                for m in (module, scripted):
+                    assert torch.equal(m(x), kernel if runs_kernel else plain), (kind.__name__, shape)
 
 
 def test_the_int8_path_is_measured_recorded_and_a_manifest_from_before_replays_fbgemm(wb, monkeypatch):
