@@ -106,11 +106,14 @@ class _RowsLinear(torch.nn.Linear):
     calibration measured it faster, and only where the kernel runs.
     """
 
-    __constants__ = (*torch.nn.Linear.__constants__, "few_rows")
+    __constants__ = (*torch.nn.Linear.__constants__, "few_rows", "step_rows")
     few_rows = FEW_ROWS
+    step_rows = FEW_ROWS  # a decoding step's rows (one position each) the kernel takes: rows8 raises it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() // x.shape[-1] > self.few_rows:
+        rows = x.numel() // x.shape[-1]
+        step = x.dim() == 3 and x.shape[1] == 1  # [rows, one position, width]
+        if rows > self.few_rows and not (step and rows <= self.step_rows):
             return torch.nn.functional.linear(x, self.weight, self.bias)
         return torch.ops.harmonia.rows_linear(x, self.weight, self.bias)
 
@@ -125,15 +128,7 @@ class _Rows8Linear(_RowsLinear):
     once for all pairs of rows. A row's bits are the same at any row count, so at batch 1
     ``rows8`` makes the bytes ``rows`` makes (under its own id)."""
 
-    __constants__ = (*_RowsLinear.__constants__, "step_rows")
     step_rows = MANY_ROWS
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.shape[-1]
-        step = x.dim() == 3 and x.shape[1] == 1  # [rows, one position, width]
-        if rows > self.few_rows and not (step and rows <= self.step_rows):
-            return torch.nn.functional.linear(x, self.weight, self.bias)
-        return torch.ops.harmonia.rows_linear(x, self.weight, self.bias)
 
 
 def _swap_linears(module: torch.nn.Module, kind: type) -> None:
