@@ -17,6 +17,11 @@ every run). What it changes:
 - the logits of the last position only are taken; sampling is transformers' own logits
   processors (guidance, temperature, top-k, top-p) and ``torch.multinomial``.
 
+Attention is torch's SDPA, as transformers calls it, unless the engine chose Harmonia's
+kernel (the ``attention`` path "own", never in ``exact``): then a single-position step's
+attention runs ``torch.ops.harmonia.decode_attention`` over a cache kept in the decoder's
+dtype (bfloat16 in bf16: half the bytes a step reads from a long cache).
+
 MusicGen-Melody (a conditioning prefix instead of cross-attention) still goes through
 ``generate``.
 """
@@ -125,7 +130,7 @@ def sample_window(
     sequence[:, : ids.shape[-1]] = ids
     filled = ids.shape[-1]
     head_dim = decoder.layers[0].self_attn.head_dim
-    kept = attend_dtype(decoder.layer_norm.weight)
+    kept = torch.bfloat16 if getattr(step, "cache_bf16", False) else attend_dtype(decoder.layer_norm.weight)
     shape = (rows // codebooks * (2 if guided else 1), decoder.layers[0].self_attn.num_heads, total, head_dim)
     keys = [torch.empty(shape, dtype=kept, device=encoded.device) for _ in decoder.layers]
     values = [torch.empty(shape, dtype=kept, device=encoded.device) for _ in decoder.layers]
@@ -215,36 +220,70 @@ class _Layer(torch.nn.Module):
         query = self.q(normed).view(rows, positions, -1, self.head_dim).transpose(1, 2)
         keys[:, :, start:end] = self.k(normed).view(rows, positions, -1, self.head_dim).transpose(1, 2)
         values[:, :, start:end] = self.v(normed).view(rows, positions, -1, self.head_dim).transpose(1, 2)
-        attended = F.scaled_dot_product_attention(
-            query.to(self.attend_dtype),
-            keys[:, :, :end],
-            values[:, :, :end],
-            attn_mask=None,
-            dropout_p=0.0,
-            is_causal=positions > 1,
-            scale=self.scaling,
-        )
+        attended = self._attend(query.to(self.attend_dtype), keys, values, end, positions > 1, None)
         hidden = hidden + self.out(self._merge(attended, hidden.dtype))
         # cross-attention over the prompt's keys and values (computed once per window)
         normed = self.norm_cross(hidden)
         query = self.cross_q(normed).view(rows, positions, -1, self.head_dim).transpose(1, 2)
-        attended = F.scaled_dot_product_attention(
-            query.to(self.attend_dtype),
-            cross_keys,
-            cross_values,
-            attn_mask=cross_mask,
-            dropout_p=0.0,
-            is_causal=False,
-            scale=self.scaling,
+        attended = self._attend(
+            query.to(self.attend_dtype), cross_keys, cross_values, cross_keys.shape[2], False, cross_mask
         )
         hidden = hidden + self.cross_out(self._merge(attended, hidden.dtype))
         # feed-forward (MusicGen's activation is gelu; the engine checks it at load)
         return hidden + self.fc2(F.gelu(self.fc1(self.norm_ff(hidden))))
 
+    def _attend(
+        self,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        end: int,
+        causal: bool,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """``query`` against ``keys[:, :, :end]`` and ``values[:, :, :end]``: torch's SDPA (transformers' call)."""
+        return F.scaled_dot_product_attention(
+            query,
+            keys[:, :, :end],
+            values[:, :, :end],
+            attn_mask=mask,
+            dropout_p=0.0,
+            is_causal=causal,
+            scale=self.scaling,
+        )
+
     def _merge(self, attended: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Heads back into the hidden size: ``[rows, heads, positions, dim]`` → ``[rows, positions, heads * dim]``."""
         rows, positions = attended.shape[0], attended.shape[2]
         return attended.transpose(1, 2).contiguous().reshape(rows, positions, -1).contiguous().to(dtype)
+
+
+class _OwnAttentionLayer(_Layer):
+    """A :class:`_Layer` whose single-position attention is Harmonia's kernel (the "own" attention
+    path): each (row, head) in one fixed order of float operations, reading the cache as it is
+    kept (float32, or bfloat16 for a bfloat16 decoder). Several positions (a prefill) still go
+    through SDPA, in float32."""
+
+    def _attend(
+        self,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        end: int,
+        causal: bool,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        if query.shape[2] == 1:
+            return torch.ops.harmonia.decode_attention(query, keys, values, end, self.scaling, mask)
+        return F.scaled_dot_product_attention(
+            query,
+            keys[:, :, :end].to(query.dtype),
+            values[:, :, :end].to(query.dtype),
+            attn_mask=mask,
+            dropout_p=0.0,
+            is_causal=causal,
+            scale=self.scaling,
+        )
 
 
 class DecoderStep(torch.nn.Module):
@@ -257,7 +296,7 @@ class DecoderStep(torch.nn.Module):
     module's to the bit (tests/engines check it for every precision).
     """
 
-    def __init__(self, model, attend_dtype: torch.dtype):
+    def __init__(self, model, attend_dtype: torch.dtype, attention: str = "sdpa"):
         super().__init__()
         decoder = model.decoder.model.decoder
         activation = decoder.config.activation_function
@@ -267,7 +306,12 @@ class DecoderStep(torch.nn.Module):
                 "runs MusicGen's gelu decoders. Use a snapshot whose decoder config has "
                 "activation_function 'gelu' (every released MusicGen checkpoint does)."
             )
-        self.layers = torch.nn.ModuleList([_Layer(layer, attend_dtype) for layer in decoder.layers])
+        kind = {"sdpa": _Layer, "own": _OwnAttentionLayer}[attention]
+        self.layers = torch.nn.ModuleList([kind(layer, attend_dtype) for layer in decoder.layers])
+        # the dtype the window's keys and values are kept in: float32 for SDPA on CPU; the
+        # decoder's own (exactly what its projections return) for Harmonia's kernel
+        self.attention: str = attention
+        self.cache_bf16: bool = attention == "own" and decoder.layer_norm.weight.dtype == torch.bfloat16
         self.norm = decoder.layer_norm
         # The heads without their hooks (a bfloat16 model's hooks cast logits for generate();
         # TorchScript cannot compile them, and the cast happens below): shallow copies, same weights.
@@ -301,14 +345,17 @@ class DecoderStep(torch.nn.Module):
         return logits[:, -1].to(dtype=torch.float32, copy=True)
 
 
-def decoder_step(model) -> torch.nn.Module:
+def decoder_step(model, attention: str = "sdpa") -> torch.nn.Module:
     """The model's :class:`DecoderStep`, compiled by TorchScript (eager where this torch cannot script it).
+
+    ``attention``: "sdpa" (torch's, as transformers calls it) or "own" (Harmonia's kernel for
+    single-position steps; the caller checks that it can run here).
 
     TorchScript is deprecated in favour of ``torch.compile``, which cannot trace torch.ao's
     packed int8 weights (a graph break at every Linear) and compiles for minutes on two cores.
     Both forms compute the same bits; the eager form is only slower.
     """
-    step = DecoderStep(model, attend_dtype(model.decoder.model.decoder.layer_norm.weight))
+    step = DecoderStep(model, attend_dtype(model.decoder.model.decoder.layer_norm.weight), attention)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # "torch.jit.script is deprecated"

@@ -323,14 +323,19 @@ def _lay_out_in_step_order(decoder: torch.nn.Module) -> None:
     product into the next instead of starting again at a tensor somewhere else.
     """
     layers = decoder.model.decoder.layers
+
+    def cross(layer, *names: str) -> list[torch.nn.Module]:  # a melody decoder has no cross-attention
+        attention = getattr(layer, "encoder_attn", None)
+        return [getattr(attention, name) for name in names] if attention is not None else []
+
     order = [
         module
         for layer in layers
         for module in (
             layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.out_proj,
-            layer.encoder_attn.q_proj, layer.encoder_attn.out_proj, layer.fc1, layer.fc2,
+            *cross(layer, "q_proj", "out_proj"), layer.fc1, layer.fc2,
         )
-    ] + list(decoder.lm_heads) + [m for layer in layers for m in (layer.encoder_attn.k_proj, layer.encoder_attn.v_proj)]  # fmt: skip
+    ] + list(decoder.lm_heads) + [m for layer in layers for m in cross(layer, "k_proj", "v_proj")]  # fmt: skip
     seen = {id(m) for m in order}
     order += [m for m in decoder.modules() if id(m) not in seen]  # anything else, in module order
     tensors = [
@@ -460,14 +465,23 @@ def _decoder_shape(config: dict) -> str:
     )
 
 
-def _product_shape(config: dict, which: str) -> str:
-    """What a product path's speed depends on besides the CPU, torch and threads: the decoder's
-    shape, and which of Harmonia's kernels run here (a machine whose build failed, or a CPU of the
-    same name without them, measures again instead of reading a choice it cannot run). bf16's
-    products are measured on eight rows as well (choices cached before ``rows8`` are measured again)."""
+def _product_shape(config: dict, which: str, precision: str) -> str:
+    """What a path's speed depends on besides the CPU, torch and threads: the decoder's shape
+    (for attention: its heads, and the dtype of the cache), and which of Harmonia's kernels run
+    here (a machine whose build failed, or a CPU of the same name without them, measures again
+    instead of reading a choice it cannot run). bf16's products are measured on eight rows as
+    well (choices cached before ``rows8`` are measured again)."""
     from harmonia.kernels import NEEDS, unavailable
 
     kernels = ", ".join(product for product in NEEDS if unavailable(product) is None) or "none"
+    if which == "attention":
+        d = config["decoder"]
+        cache = "bfloat16" if precision == "bf16" else "float32"
+        return (
+            f"{FEW_ROWS} rows, {d['num_hidden_layers']} layers of {d['num_attention_heads']} heads of "
+            f"{d['hidden_size'] // d['num_attention_heads']}, a {cache} cache of 64 and 512 keys | "
+            f"Harmonia's kernels: {kernels}"
+        )
     also = f" and {MANY_ROWS} rows" if which == "bf16_products" else ""
     return f"{_decoder_shape(config)}{also} | Harmonia's kernels: {kernels}"
 
@@ -553,20 +567,103 @@ def _choose_float_products(
         )  # fmt: skip
 
 
-PRODUCT_CHOICES = {  # precision -> the calibrated choice of its products, and how it is measured
-    "exact": ("few_row_products", _choose_few_row_products),
-    "bf16": ("bf16_products", _choose_bf16_products),
-    "int8": ("int8_products", _choose_int8_products),
+ATTENTION_PATHS = ("sdpa", "own")
+
+
+def _choose_attention(state_dir: Path, decoder: torch.nn.Module, shape: str) -> Choice:
+    """torch's SDPA or Harmonia's kernel for a decoding step's attention (bf16, int8 and int4 on CPU).
+
+    Each candidate runs every layer's self-attention of one position (two rows: batch 1 with
+    guidance) over a cache of 64 keys and again over 512 (a clip of 1 s and of 10 s), keeping
+    the cache as it would: float32 for SDPA, the decoder's dtype for the kernel (bfloat16 in
+    bf16, exactly what its projections return). They sum in different orders, so the path is
+    part of the artifact id and ``reproduce`` replays it; a path further than rounding from
+    SDPA's (1e-4 of the largest value; 1/64 for a bfloat16 cache) is never chosen. ``exact``
+    keeps SDPA, the plain library's attention, always."""
+    from harmonia.kernels import unavailable
+
+    layer = decoder.model.decoder.layers[0].self_attn
+    layers, heads, dim = len(decoder.model.decoder.layers), layer.num_heads, layer.head_dim
+    kept = decoder.model.decoder.layer_norm.weight.dtype
+    generator = torch.Generator().manual_seed(0)
+    lengths = (64, 512)
+
+    def draw(*size: int) -> torch.Tensor:
+        return torch.randn(*size, generator=generator).to(kept).float()  # values a kept cache can hold
+
+    query = draw(FEW_ROWS, heads, 1, dim)
+    cache = [
+        (draw(FEW_ROWS, heads, lengths[-1], dim), draw(FEW_ROWS, heads, lengths[-1], dim))
+        for _ in range(layers)
+    ]
+    own = [(k.to(kept), v.to(kept)) for k, v in cache]
+
+    def sdpa() -> list[torch.Tensor]:
+        return [
+            torch.nn.functional.scaled_dot_product_attention(
+                query, k[:, :, :n], v[:, :, :n], scale=layer.scaling
+            )
+            for n in lengths
+            for k, v in cache
+        ]
+
+    def kernel() -> list[torch.Tensor]:
+        return [
+            torch.ops.harmonia.decode_attention(query, k, v, n, layer.scaling, None)
+            for n in lengths
+            for k, v in own
+        ]
+
+    candidates = {"sdpa": sdpa}
+    if unavailable("decode_attention") is None:
+        candidates["own"] = kernel
+    tolerance = 1 / 64 if kept == torch.bfloat16 else 1e-4
+    with torch.inference_mode():
+        return choose(
+            state_dir, "attention", shape, candidates, "sdpa",
+            agree=lambda a, b: bool((a - b).abs().max() <= tolerance * b.abs().max()),
+        )  # fmt: skip
+
+
+# precision -> the calibrated choices of its decoding step (products, then attention), each by
+# what it is named in the runtime; attention only where Harmonia's own loop decodes (text MusicGen)
+CHOICES = {
+    "exact": ("few_row_products",),
+    "bf16": ("bf16_products", "attention"),
+    "int8": ("int8_products", "attention"),
+    "int4": ("attention",),
 }
-PRODUCT_PATHS = {"few_row_products": FEW_ROW_PATHS, "bf16_products": BF16_PATHS, "int8_products": INT8_PATHS}
-# precision -> the path it ran before it had a choice (torch's own products): left out of ids,
-# replayed for manifests that name none, and all that a schema-1 id can have run
-BEFORE_CHOICES = {"bf16": ("bf16_products", "linear"), "int8": ("int8_products", "fbgemm")}
+CHOOSERS = {
+    "few_row_products": _choose_few_row_products,
+    "bf16_products": _choose_bf16_products,
+    "int8_products": _choose_int8_products,
+    "attention": _choose_attention,
+}
+PRODUCT_PATHS = {
+    "few_row_products": FEW_ROW_PATHS,
+    "bf16_products": BF16_PATHS,
+    "int8_products": INT8_PATHS,
+    "attention": ATTENTION_PATHS,
+}
+# precision -> the paths it ran before it had a choice (torch's own products and attention): left
+# out of ids, replayed for manifests that name none, and all that a schema-1 id can have run
+BEFORE_CHOICES = {
+    "bf16": (("bf16_products", "linear"), ("attention", "sdpa")),
+    "int8": (("int8_products", "fbgemm"), ("attention", "sdpa")),
+    "int4": (("attention", "sdpa"),),
+}
 KERNEL_PATHS = {
     ("few_row_products", "rows"): "rows_linear",
     ("bf16_products", "rows"): "rows_linear",
     ("bf16_products", "rows8"): "rows_linear",
+    ("attention", "own"): "decode_attention",
 }
+
+
+def _choices(precision: str, model_type: str | None) -> tuple[str, ...]:
+    """The calibrated choices a CPU load of this precision makes (a melody model decodes through
+    transformers' generate(), so it has no attention to choose)."""
+    return tuple(c for c in CHOICES.get(precision, ()) if c != "attention" or model_type == "musicgen")
 
 
 def _check_product_path(which: str, path: str) -> None:
@@ -762,19 +859,18 @@ class MusicGenEngine:
                     dtype=DTYPES[dtype],
                 )
             model, choices, paths = model.to(chosen).eval(), {}, {}
-            which, chooser = PRODUCT_CHOICES.get(precision, (None, None))
             if precision == "bf16":  # the paths are measured on the bfloat16 weights
                 model.decoder.to(torch.bfloat16)
-            if chooser is not None and chosen.type == "cpu":  # the faster product path here
+            for which in _choices(precision, model_type) if chosen.type == "cpu" else ():  # faster paths here
                 recorded = dict(runtime.paths).get(which)
                 if recorded is not None:  # replayed from a manifest, or fixed by generate()
                     choice = Choice(which, recorded, "recorded", {})
                 else:  # forced by the environment, cached for this CPU, or measured now
-                    shape = _product_shape(json.loads((path / "config.json").read_text()), which)
+                    shape = _product_shape(json.loads((path / "config.json").read_text()), which, precision)
                     choice = known(wb.state_dir, which, shape, threads, PRODUCT_PATHS[which])
                     if choice is None:
                         with pinned_threads(threads):
-                            choice = chooser(wb.state_dir, model.decoder, shape)
+                            choice = CHOOSERS[which](wb.state_dir, model.decoder, shape)
                 choices[choice.name], paths[which] = choice.describe(), choice.path
                 _check_product_path(which, choice.path)
             model = _set_precision(model, precision, paths)
@@ -784,7 +880,7 @@ class MusicGenEngine:
             if model_type == "musicgen_melody":
                 chroma = json.loads((path / "preprocessor_config.json").read_text())
             else:  # compiled once, inside the load time (about 1 s for musicgen-small)
-                step = decoder_step(model)
+                step = decoder_step(model, paths.get("attention", "sdpa"))
         loaded = LoadedModel(
             name, path, spec, inventory, str(chosen), dtype, threads, timer.seconds, precision, choices
         )
@@ -858,20 +954,26 @@ class MusicGenEngine:
         cls, wb: Workbench, snapshot: Path, runtime: Runtime
     ) -> tuple[tuple[str, str], ...] | None:
         """The paths a load would take, known without loading (None: the load must measure them)."""
-        name, _ = PRODUCT_CHOICES.get(runtime.precision, (None, None))
-        if name is None or torch.device(runtime.device).type != "cpu":
+        if torch.device(runtime.device).type != "cpu":
             return ()
-        if name in dict(runtime.paths):
-            return runtime.paths
         config, _, _ = _config_facts(snapshot)
-        choice = known(wb.state_dir, name, _product_shape(config, name), runtime.threads, PRODUCT_PATHS[name])
-        return None if choice is None else ((name, choice.path),)
+        recorded, paths = dict(runtime.paths), []
+        for name in _choices(runtime.precision, config.get("model_type")):
+            if name in recorded:
+                paths.append((name, recorded[name]))
+                continue
+            shape = _product_shape(config, name, runtime.precision)
+            choice = known(wb.state_dir, name, shape, runtime.threads, PRODUCT_PATHS[name])
+            if choice is None:
+                return None
+            paths.append((name, choice.path))
+        return tuple(paths)
 
     @classmethod
     def identity_paths(cls, runtime) -> dict[str, str]:
         """The paths the artifact id names: what bf16 and int8 ran before they had a choice
         (:data:`BEFORE_CHOICES`) is left out, so ids made then stay the ids of the same bytes."""
-        before = set(BEFORE_CHOICES.values())
+        before = set(BEFORE_CHOICES.get(runtime.precision, ()))
         return {name: path for name, path in runtime.paths if (name, path) not in before}
 
     @classmethod
@@ -879,8 +981,9 @@ class MusicGenEngine:
         """The fast paths a manifest's runtime ran: bf16 and int8 manifests made before those
         modes had a choice name none, and ran :data:`BEFORE_CHOICES`."""
         paths = dict(runtime.paths)
-        if torch.device(runtime.device).type == "cpu" and runtime.precision in BEFORE_CHOICES:
-            paths.setdefault(*BEFORE_CHOICES[runtime.precision])
+        if torch.device(runtime.device).type == "cpu":
+            for name, path in BEFORE_CHOICES.get(runtime.precision, ()):
+                paths.setdefault(name, path)
         return paths
 
     @classmethod
@@ -892,8 +995,8 @@ class MusicGenEngine:
         if identity["parents"] or cls.code_version != 1 or runtime.precision == "int4":
             return None  # (schema 1 had no int4)
         recorded = dict(runtime.paths)
-        if any(recorded.get(name, path) != path for name, path in BEFORE_CHOICES.values()):
-            return None  # schema 1 knew only torch's own bf16 and int8 products
+        if any(recorded.get(name, path) != path for name, path in BEFORE_CHOICES.get(runtime.precision, ())):
+            return None  # schema 1 knew only torch's own bf16 and int8 products, and SDPA
         legacy_runtime = {k: identity["runtime"][k] for k in ("device", "dtype", "threads")}
         if runtime.precision != "exact":
             legacy_runtime["precision"] = runtime.precision

@@ -11,8 +11,11 @@ guidance: two rows against every weight of the decoder, read once from memory):
 - ``torch.ops.harmonia.int4_linear``: 4-bit weights, one scale per group of 64 inputs of a
   channel, each row of the input quantised to int8 on the fly (AVX-512 VNNI); the ``int4``
   precision, whose torch stand-in computes the same bits where the kernel cannot run.
+- ``torch.ops.harmonia.decode_attention``: a decoding step's attention (one position against a
+  float32 or bfloat16 cache), in a fixed order on every AVX-512 CPU (AVX-512F); torch's SDPA
+  reads the cache at 8-14 GiB/s on an Intel Xeon whose memory gives 19-21, this 15-17.
 
-Whether rows_linear or int8_linear is used is decided by measurement on the machine at hand
+Whether rows_linear, int8_linear or decode_attention is used is decided by measurement on the machine at hand
 (:mod:`harmonia.calibration`), never assumed; the engine records the choice.
 
 The library is compiled by torch's extension builder (g++ and ninja) into the user's cache
@@ -47,6 +50,7 @@ NEEDS = {  # what each product needs of the CPU (/proc/cpuinfo flags)
     "rows_linear": ("avx512f", "avx512bw", "avx512vl"),
     "int8_linear": ("avx512f", "avx512bw", "avx512vl", "avx512_vnni"),
     "int4_linear": ("avx512f", "avx512bw", "avx512vl", "avx512_vnni"),
+    "decode_attention": ("avx512f", "avx512bw", "avx512vl"),
 }
 _lock = threading.Lock()
 _state: dict[str, str | None] = {}

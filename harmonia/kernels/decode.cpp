@@ -1,4 +1,4 @@
-// Harmonia's products for MusicGen's decoding steps: one or two rows (batch 1 with guidance)
+// Harmonia's products (and attention) for MusicGen's decoding steps: one or two rows (batch 1 with guidance)
 // against a weight matrix read once from memory, on AVX-512 CPUs. Each function carries its
 // own target attribute, so the library loads on any x86-64 CPU and Python calls a product
 // only where /proc/cpuinfo lists what it needs (harmonia/kernels/__init__.py).
@@ -25,6 +25,12 @@
 //   [O_pad / 16][I_pad / 8][16][4] bytes; byte k of a channel's 4 holds input 8c + k in its low
 //   nibble and input 8c + 4 + k in its high one, so a 64-byte load holds 8 inputs of 16 outputs.
 //   Scales: [O_pad / 16][I_pad / G][16] float32.
+// harmonia.decode_attention: one query position (a decoding step) against the first `end` keys
+//   and values of a cache [rows, heads, length, dim] kept in float32 or bfloat16, with an optional
+//   boolean mask (True: attend), as torch's scaled_dot_product_attention computes it, in a fixed
+//   order of float operations (attend_one): every (row, head) is one task on one thread, so the
+//   bits depend on neither the thread count, nor the other rows, nor the cache's dtype (a
+//   bfloat16 value widens to float32 exactly). The `attention` path "own" of bf16, int8 and int4.
 // Both integer products quantise each row of x with quantise_row (AVX-512: the same IEEE
 // division and round-half-to-even as std::nearbyint(x / scale), without a libm call per input).
 #include <ATen/ATen.h>
@@ -377,15 +383,152 @@ at::Tensor int4_linear(const at::Tensor &x, const at::Tensor &packed, const at::
     return y.view(shape);
 }
 
+
+// e^x over 16 lanes for x <= 0 (scores less their maximum): Cephes' expf, a degree-6
+// polynomial on x - n ln 2 and a scale by 2^n (vscalefps); below -87.3 it is 0, a NaN stays NaN.
+// Written with explicit multiply-adds, so its bits are this source's on every AVX-512 CPU.
+__attribute__((target("avx512f"))) inline __m512 exp16(__m512 x) {
+    const __m512 floor = _mm512_set1_ps(-87.33654f);
+    const __mmask16 zero = _mm512_cmp_ps_mask(x, floor, _CMP_LT_OQ);
+    x = _mm512_max_ps(floor, x);  // the second operand when either is NaN: a NaN goes through
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+    y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+    return _mm512_maskz_mov_ps(static_cast<__mmask16>(~zero), _mm512_scalef_ps(y, n));
+}
+
+// Up to 16 float32 or bfloat16 values, the lanes `live` names (the others 0; bfloat16 -> float32
+// is exact: the bits shifted up by 16)
+template <bool BF16>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 load16(const void *p, __mmask16 live) {
+    if constexpr (BF16) {
+        const __m256i h = _mm256_maskz_loadu_epi16(live, p);
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    } else {
+        return _mm512_maskz_loadu_ps(live, p);
+    }
+}
+
+// One query position against keys[0, T) of one (row, head): D at most 256 (in 16-lane chunks,
+// the last one masked).
+// Scores: q . k_t summed over D in 16 lanes (multiply-adds in D order), the lanes by `lanes`,
+// times the scale; a masked key scores -inf. Softmax: the largest score m; p_t = exp16(s_t - m),
+// summed in 16 lanes in t order, then `lanes`. Output: sum over t of p_t v_t (multiply-adds in
+// t order), divided by the sum; a row with every key masked gives zeros (as torch's SDPA does).
+template <bool BF16>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void attend_one(
+    const float *q, const char *k, const char *v, int64_t T, int64_t D, int64_t kstride, int64_t vstride,
+    const bool *mask, int64_t mstride, float scale, float *scores, float *out) {
+    constexpr int64_t bytes = BF16 ? 2 : 4;
+    __m512 qv[16];
+    const int64_t chunks = (D + 15) / 16;
+    __mmask16 live[16];
+    for (int64_t c = 0; c < chunks; c++) {
+        live[c] = D - 16 * c >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (D - 16 * c)) - 1);
+        qv[c] = _mm512_maskz_loadu_ps(live[c], q + 16 * c);
+    }
+    float top = -std::numeric_limits<float>::infinity();
+    for (int64_t t = 0; t < T; t++) {
+        if (mask && !mask[t * mstride]) {
+            scores[t] = -std::numeric_limits<float>::infinity();
+            continue;
+        }
+        const char *kt = k + t * kstride * bytes;
+        __m512 acc = _mm512_mul_ps(qv[0], load16<BF16>(kt, live[0]));
+        for (int64_t c = 1; c < chunks; c++)
+            acc = _mm512_fmadd_ps(qv[c], load16<BF16>(kt + 16 * c * bytes, live[c]), acc);
+        const float s = lanes(acc) * scale;
+        scores[t] = s;
+        top = s > top || std::isnan(s) ? s : top;
+    }
+    if (top == -std::numeric_limits<float>::infinity()) {  // every key masked
+        std::memset(out, 0, sizeof(float) * D);
+        return;
+    }
+    const __m512 m = _mm512_set1_ps(top);
+    __m512 total = _mm512_setzero_ps();
+    for (int64_t t = 0; t < T; t += 16) {
+        const __mmask16 keys = T - t >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (T - t)) - 1);
+        const __m512 s = _mm512_mask_loadu_ps(_mm512_set1_ps(-std::numeric_limits<float>::infinity()), keys, scores + t);
+        const __m512 p = exp16(_mm512_sub_ps(s, m));
+        _mm512_mask_storeu_ps(scores + t, keys, p);
+        total = _mm512_add_ps(total, p);
+    }
+    __m512 acc[16];
+    for (int64_t c = 0; c < chunks; c++) acc[c] = _mm512_setzero_ps();
+    for (int64_t t = 0; t < T; t++) {
+        if (mask && !mask[t * mstride]) continue;
+        const __m512 p = _mm512_set1_ps(scores[t]);
+        const char *vt = v + t * vstride * bytes;
+        for (int64_t c = 0; c < chunks; c++)
+            acc[c] = _mm512_fmadd_ps(p, load16<BF16>(vt + 16 * c * bytes, live[c]), acc[c]);
+    }
+    const __m512 sum = _mm512_set1_ps(lanes(total));
+    for (int64_t c = 0; c < chunks; c++) _mm512_mask_storeu_ps(out + 16 * c, live[c], _mm512_div_ps(acc[c], sum));
+}
+
+at::Tensor decode_attention(const at::Tensor &query, const at::Tensor &keys, const at::Tensor &values, int64_t end,
+                            double scale, const c10::optional<at::Tensor> &mask) {
+    TORCH_CHECK(query.dim() == 4 && keys.dim() == 4 && values.dim() == 4 && query.size(2) == 1,
+                "harmonia.decode_attention: query [rows, heads, 1, dim], keys and values [rows, heads, length, dim]");
+    const int64_t R = query.size(0), H = query.size(1), D = query.size(3);
+    TORCH_CHECK(query.scalar_type() == at::kFloat && keys.scalar_type() == values.scalar_type() &&
+                    (keys.scalar_type() == at::kFloat || keys.scalar_type() == at::kBFloat16),
+                "harmonia.decode_attention: a float32 query; float32 or bfloat16 keys and values");
+    TORCH_CHECK(keys.size(0) == R && keys.size(1) == H && keys.size(3) == D && values.sizes() == keys.sizes() &&
+                    keys.stride(3) == 1 && values.stride(3) == 1 && D >= 1 && D <= 256 && end >= 1 &&
+                    end <= keys.size(2),
+                "harmonia.decode_attention: keys and values must match the query (dim up to 256, unit stride), "
+                "and 1 <= end <= their length");
+    at::Tensor m;
+    if (mask.has_value() && mask->defined()) {
+        m = mask->to(at::kBool).expand({R, H, 1, end});
+    }
+    const at::Tensor q = query.contiguous();
+    at::Tensor out = at::empty({R, H, 1, D}, q.options());
+    const bool bf16 = keys.scalar_type() == at::kBFloat16;
+    const int64_t bytes = bf16 ? 2 : 4;
+    const float *qp = q.data_ptr<float>();
+    float *op = out.data_ptr<float>();
+    const char *kp = static_cast<const char *>(keys.data_ptr()), *vp = static_cast<const char *>(values.data_ptr());
+    const bool *mp = m.defined() ? m.data_ptr<bool>() : nullptr;
+    const float s = static_cast<float>(scale);
+    at::parallel_for(0, R * H, 1, [&](int64_t begin, int64_t stop) {
+        std::vector<float> scores(static_cast<size_t>(end + 16));
+        for (int64_t i = begin; i < stop; i++) {
+            const int64_t r = i / H, h = i % H;
+            const char *k = kp + (r * keys.stride(0) + h * keys.stride(1)) * bytes;
+            const char *v = vp + (r * values.stride(0) + h * values.stride(1)) * bytes;
+            const bool *mr = mp ? mp + r * m.stride(0) + h * m.stride(1) : nullptr;
+            const int64_t ms = mp ? m.stride(3) : 0;
+            bf16 ? attend_one<true>(qp + i * D, k, v, end, D, keys.stride(2), values.stride(2), mr, ms, s,
+                                    scores.data(), op + i * D)
+                 : attend_one<false>(qp + i * D, k, v, end, D, keys.stride(2), values.stride(2), mr, ms, s,
+                                     scores.data(), op + i * D);
+        }
+    });
+    return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(harmonia, m) {
     m.def("int8_linear(Tensor x, Tensor packed, Tensor scales, Tensor colsum, Tensor? bias) -> Tensor");
     m.def("int4_linear(Tensor x, Tensor packed, Tensor scales, Tensor? bias, int out_features) -> Tensor");
     m.def("rows_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+    m.def("decode_attention(Tensor query, Tensor keys, Tensor values, int end, float scale, Tensor? mask) -> Tensor");
 }
 TORCH_LIBRARY_IMPL(harmonia, CPU, m) {
     m.impl("int8_linear", &int8_linear);
     m.impl("int4_linear", &int4_linear);
     m.impl("rows_linear", &rows_linear);
+    m.impl("decode_attention", &decode_attention);
 }

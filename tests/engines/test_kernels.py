@@ -193,13 +193,20 @@ def test_int4_makes_the_same_audio_with_or_without_the_kernel_and_is_an_artifact
     wb, monkeypatch, caplog
 ):
     """The kernel and its torch stand-in compute the same bits, so an int4 artifact made on an
-    AVX-512 VNNI machine reproduces on any CPU (more slowly)."""
+    AVX-512 VNNI machine reproduces on any CPU (more slowly). (Attention: torch's, as before
+    int4's only choice existed; the attention path is tested below.)"""
     from harmonia.generation import generate, reproduce
 
+    monkeypatch.setenv("HARMONIA_ATTENTION", "sdpa")
     request = MusicRequest(["calm piano", "drums"], duration_s=0.6, seed=8)
     made = generate(wb, "tiny-musicgen", request, threads=2, precision="int4", previews=False).artifact
-    assert made.manifest.runtime.precision == "int4" and made.manifest.runtime.paths == {}
-    assert made.manifest.identity["runtime"]["precision"] == "int4"
+    assert made.manifest.runtime.precision == "int4" and made.manifest.runtime.paths == {"attention": "sdpa"}
+    assert made.manifest.identity["runtime"] == {
+        "device": "cpu",
+        "dtype": "float32",
+        "threads": 2,
+        "precision": "int4",
+    }
     int8 = generate(wb, "tiny-musicgen", request, threads=2, precision="int8", previews=False).artifact
     assert int8.id != made.id
     audio = []
@@ -214,7 +221,7 @@ def test_int4_makes_the_same_audio_with_or_without_the_kernel_and_is_an_artifact
             "runs, the same bits, slower"
         )
         assert (warning in caplog.text) == (not kernel)
-        assert engine.loaded.choices == {}
+        assert engine.loaded.choices == {"attention": "sdpa (forced)"}
         layer = type(engine.model.decoder.model.decoder.layers[0].fc1).__name__
         assert layer == ("_Int4Linear" if kernel else "_ReferenceInt4Linear")
         assert isinstance(engine._step, torch.jit.ScriptModule)  # both forms compile to TorchScript
@@ -262,6 +269,7 @@ def test_the_packed_weights_lie_in_one_buffer_in_step_order_and_the_bytes_do_not
 def test_the_bf16_path_is_measured_cached_recorded_forced_and_replayed(wb, monkeypatch):
     from harmonia.generation import generate, reproduce
 
+    monkeypatch.setenv("HARMONIA_ATTENTION", "sdpa")  # (the attention path is tested on its own)
     cache = wb.state_dir / "calibration.json"
     cache.unlink(missing_ok=True)
     measured = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="bf16")
@@ -277,7 +285,7 @@ def test_the_bf16_path_is_measured_cached_recorded_forced_and_replayed(wb, monke
     for path in ("linear", "rows", "rows8"):
         monkeypatch.setenv("HARMONIA_BF16_PRODUCTS", path)
         forced = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="bf16")
-        assert forced.loaded.choices == {"bf16_products": f"{path} (forced)"}
+        assert forced.loaded.choices == {"bf16_products": f"{path} (forced)", "attention": "sdpa (forced)"}
         fc1 = forced.model.decoder.model.decoder.layers[0].fc1
         assert (
             type(fc1).__name__ == {"linear": "Linear", "rows": "_RowsLinear", "rows8": "_Rows8Linear"}[path]
@@ -288,7 +296,7 @@ def test_the_bf16_path_is_measured_cached_recorded_forced_and_replayed(wb, monke
         made[path] = generate(
             wb, "tiny-musicgen", request, threads=2, precision="bf16", previews=False
         ).artifact
-        assert made[path].manifest.runtime.paths == {"bf16_products": path}
+        assert made[path].manifest.runtime.paths == {"bf16_products": path, "attention": "sdpa"}
     assert len({made[path].id for path in made}) == 3
     assert np.array_equal(audio["rows8"], audio["rows"])  # at batch 1 the same bytes (the id names the path)
     four = MusicRequest(["calm piano", "drums", "a", "strings"], duration_s=0.4, seed=5)
@@ -304,7 +312,7 @@ def test_the_bf16_path_is_measured_cached_recorded_forced_and_replayed(wb, monke
     replayed = load_engine(
         wb, "tiny-musicgen", threads=2, precision="bf16", paths=(("bf16_products", "rows"),)
     )
-    assert replayed.loaded.choices == {"bf16_products": "rows (recorded)"}  # ... and runs as recorded
+    assert replayed.loaded.choices["bf16_products"] == "rows (recorded)"  # ... and runs as recorded
     assert type(replayed.model.decoder.model.decoder.layers[0].fc1).__name__ == "_RowsLinear"
 
 
@@ -346,6 +354,7 @@ def test_rows8_runs_the_kernel_on_a_step_of_up_to_eight_rows_and_nothing_else_th
 def test_the_int8_path_is_measured_recorded_and_a_manifest_from_before_replays_fbgemm(wb, monkeypatch):
     from harmonia.generation import generate, reproduce
 
+    monkeypatch.setenv("HARMONIA_ATTENTION", "sdpa")  # (the attention path is tested on its own)
     (wb.state_dir / "calibration.json").unlink(missing_ok=True)
     measured = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int8")
     line = measured.loaded.choices["int8_products"]
@@ -363,14 +372,17 @@ def test_the_int8_path_is_measured_recorded_and_a_manifest_from_before_replays_f
     assert entry["path"] == chosen
     request = MusicRequest(["drums"], duration_s=0.6, seed=6)
     auto = generate(wb, "tiny-musicgen", request, threads=2, precision="int8", previews=False).artifact
-    assert auto.manifest.runtime.paths == {"int8_products": chosen}  # the cached choice, honoured
+    assert auto.manifest.runtime.paths == {
+        "int8_products": chosen,
+        "attention": "sdpa",
+    }  # the cached choice, honoured
     made = {}
     for path in ("fbgemm", "rowwise"):
         monkeypatch.setenv("HARMONIA_INT8_PRODUCTS", path)
         made[path] = generate(
             wb, "tiny-musicgen", request, threads=2, precision="int8", previews=False
         ).artifact
-        assert made[path].manifest.runtime.paths == {"int8_products": path}
+        assert made[path].manifest.runtime.paths == {"int8_products": path, "attention": "sdpa"}
     # fbgemm is what int8 ran before it had a choice: its ids stay as they were
     assert "paths" not in made["fbgemm"].manifest.identity["runtime"]
     assert made["rowwise"].manifest.identity["runtime"]["paths"] == {"int8_products": "rowwise"}
@@ -384,9 +396,142 @@ def test_the_int8_path_is_measured_recorded_and_a_manifest_from_before_replays_f
     data["runtime"].pop("paths")
     manifest.write_text(json.dumps(data, indent=2))
     assert musicgen.MusicGenEngine.replayed_paths(musicgen.Runtime("cpu", "float32", 2, "int8")) == {
-        "int8_products": "fbgemm"
+        "int8_products": "fbgemm",
+        "attention": "sdpa",
     }
     assert reproduce(wb, made["fbgemm"].id).identical
+
+
+def _attention_inputs(rows: int, heads: int, length: int, dim: int, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(rows, heads, n, dim, generator=generator) for n in (1, length, length))
+    return q, k, v
+
+
+@needs_avx512
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    ("heads", "dim", "length"), [(16, 64, 1), (16, 64, 37), (4, 32, 300), (4, 8, 16), (3, 40, 20)]
+)
+def test_the_attention_kernel_is_sdpa_to_rounding_and_its_bits_depend_on_nothing_else(
+    dtype, heads, dim, length
+):
+    """One position against ``end`` keys: torch's SDPA to rounding; the same bits on one thread and
+    two, for a row alone and among others, and for a bfloat16 cache as for a float32 one holding
+    the same values (bfloat16 -> float32 is exact, and the arithmetic after it is the same)."""
+    q, k, v = _attention_inputs(4, heads, length + 5, dim, seed=length)
+    k, v = k.to(dtype), v.to(dtype)
+    for end in {1, length}:
+        got = torch.ops.harmonia.decode_attention(q, k, v, end, 0.125, None)
+        want = torch.nn.functional.scaled_dot_product_attention(
+            q, k[:, :, :end].float(), v[:, :, :end].float(), scale=0.125
+        )
+        assert got.shape == (4, heads, 1, dim) and got.dtype == torch.float32
+        assert (got - want).abs().max() <= 2e-6 * want.abs().max()
+        one, two = on_one_and_two_threads(
+            lambda end=end: torch.ops.harmonia.decode_attention(q, k, v, end, 0.125, None)
+        )
+        assert same_bits(one, got) and same_bits(two, got)
+        alone = torch.ops.harmonia.decode_attention(q[2:3], k[2:3], v[2:3], end, 0.125, None)
+        assert same_bits(alone, got[2:3])
+        wide = torch.ops.harmonia.decode_attention(q, k.float(), v.float(), end, 0.125, None)
+        assert same_bits(wide, got)
+
+
+@needs_avx512
+def test_the_attention_kernel_masks_like_sdpa_reads_strided_keys_and_refuses_what_it_cannot_run():
+    """The prompt's mask (True: attend; a row with none, guidance's empty prompt, gives zeros as
+    SDPA does), keys kept as a transposed view (the prompt's keys are), NaN carried through."""
+    q, k, v = _attention_inputs(4, 4, 12, 32, seed=1)
+    mask = torch.tensor([[1] * 7 + [0] * 5, [1] * 12, [0] * 12, [0, 1] * 6], dtype=torch.bool)[
+        :, None, None, :
+    ]
+    got = torch.ops.harmonia.decode_attention(q, k, v, 12, 0.2, mask)
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.2)
+    assert (got - want).abs().max() <= 2e-6 * want.abs().max()
+    assert torch.equal(got[2], torch.zeros_like(got[2])) and torch.equal(want[2], got[2])
+    strided = (
+        k.transpose(1, 2).contiguous().transpose(1, 2)
+    )  # [rows, heads, keys, dim] over [rows, keys, heads, dim]
+    assert not strided.is_contiguous()
+    assert same_bits(torch.ops.harmonia.decode_attention(q, strided, v, 12, 0.2, mask), got)
+    k[1, 0, 3, 0] = float("nan")
+    poisoned = torch.ops.harmonia.decode_attention(q, k, v, 12, 0.2, None)
+    assert (
+        poisoned[1, 0].isnan().all() and not poisoned[1, 1:].isnan().any() and not poisoned[0].isnan().any()
+    )
+    with pytest.raises(RuntimeError, match=r"harmonia\.decode_attention: query \[rows, heads, 1, dim\]"):
+        torch.ops.harmonia.decode_attention(q.expand(4, 4, 2, 32), k, v, 12, 0.2, None)
+    with pytest.raises(RuntimeError, match=r"and 1 <= end <= their length"):
+        torch.ops.harmonia.decode_attention(q, k, v, 13, 0.2, None)
+    with pytest.raises(RuntimeError, match=r"must match the query \(dim up to 256, unit stride\)"):
+        torch.ops.harmonia.decode_attention(q[..., :24], k, v, 12, 0.2, None)
+
+
+@needs_avx512
+def test_the_attention_path_is_measured_recorded_forced_and_replayed(wb, monkeypatch):
+    """bf16, int8 and int4 choose between torch's SDPA and Harmonia's kernel for a step's attention;
+    exact always keeps SDPA (plain transformers' bytes). SDPA is what every mode ran before there
+    was a choice: it leaves ids as they were, and a manifest that names no attention replays it."""
+    from harmonia.engines.decoding import _OwnAttentionLayer
+    from harmonia.generation import generate, load_engine, reproduce
+
+    cache = wb.state_dir / "calibration.json"
+    cache.unlink(missing_ok=True)
+    measured = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int4")
+    line = measured.loaded.choices["attention"]
+    assert line.startswith(("own (measured: own ", "sdpa (measured: own ")) and " ms, sdpa " in line
+    (key,) = [k for k in json.loads(cache.read_text()) if "| attention " in k]
+    assert (
+        "| 2 threads | attention 2 rows, 2 layers of 4 heads of 8, a float32 cache of 64 and 512 keys |"
+        in key
+    )
+    exact = MusicGenEngine.load(wb, "tiny-musicgen", threads=2)
+    assert "attention" not in exact.loaded.choices
+    assert not any(isinstance(layer, _OwnAttentionLayer) for layer in exact._step.layers)
+    request = MusicRequest(["calm piano", "drums"], duration_s=0.6, seed=8)
+    made, audio = {}, {}
+    for path in ("sdpa", "own"):
+        monkeypatch.setenv("HARMONIA_ATTENTION", path)
+        forced = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int4")
+        assert forced.loaded.choices == {"attention": f"{path} (forced)"}
+        assert isinstance(forced._step, torch.jit.ScriptModule)  # both paths compile to TorchScript
+        assert forced._step.attention == path
+        audio[path] = forced.generate(request).audio
+        assert np.array_equal(audio[path], forced.generate(request).audio)
+        made[path] = generate(
+            wb, "tiny-musicgen", request, threads=2, precision="int4", previews=False
+        ).artifact
+        assert made[path].manifest.runtime.paths == {"attention": path}
+    assert made["sdpa"].id != made["own"].id
+    assert "paths" not in made["sdpa"].manifest.identity["runtime"]  # the id int4 had before the choice
+    assert made["own"].manifest.identity["runtime"]["paths"] == {"attention": "own"}
+    monkeypatch.setenv("HARMONIA_ATTENTION", "sdpa")  # this machine would now pick sdpa ...
+    assert reproduce(wb, made["own"].id).identical  # ... the artifact's own path is replayed
+    replayed = load_engine(wb, "tiny-musicgen", threads=2, precision="int4", paths=(("attention", "own"),))
+    assert replayed.loaded.choices == {"attention": "own (recorded)"}
+    assert replayed._step.attention == "own"
+    # a manifest from before the choice (no paths) ran SDPA, and still does
+    monkeypatch.setenv("HARMONIA_ATTENTION", "own")
+    manifest = made["sdpa"].path / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["runtime"].pop("paths")
+    manifest.write_text(json.dumps(data, indent=2))
+    assert MusicGenEngine.replayed_paths(musicgen.Runtime("cpu", "float32", 2, "int4")) == {
+        "attention": "sdpa"
+    }
+    assert reproduce(wb, made["sdpa"].id).identical
+    # bf16 keeps its cache in bfloat16 on the kernel (what its projections return), float32 for SDPA
+    bf16 = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="bf16")
+    assert bf16._step.cache_bf16 and not measured._step.cache_bf16
+    four = MusicRequest(["calm piano", "drums", "a", "strings"], duration_s=0.4, seed=5)
+    assert np.array_equal(bf16.generate(four).audio, bf16.generate(four).audio)
+    melody = MusicGenEngine.load(wb, "tiny-musicgen-melody", threads=2, precision="int4")
+    assert melody.loaded.choices == {}  # generate() decodes a melody model: no attention of Harmonia's
+    take = melody.generate(MusicRequest(["calm piano"], duration_s=0.4, seed=2)).audio  # (int4 packing
+    assert (
+        take.shape[0] == 1 and np.isfinite(take).all()
+    )  # once failed on its decoder without cross-attention)
 
 
 @needs_vnni
@@ -422,6 +567,15 @@ def test_a_path_this_cpu_cannot_run_is_refused_in_one_line(wb, monkeypatch):
         RequestError, match=r"^This run needs Harmonia's rows_linear kernel \(bf16_products: rows8\), "
     ):
         MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="bf16")
+    monkeypatch.setenv("HARMONIA_BF16_PRODUCTS", "linear")
+    monkeypatch.setenv("HARMONIA_ATTENTION", "own")
+    with pytest.raises(
+        RequestError,
+        match=r"^This run needs Harmonia's decode_attention kernel \(attention: own\), but this CPU lacks "
+        r"avx512f\. ",
+    ):
+        MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int4")
+    monkeypatch.setenv("HARMONIA_ATTENTION", "auto")
     monkeypatch.setenv("HARMONIA_BF16_PRODUCTS", "fast")
     with pytest.raises(
         RequestError,
@@ -468,7 +622,7 @@ def test_the_kernel_source_is_pinned_to_the_engines_code_version():
     digest = hashlib.sha256(kernels.SOURCE.read_bytes()).hexdigest()
     assert (MusicGenEngine.code_version, digest) == (
         1,
-        "d9e5a5153c562de63a276b4489176430c3b28054e945cc7f0b38a2350a5675d7",
+        "c524fb168195ec22dcd4599b60cbc56311f7e973ea33cf1f0a0d4e87f89a5d05",
     ), (
         "harmonia/kernels/decode.cpp changed: bump MusicGenEngine.code_version if its bits did, then pin the digest"
     )

@@ -20,6 +20,7 @@ from harmonia.errors import (
 )
 
 RATE = 32_000
+AVX512 = all(flag in kernels.cpu_flags() for flag in kernels.NEEDS["decode_attention"])
 
 
 @pytest.fixture(scope="module")
@@ -471,14 +472,23 @@ def test_melody_model_runs_on_text_alone(melody_model):
     assert result.audio.shape == (1, 1, RATE // 2) and np.abs(result.audio).max() > 0
 
 
-@pytest.mark.parametrize("precision", ["exact", "bf16", "int8", "int4"])
-def test_scripted_step_computes_the_eager_steps_logits_to_the_bit(sharp_wb, precision):
-    """The decoding step runs as TorchScript; its logits are the eager module's, every step."""
+@pytest.mark.parametrize(
+    ("precision", "attention"),
+    [("exact", "sdpa"), ("bf16", "sdpa"), ("int8", "sdpa"), ("int4", "sdpa")]
+    + [(p, "own") for p in ("bf16", "int8", "int4") if AVX512],
+)
+def test_scripted_step_computes_the_eager_steps_logits_to_the_bit(
+    sharp_wb, monkeypatch, precision, attention
+):
+    """The decoding step runs as TorchScript; its logits are the eager module's, every step (on
+    either attention path; exact has only SDPA)."""
     from harmonia.engines import decoding
 
+    if precision != "exact":
+        monkeypatch.setenv("HARMONIA_ATTENTION", attention)
     engine = MusicGenEngine.load(sharp_wb, "tiny-musicgen", threads=2, precision=precision)
-    assert isinstance(engine._step, torch.jit.ScriptModule)
-    eager = decoding.DecoderStep(engine.model, decoding.attend_dtype(engine._step.norm.weight))
+    assert isinstance(engine._step, torch.jit.ScriptModule) and engine._step.attention == attention
+    eager = decoding.DecoderStep(engine.model, decoding.attend_dtype(engine._step.norm.weight), attention)
     assert not isinstance(eager, torch.jit.ScriptModule)
     text = engine.tokenizer(["lofi beat", "a slow drone"], padding=True, return_tensors="pt")
     vocab = engine.model.config.decoder.vocab_size
@@ -490,6 +500,8 @@ def test_scripted_step_computes_the_eager_steps_logits_to_the_bit(sharp_wb, prec
         def recording(*args):
             seen.append(step(*args))
             return seen[-1]
+
+        recording.cache_bf16 = step.cache_bf16  # the cache as the step keeps it
 
         torch.manual_seed(5)
         with torch.inference_mode():
