@@ -43,10 +43,16 @@ audiocraft: setup
 demo: setup
 	$(BIN)/harmonia demo
 
+# `make test`: lint, then the default test set: every test not marked slow (about 540, 7-10
+# minutes on 2 cores). With SLOW=1, or where CI is set (CI services set it; .ci/run does),
+# the slow tests too (about 55 more: the notebooks, the browser, the pipeline, Ray, the README's
+# sequences; about 21 minutes for all on a 2-core Intel Xeon).
+ALL_TESTS := $(filter-out 0 false,$(SLOW) $(CI))
+TEST_SET := $(if $(ALL_TESTS),,not slow and )not gpu and not real_weights
 test: system setup   # system first: setup builds Harmonia's kernels with the g++ it installs
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -n 2 --dist loadfile   # two workers, a test file each (pytest-xdist)
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m "$(TEST_SET)"   # two workers, a test file each (pytest-xdist)
 
 # Run every notebook on the tiny models with papermill into outputs/notebooks/ (ignored).
 notebooks: setup

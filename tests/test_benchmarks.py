@@ -97,6 +97,28 @@ def test_bench_products_times_every_path_this_cpu_runs(tmp_path):
     assert "the sum of a buffer" in proc.stdout
 
 
+def test_bench_attention_times_sdpa_and_the_kernel_on_both_caches(tmp_path):
+    from harmonia import kernels
+
+    result, proc = run_bench(tmp_path, "bench_attention", "--tiny", "--runs", "2")
+    seen = {(r["path"], r["cache"], r["keys"]) for r in result["paths"]}
+    expected = {("sdpa", "float32", n) for n in (5, 40)}
+    if kernels.unavailable("decode_attention") is None:
+        expected |= {("own (Harmonia)", cache, n) for cache in ("float32", "bfloat16") for n in (5, 40)}
+    assert seen == expected and (result["layers"], result["heads"], result["dim"], result["rows"]) == (
+        2,
+        4,
+        8,
+        2,
+    )
+    for row in result["paths"]:  # the bytes: keys and values of every layer, 4 or 2 bytes a value
+        width = 4 if row["cache"] == "float32" else 2
+        assert row["bytes"] == 2 * 2 * 2 * 4 * row["keys"] * 8 * width
+        assert abs(row["gib_s"] - row["bytes"] / 2**30 / row["seconds"]) <= 0.051
+        assert ("vs_sdpa" in row) == (row["path"] != "sdpa")
+    assert "the sum of a buffer" in proc.stdout
+
+
 def test_bench_samples_runs_on_the_tiny_model(tmp_path):
     result, _ = run_bench(tmp_path, "bench_samples", "--tiny", "--steps", "2")
     assert [r["dtype"] for r in result["rows"]] == ["float32", "bfloat16"] and result["steps"] == 2

@@ -465,18 +465,20 @@ def _decoder_shape(config: dict) -> str:
     )
 
 
-def _product_shape(config: dict, which: str, precision: str) -> str:
+def _product_shape(config: dict, which: str, precision: str, dtype: str | None) -> str:
     """What a path's speed depends on besides the CPU, torch and threads: the decoder's shape
-    (for attention: its heads, and the dtype of the cache), and which of Harmonia's kernels run
-    here (a machine whose build failed, or a CPU of the same name without them, measures again
-    instead of reading a choice it cannot run). bf16's products are measured on eight rows as
-    well (choices cached before ``rows8`` are measured again)."""
+    (for attention: its heads, and the dtype of the cache), and which of Harmonia's kernels for
+    it run here (a machine whose build failed, or a CPU of the same name without them, measures
+    again instead of reading a choice it cannot run; the product kernels for products, so the
+    attention kernel's arrival left their cached choices as they were). bf16's products are
+    measured on eight rows as well (choices cached before ``rows8`` are measured again)."""
     from harmonia.kernels import NEEDS, unavailable
 
-    kernels = ", ".join(product for product in NEEDS if unavailable(product) is None) or "none"
+    mine = [k for k in NEEDS if (k == "decode_attention") == (which == "attention")]
+    kernels = ", ".join(product for product in mine if unavailable(product) is None) or "none"
     if which == "attention":
         d = config["decoder"]
-        cache = "bfloat16" if precision == "bf16" else "float32"
+        cache = "bfloat16" if precision == "bf16" or dtype == "bfloat16" else "float32"
         return (
             f"{FEW_ROWS} rows, {d['num_hidden_layers']} layers of {d['num_attention_heads']} heads of "
             f"{d['hidden_size'] // d['num_attention_heads']}, a {cache} cache of 64 and 512 keys | "
@@ -578,7 +580,7 @@ def _choose_attention(state_dir: Path, decoder: torch.nn.Module, shape: str) -> 
     the cache as it would: float32 for SDPA, the decoder's dtype for the kernel (bfloat16 in
     bf16, exactly what its projections return). They sum in different orders, so the path is
     part of the artifact id and ``reproduce`` replays it; a path further than rounding from
-    SDPA's (1e-4 of the largest value; 1/64 for a bfloat16 cache) is never chosen. ``exact``
+    SDPA's (1e-4 of the largest value: both read the same values) is never chosen. ``exact``
     keeps SDPA, the plain library's attention, always."""
     from harmonia.kernels import unavailable
 
@@ -617,11 +619,10 @@ def _choose_attention(state_dir: Path, decoder: torch.nn.Module, shape: str) -> 
     candidates = {"sdpa": sdpa}
     if unavailable("decode_attention") is None:
         candidates["own"] = kernel
-    tolerance = 1 / 64 if kept == torch.bfloat16 else 1e-4
     with torch.inference_mode():
         return choose(
             state_dir, "attention", shape, candidates, "sdpa",
-            agree=lambda a, b: bool((a - b).abs().max() <= tolerance * b.abs().max()),
+            agree=lambda a, b: bool((a - b).abs().max() <= 1e-4 * b.abs().max()),
         )  # fmt: skip
 
 
@@ -866,7 +867,9 @@ class MusicGenEngine:
                 if recorded is not None:  # replayed from a manifest, or fixed by generate()
                     choice = Choice(which, recorded, "recorded", {})
                 else:  # forced by the environment, cached for this CPU, or measured now
-                    shape = _product_shape(json.loads((path / "config.json").read_text()), which, precision)
+                    shape = _product_shape(
+                        json.loads((path / "config.json").read_text()), which, precision, dtype
+                    )
                     choice = known(wb.state_dir, which, shape, threads, PRODUCT_PATHS[which])
                     if choice is None:
                         with pinned_threads(threads):
@@ -962,12 +965,12 @@ class MusicGenEngine:
             if name in recorded:
                 paths.append((name, recorded[name]))
                 continue
-            shape = _product_shape(config, name, runtime.precision)
+            shape = _product_shape(config, name, runtime.precision, runtime.dtype)
             choice = known(wb.state_dir, name, shape, runtime.threads, PRODUCT_PATHS[name])
             if choice is None:
                 return None
             paths.append((name, choice.path))
-        return tuple(paths)
+        return tuple(sorted(paths))  # in the order LoadedModel.paths gives them (part of an engine's key)
 
     @classmethod
     def identity_paths(cls, runtime) -> dict[str, str]:

@@ -423,6 +423,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 load16(const 
 // times the scale; a masked key scores -inf. Softmax: the largest score m; p_t = exp16(s_t - m),
 // summed in 16 lanes in t order, then `lanes`. Output: sum over t of p_t v_t (multiply-adds in
 // t order), divided by the sum; a row with every key masked gives zeros (as torch's SDPA does).
+// A masked key is never read: a NaN in it does not reach the output (SDPA's would).
 template <bool BF16>
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void attend_one(
     const float *q, const char *k, const char *v, int64_t T, int64_t D, int64_t kstride, int64_t vstride,
@@ -490,7 +491,9 @@ at::Tensor decode_attention(const at::Tensor &query, const at::Tensor &keys, con
                 "and 1 <= end <= their length");
     at::Tensor m;
     if (mask.has_value() && mask->defined()) {
-        m = mask->to(at::kBool).expand({R, H, 1, end});
+        TORCH_CHECK(mask->scalar_type() == at::kBool,
+                    "harmonia.decode_attention: the mask must be boolean (True: attend), as SDPA's boolean masks");
+        m = mask->expand({R, H, 1, end});
     }
     const at::Tensor q = query.contiguous();
     at::Tensor out = at::empty({R, H, 1, D}, q.options());

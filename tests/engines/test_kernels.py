@@ -462,6 +462,8 @@ def test_the_attention_kernel_masks_like_sdpa_reads_strided_keys_and_refuses_wha
     )
     with pytest.raises(RuntimeError, match=r"harmonia\.decode_attention: query \[rows, heads, 1, dim\]"):
         torch.ops.harmonia.decode_attention(q.expand(4, 4, 2, 32), k, v, 12, 0.2, None)
+    with pytest.raises(RuntimeError, match=r"the mask must be boolean \(True: attend\)"):
+        torch.ops.harmonia.decode_attention(q, k, v, 12, 0.2, mask.float())
     with pytest.raises(RuntimeError, match=r"and 1 <= end <= their length"):
         torch.ops.harmonia.decode_attention(q, k, v, 13, 0.2, None)
     with pytest.raises(RuntimeError, match=r"must match the query \(dim up to 256, unit stride\)"):
@@ -473,6 +475,7 @@ def test_the_attention_path_is_measured_recorded_forced_and_replayed(wb, monkeyp
     """bf16, int8 and int4 choose between torch's SDPA and Harmonia's kernel for a step's attention;
     exact always keeps SDPA (plain transformers' bytes). SDPA is what every mode ran before there
     was a choice: it leaves ids as they were, and a manifest that names no attention replays it."""
+    from harmonia import generation
     from harmonia.engines.decoding import _OwnAttentionLayer
     from harmonia.generation import generate, load_engine, reproduce
 
@@ -490,7 +493,14 @@ def test_the_attention_path_is_measured_recorded_forced_and_replayed(wb, monkeyp
     assert "attention" not in exact.loaded.choices
     assert not any(isinstance(layer, _OwnAttentionLayer) for layer in exact._step.layers)
     request = MusicRequest(["calm piano", "drums"], duration_s=0.6, seed=8)
-    made, audio = {}, {}
+    made, audio, built = {}, {}, []
+    real_step = musicgen.decoder_step
+
+    def spy(model, attention):
+        built.append(attention)
+        return real_step(model, attention)
+
+    monkeypatch.setattr(musicgen, "decoder_step", spy)
     for path in ("sdpa", "own"):
         monkeypatch.setenv("HARMONIA_ATTENTION", path)
         forced = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int4")
@@ -503,11 +513,19 @@ def test_the_attention_path_is_measured_recorded_forced_and_replayed(wb, monkeyp
             wb, "tiny-musicgen", request, threads=2, precision="int4", previews=False
         ).artifact
         assert made[path].manifest.runtime.paths == {"attention": path}
+        loads = []  # after each request: the first may load (made[path] may be an earlier test's artifact)
+        for seed in (1, 2):
+            again = MusicRequest(["x"], duration_s=0.2, seed=seed)
+            generate(wb, "tiny-musicgen", again, threads=2, precision="int4", previews=False)
+            loads.append(len(built))
+        assert loads[1] == loads[0]  # a second request on the same paths finds the loaded engine
     assert made["sdpa"].id != made["own"].id
     assert "paths" not in made["sdpa"].manifest.identity["runtime"]  # the id int4 had before the choice
     assert made["own"].manifest.identity["runtime"]["paths"] == {"attention": "own"}
     monkeypatch.setenv("HARMONIA_ATTENTION", "sdpa")  # this machine would now pick sdpa ...
-    assert reproduce(wb, made["own"].id).identical  # ... the artifact's own path is replayed
+    built.clear()
+    generation._engines.clear()  # (so that reproduce loads, and the spy sees what it builds)
+    assert reproduce(wb, made["own"].id).identical and built == ["own"]  # ... its own path is replayed
     replayed = load_engine(wb, "tiny-musicgen", threads=2, precision="int4", paths=(("attention", "own"),))
     assert replayed.loaded.choices == {"attention": "own (recorded)"}
     assert replayed._step.attention == "own"
@@ -520,7 +538,16 @@ def test_the_attention_path_is_measured_recorded_forced_and_replayed(wb, monkeyp
     assert MusicGenEngine.replayed_paths(musicgen.Runtime("cpu", "float32", 2, "int4")) == {
         "attention": "sdpa"
     }
-    assert reproduce(wb, made["sdpa"].id).identical
+    built.clear()
+    generation._engines.clear()
+    assert reproduce(wb, made["sdpa"].id).identical and built == ["sdpa"]
+    built.clear()  # int8 has two choices (products, attention): the engine's key sees them in one order
+    loads = []
+    for seed in (1, 2, 3):
+        again = MusicRequest(["x"], duration_s=0.2, seed=seed)
+        generate(wb, "tiny-musicgen", again, threads=2, precision="int8", previews=False)
+        loads.append(len(built))
+    assert loads[2] == loads[1] == loads[0]  # the first may load (and measure); no other does
     # bf16 keeps its cache in bfloat16 on the kernel (what its projections return), float32 for SDPA
     bf16 = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="bf16")
     assert bf16._step.cache_bf16 and not measured._step.cache_bf16
@@ -539,6 +566,7 @@ def test_rowwise_int8_makes_the_same_audio_with_or_without_the_kernel(wb, monkey
     """The kernel and its float64 stand-in compute the same bits, so an artifact made on an AVX-512
     VNNI machine reproduces on any CPU (more slowly)."""
     monkeypatch.setenv("HARMONIA_INT8_PRODUCTS", "rowwise")
+    monkeypatch.setenv("HARMONIA_ATTENTION", "sdpa")  # the same attention both times
     request = MusicRequest(["calm piano", "drums"], duration_s=0.6, seed=8)
     audio = []
     for kernel in (True, False):
@@ -622,7 +650,7 @@ def test_the_kernel_source_is_pinned_to_the_engines_code_version():
     digest = hashlib.sha256(kernels.SOURCE.read_bytes()).hexdigest()
     assert (MusicGenEngine.code_version, digest) == (
         1,
-        "c524fb168195ec22dcd4599b60cbc56311f7e973ea33cf1f0a0d4e87f89a5d05",
+        "f74f4af1c5fa392604fb93e03a6ebeeedc1d27451dc6f908648f49e8f73a859b",
     ), (
         "harmonia/kernels/decode.cpp changed: bump MusicGenEngine.code_version if its bits did, then pin the digest"
     )

@@ -523,6 +523,53 @@ def test_scripted_step_computes_the_eager_steps_logits_to_the_bit(
     assert torch.equal(scripted_tokens, eager_tokens)
 
 
+@pytest.mark.skipif(not AVX512, reason="this CPU lacks AVX-512 (the attention kernel's target)")
+@pytest.mark.parametrize("precision", ["bf16", "int8", "int4"])
+def test_the_own_attention_computes_sdpas_logits_to_rounding_every_step(sharp_wb, precision):
+    """Harmonia's attention in a whole decoding window (a prefill of five frames, then single
+    steps over a growing cache; the prompt's padded tokens masked; guidance's empty prompt fully
+    masked) gives SDPA's logits to rounding at every step, so the same tokens on these sharp
+    decoders, where a wrong attention changes them."""
+    from harmonia.engines import decoding
+
+    engine = MusicGenEngine.load(sharp_wb, "tiny-musicgen", threads=2, precision=precision)
+    dtype = decoding.attend_dtype(engine._step.norm.weight)
+    text = engine.tokenizer(["lofi beat", "a slow drone with strings"], padding=True, return_tensors="pt")
+    assert not text["attention_mask"].all()  # a padded prompt: the mask matters
+    context = torch.randint(0, engine.model.config.decoder.vocab_size, (2 * 4, 5))
+
+    def run(attention):
+        step, seen = decoding.DecoderStep(engine.model, dtype, attention), []
+        assert isinstance(step.layers[0], decoding._OwnAttentionLayer) == (attention == "own")
+        assert step.cache_bf16 == (attention == "own" and precision == "bf16")
+
+        def recording(*args):
+            seen.append(step(*args))
+            return seen[-1]
+
+        recording.cache_bf16 = step.cache_bf16
+        torch.manual_seed(5)
+        with torch.inference_mode():
+            tokens = decoding.sample_window(
+                engine.model,
+                recording,
+                text["input_ids"],
+                text["attention_mask"],
+                context,
+                12,
+                decoding.Sampling(),
+            )
+        return tokens, seen
+
+    sdpa_tokens, sdpa = run("sdpa")
+    own_tokens, own = run("own")
+    for a, b in zip(own, sdpa, strict=True):
+        assert (a - b).abs().max() <= 1e-4 * b.abs().max()
+    if precision != "bf16":  # another order of the sums (bf16's rounding of attention's output hides it)
+        assert any(not torch.equal(a, b) for a, b in zip(own, sdpa, strict=True))
+    assert torch.equal(own_tokens, sdpa_tokens)
+
+
 def test_a_torch_without_torchscript_decodes_eagerly_to_the_same_audio(sharp_wb, monkeypatch, caplog):
     def no_script(module):
         raise RuntimeError("TorchScript is gone")
