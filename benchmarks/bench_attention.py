@@ -21,24 +21,13 @@ import argparse
 import json
 import os
 import platform
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import cpu_flags, cpu_name, torch_build
+from common import best, cpu_flags, cpu_name, torch_build
 
 from harmonia.kernels import unavailable
-
-
-def best(run, runs: int) -> float:
-    run()  # a first call's one-off costs
-    fastest = float("inf")
-    for _ in range(runs):
-        started = time.perf_counter()
-        run()
-        fastest = min(fastest, time.perf_counter() - started)
-    return fastest
 
 
 def main() -> None:

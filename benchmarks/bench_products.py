@@ -26,25 +26,14 @@ import argparse
 import json
 import os
 import platform
-import time
 import warnings
 from pathlib import Path
 
 import torch
-from common import cpu_flags, cpu_name, torch_build
+from common import best, cpu_flags, cpu_name, torch_build
 
 from harmonia.engines.musicgen import _Int4Linear, _RowwiseInt8Linear
 from harmonia.kernels import unavailable
-
-
-def best(run, runs: int) -> float:
-    run()  # a first call's one-off costs
-    fastest = float("inf")
-    for _ in range(runs):
-        started = time.perf_counter()
-        run()
-        fastest = min(fastest, time.perf_counter() - started)
-    return fastest
 
 
 def packed_bytes(module: torch.nn.Module) -> int:

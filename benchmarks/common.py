@@ -98,3 +98,16 @@ def finish(args, model: str, rows: list[dict], **extra) -> dict:
         f"cpu: {result['cpu']} ({', '.join(result['cpu_flags'])}), {args.threads} threads, torch {torch.__version__}"
     )
     return result
+
+
+def best(run, runs: int) -> float:
+    """The fastest of ``runs`` timed calls of ``run()``, after one untimed call (its one-off costs)."""
+    import time
+
+    run()
+    fastest = float("inf")
+    for _ in range(runs):
+        started = time.perf_counter()
+        run()
+        fastest = min(fastest, time.perf_counter() - started)
+    return fastest

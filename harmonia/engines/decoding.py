@@ -242,10 +242,23 @@ class _Layer(torch.nn.Module):
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
         """``query`` against ``keys[:, :, :end]`` and ``values[:, :, :end]``: torch's SDPA (transformers' call)."""
+        return self._sdpa(query, keys, values, end, causal, mask)
+
+    def _sdpa(
+        self,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        end: int,
+        causal: bool,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """torch's SDPA as transformers calls it, on the cache in the query's dtype (a no-op,
+        no copy, where the cache is kept in it: always, but for bf16's cache on Harmonia's kernel)."""
         return F.scaled_dot_product_attention(
             query,
-            keys[:, :, :end],
-            values[:, :, :end],
+            keys[:, :, :end].to(query.dtype),
+            values[:, :, :end].to(query.dtype),
             attn_mask=mask,
             dropout_p=0.0,
             is_causal=causal,
@@ -275,15 +288,7 @@ class _OwnAttentionLayer(_Layer):
     ) -> torch.Tensor:
         if query.shape[2] == 1:
             return torch.ops.harmonia.decode_attention(query, keys, values, end, self.scaling, mask)
-        return F.scaled_dot_product_attention(
-            query,
-            keys[:, :, :end].to(query.dtype),
-            values[:, :, :end].to(query.dtype),
-            attn_mask=mask,
-            dropout_p=0.0,
-            is_causal=causal,
-            scale=self.scaling,
-        )
+        return self._sdpa(query, keys, values, end, causal, mask)
 
 
 class DecoderStep(torch.nn.Module):

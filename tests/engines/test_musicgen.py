@@ -472,6 +472,32 @@ def test_melody_model_runs_on_text_alone(melody_model):
     assert result.audio.shape == (1, 1, RATE // 2) and np.abs(result.audio).max() > 0
 
 
+def _window_logits(engine, step, text, context, steps: int = 12):
+    """A decoding window of ``steps`` through ``step`` after ``context``: the tokens, and the
+    logits of every step (seed 5)."""
+    from harmonia.engines import decoding
+
+    seen = []
+
+    def recording(*args):
+        seen.append(step(*args))
+        return seen[-1]
+
+    recording.cache_bf16 = step.cache_bf16  # the cache as the step keeps it
+    torch.manual_seed(5)
+    with torch.inference_mode():
+        tokens = decoding.sample_window(
+            engine.model,
+            recording,
+            text["input_ids"],
+            text["attention_mask"],
+            context,
+            steps,
+            decoding.Sampling(),
+        )
+    return tokens, seen
+
+
 @pytest.mark.parametrize(
     ("precision", "attention"),
     [("exact", "sdpa"), ("bf16", "sdpa"), ("int8", "sdpa"), ("int4", "sdpa")]
@@ -494,30 +520,8 @@ def test_scripted_step_computes_the_eager_steps_logits_to_the_bit(
     vocab = engine.model.config.decoder.vocab_size
     context = torch.randint(0, vocab, (2 * 4, 5))  # a prefill of five frames, then single steps
 
-    def run(step):
-        seen = []
-
-        def recording(*args):
-            seen.append(step(*args))
-            return seen[-1]
-
-        recording.cache_bf16 = step.cache_bf16  # the cache as the step keeps it
-
-        torch.manual_seed(5)
-        with torch.inference_mode():
-            tokens = decoding.sample_window(
-                engine.model,
-                recording,
-                text["input_ids"],
-                text["attention_mask"],
-                context,
-                12,
-                decoding.Sampling(),
-            )
-        return tokens, seen
-
-    scripted_tokens, scripted = run(engine._step)
-    eager_tokens, eager_logits = run(eager)
+    scripted_tokens, scripted = _window_logits(engine, engine._step, text, context)
+    eager_tokens, eager_logits = _window_logits(engine, eager, text, context)
     assert len(scripted) == len(eager_logits) == 12 and scripted[0].dtype == torch.float32
     assert all(torch.equal(a, b) for a, b in zip(scripted, eager_logits, strict=True))
     assert torch.equal(scripted_tokens, eager_tokens)
@@ -539,27 +543,10 @@ def test_the_own_attention_computes_sdpas_logits_to_rounding_every_step(sharp_wb
     context = torch.randint(0, engine.model.config.decoder.vocab_size, (2 * 4, 5))
 
     def run(attention):
-        step, seen = decoding.DecoderStep(engine.model, dtype, attention), []
+        step = decoding.DecoderStep(engine.model, dtype, attention)
         assert isinstance(step.layers[0], decoding._OwnAttentionLayer) == (attention == "own")
         assert step.cache_bf16 == (attention == "own" and precision == "bf16")
-
-        def recording(*args):
-            seen.append(step(*args))
-            return seen[-1]
-
-        recording.cache_bf16 = step.cache_bf16
-        torch.manual_seed(5)
-        with torch.inference_mode():
-            tokens = decoding.sample_window(
-                engine.model,
-                recording,
-                text["input_ids"],
-                text["attention_mask"],
-                context,
-                12,
-                decoding.Sampling(),
-            )
-        return tokens, seen
+        return _window_logits(engine, step, text, context)
 
     sdpa_tokens, sdpa = run("sdpa")
     own_tokens, own = run("own")
