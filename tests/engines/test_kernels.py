@@ -486,7 +486,7 @@ def test_the_attention_path_is_measured_recorded_forced_and_replayed(wb, monkeyp
     assert line.startswith(("own (measured: own ", "sdpa (measured: own ")) and " ms, sdpa " in line
     (key,) = [k for k in json.loads(cache.read_text()) if "| attention " in k]
     assert (
-        "| 2 threads | attention 2 rows, 2 layers of 4 heads of 8, a float32 cache of 64 and 512 keys |"
+        "| 2 threads | attention 2 rows, 2 layers of 4 heads of 8, a float32 cache of 64 and 512 keys and a prompt of 16 |"
         in key
     )
     exact = MusicGenEngine.load(wb, "tiny-musicgen", threads=2)
