@@ -86,7 +86,8 @@ def sample_window(
 
     Args:
         model: a ``MusicgenForConditionalGeneration`` in eval mode.
-        step: the model's :func:`decoder_step`.
+        step: the model's :func:`decoder_step` (a wrapper of it must carry its ``cache_bf16``:
+            the dtype the window's keys and values are kept in follows it).
         input_ids, attention_mask: the tokenised prompts, ``[batch, text_tokens]``.
         context: known tokens ``[batch * codebooks, frames]`` (no start token), or None.
         steps: decoding steps (new frames plus the codebook delay).
@@ -130,7 +131,7 @@ def sample_window(
     sequence[:, : ids.shape[-1]] = ids
     filled = ids.shape[-1]
     head_dim = decoder.layers[0].self_attn.head_dim
-    kept = torch.bfloat16 if getattr(step, "cache_bf16", False) else attend_dtype(decoder.layer_norm.weight)
+    kept = torch.bfloat16 if step.cache_bf16 else attend_dtype(decoder.layer_norm.weight)
     shape = (rows // codebooks * (2 if guided else 1), decoder.layers[0].self_attn.num_heads, total, head_dim)
     keys = [torch.empty(shape, dtype=kept, device=encoded.device) for _ in decoder.layers]
     values = [torch.empty(shape, dtype=kept, device=encoded.device) for _ in decoder.layers]
