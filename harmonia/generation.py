@@ -146,7 +146,8 @@ class Reproduction:
             now = "the same sha256 this time" if self.identical else "different bytes this time"
             return f"{self.artifact_id}: not reproducible ({self.not_reproducible}); {now}"
         if self.identical:
-            return f"{self.artifact_id}: identical ({len(self.outputs)} outputs, same sha256)"
+            count = len(self.outputs)
+            return f"{self.artifact_id}: identical ({count} output{'s' * (count != 1)}, same sha256)"
         worst = max(self.outputs, key=lambda o: o.max_abs_diff)
         return (
             f"{self.artifact_id}: drifted: max abs difference {worst.max_abs_diff:.3g}, "
@@ -530,7 +531,7 @@ def reproduce(
 
     Example:
         >>> reproduce(Workbench.open(), "5f0c8a4b").summary()  # doctest: +SKIP
-        '5f0c8a4b2d1e9f37: identical (1 outputs, same sha256)'
+        '5f0c8a4b2d1e9f37: identical (1 output, same sha256)'
     """
     # 1. Read the manifest and rebuild the request, its inputs from the artifact's own copies.
     stored = load_artifact(wb, artifact)
@@ -609,7 +610,8 @@ def reproduce(
         fresh = [write_take(Path(tmp), i, take, m.output, False) for i, take in enumerate(result.takes)]
         if len(fresh) != len(m.outputs):
             raise ArtifactError(
-                f"Artifact {stored.id}'s manifest lists {len(m.outputs)} outputs, but its request makes "
+                f"Artifact {stored.id}'s manifest lists {len(m.outputs)} output{'s' * (len(m.outputs) != 1)}, "
+                "but its request makes "
                 f"{len(fresh)}: the manifest was changed after writing. Regenerate the artifact (--force)."
             )
         drifts = []

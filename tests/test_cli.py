@@ -132,7 +132,7 @@ def test_generate_list_show_reproduce(music_wb):
     assert manifest["id"] == art_id
 
     rep = run_cli("reproduce", art_id, cwd=music_wb.root)
-    assert (rep.returncode, rep.stdout) == (0, f"{art_id}: identical (1 outputs, same sha256)\n")
+    assert (rep.returncode, rep.stdout) == (0, f"{art_id}: identical (1 output, same sha256)\n")
 
 
 def test_generate_from_an_idea_and_bad_input_exit_codes(music_wb):

@@ -160,9 +160,7 @@ def test_the_id_follows_what_determines_the_output(music_wb):
 def test_reproduce_says_identical_then_reports_drift(music_wb):
     done = generate(music_wb, "tiny-musicgen", MusicRequest("x", duration_s=0.8, seed=9), previews=False)
     verdict = reproduce(music_wb, done.artifact.id[:6])
-    assert (
-        verdict.identical and verdict.summary() == f"{done.artifact.id}: identical (1 outputs, same sha256)"
-    )
+    assert verdict.identical and verdict.summary() == f"{done.artifact.id}: identical (1 output, same sha256)"
     assert verdict.outputs[0].max_abs_diff == 0 and verdict.outputs[0].snr_db == math.inf
     # damage the stored take: reproduce reports how far it is from a fresh generation
     path = done.artifact.path / "take-0.wav"

@@ -481,7 +481,7 @@ def test_reproduce_refuses_a_tampered_manifest_in_one_line(music_wb):
     cases = [
         (
             lambda d: d["outputs"].pop(),
-            rf"^Artifact {art.id}'s manifest lists 1 outputs, but its request makes 2",
+            rf"^Artifact {art.id}'s manifest lists 1 output, but its request makes 2",
         ),
         (
             lambda d: d["request"].pop("prompts"),

@@ -95,7 +95,7 @@ def test_papermill_runs_every_notebook_and_they_make_valid_artifacts(nb_workbenc
         nb = json.loads(run.output.read_text())
         assert not [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
         assert any("injected-parameters" in c["metadata"].get("tags", []) for c in nb["cells"])
-    assert ": identical (1 outputs, same sha256)" in printed(out / "01_music_studio.ipynb")
+    assert ": identical (1 output, same sha256)" in printed(out / "01_music_studio.ipynb")
     songs = printed(out / "03_songs.ipynb")  # the song view's buttons, then the same repaint in code
     assert (
         songs.count("Made artifact ") == 2
@@ -104,7 +104,7 @@ def test_papermill_runs_every_notebook_and_they_make_valid_artifacts(nb_workbenc
         and "WER " in songs
     )
     repainted = songs.split("Made artifact ")[2].split()[0]
-    assert f"found {repainted}" in songs and f"{repainted}: identical (1 outputs, same sha256)" in songs
+    assert f"found {repainted}" in songs and f"{repainted}: identical (1 output, same sha256)" in songs
     video = printed(out / "04_video.ipynb")
     assert video.count("Generated artifact ") == 2
     assert "take-0.mp4: 32x32, 16 frames at 8 fps, 2.00 s (the track: 2.00 s)" in video

@@ -120,7 +120,7 @@ def test_tiny_lm_writes_the_same_bytes_in_two_processes(text_wb, tmp_path):
     )
     assert again.stdout.splitlines()[1].startswith(f"cached: artifact {art_id} ")
     verdict = run_cli("reproduce", art_id, cwd=text_wb.root)
-    assert verdict.returncode == 0 and verdict.stdout == f"{art_id}: identical (1 outputs, same sha256)\n"
+    assert verdict.returncode == 0 and verdict.stdout == f"{art_id}: identical (1 output, same sha256)\n"
 
 
 def test_sampling_follows_the_seed(text_wb):

@@ -301,7 +301,7 @@ def test_a_cover_with_a_reference_reproduces_in_a_fresh_process(song_wb, tmp_pat
     ).artifact
     result = run_cli("reproduce", cover.id, cwd=song_wb.root)
     assert result.returncode == 0, result.stderr
-    assert f"{cover.id}: identical (1 outputs, same sha256)" in result.stdout
+    assert f"{cover.id}: identical (1 output, same sha256)" in result.stdout
 
 
 def test_a_bad_reference_is_refused_in_one_line_before_the_model_loads(song_wb, monkeypatch, tmp_path):

@@ -94,7 +94,7 @@ def test_same_request_same_bytes_across_processes(video_wb):
     art = generate(video_wb, MODEL, request, threads=2, previews=False).artifact
     result = run_cli("reproduce", art.id, cwd=video_wb.root)
     assert result.returncode == 0, result.stderr
-    assert f"{art.id}: identical (1 outputs, same sha256)" in result.stdout
+    assert f"{art.id}: identical (1 output, same sha256)" in result.stdout
     again = generate(video_wb, MODEL, request, threads=2, previews=False)
     assert again.cached and again.artifact.id == art.id
 

@@ -52,7 +52,7 @@ def test_filters_play_manifest_ab_and_reproduce(music_wb):
     gallery.reproduce_button.click()
     gallery.wait(60)
     assert (
-        f"{a.id}: identical (1 outputs, same sha256)" in gallery.status.value
+        f"{a.id}: identical (1 output, same sha256)" in gallery.status.value
         and "harmonia-ok" in gallery.status.value
     )
 
