@@ -119,6 +119,24 @@ def test_bench_attention_times_sdpa_and_the_kernel_on_both_caches(tmp_path):
     assert "the sum of a buffer" in proc.stdout
 
 
+def test_bench_kv_cache_compares_both_caches_on_the_same_tokens(tmp_path):
+    from harmonia import kernels
+
+    result, proc = run_bench(tmp_path, "bench_kv_cache", "--tiny", "--frames", "12")
+    rows = {r["config"]: r for r in result["rows"]}
+    assert result["frames"] == 12 and rows["exact, sdpa, float32 cache"]["step_ms"] > 0
+    if kernels.unavailable("decode_attention") is not None:
+        assert set(rows) == {"exact, sdpa, float32 cache"} and "nothing to compare" in proc.stdout
+        return
+    assert len(rows) == 7
+    # teacher-forced on exact's tokens: the kernel on exact's float32 cache is SDPA to rounding
+    assert rows["exact, own, float32 cache"]["relative_logit_error"] < 1e-4
+    assert 0 < rows["exact, own-bf16"]["relative_logit_error"] < 1e-2  # the cache's rounding alone
+    for mode in ("int8 rowwise", "int4"):
+        assert rows[f"{mode}, own, float32 cache"]["relative_logit_error"] > 0
+        assert 0 <= rows[f"{mode}, own-bf16"]["sampled_agreement"] <= 1
+
+
 def test_bench_samples_runs_on_the_tiny_model(tmp_path):
     result, _ = run_bench(tmp_path, "bench_samples", "--tiny", "--steps", "2")
     assert [r["dtype"] for r in result["rows"]] == ["float32", "bfloat16"] and result["steps"] == 2

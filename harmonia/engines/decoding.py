@@ -18,9 +18,12 @@ every run). What it changes:
   processors (guidance, temperature, top-k, top-p) and ``torch.multinomial``.
 
 Attention is torch's SDPA, as transformers calls it, unless the engine chose Harmonia's
-kernel (the ``attention`` path "own", never in ``exact``): then a single-position step's
-attention runs ``torch.ops.harmonia.decode_attention`` over a cache kept in the decoder's
-dtype (bfloat16 in bf16: half the bytes a step reads from a long cache).
+kernel (the ``attention`` paths "own" and "own-bf16", never in ``exact``): then a
+single-position step's attention runs ``torch.ops.harmonia.decode_attention``. "own" keeps
+the cache in the decoder's dtype (bfloat16 in bf16, exactly what its projections return;
+float32 otherwise); "own-bf16" keeps a float32 decoder's keys and values in bfloat16, rounded
+as they are stored (int8 and int4, whose weights and inputs are rounded far more coarsely
+already): half the bytes a step reads from a long cache.
 
 MusicGen-Melody (a conditioning prefix instead of cross-attention) still goes through
 ``generate``.
@@ -255,7 +258,7 @@ class _Layer(torch.nn.Module):
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
         """torch's SDPA as transformers calls it, on the cache in the query's dtype (a no-op,
-        no copy, where the cache is kept in it: always, but for bf16's cache on Harmonia's kernel)."""
+        no copy, where the cache is kept in it: always, but for a bfloat16 cache on Harmonia's kernel)."""
         return F.scaled_dot_product_attention(
             query,
             keys[:, :, :end].to(query.dtype),
@@ -273,10 +276,10 @@ class _Layer(torch.nn.Module):
 
 
 class _OwnAttentionLayer(_Layer):
-    """A :class:`_Layer` whose single-position attention is Harmonia's kernel (the "own" attention
-    path): each (row, head) in one fixed order of float operations, reading the cache as it is
-    kept (float32, or bfloat16 for a bfloat16 decoder). Several positions (a prefill) still go
-    through SDPA, in float32."""
+    """A :class:`_Layer` whose single-position attention is Harmonia's kernel (the "own" and
+    "own-bf16" attention paths): each (row, head) in one fixed order of float operations,
+    reading the cache as it is kept (float32 or bfloat16). Several positions (a prefill) still
+    go through SDPA, in float32."""
 
     def _attend(
         self,
@@ -312,12 +315,15 @@ class DecoderStep(torch.nn.Module):
                 "runs MusicGen's gelu decoders. Use a snapshot whose decoder config has "
                 "activation_function 'gelu' (every released MusicGen checkpoint does)."
             )
-        kind = {"sdpa": _Layer, "own": _OwnAttentionLayer}[attention]
+        kind = {"sdpa": _Layer, "own": _OwnAttentionLayer, "own-bf16": _OwnAttentionLayer}[attention]
         self.layers = torch.nn.ModuleList([kind(layer, attend_dtype) for layer in decoder.layers])
-        # the dtype the window's keys and values are kept in: float32 for SDPA on CPU; the
-        # decoder's own (exactly what its projections return) for Harmonia's kernel
+        # the dtype the window's keys and values are kept in: float32 for SDPA on CPU; for
+        # Harmonia's kernel the decoder's own ("own": exactly what its projections return) or
+        # bfloat16 ("own-bf16": a float32 decoder's keys and values rounded as they are stored)
         self.attention: str = attention
-        self.cache_bf16: bool = attention == "own" and decoder.layer_norm.weight.dtype == torch.bfloat16
+        self.cache_bf16: bool = attention == "own-bf16" or (
+            attention == "own" and decoder.layer_norm.weight.dtype == torch.bfloat16
+        )
         self.norm = decoder.layer_norm
         # The heads without their hooks (a bfloat16 model's hooks cast logits for generate();
         # TorchScript cannot compile them, and the cast happens below): shallow copies, same weights.
@@ -354,8 +360,9 @@ class DecoderStep(torch.nn.Module):
 def decoder_step(model, attention: str = "sdpa") -> torch.nn.Module:
     """The model's :class:`DecoderStep`, compiled by TorchScript (eager where this torch cannot script it).
 
-    ``attention``: "sdpa" (torch's, as transformers calls it) or "own" (Harmonia's kernel for
-    single-position steps; the caller checks that it can run here).
+    ``attention``: "sdpa" (torch's, as transformers calls it), "own" (Harmonia's kernel for
+    single-position steps, over a cache in the decoder's dtype) or "own-bf16" (the kernel over
+    a bfloat16 cache); the caller checks that the kernel can run here.
 
     TorchScript is deprecated in favour of ``torch.compile``, which cannot trace torch.ao's
     packed int8 weights (a graph break at every Linear) and compiles for minutes on two cores.

@@ -479,7 +479,10 @@ def _product_shape(config: dict, which: str, precision: str, dtype: str | None) 
     kernels = ", ".join(product for product in mine if unavailable(product) is None) or "none"
     if which == "attention":
         d = config["decoder"]
-        cache = "bfloat16" if precision == "bf16" or dtype == "bfloat16" else "float32"
+        # the kernel's cache is bfloat16 either way: a bfloat16 decoder's own values, or a float32
+        # decoder's rounded ("own-bf16"; choices cached when int8 and int4 measured the kernel on a
+        # float32 cache are measured again)
+        cache = "bfloat16" if precision == "bf16" or dtype == "bfloat16" else "float32 decoder's bfloat16"
         return (
             f"{FEW_ROWS} rows, {d['num_hidden_layers']} layers of {d['num_attention_heads']} heads of "
             f"{d['hidden_size'] // d['num_attention_heads']}, a {cache} cache of 64 and 512 keys and a "
@@ -571,7 +574,8 @@ def _choose_float_products(
         )  # fmt: skip
 
 
-ATTENTION_PATHS = ("sdpa", "own")
+# "own": Harmonia's kernel over a cache in the decoder's dtype; "own-bf16": over a bfloat16 cache
+ATTENTION_PATHS = ("sdpa", "own", "own-bf16")
 
 
 def _choose_attention(state_dir: Path, decoder: torch.nn.Module, shape: str) -> Choice:
@@ -581,17 +585,23 @@ def _choose_attention(state_dir: Path, decoder: torch.nn.Module, shape: str) -> 
     (batch 1 with guidance): every layer's self-attention over a cache of 64 keys and again
     over 512 (a clip of 1 s and of 10 s), and every layer's cross-attention over a prompt of 16
     tokens (the guidance row's prompt empty: masked whole), keeping the cache as it would:
-    float32 for SDPA, the decoder's dtype for the kernel (bfloat16 in bf16, exactly what its
-    projections return). (Measured without the prompt, the two came within the 10 % rule on an
-    Intel Xeon whose whole steps ran 4-20 % faster on the kernel.) They sum in different orders, so the path is
-    part of the artifact id and ``reproduce`` replays it; a path further than rounding from
-    SDPA's (1e-4 of the largest value: both read the same values) is never chosen. ``exact``
-    keeps SDPA, the plain library's attention, always."""
+    float32 for SDPA, bfloat16 for the kernel. The kernel's candidate is "own" for a bfloat16
+    decoder (its cache is exactly what its projections return) and "own-bf16" for int8's and
+    int4's float32 decoders (their keys and values rounded to bfloat16 as they are stored:
+    half the bytes; on musicgen-small's architecture it moved int4's logits 0.00005 and int8's
+    0.00008 further from float32's, against their weights' 0.295 and 0.031, see
+    ``benchmarks/bench_kv_cache.py``). (Measured without the prompt, the two came within the
+    10 % rule on an Intel Xeon whose whole steps ran 4-20 % faster on the kernel.) They sum in
+    different orders, so the path is part of the artifact id and ``reproduce`` replays it; the
+    candidates read the same values (drawn as a bfloat16 cache holds them), and a path further
+    than rounding from SDPA's (1e-4 of the largest value) is never chosen. ``exact`` keeps SDPA,
+    the plain library's attention, always."""
     from harmonia.kernels import unavailable
 
     layer = decoder.model.decoder.layers[0].self_attn
     layers, heads, dim = len(decoder.model.decoder.layers), layer.num_heads, layer.head_dim
-    kept = decoder.model.decoder.layer_norm.weight.dtype
+    kept = torch.bfloat16  # the kernel's cache, on both of its paths
+    own_path = "own" if decoder.model.decoder.layer_norm.weight.dtype == torch.bfloat16 else "own-bf16"
     generator = torch.Generator().manual_seed(0)
     lengths = (64, 512)
 
@@ -638,7 +648,7 @@ def _choose_attention(state_dir: Path, decoder: torch.nn.Module, shape: str) -> 
 
     candidates = {"sdpa": sdpa}
     if unavailable("decode_attention") is None:
-        candidates["own"] = kernel
+        candidates[own_path] = kernel
     with torch.inference_mode():
         return choose(
             state_dir, "attention", shape, candidates, "sdpa",
@@ -678,6 +688,7 @@ KERNEL_PATHS = {
     ("bf16_products", "rows"): "rows_linear",
     ("bf16_products", "rows8"): "rows_linear",
     ("attention", "own"): "decode_attention",
+    ("attention", "own-bf16"): "decode_attention",
 }
 
 

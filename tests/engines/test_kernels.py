@@ -472,9 +472,11 @@ def test_the_attention_kernel_masks_like_sdpa_reads_strided_keys_and_refuses_wha
 
 @needs_avx512
 def test_the_attention_path_is_measured_recorded_forced_and_replayed(wb, monkeypatch):
-    """bf16, int8 and int4 choose between torch's SDPA and Harmonia's kernel for a step's attention;
-    exact always keeps SDPA (plain transformers' bytes). SDPA is what every mode ran before there
-    was a choice: it leaves ids as they were, and a manifest that names no attention replays it."""
+    """bf16, int8 and int4 choose between torch's SDPA and Harmonia's kernel for a step's attention
+    (int8's and int4's on a bfloat16 cache, "own-bf16"; "own" on their float32 cache is still
+    forced or replayed); exact always keeps SDPA (plain transformers' bytes). SDPA is what every
+    mode ran before there was a choice: it leaves ids as they were, and a manifest that names no
+    attention replays it."""
     from harmonia import generation
     from harmonia.engines.decoding import _OwnAttentionLayer
     from harmonia.generation import generate, load_engine, reproduce
@@ -483,11 +485,15 @@ def test_the_attention_path_is_measured_recorded_forced_and_replayed(wb, monkeyp
     cache.unlink(missing_ok=True)
     measured = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int4")
     line = measured.loaded.choices["attention"]
-    assert line.startswith(("own (measured: own ", "sdpa (measured: own ")) and " ms, sdpa " in line
+    assert (
+        line.startswith(("own-bf16 (measured: own-bf16 ", "sdpa (measured: own-bf16 "))
+        and " ms, sdpa " in line
+    )
+    assert measured._step.cache_bf16 == (measured._step.attention == "own-bf16")
     (key,) = [k for k in json.loads(cache.read_text()) if "| attention " in k]
     assert (
-        "| 2 threads | attention 2 rows, 2 layers of 4 heads of 8, a float32 cache of 64 and 512 keys and a prompt of 16 |"
-        in key
+        "| 2 threads | attention 2 rows, 2 layers of 4 heads of 8, a float32 decoder's bfloat16 cache of 64 "
+        "and 512 keys and a prompt of 16 |" in key
     )
     exact = MusicGenEngine.load(wb, "tiny-musicgen", threads=2)
     assert "attention" not in exact.loaded.choices
@@ -501,12 +507,13 @@ def test_the_attention_path_is_measured_recorded_forced_and_replayed(wb, monkeyp
         return real_step(model, attention)
 
     monkeypatch.setattr(musicgen, "decoder_step", spy)
-    for path in ("sdpa", "own"):
+    for path in ("sdpa", "own", "own-bf16"):
         monkeypatch.setenv("HARMONIA_ATTENTION", path)
         forced = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int4")
         assert forced.loaded.choices == {"attention": f"{path} (forced)"}
-        assert isinstance(forced._step, torch.jit.ScriptModule)  # both paths compile to TorchScript
+        assert isinstance(forced._step, torch.jit.ScriptModule)  # every path compiles to TorchScript
         assert forced._step.attention == path
+        assert forced._step.cache_bf16 == (path == "own-bf16")  # int4's decoder is float32
         audio[path] = forced.generate(request).audio
         assert np.array_equal(audio[path], forced.generate(request).audio)
         made[path] = generate(
@@ -519,16 +526,18 @@ def test_the_attention_path_is_measured_recorded_forced_and_replayed(wb, monkeyp
             generate(wb, "tiny-musicgen", again, threads=2, precision="int4", previews=False)
             loads.append(len(built))
         assert loads[1] == loads[0]  # a second request on the same paths finds the loaded engine
-    assert made["sdpa"].id != made["own"].id
+    assert len({made[path].id for path in made}) == 3
     assert "paths" not in made["sdpa"].manifest.identity["runtime"]  # the id int4 had before the choice
     assert made["own"].manifest.identity["runtime"]["paths"] == {"attention": "own"}
+    assert made["own-bf16"].manifest.identity["runtime"]["paths"] == {"attention": "own-bf16"}
     monkeypatch.setenv("HARMONIA_ATTENTION", "sdpa")  # this machine would now pick sdpa ...
-    built.clear()
-    generation._engines.clear()  # (so that reproduce loads, and the spy sees what it builds)
-    assert reproduce(wb, made["own"].id).identical and built == ["own"]  # ... its own path is replayed
+    for path in ("own", "own-bf16"):
+        built.clear()
+        generation._engines.clear()  # (so that reproduce loads, and the spy sees what it builds)
+        assert reproduce(wb, made[path].id).identical and built == [path]  # ... the recorded path is replayed
     replayed = load_engine(wb, "tiny-musicgen", threads=2, precision="int4", paths=(("attention", "own"),))
     assert replayed.loaded.choices == {"attention": "own (recorded)"}
-    assert replayed._step.attention == "own"
+    assert replayed._step.attention == "own" and not replayed._step.cache_bf16
     # a manifest from before the choice (no paths) ran SDPA, and still does
     monkeypatch.setenv("HARMONIA_ATTENTION", "own")
     manifest = made["sdpa"].path / "manifest.json"
@@ -550,7 +559,9 @@ def test_the_attention_path_is_measured_recorded_forced_and_replayed(wb, monkeyp
     assert loads[2] == loads[1] == loads[0]  # the first may load (and measure); no other does
     # bf16 keeps its cache in bfloat16 on the kernel (what its projections return), float32 for SDPA
     bf16 = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="bf16")
-    assert bf16._step.cache_bf16 and not measured._step.cache_bf16
+    assert bf16._step.attention in ("own", "sdpa") and bf16._step.cache_bf16 == (
+        bf16._step.attention == "own"
+    )
     four = MusicRequest(["calm piano", "drums", "a", "strings"], duration_s=0.4, seed=5)
     assert np.array_equal(bf16.generate(four).audio, bf16.generate(four).audio)
     melody = MusicGenEngine.load(wb, "tiny-musicgen-melody", threads=2, precision="int4")

@@ -472,9 +472,10 @@ def test_melody_model_runs_on_text_alone(melody_model):
     assert result.audio.shape == (1, 1, RATE // 2) and np.abs(result.audio).max() > 0
 
 
-def _window_logits(engine, step, text, context, steps: int = 12):
+def _window_logits(engine, step, text, context, steps: int = 12, cache_bf16: bool | None = None):
     """A decoding window of ``steps`` through ``step`` after ``context``: the tokens, and the
-    logits of every step (seed 5)."""
+    logits of every step (seed 5). ``cache_bf16``: keep the window's keys and values in bfloat16
+    (default: as the step keeps them)."""
     from harmonia.engines import decoding
 
     seen = []
@@ -483,7 +484,7 @@ def _window_logits(engine, step, text, context, steps: int = 12):
         seen.append(step(*args))
         return seen[-1]
 
-    recording.cache_bf16 = step.cache_bf16  # the cache as the step keeps it
+    recording.cache_bf16 = step.cache_bf16 if cache_bf16 is None else cache_bf16
     torch.manual_seed(5)
     with torch.inference_mode():
         tokens = decoding.sample_window(
@@ -501,7 +502,8 @@ def _window_logits(engine, step, text, context, steps: int = 12):
 @pytest.mark.parametrize(
     ("precision", "attention"),
     [("exact", "sdpa"), ("bf16", "sdpa"), ("int8", "sdpa"), ("int4", "sdpa")]
-    + [(p, "own") for p in ("bf16", "int8", "int4") if AVX512],
+    + [(p, "own") for p in ("bf16", "int8", "int4") if AVX512]
+    + [(p, "own-bf16") for p in ("int8", "int4") if AVX512],
 )
 def test_scripted_step_computes_the_eager_steps_logits_to_the_bit(
     sharp_wb, monkeypatch, precision, attention
@@ -528,12 +530,16 @@ def test_scripted_step_computes_the_eager_steps_logits_to_the_bit(
 
 
 @pytest.mark.skipif(not AVX512, reason="this CPU lacks AVX-512 (the attention kernel's target)")
-@pytest.mark.parametrize("precision", ["bf16", "int8", "int4"])
-def test_the_own_attention_computes_sdpas_logits_to_rounding_every_step(sharp_wb, precision):
+@pytest.mark.parametrize(
+    ("precision", "attention"),
+    [("bf16", "own"), ("int8", "own"), ("int4", "own"), ("int8", "own-bf16"), ("int4", "own-bf16")],
+)
+def test_the_own_attention_computes_sdpas_logits_to_rounding_every_step(sharp_wb, precision, attention):
     """Harmonia's attention in a whole decoding window (a prefill of five frames, then single
     steps over a growing cache; the prompt's padded tokens masked; guidance's empty prompt fully
-    masked) gives SDPA's logits to rounding at every step, so the same tokens on these sharp
-    decoders, where a wrong attention changes them."""
+    masked) gives the logits of SDPA over the same cache to rounding at every step, so the same
+    tokens on these sharp decoders, where a wrong attention changes them. "own-bf16" rounds a
+    float32 decoder's cache to bfloat16: its logits are not the float32 cache's, but close."""
     from harmonia.engines import decoding
 
     engine = MusicGenEngine.load(sharp_wb, "tiny-musicgen", threads=2, precision=precision)
@@ -541,20 +547,25 @@ def test_the_own_attention_computes_sdpas_logits_to_rounding_every_step(sharp_wb
     text = engine.tokenizer(["lofi beat", "a slow drone with strings"], padding=True, return_tensors="pt")
     assert not text["attention_mask"].all()  # a padded prompt: the mask matters
     context = torch.randint(0, engine.model.config.decoder.vocab_size, (2 * 4, 5))
+    rounded = precision == "bf16" or attention == "own-bf16"  # the kernel's cache is bfloat16
 
-    def run(attention):
-        step = decoding.DecoderStep(engine.model, dtype, attention)
-        assert isinstance(step.layers[0], decoding._OwnAttentionLayer) == (attention == "own")
-        assert step.cache_bf16 == (attention == "own" and precision == "bf16")
-        return _window_logits(engine, step, text, context)
+    def run(path, cache_bf16=None):
+        step = decoding.DecoderStep(engine.model, dtype, path)
+        assert isinstance(step.layers[0], decoding._OwnAttentionLayer) == (path != "sdpa")
+        assert step.cache_bf16 == (path != "sdpa" and (path == "own-bf16" or precision == "bf16"))
+        return _window_logits(engine, step, text, context, cache_bf16=cache_bf16)
 
-    sdpa_tokens, sdpa = run("sdpa")
-    own_tokens, own = run("own")
+    sdpa_tokens, sdpa = run("sdpa", cache_bf16=rounded)  # SDPA over the cache the kernel reads
+    own_tokens, own = run(attention)
     for a, b in zip(own, sdpa, strict=True):
         assert (a - b).abs().max() <= 1e-4 * b.abs().max()
     if precision != "bf16":  # another order of the sums (bf16's rounding of attention's output hides it)
         assert any(not torch.equal(a, b) for a, b in zip(own, sdpa, strict=True))
     assert torch.equal(own_tokens, sdpa_tokens)
+    if attention == "own-bf16":  # the rounding is real, and small against the logits of the same
+        _, unrounded = run("own")  # inputs (the prefill's; after it the two windows draw their own tokens)
+        gap = float((own[0] - unrounded[0]).abs().max() / unrounded[0].abs().max())
+        assert 0 < gap < 0.05
 
 
 def test_a_torch_without_torchscript_decodes_eagerly_to_the_same_audio(sharp_wb, monkeypatch, caplog):
