@@ -8,9 +8,11 @@ weights (as in bench_precision.py). `exact` samples a window of --frames steps t
 Harmonia's decoding step (SDPA, float32 cache); every other configuration decodes the same
 window teacher-forced (its draws replaced by exact's tokens), so each step's logits are
 compared on the same inputs, with bench_precision.py's measures (relative logit error,
-greedy and sampled agreement, KL). Configurations: exact's weights on the kernel over a
-float32 and a bfloat16 cache (the cache's rounding alone), then int8 (`rowwise`) and int4,
-each on both caches. It also prints each configuration's median step time.
+greedy and sampled agreement, KL; `exact`'s products are `F.linear`, as there).
+Configurations: exact's weights on the kernel over a float32 and a bfloat16 cache (the cache's rounding alone), then int8 (`rowwise`) and int4,
+each on both caches. It also prints each configuration's median step time (one window each,
+in this order: a rough figure; bench_generate.py with HARMONIA_ATTENTION forced to each path,
+alternated, is the one to trust for speed).
 
 What it cannot say: random weights attend nearly uniformly, and trained ones attend sharply,
 so a trained model's error from the cache may be larger than measured here (still far below
@@ -35,7 +37,7 @@ from pathlib import Path
 import torch
 from bench_generate import make_workbench
 from bench_precision import PROMPTS, compare
-from common import cpu_flags, cpu_name, torch_build
+from common import cpu_flags, cpu_name, environment, torch_build
 
 from harmonia.engines import decoding
 from harmonia.engines.musicgen import MusicGenEngine
@@ -88,18 +90,18 @@ def window(engine: MusicGenEngine, step, frames: int, draws=None):
         decoding.sample_window(
             engine.model, timed, text["input_ids"], text["attention_mask"], None, frames, decoding.Sampling()
         )
-    return torch.stack(logits[1:]), record, times[1:]  # (the first call is the prompt's prefill)
+    # (the first step, on the start token alone, is left out: it carries TorchScript's first-call costs)
+    return torch.stack(logits[1:]), record, times[1:]
 
 
 def load(wb, precision: str, threads: int) -> MusicGenEngine:
-    env = {"HARMONIA_ATTENTION": "sdpa", "HARMONIA_INT8_PRODUCTS": "rowwise"}  # the step is built below
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    try:
+    env = {  # exact's products as plain transformers runs them (as bench_precision.py); the step is built below
+        "HARMONIA_FEW_ROW_PRODUCTS": "linear",
+        "HARMONIA_INT8_PRODUCTS": "rowwise",
+        "HARMONIA_ATTENTION": "sdpa",
+    }
+    with environment(env):
         return MusicGenEngine.load(wb, "bench", threads=threads, precision=precision)
-    finally:
-        for key, value in saved.items():
-            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
 
 
 def main() -> None:
@@ -112,22 +114,26 @@ def main() -> None:
 
     wb = make_workbench(args.tiny)
     try:
-        engine = load(wb, "exact", args.threads)
-        exact, draws, times = window(engine, engine._step, args.frames)
+        engines = {"exact": load(wb, "exact", args.threads)}
+        exact, draws, times = window(engines["exact"], engines["exact"]._step, args.frames)
         rows = [{"config": "exact, sdpa, float32 cache", "step_ms": round(statistics.median(times) * 1e3, 2)}]
         print(f"{rows[0]['config']:34s} (the reference)  step {rows[0]['step_ms']:.2f} ms", flush=True)
         why = unavailable("decode_attention")
         if why is not None:
             print(f"Harmonia's attention kernel does not run here ({why}): nothing to compare.")
-        engines = {"exact": engine}
         for label, precision, path in CONFIGS if why is None else ():
             if precision not in engines:
-                engines = {precision: load(wb, precision, args.threads)}  # one model in memory at a time
+                engines.clear()  # one model in memory at a time
+                engines[precision] = load(wb, precision, args.threads)
             step = decoding.decoder_step(engines[precision].model, path)
-            logits, _, times = window(engines[precision], step, args.frames, draws)
+            logits, drawn, times = window(engines[precision], step, args.frames, draws)
+            del step
             row = {
                 "config": label,
                 "step_ms": round(statistics.median(times) * 1e3, 2),
+                # teacher-forced: the window went on with exact's tokens, whatever it would have drawn
+                "same_tokens_as_exact": len(drawn) == len(draws)
+                and all(torch.equal(a, b) for a, b in zip(drawn, draws, strict=True)),
                 **compare(logits, exact),
             }
             rows.append(row)

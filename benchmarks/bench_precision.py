@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 from bench_generate import make_workbench
-from common import cpu_flags, cpu_name, torch_build
+from common import cpu_flags, cpu_name, environment, torch_build
 
 from harmonia.engines.musicgen import MusicGenEngine
 
@@ -100,13 +100,8 @@ def main() -> None:
     try:
         results, exact = [], None
         for name, (precision, env) in MODES.items():
-            saved = {key: os.environ.get(key) for key in env}
-            os.environ.update(env)
-            try:
+            with environment(env):
                 engine = MusicGenEngine.load(wb, "bench", threads=args.threads, precision=precision)
-            finally:
-                for key, value in saved.items():
-                    os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
             started = time.perf_counter()
             logits = logits_of(engine, args.frames, seed=0)
             seconds = time.perf_counter() - started

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
@@ -111,3 +113,16 @@ def best(run, runs: int) -> float:
         run()
         fastest = min(fastest, time.perf_counter() - started)
     return fastest
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]):
+    """``values`` set in ``os.environ`` for the block (forcing Harmonia's paths, say); what was
+    there before is restored after."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)

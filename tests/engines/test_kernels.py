@@ -559,11 +559,20 @@ def test_the_attention_path_is_measured_recorded_forced_and_replayed(wb, monkeyp
     assert loads[2] == loads[1] == loads[0]  # the first may load (and measure); no other does
     # bf16 keeps its cache in bfloat16 on the kernel (what its projections return), float32 for SDPA
     bf16 = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="bf16")
-    assert bf16._step.attention in ("own", "sdpa") and bf16._step.cache_bf16 == (
-        bf16._step.attention == "own"
-    )
+    assert bf16._step.attention == "own" and bf16._step.cache_bf16  # (HARMONIA_ATTENTION is own here)
     four = MusicRequest(["calm piano", "drums", "a", "strings"], duration_s=0.4, seed=5)
     assert np.array_equal(bf16.generate(four).audio, bf16.generate(four).audio)
+    monkeypatch.setenv("HARMONIA_ATTENTION", "own-bf16")  # int8 on its bfloat16 cache, end to end
+    int8 = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int8")
+    assert int8._step.attention == "own-bf16" and int8._step.cache_bf16
+    assert np.array_equal(int8.generate(four).audio, int8.generate(four).audio)
+    with pytest.raises(  # bf16's decoder is bfloat16 already: own-bf16 would be own under another id
+        RequestError,
+        match=r"^attention own-bf16 rounds a float32 decoder's keys and values to bfloat16; this decoder "
+        r"is bfloat16 already \(precision bf16\), and its kernel path is own\. Set HARMONIA_ATTENTION to "
+        r"own or auto\.$",
+    ):
+        MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="bf16")
     melody = MusicGenEngine.load(wb, "tiny-musicgen-melody", threads=2, precision="int4")
     assert melody.loaded.choices == {}  # generate() decodes a melody model: no attention of Harmonia's
     take = melody.generate(MusicRequest(["calm piano"], duration_s=0.4, seed=2)).audio  # (int4 packing
