@@ -466,6 +466,12 @@ def _decoder_shape(config: dict) -> str:
     )
 
 
+def _bfloat16_decoder(precision: str, dtype: str | None) -> bool:
+    """Whether a load of this precision and dtype runs its decoder in bfloat16 (its attention
+    kernel's cache is then the decoder's own values: the path "own", never "own-bf16")."""
+    return precision == "bf16" or dtype == "bfloat16"
+
+
 def _product_shape(config: dict, which: str, precision: str, dtype: str | None) -> str:
     """What a path's speed depends on besides the CPU, torch and threads: the decoder's shape
     (for attention: its heads, and the dtype of the cache), and which of Harmonia's kernels for
@@ -482,7 +488,7 @@ def _product_shape(config: dict, which: str, precision: str, dtype: str | None) 
         # the kernel's cache is bfloat16 either way: a bfloat16 decoder's own values, or a float32
         # decoder's rounded ("own-bf16"; choices cached when int8 and int4 measured the kernel on a
         # float32 cache are measured again)
-        cache = "bfloat16" if precision == "bf16" or dtype == "bfloat16" else "float32 decoder's bfloat16"
+        cache = "bfloat16" if _bfloat16_decoder(precision, dtype) else "float32 decoder's bfloat16"
         return (
             f"{FEW_ROWS} rows, {d['num_hidden_layers']} layers of {d['num_attention_heads']} heads of "
             f"{d['hidden_size'] // d['num_attention_heads']}, a {cache} cache of 64 and 512 keys and a "
@@ -909,7 +915,7 @@ class MusicGenEngine:
                             choice = CHOOSERS[which](wb.state_dir, model.decoder, shape)
                 choices[choice.name], paths[which] = choice.describe(), choice.path
                 _check_product_path(which, choice.path)
-                if choice.path == "own-bf16" and (precision == "bf16" or dtype == "bfloat16"):
+                if choice.path == "own-bf16" and _bfloat16_decoder(precision, dtype):
                     why = "precision bf16" if precision == "bf16" else "dtype bfloat16"
                     raise RequestError(
                         "attention own-bf16 rounds a float32 decoder's keys and values to bfloat16; this "
