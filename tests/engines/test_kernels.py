@@ -107,7 +107,10 @@ def _int8_pair(out: int, width: int, bias: bool, gain: float = 0.05):
 
 
 @needs_vnni
-@pytest.mark.parametrize(("out", "width", "rows"), [(64, 48, 2), (33, 70, 5), (40, 24, 1), (4096, 1024, 2)])
+# (144, 64, 3): eight blocks of 16 outputs read at once, then the ninth alone, for 9 rows (odd)
+@pytest.mark.parametrize(
+    ("out", "width", "rows"), [(64, 48, 2), (33, 70, 5), (40, 24, 1), (4096, 1024, 2), (144, 64, 3)]
+)
 def test_the_int8_kernel_computes_the_torch_reference_to_the_bit(out, width, rows):
     kernel, reference, linear = _int8_pair(out, width, bias=rows != 2)
     x = torch.randn(3, rows, width, generator=torch.Generator().manual_seed(1))
@@ -136,7 +139,8 @@ def _int4_pair(out: int, width: int, bias: bool, gain: float = 0.05):
 
 @needs_vnni
 @pytest.mark.parametrize(
-    ("out", "width", "rows"), [(64, 64, 2), (33, 70, 5), (40, 24, 1), (4096, 1024, 2), (1024, 4096, 1)]
+    ("out", "width", "rows"),
+    [(64, 64, 2), (33, 70, 5), (40, 24, 1), (4096, 1024, 2), (1024, 4096, 1), (144, 128, 3)],
 )
 def test_the_int4_kernel_computes_the_torch_reference_to_the_bit(out, width, rows):
     kernel, reference, linear = _int4_pair(out, width, bias=rows != 2)
