@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export HARMONIA_ROOT := $(CURDIR)
 
-.PHONY: setup system audiocraft demo test notebooks lint format bench lock hooks clean
+.PHONY: setup system audiocraft demo test notebooks lint format bench bench-runtimes lock hooks clean
 
 setup: $(STAMP)
 
@@ -69,6 +69,10 @@ format: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_verify.py
 	$(BIN)/python benchmarks/bench_generate.py
+
+# Harmonia's int8/int4 products and steps against ONNX Runtime's and CTranslate2's (about 20 minutes).
+bench-runtimes: setup
+	$(BIN)/python benchmarks/bench_runtimes.py
 
 # Re-resolve requirements.in into requirements.lock and environment.yml.
 lock:

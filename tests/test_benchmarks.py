@@ -141,6 +141,32 @@ def test_bench_kv_cache_compares_both_caches_on_the_same_tokens(tmp_path):
         )
 
 
+def test_bench_runtimes_times_harmonia_against_onnx_runtime_and_ctranslate2(tmp_path):
+    from harmonia import kernels
+
+    result, proc = run_bench(
+        tmp_path, "bench_runtimes", "--tiny", "--rounds", "1", "--threads", "1", "--steps", "20"
+    )
+    products = {r["path"]: r for r in result["products"]}
+    steps = {r["path"]: r for r in result["steps"]}
+    assert result["decoder"] == {"layers": 2, "hidden": 32, "heads": 4, "ffn": 64, "outputs": 256}
+    assert result["onnxruntime"] and result["ctranslate2"] and products["torch fp32 F.linear"]["best_ms"] > 0
+    if kernels.unavailable("int4_linear") is None and kernels.unavailable("int8_linear") is None:
+        assert set(products) == {"torch fp32 F.linear", "Harmonia int4", "ONNX Runtime int4", "Harmonia int8",
+                                 "ONNX Runtime int8"}  # fmt: skip
+        # the same rounded weights: only how each quantises its input differs
+        assert 0 < products["ONNX Runtime int4"]["off_harmonia"] < 0.05
+        assert 0 < products["ONNX Runtime int8"]["off_harmonia"] < 0.05
+        assert all(r["gib_s"] > 0 and len(r["ms"]) == 1 for r in result["products"])
+    else:  # nothing to compare ONNX Runtime's products with: said, not measured
+        assert set(products) == {"torch fp32 F.linear"} and result["skipped"]
+    assert set(steps) == {"Harmonia int4", "Harmonia int8", "CTranslate2 int8"}
+    assert steps["CTranslate2 int8"]["steps"] == 20 and steps["Harmonia int8"]["steps"] >= 20
+    assert all(r["best_ms_per_step"] > 0 for r in result["steps"])
+    assert steps["Harmonia int4"]["paths"]["attention"] in ("sdpa", "own-bf16")
+    assert "best (median) of the rounds:" in proc.stdout
+
+
 def test_bench_samples_runs_on_the_tiny_model(tmp_path):
     result, _ = run_bench(tmp_path, "bench_samples", "--tiny", "--steps", "2")
     assert [r["dtype"] for r in result["rows"]] == ["float32", "bfloat16"] and result["steps"] == 2

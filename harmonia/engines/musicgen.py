@@ -339,8 +339,15 @@ def _lay_out_in_step_order(decoder: torch.nn.Module) -> None:
     ] + list(decoder.lm_heads) + [m for layer in layers for m in cross(layer, "k_proj", "v_proj")]  # fmt: skip
     seen = {id(m) for m in order}
     order += [m for m in decoder.modules() if id(m) not in seen]  # anything else, in module order
+    lay_out_in_one_buffer(order)
+
+
+def lay_out_in_one_buffer(modules: list[torch.nn.Module]) -> None:
+    """The packed weights and scales of ``modules`` (those that have them), moved into one
+    buffer in this order, each 64-byte aligned, in memory numpy allocates (which asks Linux for
+    huge pages); each module keeps views of it."""
     tensors = [
-        (module, name) for module in order if hasattr(module, "packed") for name in ("packed", "scales")
+        (module, name) for module in modules if hasattr(module, "packed") for name in ("packed", "scales")
     ]
     sizes = [-(-getattr(m, n).numel() * getattr(m, n).element_size() // 64) * 64 for m, n in tensors]
     if not tensors:
