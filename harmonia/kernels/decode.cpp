@@ -140,7 +140,14 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) inline void stre
     }
 }
 
-constexpr int64_t STREAMS = 8;  // blocks read at once by int8_linear and int4_linear
+constexpr int64_t STREAMS = 8;  // the most blocks int8_linear and int4_linear read at once
+
+// How many blocks a task reads at once: eight where every thread still gets groups of its own,
+// fewer where a product has too few blocks for the threads (the bits are the same for any count).
+inline int64_t streams_for(int64_t blocks) {
+    const int64_t threads = at::get_num_threads();
+    return blocks >= 8 * threads ? 8 : blocks >= 4 * threads ? 4 : 1;
+}
 
 at::Tensor int8_linear(const at::Tensor &x, const at::Tensor &packed, const at::Tensor &scales,
                   const at::Tensor &colsum, const c10::optional<at::Tensor> &bias) {
@@ -170,18 +177,20 @@ at::Tensor int8_linear(const at::Tensor &x, const at::Tensor &packed, const at::
     const int32_t *cs = colsum.data_ptr<int32_t>();
     const float *b = bias.has_value() && bias->defined() ? bias->data_ptr<float>() : nullptr;
     float *yp = y.data_ptr<float>();
-    const int64_t blocks = packed.size(0), groups = (blocks + STREAMS - 1) / STREAMS;
-    at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+    const int64_t blocks = packed.size(0), streams = streams_for(blocks);
+    at::parallel_for(0, (blocks + streams - 1) / streams, 1, [&](int64_t begin, int64_t end) {
         alignas(64) int32_t acc0[16 * STREAMS], acc1[16 * STREAMS];
         for (int64_t g = begin; g < end; g++) {
-            const int64_t ob = g * STREAMS, n = std::min(STREAMS, blocks - ob);
+            const int64_t ob = g * streams, n = std::min(streams, blocks - ob);
             const int8_t *wg = w + ob * 16 * I_pad;
             for (int64_t pair = 0; pair < pairs; pair++) {  // the group's n x 16 x I_pad bytes stay in cache
                 const int64_t r0 = 2 * pair;
                 const uint8_t *x0 = xu.data() + r0 * I_pad, *x1 = x0 + I_pad;
-                if (n == STREAMS) {
-                    stream_blocks<STREAMS>(wg, I_pad, x0, x1, acc0, acc1);
-                } else {  // the last blocks of a product whose blocks are not a multiple of STREAMS
+                if (n == 8) {
+                    stream_blocks<8>(wg, I_pad, x0, x1, acc0, acc1);
+                } else if (n == 4) {
+                    stream_blocks<4>(wg, I_pad, x0, x1, acc0, acc1);
+                } else {  // one at a time: small products, and the last blocks of a product
                     for (int64_t k = 0; k < n; k++)
                         stream_blocks<1>(wg + k * 16 * I_pad, I_pad, x0, x1, acc0 + 16 * k, acc1 + 16 * k);
                 }
@@ -372,19 +381,22 @@ at::Tensor int4_linear(const at::Tensor &x, const at::Tensor &packed, const at::
     const float *s = scales.data_ptr<float>();
     const float *b = bias.has_value() && bias->defined() ? bias->data_ptr<float>() : nullptr;
     float *yp = y.data_ptr<float>();
-    at::parallel_for(0, (blocks + STREAMS - 1) / STREAMS, 1, [&](int64_t begin, int64_t end) {
+    const int64_t streams = streams_for(blocks);
+    at::parallel_for(0, (blocks + streams - 1) / streams, 1, [&](int64_t begin, int64_t end) {
         alignas(64) float acc0[16 * STREAMS], acc1[16 * STREAMS];
         for (int64_t grp = begin; grp < end; grp++) {
-            const int64_t ob = grp * STREAMS, n = std::min(STREAMS, blocks - ob);
+            const int64_t ob = grp * streams, n = std::min(streams, blocks - ob);
             const uint8_t *wg = w + ob * chunks_all * 64;
             const float *sg = s + ob * groups * 16;
             for (int64_t pair = 0; pair < pairs; pair++) {  // the group's bytes stay in cache
                 const int64_t r0 = 2 * pair;
                 const uint8_t *x0 = xq.data() + r0 * I_pad, *x1 = x0 + I_pad;
                 const int32_t *sum0 = xsum.data() + r0 * groups, *sum1 = sum0 + groups;
-                if (n == STREAMS) {
-                    stream_blocks4<STREAMS>(wg, chunks_all, sg, x0, x1, sum0, sum1, groups, chunks, acc0, acc1);
-                } else {  // the last blocks of a product whose blocks are not a multiple of STREAMS
+                if (n == 8) {
+                    stream_blocks4<8>(wg, chunks_all, sg, x0, x1, sum0, sum1, groups, chunks, acc0, acc1);
+                } else if (n == 4) {
+                    stream_blocks4<4>(wg, chunks_all, sg, x0, x1, sum0, sum1, groups, chunks, acc0, acc1);
+                } else {  // one at a time: small products, and the last blocks of a product
                     for (int64_t k = 0; k < n; k++)
                         stream_blocks4<1>(wg + k * chunks_all * 64, chunks_all, sg + k * groups * 16, x0, x1, sum0,
                                           sum1, groups, chunks, acc0 + 16 * k, acc1 + 16 * k);
