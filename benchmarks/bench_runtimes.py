@@ -9,19 +9,21 @@ runs next in the same process), and the paths take turns over --rounds:
   v, out, cross q, cross out at 1024 x 1024, fc1 4096 x 1024, fc2 1024 x 4096; random weights,
   cold, as bench_products.py). Harmonia's ``int4`` (groups of 64, each row of the input
   quantised to int8) and ``rowwise`` int8 against ONNX Runtime's ``MatMulNBits`` (4 bits,
-  groups of 64, accuracy level 4: int8 inputs, given Harmonia's own rounded weights, so only
-  the kernels differ) and ``DynamicQuantizeMatMul`` (int8 weights per channel, the input
-  quantised per tensor), all 192 products in one graph (one call a step, ONNX Runtime's best
-  case); torch's float32 ``F.linear`` is the memory's yardstick. Each row also says how far
-  its outputs lie from Harmonia's on the same weights (largest difference over the largest
-  output).
+  groups of 64, accuracy level 4: int8 inputs, given Harmonia's own rounded weights) and
+  ``DynamicQuantizeMatMul`` (int8 weights per channel, the input quantised per tensor), all
+  192 products in one graph (one call a step, ONNX Runtime's best case); torch's float32
+  ``F.linear`` is the memory's yardstick. Each is laid out as it runs in use: Harmonia's
+  weights in one buffer in step order (huge pages, as the engine keeps them), ONNX Runtime's
+  as it packs its own, torch's as separate tensors. Each row also says how far its outputs lie
+  from Harmonia's on the same weights (largest difference over the largest output; where this
+  CPU lacks Harmonia's kernels, from their torch stand-ins, which compute the same bits).
 - steps: whole decoding steps at batch 1 with guidance (two rows) over --steps steps:
   Harmonia's engine in ``int8`` and ``int4`` on musicgen-small's architecture against
   CTranslate2's ``int8`` on an mBART decoder of the same shape, read from the same config
   (24 layers of 1024/4096, 16 heads, cross-attention on a 12-token prompt, 8192 outputs for
   MusicGen's four heads of 2048), sampling top-k 250 as MusicGen does. Not the same model:
-  the same bytes a step and the same kinds of work (CTranslate2's step per step: a take of
-  --steps + 10 steps less one of 10; Harmonia's: its progress calls, after the prompt).
+  the same bytes a step and the same kinds of work (CTranslate2's time a step: a take of
+  --steps + 10 steps less one of 10, each row's tokens counted; Harmonia's: its progress calls, after the prompt).
 
     make bench-runtimes                                                  # the README's figures
     .venv/bin/python benchmarks/bench_runtimes.py --tiny --rounds 1 --threads 1   # a smoke run
@@ -110,7 +112,13 @@ def child_products(path: str, args) -> dict:
     import torch
     from common import best
 
-    from harmonia.engines.musicgen import _Int4Linear, _RowwiseInt8Linear, lay_out_in_one_buffer
+    from harmonia.engines.musicgen import (
+        _Int4Linear,
+        _ReferenceInt4Linear,
+        _ReferenceInt8Linear,
+        _RowwiseInt8Linear,
+        lay_out_in_one_buffer,
+    )
     from harmonia.kernels import unavailable
 
     torch.set_num_threads(args.threads)
@@ -128,10 +136,15 @@ def child_products(path: str, args) -> dict:
         else:
             kind = "int4" if "int4" in path else "int8"
             why = unavailable(f"{kind}_linear")
-            if why is not None:  # Harmonia's reference on this CPU: the torch stand-in
+            if why is not None and path.startswith("Harmonia"):
                 return {**row, "skipped": why}
-            harmonia = [(_Int4Linear if kind == "int4" else _RowwiseInt8Linear)(m) for m in linears]
-            lay_out_in_one_buffer(harmonia)  # as the engine lays them out: one buffer, in step order
+            if why is None:
+                harmonia = [(_Int4Linear if kind == "int4" else _RowwiseInt8Linear)(m) for m in linears]
+                lay_out_in_one_buffer(harmonia)  # as the engine lays them out: one buffer, in step order
+            else:  # ONNX Runtime compared with the kernels' torch stand-ins (the same bits)
+                harmonia = [
+                    (_ReferenceInt4Linear if kind == "int4" else _ReferenceInt8Linear)(m) for m in linears
+                ]
             reference = [m(x[m.in_features]) for m in harmonia]
             run = lambda: [m(x[m.in_features]) for m in harmonia]  # noqa: E731
             if path.startswith("ONNX Runtime"):
@@ -144,8 +157,8 @@ def child_products(path: str, args) -> dict:
                 )
                 del harmonia
         seconds = best(run, args.runs)
-    gib = nbytes[kind] / 2**30
-    return {**row, "ms": round(seconds * 1e3, 3), "gib": round(gib, 4), "gib_s": round(gib / seconds, 1)}
+    gib_s = round(nbytes[kind] / 2**30 / seconds, 1)
+    return {**row, "ms": round(seconds * 1e3, 3), "bytes": nbytes[kind], "gib_s": gib_s}
 
 
 def child_steps(path: str, args) -> dict:
@@ -158,18 +171,21 @@ def child_steps(path: str, args) -> dict:
             intra_threads=args.threads, inter_threads=1,
         )  # fmt: skip
 
-        def take(steps: int) -> float:
+        def take(steps: int) -> tuple[float, int]:
+            """Seconds for a take of ``steps`` forced steps, and the tokens each row got."""
             started = time.perf_counter()
-            translator.translate_batch(
+            results = translator.translate_batch(
                 [SOURCE] * 2, beam_size=1, sampling_topk=250, max_decoding_length=steps,
                 min_decoding_length=steps, target_prefix=[["</s>"]] * 2, max_batch_size=2,
             )  # fmt: skip
-            return time.perf_counter() - started
+            seconds = time.perf_counter() - started
+            lengths = {len(r.hypotheses[0]) for r in results}
+            assert len(lengths) == 1, f"CTranslate2's rows decoded {sorted(lengths)} tokens"
+            return seconds, lengths.pop()
 
         take(5)
-        short = min(take(10) for _ in range(2))
-        seconds = (min(take(args.steps + 10) for _ in range(2)) - short) / args.steps
-        return {**row, "ms_per_step": round(seconds * 1e3, 3)}
+        (short, few), (long, many) = (min(take(n) for _ in range(2)) for n in (10, args.steps + 10))
+        return {**row, "steps": many - few, "ms_per_step": round((long - short) / (many - few) * 1e3, 3)}
     from bench_generate import PROMPT
 
     from harmonia.engines.musicgen import MusicGenEngine, MusicRequest
@@ -187,6 +203,7 @@ def child_steps(path: str, args) -> dict:
         engine.generate(
             request, progress=lambda done, total, stamps=stamps: stamps.append(time.perf_counter())
         )
+        assert len(stamps) > 2, f"a take of {len(stamps)} progress calls"
         fastest = min(fastest, (stamps[-1] - stamps[0]) / (len(stamps) - 1))
     return {**row, "steps": len(stamps) - 1, "ms_per_step": round(fastest * 1e3, 3),
             "paths": dict(engine.loaded.paths)}  # fmt: skip
@@ -241,16 +258,23 @@ def build_models(folder: Path, tiny: bool) -> dict:
 
 
 def run_child(part: str, path: str, threads: int, args) -> dict:
+    """One path's row from a process of its own; a child that fails or hangs gives a row that
+    says why (the run goes on)."""
     command = [sys.executable, __file__, "--child", part, "--path", path, "--threads", str(threads),
                "--runs", str(args.runs), "--steps", str(args.steps), *(["--tiny"] if args.tiny else []),
                *(["--model", str(args.model)] if args.model else [])]  # fmt: skip
-    proc = subprocess.run(
-        command, capture_output=True, text=True, env={**os.environ, "BENCH_THREADS": str(threads)}
-    )
-    if proc.returncode != 0:
-        raise SystemExit(
-            f"{part} {path} ({threads} threads) failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}"
+    try:
+        proc = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            env={**os.environ, "BENCH_THREADS": str(threads)},
         )
+    except subprocess.TimeoutExpired:
+        return {"path": path, "threads": threads, "failed": "no result in 30 minutes"}
+    if proc.returncode != 0:
+        return {"path": path, "threads": threads, "failed": "\n".join(proc.stderr.strip().splitlines()[-12:])}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -282,12 +306,11 @@ def main() -> None:
         print(json.dumps(row))
         return
 
-    import ctranslate2
-    import onnxruntime
+    from importlib.metadata import version
+
     from common import cpu_flags, cpu_name, torch_build
 
-    products: dict[tuple, list] = {}
-    steps: dict[tuple, list] = {}
+    rows: dict[tuple, list] = {}  # (part, path, threads) -> a row per round
     with tempfile.TemporaryDirectory(prefix="harmonia-bench-runtimes-") as tmp:
         args.model = Path(tmp)
         shape = None
@@ -297,41 +320,48 @@ def main() -> None:
             print(f"models built in {time.perf_counter() - started:.0f} s: decoder {shape}", flush=True)
         for turn in range(args.rounds):
             for threads in args.threads:
-                for path in PRODUCTS if "products" in args.parts else ():
-                    row = run_child("products", path, threads, args)
-                    products.setdefault((path, threads), []).append(row)
-                    if "skipped" in row:
-                        print(f"products  {path:22s} {threads} thr  skipped: {row['skipped']}", flush=True)
-                        continue
-                    off = f"  off Harmonia's by {row['off_harmonia']}" if "off_harmonia" in row else ""
-                    print(f"products  {path:22s} {threads} thr  {row['ms']:8.2f} ms  {row['gib']:6.3f} GiB  "
-                          f"{row['gib_s']:5.1f} GiB/s{off}  (round {turn + 1})", flush=True)  # fmt: skip
-                for path in STEPS if "steps" in args.parts else ():
-                    row = run_child("steps", path, threads, args)
-                    steps.setdefault((path, threads), []).append(row)
-                    print(f"steps     {path:22s} {threads} thr  {row['ms_per_step']:8.2f} ms a step "
-                          f"({row['steps']} steps)  (round {turn + 1})", flush=True)  # fmt: skip
-    product_rows = [summary(rows, "ms") for rows in products.values() if "skipped" not in rows[0]]
-    step_rows = [summary(rows, "ms_per_step") for rows in steps.values()]
-    for row in product_rows:
-        row["gib_s"] = round(row["gib"] / row["best_ms"] * 1e3, 1)
+                for part, paths in (("products", PRODUCTS), ("steps", STEPS)):
+                    for path in paths if part in args.parts else ():
+                        row = run_child(part, path, threads, args)
+                        rows.setdefault((part, path, threads), []).append(row)
+                        print(
+                            f"{part:9s} {path:22s} {threads} thr  {line(row)}  (round {turn + 1})", flush=True
+                        )
+    done = {key: [r for r in got if "failed" not in r and "skipped" not in r] for key, got in rows.items()}
     result = {
         "cpu": cpu_name(), "cpu_flags": cpu_flags(), "torch": torch_build(), "python": platform.python_version(),
-        "onnxruntime": onnxruntime.__version__, "ctranslate2": ctranslate2.__version__, "rounds": args.rounds,
-        "decoder": shape, "rows": 2, "products": product_rows, "steps": step_rows,
-        "skipped": sorted({r[0]["skipped"] for r in products.values() if "skipped" in r[0]}),
+        "onnxruntime": version("onnxruntime"), "ctranslate2": version("ctranslate2"), "rounds": args.rounds,
+        "decoder": shape, "rows": 2,
+        "products": [summary(got, "ms") for (part, *_), got in done.items() if part == "products" and got],
+        "steps": [summary(got, "ms_per_step") for (part, *_), got in done.items() if part == "steps" and got],
+        "skipped": sorted({r["skipped"] for got in rows.values() for r in got if "skipped" in r}),
+        "failed": [r for got in rows.values() for r in got if "failed" in r],
     }  # fmt: skip
+    for row in result["products"]:
+        row["gib_s"] = round(row["bytes"] / 2**30 / row["best_ms"] * 1e3, 1)
     print("best (median) of the rounds:")
-    for row in product_rows:
+    for row in result["products"]:
         print(f"products  {row['path']:22s} {row['threads']} thr  {row['best_ms']:8.2f} ({row['median_ms']:.2f}) ms  "
               f"{row['gib_s']:5.1f} GiB/s")  # fmt: skip
-    for row in step_rows:
+    for row in result["steps"]:
         print(f"steps     {row['path']:22s} {row['threads']} thr  {row['best_ms_per_step']:8.2f} "
               f"({row['median_ms_per_step']:.2f}) ms a step")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{result['cpu']} ({', '.join(result['cpu_flags'])}), torch {result['torch']}, onnxruntime "
           f"{result['onnxruntime']}, ctranslate2 {result['ctranslate2']}; wrote {args.out}")  # fmt: skip
+    if result["failed"]:
+        raise SystemExit(f"{len(result['failed'])} run(s) failed; their errors are in {args.out}")
+
+
+def line(row: dict) -> str:
+    """A child's row as printed while the run goes on."""
+    if "failed" in row or "skipped" in row:
+        return f"{'failed' if 'failed' in row else 'skipped'}: {(row.get('failed') or row['skipped']).splitlines()[-1]}"
+    if "ms_per_step" in row:
+        return f"{row['ms_per_step']:8.2f} ms a step ({row['steps']} steps)"
+    off = f"  off Harmonia's by {row['off_harmonia']}" if "off_harmonia" in row else ""
+    return f"{row['ms']:8.2f} ms  {row['bytes'] / 2**30:6.3f} GiB  {row['gib_s']:5.1f} GiB/s{off}"
 
 
 if __name__ == "__main__":
