@@ -30,7 +30,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from common import best, cpu_flags, cpu_name, torch_build
+from common import best, cpu_flags, cpu_name, step_products, torch_build
 
 from harmonia.engines.musicgen import _Int4Linear, _RowwiseInt8Linear
 from harmonia.kernels import unavailable
@@ -54,15 +54,8 @@ def main() -> None:
         args.layers, args.hidden, args.ffn = 2, 64, 256
     torch.set_num_threads(args.threads)
     hidden, ffn = args.hidden, args.ffn
-    shapes = ([(hidden, hidden)] * 6 + [(ffn, hidden), (hidden, ffn)]) * args.layers  # (out, in)
-    generator = torch.Generator().manual_seed(0)
-    linears = []
-    for out, width in shapes:
-        linear = torch.nn.Linear(width, out, bias=False)
-        with torch.no_grad():
-            linear.weight.copy_(torch.randn(out, width, generator=generator) * 0.02)
-        linears.append(linear)
-    x = {width: torch.randn(2, width, generator=generator) for width in (hidden, ffn)}
+    linears, x = step_products(args.layers, hidden, ffn)
+    shapes = [(m.out_features, m.in_features) for m in linears]
     weights = sum(out * width for out, width in shapes)
 
     paths: dict[str, tuple] = {}  # name -> (one step's products, bytes they read)

@@ -48,21 +48,6 @@ STEPS = ("Harmonia int4", "Harmonia int8", "CTranslate2 int8")
 SOURCE = [f"t{i}" for i in range(4, 16)]  # CTranslate2's prompt: 12 tokens, as T5 gives a short prompt
 
 
-def weights(layers: int, hidden: int, ffn: int):
-    """One step's products ([out, in] float32 weights, seeded) and two input rows per width."""
-    import torch
-
-    shapes = ([(hidden, hidden)] * 6 + [(ffn, hidden), (hidden, ffn)]) * layers
-    generator = torch.Generator().manual_seed(0)
-    linears = []
-    for out, width in shapes:
-        linear = torch.nn.Linear(width, out, bias=False)
-        with torch.no_grad():
-            linear.weight.copy_(torch.randn(out, width, generator=generator) * 0.02)
-        linears.append(linear)
-    return linears, {width: torch.randn(2, width, generator=generator) for width in (hidden, ffn)}
-
-
 def onnx_products(linears, x, int4: bool):
     """ONNX Runtime's session holding every product as one graph node, and its feeds."""
     import numpy as np
@@ -110,7 +95,7 @@ def onnx_products(linears, x, int4: bool):
 
 def child_products(path: str, args) -> dict:
     import torch
-    from common import best
+    from common import best, step_products
 
     from harmonia.engines.musicgen import (
         _Int4Linear,
@@ -122,7 +107,7 @@ def child_products(path: str, args) -> dict:
     from harmonia.kernels import unavailable
 
     torch.set_num_threads(args.threads)
-    linears, x = weights(args.layers, args.hidden, args.ffn)
+    linears, x = step_products(args.layers, args.hidden, args.ffn)
     count, channels = sum(m.weight.numel() for m in linears), sum(m.out_features for m in linears)
     # the bytes each reads: weights, and a float32 scale per group of 64 (int4) or per channel (int8)
     nbytes = {"fp32": 4 * count, "int4": count // 2 + count // 64 * 4, "int8": count + 4 * channels}

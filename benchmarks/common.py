@@ -126,3 +126,20 @@ def environment(values: dict[str, str]):
     finally:
         for key, value in saved.items():
             os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+
+
+def step_products(layers: int, hidden: int, ffn: int):
+    """One MusicGen decoding step's products at batch 1 with guidance: per layer q, k, v, out,
+    cross q, cross out (hidden x hidden), fc1 (ffn x hidden) and fc2 (hidden x ffn), as Linears
+    with seeded random weights, and two input rows per width."""
+    import torch
+
+    shapes = ([(hidden, hidden)] * 6 + [(ffn, hidden), (hidden, ffn)]) * layers  # (out, in)
+    generator = torch.Generator().manual_seed(0)
+    linears = []
+    for out, width in shapes:
+        linear = torch.nn.Linear(width, out, bias=False)
+        with torch.no_grad():
+            linear.weight.copy_(torch.randn(out, width, generator=generator) * 0.02)
+        linears.append(linear)
+    return linears, {width: torch.randn(2, width, generator=generator) for width in (hidden, ffn)}
