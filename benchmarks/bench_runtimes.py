@@ -258,9 +258,16 @@ def run_child(part: str, path: str, threads: int, args) -> dict:
         )
     except subprocess.TimeoutExpired:
         return {"path": path, "threads": threads, "failed": "no result in 30 minutes"}
+    errors = (
+        "\n".join(proc.stderr.strip().splitlines()[-12:])
+        or f"exit status {proc.returncode}, nothing on stderr"
+    )
     if proc.returncode != 0:
-        return {"path": path, "threads": threads, "failed": "\n".join(proc.stderr.strip().splitlines()[-12:])}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        return {"path": path, "threads": threads, "failed": errors}
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        return {"path": path, "threads": threads, "failed": f"no result line on stdout; {errors}"}
 
 
 def summary(rows: list[dict], key: str) -> dict:
@@ -273,7 +280,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument(
-        "--rounds", type=int, default=3, help="turns each path takes (each in a fresh process)"
+        "--rounds", type=int, default=2, help="turns each path takes (each in a fresh process)"
     )
     parser.add_argument("--runs", type=int, default=8, help="products: best of N calls")
     parser.add_argument("--steps", type=int, default=250, help="decoding steps a take (250: 5 s of audio)")
@@ -342,7 +349,8 @@ def main() -> None:
 def line(row: dict) -> str:
     """A child's row as printed while the run goes on."""
     if "failed" in row or "skipped" in row:
-        return f"{'failed' if 'failed' in row else 'skipped'}: {(row.get('failed') or row['skipped']).splitlines()[-1]}"
+        why = row.get("failed") or row.get("skipped") or "?"
+        return f"{'failed' if 'failed' in row else 'skipped'}: {why.splitlines()[-1]}"
     if "ms_per_step" in row:
         return f"{row['ms_per_step']:8.2f} ms a step ({row['steps']} steps)"
     off = f"  off Harmonia's by {row['off_harmonia']}" if "off_harmonia" in row else ""

@@ -31,7 +31,9 @@
 //   order of float operations (attend_one): every (row, head) is one task on one thread, so the
 //   bits depend on neither the thread count, nor the other rows, nor the cache's dtype (a
 //   bfloat16 value widens to float32 exactly). The `attention` path "own" of bf16, int8 and int4.
-// Both integer products quantise each row of x with quantise_row (AVX-512: the same IEEE
+// Both integer products read up to eight 16-output blocks at once (streams_for: eight, four or one,
+// so that every thread still gets groups of its own); their bits depend neither on that count nor
+// on the thread count. Both quantise each row of x with quantise_row (AVX-512: the same IEEE
 // division and round-half-to-even as std::nearbyint(x / scale), without a libm call per input).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -117,9 +119,9 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) float quantise_row(const fl
 
 // S consecutive 16-output blocks of W (16 x I bytes each, one after another) against two rows:
 // S streams from memory at once, one accumulator per block and row. Measured on an Intel Xeon (Ice
-// Lake, 2 threads): the 24 layers' products in 17-19 ms with S = 8 against 21-25 ms one block at
-// a time with software prefetch (which slowed every variant); the integer sums are exact in any
-// order, so S changes no bit.
+// Lake, 2 threads): the 24 layers' products in 16.9-19.0 ms with S = 8 against 24.1-24.9 ms one
+// block at a time with software prefetch (which slowed every variant); the integer sums are exact
+// in any order, so S changes no bit.
 template <int S>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) inline void stream_blocks(
     const int8_t *wp, int64_t I, const uint8_t *x0, const uint8_t *x1, int32_t *out0, int32_t *out1) {
