@@ -458,6 +458,18 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 load16(const 
 // summed in 16 lanes in t order, then `lanes`. Output: sum over t of p_t v_t (multiply-adds in
 // t order), divided by the sum; a row with every key masked gives zeros (as torch's SDPA does).
 // A masked key is never read: a NaN in it does not reach the output (SDPA's would).
+// Rows ATTEND_AHEAD ahead are asked for while a row is read (ask_row): a cache read once per step is
+// cold, and a prompt's keys lie one row per position apart. Measured in the int4 steps of a 3 s take
+// on musicgen-small's architecture (Intel Xeon, Ice Lake, 2 threads): cross-attention 0.83-0.92 ms
+// a step against 1.43-1.46 without, self-attention 1.02-1.10 against 1.25-1.28. Asking changes no bit.
+constexpr int64_t ATTEND_AHEAD = 16;  // cache rows ahead that attend_one asks the memory for
+
+// Ask the memory for every 64-byte line of a cache row (`bytes` long; inside the cache, so a real address).
+inline void ask_row(const char *row, int64_t bytes) {
+    for (int64_t at = 0; at < bytes; at += 64) _mm_prefetch(row + at, _MM_HINT_T0);
+    _mm_prefetch(row + bytes - 1, _MM_HINT_T0);  // a row that does not start on a line ends on one more
+}
+
 template <bool BF16>
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void attend_one(
     const float *q, const char *k, const char *v, int64_t T, int64_t D, int64_t kstride, int64_t vstride,
@@ -470,8 +482,14 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void attend_one(
         live[c] = D - 16 * c >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (D - 16 * c)) - 1);
         qv[c] = _mm512_maskz_loadu_ps(live[c], q + 16 * c);
     }
+    const int64_t row = D * bytes;
+    for (int64_t t = 0; t < std::min(ATTEND_AHEAD, T); t++) {  // the first rows of both, while the scores start
+        ask_row(k + t * kstride * bytes, row);
+        ask_row(v + t * vstride * bytes, row);
+    }
     float top = -std::numeric_limits<float>::infinity();
     for (int64_t t = 0; t < T; t++) {
+        if (t + ATTEND_AHEAD < T) ask_row(k + (t + ATTEND_AHEAD) * kstride * bytes, row);
         if (mask && !mask[t * mstride]) {
             scores[t] = -std::numeric_limits<float>::infinity();
             continue;
@@ -500,6 +518,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void attend_one(
     __m512 acc[16];
     for (int64_t c = 0; c < chunks; c++) acc[c] = _mm512_setzero_ps();
     for (int64_t t = 0; t < T; t++) {
+        if (t + ATTEND_AHEAD < T) ask_row(v + (t + ATTEND_AHEAD) * vstride * bytes, row);
         if (mask && !mask[t * mstride]) continue;
         const __m512 p = _mm512_set1_ps(scores[t]);
         const char *vt = v + t * vstride * bytes;
