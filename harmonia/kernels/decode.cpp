@@ -451,6 +451,15 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 load16(const 
     }
 }
 
+constexpr int64_t ATTEND_AHEAD = 16;  // cache rows ahead that attend_one asks the memory for
+
+// Ask the memory for every 64-byte line of a row of keys or values (`bytes` long, inside the
+// tensor: a real address). A row that does not start on a line may end on one line more.
+inline void ask_row(const char *row, int64_t bytes) {
+    for (int64_t at = 0; at < bytes; at += 64) _mm_prefetch(row + at, _MM_HINT_T0);
+    if (reinterpret_cast<std::uintptr_t>(row) % 64) _mm_prefetch(row + bytes - 1, _MM_HINT_T0);
+}
+
 // One query position against keys[0, T) of one (row, head): D at most 256 (in 16-lane chunks,
 // the last one masked).
 // Scores: q . k_t summed over D in 16 lanes (multiply-adds in D order), the lanes by `lanes`,
@@ -458,18 +467,14 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 load16(const 
 // summed in 16 lanes in t order, then `lanes`. Output: sum over t of p_t v_t (multiply-adds in
 // t order), divided by the sum; a row with every key masked gives zeros (as torch's SDPA does).
 // A masked key is never read: a NaN in it does not reach the output (SDPA's would).
-// Rows ATTEND_AHEAD ahead are asked for while a row is read (ask_row): a cache read once per step is
-// cold, and a prompt's keys lie one row per position apart. Measured in the int4 steps of a 3 s take
-// on musicgen-small's architecture (Intel Xeon, Ice Lake, 2 threads): cross-attention 0.83-0.92 ms
-// a step against 1.43-1.46 without, self-attention 1.02-1.10 against 1.25-1.28. Asking changes no bit.
-constexpr int64_t ATTEND_AHEAD = 16;  // cache rows ahead that attend_one asks the memory for
-
-// Ask the memory for every 64-byte line of a cache row (`bytes` long; inside the cache, so a real address).
-inline void ask_row(const char *row, int64_t bytes) {
-    for (int64_t at = 0; at < bytes; at += 64) _mm_prefetch(row + at, _MM_HINT_T0);
-    _mm_prefetch(row + bytes - 1, _MM_HINT_T0);  // a row that does not start on a line ends on one more
-}
-
+// The rows ATTEND_AHEAD ahead of the one read are asked for (ask_row), and the first ATTEND_AHEAD
+// of the keys and of the values as a (row, head) starts (masked ones too: asking reads no value into
+// the arithmetic, and changes no bit). In a decoding step the keys and values are cold (the step's
+// weights have swept the CPU's caches since this layer ran), and a prompt's keys lie a whole
+// projection row apart (heads x D values: 2 KiB in bfloat16 for musicgen-small), across pages where
+// the hardware's prefetcher stops. Measured in the int4 steps of 3 s takes on musicgen-small's
+// architecture (Intel Xeon, Ice Lake, 2 threads): cross-attention 0.83-0.92 ms a step against
+// 1.43-1.46 without, self-attention 1.02-1.10 against 1.25-1.28.
 template <bool BF16>
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void attend_one(
     const float *q, const char *k, const char *v, int64_t T, int64_t D, int64_t kstride, int64_t vstride,
