@@ -19,6 +19,9 @@ os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="harmonia-test-hf-home-")
 for _var in ("HF_TOKEN", "HUGGINGFACE_HUB_TOKEN", "HF_HUB_OFFLINE", "HF_ENDPOINT", "HARMONIA_ROOT"):
     os.environ.pop(_var, None)
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+# transformers' EnCodec decoder unless a test asks for the encodec path (tests/engines/test_encodec.py):
+# a choice measured on the tiny model would make ids and manifests depend on the machine's timing
+os.environ["HARMONIA_ENCODEC"] = "torch"
 
 import pytest  # noqa: E402
 
