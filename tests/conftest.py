@@ -21,7 +21,7 @@ for _var in ("HF_TOKEN", "HUGGINGFACE_HUB_TOKEN", "HF_HUB_OFFLINE", "HF_ENDPOINT
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 # transformers' EnCodec decoder unless a test asks for the encodec path (tests/engines/test_encodec.py):
 # a choice measured on the tiny model would make ids and manifests depend on the machine's timing
-os.environ["HARMONIA_ENCODEC"] = "torch"
+os.environ["HARMONIA_ENCODEC_LAYOUT"] = "torch"
 
 import pytest  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""EnCodec's decoder in channels-last layout and in chunks: the ``encodec`` path "channels-last".
+"""EnCodec's decoder in channels-last layout and in chunks: the ``encodec_layout`` path "channels-last".
 
 A MusicGen take ends by decoding its tokens to audio with EnCodec (transformers'
 ``EncodecDecoder``): a convolution, an LSTM over the frames, then four upsampling stages of
@@ -8,16 +8,19 @@ local in time, and on a long take its tensors are large (64 channels by 320,000 
 and back at every convolution, and the tensors stream through memory layer after layer. The
 layers before the LSTM and the LSTM run as transformers runs them; this path runs the layers
 after it on [batch, channels, 1, samples] tensors in channels-last layout, oneDNN's own, in
-chunks of :data:`CHUNK_FRAMES` frames with :data:`HALO_FRAMES` frames of context on each side,
-so that the samples a chunk keeps see what the whole would (the receptive field after the LSTM
-is under two frames) and every chunk's tensors stay in the CPU's caches.
+chunks of :data:`CHUNK_FRAMES` frames with at least :data:`HALO_FRAMES` frames of context on
+each side (more where a config's layers see further: :func:`context_frames`; musicgen-small's
+see under one frame), so that the samples a chunk keeps see what the whole would, and a
+chunk's tensors (16 MiB each on musicgen-small) stay in the CPU's last-level cache.
 
 Measured on an Intel Xeon of the Ice Lake class (2 threads, musicgen-small's EnCodec, the whole
-decoder, alternated in one process, best and median of 5): 0.97 and 1.04 s against transformers'
-1.55 and 1.78 s for 500 frames (10 s of audio), 3.11 and 3.42 against 6.05 and 6.31 for 1500. The audio differs from transformers' decoder by rounding (oneDNN picks
-its algorithm and its order of sums by layout and shape; up to 1.3e-7 measured), so it is a path
-of its own: chosen by measurement, recorded in the manifest, part of the artifact id and
-replayed by ``reproduce``. ``exact`` never takes it (it promises transformers' bytes).
+decoder, alternated in one process, best and median of 5): 0.97 and 1.04 s against
+transformers' 1.55 and 1.78 s for 500 frames (10 s of audio), 3.11 and 3.42 against 6.05 and
+6.31 for 1500. The audio differs from transformers' decoder by rounding (oneDNN picks its
+algorithm and its order of sums by layout and shape; up to 1.4e-7 measured on musicgen-small's
+architecture with random weights, whose samples reach about 0.07), so it is a path of its own:
+chosen by measurement, recorded in the manifest, part of the artifact id and replayed by
+``reproduce``. ``exact`` never takes it (it promises transformers' bytes).
 """
 
 from __future__ import annotations
@@ -33,9 +36,11 @@ from transformers.models.encodec.modeling_encodec import (
     EncodecResnetBlock,
 )
 
-ENCODEC_PATHS = ("torch", "channels-last")
+ENCODEC_LAYOUTS = ("torch", "channels-last")
+# The bytes of a channels-last take depend on these two (oneDNN's sums follow the shapes): changing
+# either changes every such artifact's audio, so it needs a new path name, not an edit.
 CHUNK_FRAMES = 100  # frames a chunk keeps (64 channels x 64,000 samples of float32 at 32 kHz: 16 MiB)
-HALO_FRAMES = 3  # frames of context on each side of a chunk, dropped after the last layer
+HALO_FRAMES = 3  # frames of context on each side of a chunk at least, dropped after the last layer
 CHANNELS_LAST = torch.channels_last
 
 
@@ -72,7 +77,9 @@ class ChannelsLastDecoder(torch.nn.Module):
         self.hop = math.prod(
             layer.conv.stride[0] for layer in self.tail if isinstance(layer, EncodecConvTranspose1d)
         )
-        self.chunk_frames, self.halo_frames = chunk_frames, halo_frames
+        self.chunk_frames = chunk_frames
+        # halo_frames=0 only to show what chunks without context get wrong (tests)
+        self.halo_frames = max(halo_frames, context_frames(tail, self.hop)) if halo_frames else 0
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         for layer in self.head:
@@ -82,6 +89,8 @@ class ChannelsLastDecoder(torch.nn.Module):
     def after_lstm(self, hidden: torch.Tensor) -> torch.Tensor:
         """The layers after the LSTM, channels-last and chunk by chunk, on the LSTM's output."""
         frames, out = hidden.shape[-1], None
+        if frames == 0:
+            raise ValueError("EnCodec's decoder was given no frames")
         for start in range(0, frames, self.chunk_frames):
             stop = min(start + self.chunk_frames, frames)
             low, high = max(0, start - self.halo_frames), min(frames, stop + self.halo_frames)
@@ -103,6 +112,37 @@ def split(decoder: torch.nn.Module) -> tuple[list[torch.nn.Module], list[torch.n
     layers = list(decoder.layers)
     cut = _after_lstm(layers)
     return layers[:cut], layers[cut:]
+
+
+def context_frames(tail: list[torch.nn.Module], hop: int) -> int:
+    """The frames of context a chunk needs on each side for the layers after the LSTM: at each
+    chunk edge, the samples that padding or a missing neighbour reaches, followed layer by layer
+    (a convolution adds its padding; a transposed one scales by its stride and adds what it
+    trims from the other side), over the samples a frame becomes. musicgen-small's EnCodec:
+    482 samples, under one frame of 640."""
+    left = right = 0
+    for layer in tail:
+        left, right = _edges(layer, left, right)
+    return math.ceil(max(left, right) / hop)
+
+
+def _edges(layer: torch.nn.Module, left: int, right: int) -> tuple[int, int]:
+    if isinstance(layer, EncodecResnetBlock):
+        block = (left, right)
+        for part in layer.block:
+            block = _edges(part, *block)
+        short = _edges(layer.shortcut, left, right)
+        return max(block[0], short[0]), max(block[1], short[1])
+    if isinstance(layer, EncodecConvTranspose1d):
+        kernel, stride = layer.conv.kernel_size[0], layer.conv.stride[0]
+        total = kernel - stride
+        trim_right = math.ceil(total * layer.trim_right_ratio) if layer.causal else total // 2
+        return left * stride + trim_right, right * stride + total - trim_right
+    if isinstance(layer, EncodecConv1d):
+        total = int(layer.padding_total)
+        pad_left, pad_right = (total, 0) if layer.causal else (total - total // 2, total // 2)
+        return left + pad_left, right + pad_right
+    return left, right  # ELU, Identity
 
 
 def _after_lstm(layers: list[torch.nn.Module]) -> int:

@@ -55,7 +55,7 @@ from harmonia.engines.base import (
     snapshot_tokenizer,
 )
 from harmonia.engines.decoding import Sampling, decoder_step, sample_window
-from harmonia.engines.encodec import ENCODEC_PATHS, ChannelsLastDecoder
+from harmonia.engines.encodec import ENCODEC_LAYOUTS, ChannelsLastDecoder
 from harmonia.engines.encodec import split as split_encodec_decoder
 from harmonia.engines.encodec import unsupported as channels_last_unsupported
 from harmonia.errors import AudioError, RequestError
@@ -491,8 +491,8 @@ def _product_shape(config: dict, which: str, precision: str, dtype: str | None) 
     measured on eight rows as well (choices cached before ``rows8`` are measured again)."""
     from harmonia.kernels import NEEDS, unavailable
 
-    if which == "encodec":
-        return _encodec_shape(config)
+    if which == "encodec_layout":
+        return _encodec_layout_shape(config, dtype)
     mine = [k for k in NEEDS if (k == "decode_attention") == (which == "attention")]
     kernels = ", ".join(product for product in mine if unavailable(product) is None) or "none"
     if which == "attention":
@@ -680,16 +680,19 @@ def _choose_attention(state_dir: Path, decoder: torch.nn.Module, shape: str) -> 
 ENCODEC_FRAMES = 100
 
 
-def _encodec_shape(config: dict) -> str:
-    """What the audio decoder's speed depends on besides the CPU, torch and threads: EnCodec's shape."""
+def _encodec_layout_shape(config: dict, dtype: str | None) -> str:
+    """What the EnCodec layout's speed and agreement depend on besides the CPU, torch and threads:
+    EnCodec's shape, how its convolutions are normalised (channels-last runs weight_norm's only)
+    and its dtype."""
     a = config["audio_encoder"]
     return (
         f"EnCodec decoder of {a.get('hidden_size')} to {a.get('audio_channels')} channel(s), "
-        f"{a.get('num_filters')} filters, ratios {a.get('upsampling_ratios')}, {ENCODEC_FRAMES} frames"
+        f"{a.get('num_filters')} filters, ratios {a.get('upsampling_ratios')}, "
+        f"{a.get('norm_type', 'weight_norm')}, {dtype or 'float32'}, {ENCODEC_FRAMES} frames"
     )
 
 
-def _choose_encodec(state_dir: Path, decoder: torch.nn.Module, shape: str) -> Choice:
+def _choose_encodec_layout(state_dir: Path, decoder: torch.nn.Module, shape: str) -> Choice:
     """transformers' EnCodec decoder or :class:`~harmonia.engines.encodec.ChannelsLastDecoder`
     (bf16, int8 and int4 on CPU), whichever runs the layers after the LSTM (the part they run
     differently) on :data:`ENCODEC_FRAMES` frames faster here.
@@ -699,10 +702,12 @@ def _choose_encodec(state_dir: Path, decoder: torch.nn.Module, shape: str) -> Ch
     (convolutions normalised otherwise than by weight_norm) keeps transformers'. The frames are
     one chunk, measured in 3.6 s on musicgen-small's EnCodec (Intel Xeon, Ice Lake, 2 threads:
     129-141 ms against 195-204); on longer takes channels-last gains more (the whole decoder
-    1.6-1.9x faster on 500 frames, where transformers' tensors outgrow the caches)."""
+    1.6-1.7x faster on 500 frames and 1.8-1.9x on 1500, where transformers' tensors outgrow the
+    caches)."""
     generator = torch.Generator().manual_seed(0)
     head, tail = split_encodec_decoder(decoder)
-    hidden = torch.randn(1, head[0].conv.in_channels, ENCODEC_FRAMES, generator=generator)
+    weight = head[0].conv.weight
+    hidden = torch.randn(1, weight.shape[1], ENCODEC_FRAMES, generator=generator).to(weight.dtype)
     with torch.inference_mode():
         for layer in head:  # the same for both: run once
             hidden = layer(hidden)
@@ -719,8 +724,8 @@ def _choose_encodec(state_dir: Path, decoder: torch.nn.Module, shape: str) -> Ch
         candidates["channels-last"] = lambda: [fast.after_lstm(hidden)]
     with torch.inference_mode():
         return choose(
-            state_dir, "encodec", shape, candidates, "torch",
-            agree=lambda a, b: bool((a - b).abs().max() <= 1e-4 * b.abs().max()),
+            state_dir, "encodec_layout", shape, candidates, "torch",
+            agree=lambda a, b: bool((a.float() - b.float()).abs().max() <= 1e-4 * b.float().abs().max()),
         )  # fmt: skip
 
 
@@ -729,31 +734,31 @@ def _choose_encodec(state_dir: Path, decoder: torch.nn.Module, shape: str) -> Ch
 # decodes (text MusicGen); exact keeps transformers' EnCodec (its bytes are the promise)
 CHOICES = {
     "exact": ("few_row_products",),
-    "bf16": ("bf16_products", "attention", "encodec"),
-    "int8": ("int8_products", "attention", "encodec"),
-    "int4": ("attention", "encodec"),
+    "bf16": ("bf16_products", "attention", "encodec_layout"),
+    "int8": ("int8_products", "attention", "encodec_layout"),
+    "int4": ("attention", "encodec_layout"),
 }
 CHOOSERS = {
     "few_row_products": _choose_few_row_products,
     "bf16_products": _choose_bf16_products,
     "int8_products": _choose_int8_products,
     "attention": _choose_attention,
-    "encodec": _choose_encodec,
+    "encodec_layout": _choose_encodec_layout,
 }
 PRODUCT_PATHS = {
     "few_row_products": FEW_ROW_PATHS,
     "bf16_products": BF16_PATHS,
     "int8_products": INT8_PATHS,
     "attention": ATTENTION_PATHS,
-    "encodec": ENCODEC_PATHS,
+    "encodec_layout": ENCODEC_LAYOUTS,
 }
 # precision -> the paths it ran before it had a choice (torch's own products and attention,
-# transformers' EnCodec decoder): left
-# out of ids, replayed for manifests that name none, and all that a schema-1 id can have run
+# transformers' EnCodec layout): left out of ids, replayed for manifests that name none, and all
+# that a schema-1 id can have run
 BEFORE_CHOICES = {
-    "bf16": (("bf16_products", "linear"), ("attention", "sdpa"), ("encodec", "torch")),
-    "int8": (("int8_products", "fbgemm"), ("attention", "sdpa"), ("encodec", "torch")),
-    "int4": (("attention", "sdpa"), ("encodec", "torch")),
+    "bf16": (("bf16_products", "linear"), ("attention", "sdpa"), ("encodec_layout", "torch")),
+    "int8": (("int8_products", "fbgemm"), ("attention", "sdpa"), ("encodec_layout", "torch")),
+    "int4": (("attention", "sdpa"), ("encodec_layout", "torch")),
 }
 KERNEL_PATHS = {
     ("few_row_products", "rows"): "rows_linear",
@@ -977,7 +982,9 @@ class MusicGenEngine:
                     choice = known(wb.state_dir, which, shape, threads, PRODUCT_PATHS[which])
                     if choice is None:
                         with pinned_threads(threads):
-                            measured = model.audio_encoder.decoder if which == "encodec" else model.decoder
+                            measured = (
+                                model.audio_encoder.decoder if which == "encodec_layout" else model.decoder
+                            )
                             choice = CHOOSERS[which](wb.state_dir, measured, shape)
                 choices[choice.name], paths[which] = choice.describe(), choice.path
                 _check_product_path(which, choice.path)
@@ -989,12 +996,12 @@ class MusicGenEngine:
                         "HARMONIA_ATTENTION to own or auto."
                     )
             model = _set_precision(model, precision, paths)
-            if paths.get("encodec") == "channels-last":
+            if paths.get("encodec_layout") == "channels-last":
                 why = channels_last_unsupported(model.audio_encoder.decoder)
                 if why is not None:
                     raise RequestError(
-                        f"This run needs EnCodec's decoder channels-last (encodec: channels-last), but {why}. "
-                        "Ask for encodec torch (a new artifact)."
+                        f"This run needs EnCodec's decoder channels-last (encodec_layout: channels-last), but {why}. "
+                        "Ask for encodec_layout torch (a new artifact)."
                     )
                 model.audio_encoder.decoder = ChannelsLastDecoder(model.audio_encoder.decoder)
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)

@@ -206,7 +206,7 @@ def test_int4_makes_the_same_audio_with_or_without_the_kernel_and_is_an_artifact
     made = generate(wb, "tiny-musicgen", request, threads=2, precision="int4", previews=False).artifact
     assert made.manifest.runtime.precision == "int4" and made.manifest.runtime.paths == {
         "attention": "sdpa",
-        "encodec": "torch",
+        "encodec_layout": "torch",
     }
     assert made.manifest.identity["runtime"] == {
         "device": "cpu",
@@ -228,7 +228,7 @@ def test_int4_makes_the_same_audio_with_or_without_the_kernel_and_is_an_artifact
             "runs, the same bits, slower"
         )
         assert (warning in caplog.text) == (not kernel)
-        assert engine.loaded.choices == {"attention": "sdpa (forced)", "encodec": "torch (forced)"}
+        assert engine.loaded.choices == {"attention": "sdpa (forced)", "encodec_layout": "torch (forced)"}
         layer = type(engine.model.decoder.model.decoder.layers[0].fc1).__name__
         assert layer == ("_Int4Linear" if kernel else "_ReferenceInt4Linear")
         assert isinstance(engine._step, torch.jit.ScriptModule)  # both forms compile to TorchScript
@@ -295,7 +295,7 @@ def test_the_bf16_path_is_measured_cached_recorded_forced_and_replayed(wb, monke
         assert forced.loaded.choices == {
             "bf16_products": f"{path} (forced)",
             "attention": "sdpa (forced)",
-            "encodec": "torch (forced)",
+            "encodec_layout": "torch (forced)",
         }
         fc1 = forced.model.decoder.model.decoder.layers[0].fc1
         assert (
@@ -310,7 +310,7 @@ def test_the_bf16_path_is_measured_cached_recorded_forced_and_replayed(wb, monke
         assert made[path].manifest.runtime.paths == {
             "bf16_products": path,
             "attention": "sdpa",
-            "encodec": "torch",
+            "encodec_layout": "torch",
         }
     assert len({made[path].id for path in made}) == 3
     assert np.array_equal(audio["rows8"], audio["rows"])  # at batch 1 the same bytes (the id names the path)
@@ -390,7 +390,7 @@ def test_the_int8_path_is_measured_recorded_and_a_manifest_from_before_replays_f
     assert auto.manifest.runtime.paths == {
         "int8_products": chosen,
         "attention": "sdpa",
-        "encodec": "torch",
+        "encodec_layout": "torch",
     }  # the cached choice, honoured
     made = {}
     for path in ("fbgemm", "rowwise"):
@@ -401,7 +401,7 @@ def test_the_int8_path_is_measured_recorded_and_a_manifest_from_before_replays_f
         assert made[path].manifest.runtime.paths == {
             "int8_products": path,
             "attention": "sdpa",
-            "encodec": "torch",
+            "encodec_layout": "torch",
         }
     # fbgemm is what int8 ran before it had a choice: its ids stay as they were
     assert "paths" not in made["fbgemm"].manifest.identity["runtime"]
@@ -418,7 +418,7 @@ def test_the_int8_path_is_measured_recorded_and_a_manifest_from_before_replays_f
     assert musicgen.MusicGenEngine.replayed_paths(musicgen.Runtime("cpu", "float32", 2, "int8")) == {
         "int8_products": "fbgemm",
         "attention": "sdpa",
-        "encodec": "torch",
+        "encodec_layout": "torch",
     }
     assert reproduce(wb, made["fbgemm"].id).identical
 
@@ -531,7 +531,7 @@ def test_the_attention_path_is_measured_recorded_forced_and_replayed(wb, monkeyp
     for path in ("sdpa", "own", "own-bf16"):
         monkeypatch.setenv("HARMONIA_ATTENTION", path)
         forced = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int4")
-        assert forced.loaded.choices == {"attention": f"{path} (forced)", "encodec": "torch (forced)"}
+        assert forced.loaded.choices == {"attention": f"{path} (forced)", "encodec_layout": "torch (forced)"}
         assert isinstance(forced._step, torch.jit.ScriptModule)  # every path compiles to TorchScript
         assert forced._step.attention == path
         assert forced._step.cache_bf16 == (path == "own-bf16")  # int4's decoder is float32
@@ -540,7 +540,7 @@ def test_the_attention_path_is_measured_recorded_forced_and_replayed(wb, monkeyp
         made[path] = generate(
             wb, "tiny-musicgen", request, threads=2, precision="int4", previews=False
         ).artifact
-        assert made[path].manifest.runtime.paths == {"attention": path, "encodec": "torch"}
+        assert made[path].manifest.runtime.paths == {"attention": path, "encodec_layout": "torch"}
         loads = []  # after each request: the first may load (made[path] may be an earlier test's artifact)
         for seed in (1, 2):
             again = MusicRequest(["x"], duration_s=0.2, seed=seed)
@@ -557,7 +557,7 @@ def test_the_attention_path_is_measured_recorded_forced_and_replayed(wb, monkeyp
         generation._engines.clear()  # (so that reproduce loads, and the spy sees what it builds)
         assert reproduce(wb, made[path].id).identical and built == [path]  # ... the recorded path is replayed
     replayed = load_engine(wb, "tiny-musicgen", threads=2, precision="int4", paths=(("attention", "own"),))
-    assert replayed.loaded.choices == {"attention": "own (recorded)", "encodec": "torch (forced)"}
+    assert replayed.loaded.choices == {"attention": "own (recorded)", "encodec_layout": "torch (forced)"}
     assert replayed._step.attention == "own" and not replayed._step.cache_bf16
     # a manifest from before the choice (no paths) ran SDPA, and still does
     monkeypatch.setenv("HARMONIA_ATTENTION", "own")
@@ -567,7 +567,7 @@ def test_the_attention_path_is_measured_recorded_forced_and_replayed(wb, monkeyp
     manifest.write_text(json.dumps(data, indent=2))
     assert MusicGenEngine.replayed_paths(musicgen.Runtime("cpu", "float32", 2, "int4")) == {
         "attention": "sdpa",
-        "encodec": "torch",
+        "encodec_layout": "torch",
     }
     built.clear()
     generation._engines.clear()
@@ -597,7 +597,7 @@ def test_the_attention_path_is_measured_recorded_forced_and_replayed(wb, monkeyp
         MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="bf16")
     melody = MusicGenEngine.load(wb, "tiny-musicgen-melody", threads=2, precision="int4")
     # generate() decodes a melody model: no attention of Harmonia's (its audio decoder is chosen as any)
-    assert melody.loaded.choices == {"encodec": "torch (forced)"}
+    assert melody.loaded.choices == {"encodec_layout": "torch (forced)"}
     take = melody.generate(MusicRequest(["calm piano"], duration_s=0.4, seed=2)).audio  # (int4 packing
     assert (
         take.shape[0] == 1 and np.isfinite(take).all()
