@@ -134,15 +134,26 @@ def _edges(layer: torch.nn.Module, left: int, right: int) -> tuple[int, int]:
         short = _edges(layer.shortcut, left, right)
         return max(block[0], short[0]), max(block[1], short[1])
     if isinstance(layer, EncodecConvTranspose1d):
-        kernel, stride = layer.conv.kernel_size[0], layer.conv.stride[0]
-        total = kernel - stride
-        trim_right = math.ceil(total * layer.trim_right_ratio) if layer.causal else total // 2
-        return left * stride + trim_right, right * stride + total - trim_right
+        stride = layer.conv.stride[0]
+        trim_left, trim_right = _trims(layer)
+        return left * stride + trim_right, right * stride + trim_left
     if isinstance(layer, EncodecConv1d):
-        total = int(layer.padding_total)
-        pad_left, pad_right = (total, 0) if layer.causal else (total - total // 2, total // 2)
+        pad_left, pad_right = _pads(layer)
         return left + pad_left, right + pad_right
     return left, right  # ELU, Identity
+
+
+def _pads(layer: EncodecConv1d) -> tuple[int, int]:
+    """The fixed padding EncodecConv1d.forward puts on each side (before pad_for_conv1d's extra)."""
+    total = int(layer.padding_total)
+    return (total, 0) if layer.causal else (total - total // 2, total // 2)
+
+
+def _trims(layer: EncodecConvTranspose1d) -> tuple[int, int]:
+    """The samples EncodecConvTranspose1d.forward trims from each side."""
+    total = layer.conv.kernel_size[0] - layer.conv.stride[0]
+    right = math.ceil(total * layer.trim_right_ratio) if layer.causal else total // 2
+    return total - right, right
 
 
 def _after_lstm(layers: list[torch.nn.Module]) -> int:
@@ -168,16 +179,13 @@ def _run(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         return x
     if isinstance(layer, EncodecConvTranspose1d):
         conv = layer.conv
-        kernel, stride = conv.kernel_size[0], conv.stride[0]
-        y = F.conv_transpose2d(x, conv.weight.unsqueeze(2), conv.bias, (1, stride))
-        total = kernel - stride  # the fixed padding, trimmed as EncodecConvTranspose1d trims it
-        right = math.ceil(total * layer.trim_right_ratio) if layer.causal else total // 2
-        return y[..., total - right : y.shape[-1] - right]
+        y = F.conv_transpose2d(x, conv.weight.unsqueeze(2), conv.bias, (1, conv.stride[0]))
+        left, right = _trims(layer)
+        return y[..., left : y.shape[-1] - right]
     conv = layer.conv  # an EncodecConv1d: padded as _pad1d pads, then the convolution
     stride, dilation = conv.stride[0], conv.dilation[0]
-    total = int(layer.padding_total)
-    extra = int(layer._get_extra_padding_for_conv1d(x))
-    left, right = (total, extra) if layer.causal else (total - total // 2, total // 2 + extra)
+    left, right = _pads(layer)
+    right += int(layer._get_extra_padding_for_conv1d(x))
     if left or right:
         x = _pad(x, left, right, layer.pad_mode)
     return F.conv2d(

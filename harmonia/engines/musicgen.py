@@ -1001,7 +1001,7 @@ class MusicGenEngine:
                 if why is not None:
                     raise RequestError(
                         f"This run needs EnCodec's decoder channels-last (encodec_layout: channels-last), but {why}. "
-                        "Ask for encodec_layout torch (a new artifact)."
+                        "Set HARMONIA_ENCODEC_LAYOUT to torch (a new artifact)."
                     )
                 model.audio_encoder.decoder = ChannelsLastDecoder(model.audio_encoder.decoder)
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)

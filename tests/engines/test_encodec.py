@@ -47,18 +47,23 @@ def test_channels_last_decodes_transformers_audio_to_rounding_and_its_context_is
         assert (blind - plain).abs().max() > 1e-3 * plain.abs().max()
 
 
-def test_channels_last_refuses_a_decoder_it_would_compute_otherwise():
+def _small_decoder(**settings) -> torch.nn.Module:
+    """A random EnCodec decoder of 8 hidden channels, 4 filters and ratios 4, 2 (a hop of 8)."""
     from transformers import EncodecConfig, EncodecModel
 
     config = EncodecConfig(
         audio_channels=1,
-        upsampling_ratios=[2, 2],
+        upsampling_ratios=[4, 2],
         hidden_size=8,
-        num_filters=2,
+        num_filters=4,
         num_lstm_layers=1,
-        norm_type="time_group_norm",
+        **settings,
     )
-    decoder = EncodecModel(config).decoder
+    return EncodecModel(config).decoder.eval()
+
+
+def test_channels_last_refuses_a_decoder_it_would_compute_otherwise():
+    decoder = _small_decoder(norm_type="time_group_norm")
     why = "its convolutions are normalised by 'time_group_norm', not weight_norm"
     assert unsupported(decoder) == why
     with pytest.raises(ValueError, match=rf"^EnCodec's decoder cannot run channels-last: {why}$"):
@@ -135,7 +140,7 @@ def test_a_recorded_channels_last_decoder_that_cannot_run_stops_in_one_line(wb, 
     with pytest.raises(
         RequestError,
         match=r"^This run needs EnCodec's decoder channels-last \(encodec_layout: channels-last\), but it has a "
-        r"GroupNorm after the LSTM\. Ask for encodec_layout torch \(a new artifact\)\.$",
+        r"GroupNorm after the LSTM\. Set HARMONIA_ENCODEC_LAYOUT to torch \(a new artifact\)\.$",
     ):
         MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int8")
 
@@ -150,18 +155,8 @@ def test_a_recorded_channels_last_decoder_that_cannot_run_stops_in_one_line(wb, 
     ],
 )
 def test_channels_last_follows_every_decoder_it_accepts_and_takes_the_context_its_layers_need(settings):
-    from transformers import EncodecConfig, EncodecModel
-
     torch.manual_seed(0)
-    config = EncodecConfig(
-        audio_channels=1,
-        upsampling_ratios=[4, 2],
-        hidden_size=8,
-        num_filters=4,
-        num_lstm_layers=1,
-        **settings,
-    )
-    decoder = EncodecModel(config).decoder.eval()
+    decoder = _small_decoder(**settings)
     _, tail = split(decoder)
     hop = 8
     need = context_frames(tail, hop)
