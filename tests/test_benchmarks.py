@@ -44,7 +44,9 @@ def test_bench_generate_runs_on_the_tiny_model(tmp_path):
     )
     assert result["steps"] == 13 and result["load_s"] > 0 and result["memory_bandwidth_gib_s"] > 0
     per_step = {mode: rows[mode, 1]["decoder_bytes_per_step"] for mode in ("exact", "bf16", "int8", "int4")}
-    assert per_step["int4"] < per_step["int8"] < per_step["bf16"] < per_step["exact"]
+    # int8's bytes follow its measured path (fbgemm counts one byte a weight, rowwise its scales too):
+    # on the tiny widths int4's padded groups and float32 scales can outweigh fbgemm's count
+    assert max(per_step["int4"], per_step["int8"]) < per_step["bf16"] < per_step["exact"]
     for r in result["generate"]:  # the steps' share: their bytes over their time, against the bandwidth
         expected = (
             r["decoder_bytes_per_step"] / (1 << 30) / (r["step_ms"] / 1000) / result["memory_bandwidth_gib_s"]
