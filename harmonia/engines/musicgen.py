@@ -367,6 +367,19 @@ def lay_out_in_one_buffer(modules: list[torch.nn.Module]) -> None:
         offset += size
 
 
+def _decoder_in(decoder, dtype: torch.dtype) -> None:
+    """The decoder's weights in ``dtype``, and the text encoder's states cast to it on their way
+    in (the text encoder and EnCodec keep the load's dtype)."""
+    decoder.to(dtype)
+
+    def cast_inputs(module, args, kwargs):
+        if kwargs.get("encoder_hidden_states") is not None:
+            kwargs["encoder_hidden_states"] = kwargs["encoder_hidden_states"].to(dtype)
+        return args, kwargs
+
+    decoder.register_forward_pre_hook(cast_inputs, with_kwargs=True)
+
+
 def _set_precision(model, precision: str, paths: dict[str, str] | None = None):
     """Prepare the decoder of this model instance (only) for a precision mode; returns the model.
 
@@ -382,9 +395,15 @@ def _set_precision(model, precision: str, paths: dict[str, str] | None = None):
       Harmonia's per-channel, per-row scheme ("rowwise"), as ``int8_products`` names.
     - int4: the decoder's Linear layers in Harmonia's 4-bit scheme (one path: the kernel and
       its torch stand-in compute the same bits).
+
+    int8 and int4 quantise a float32 decoder and compute in float32 whatever the load's dtype
+    (their kernels take float32 inputs); a bfloat16 load keeps its text encoder and EnCodec in
+    bfloat16, and its decoder's weights are quantised from their bfloat16 values.
     """
     paths = paths or {}
     decoder = model.decoder
+    if precision in ("int8", "int4"):  # float32 activations whatever the load's dtype
+        _decoder_in(decoder, torch.float32)
     if precision == "exact":
         if decoder.device.type != "cpu":
             return model
@@ -392,14 +411,7 @@ def _set_precision(model, precision: str, paths: dict[str, str] | None = None):
         if kind is not None:
             _swap_linears(decoder, kind)
     elif precision == "bf16":
-        decoder.to(torch.bfloat16)
-
-        def cast_inputs(module, args, kwargs):
-            if kwargs.get("encoder_hidden_states") is not None:
-                kwargs["encoder_hidden_states"] = kwargs["encoder_hidden_states"].to(torch.bfloat16)
-            return args, kwargs
-
-        decoder.register_forward_pre_hook(cast_inputs, with_kwargs=True)
+        _decoder_in(decoder, torch.bfloat16)
         for head in decoder.lm_heads:
             head.register_forward_hook(lambda module, inputs, output: output.float())
         kind = {"rows": _RowsLinear, "rows8": _Rows8Linear}.get(paths.get("bf16_products", "linear"))
@@ -476,10 +488,12 @@ def _decoder_shape(config: dict) -> str:
     )
 
 
-def _bfloat16_decoder(precision: str, dtype: str | None) -> bool:
-    """Whether a load of this precision and dtype runs its decoder in bfloat16 (its attention
-    kernel's cache is then the decoder's own values: the path "own", never "own-bf16")."""
-    return precision == "bf16" or dtype == "bfloat16"
+def _bfloat16_decoder(precision: str) -> bool:
+    """Whether a load of this precision runs its decoder in bfloat16 (its attention kernel's
+    cache is then the decoder's own values: the path "own", never "own-bf16"). Of the modes
+    that choose an attention path, only bf16 does: int8 and int4 compute in float32 whatever
+    the load's dtype."""
+    return precision == "bf16"
 
 
 def _product_shape(config: dict, which: str, precision: str, dtype: str | None) -> str:
@@ -500,7 +514,7 @@ def _product_shape(config: dict, which: str, precision: str, dtype: str | None) 
         # the kernel's cache is bfloat16 either way: a bfloat16 decoder's own values, or a float32
         # decoder's rounded ("own-bf16"; choices cached when int8 and int4 measured the kernel on a
         # float32 cache are measured again)
-        cache = "bfloat16" if _bfloat16_decoder(precision, dtype) else "float32 decoder's bfloat16"
+        cache = "bfloat16" if _bfloat16_decoder(precision) else "float32 decoder's bfloat16"
         return (
             f"{FEW_ROWS} rows, {d['num_hidden_layers']} layers of {d['num_attention_heads']} heads of "
             f"{d['hidden_size'] // d['num_attention_heads']}, a {cache} cache of 64 and 512 keys and a "
@@ -969,8 +983,10 @@ class MusicGenEngine:
                 )
             model, choices, paths = model.to(chosen).eval(), {}, {}
             _fold_weight_norm(model.audio_encoder)  # (before the audio decoder's paths are measured)
-            if precision == "bf16":  # the paths are measured on the bfloat16 weights
+            if precision == "bf16":  # the paths are measured on the weights the decoder will run
                 model.decoder.to(torch.bfloat16)
+            elif precision in ("int8", "int4"):
+                model.decoder.to(torch.float32)
             for which in _choices(precision, model_type) if chosen.type == "cpu" else ():  # faster paths here
                 recorded = dict(runtime.paths).get(which)
                 if recorded is not None:  # replayed from a manifest, or fixed by generate()
@@ -988,11 +1004,10 @@ class MusicGenEngine:
                             choice = CHOOSERS[which](wb.state_dir, measured, shape)
                 choices[choice.name], paths[which] = choice.describe(), choice.path
                 _check_product_path(which, choice.path)
-                if choice.path == "own-bf16" and _bfloat16_decoder(precision, dtype):
-                    why = "precision bf16" if precision == "bf16" else "dtype bfloat16"
+                if choice.path == "own-bf16" and _bfloat16_decoder(precision):
                     raise RequestError(
                         "attention own-bf16 rounds a float32 decoder's keys and values to bfloat16; this "
-                        f"decoder is bfloat16 already ({why}), and its kernel path is own. Set "
+                        "decoder is bfloat16 already (precision bf16), and its kernel path is own. Set "
                         "HARMONIA_ATTENTION to own or auto."
                     )
             model = _set_precision(model, precision, paths)

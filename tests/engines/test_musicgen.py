@@ -373,6 +373,25 @@ def test_faster_precisions_are_deterministic_and_touch_only_their_engine(wb, mon
     assert mono.model.decoder.lm_heads[0].weight.dtype == torch.float32
 
 
+@pytest.mark.parametrize(
+    ("name", "precision"),
+    [("tiny-musicgen", "int8"), ("tiny-musicgen", "int4"), ("tiny-musicgen-melody", "int8")],
+)
+def test_int8_and_int4_on_a_bfloat16_load_compute_in_float32(wb, name, precision):
+    """A bfloat16 load keeps its text encoder and EnCodec in bfloat16; int8's and int4's
+    decoder is quantised and computes in float32 (their kernels take float32 inputs)."""
+    engine = MusicGenEngine.load(wb, name, threads=2, precision=precision, dtype="bfloat16")
+    assert (engine.loaded.dtype, engine.loaded.precision) == ("bfloat16", precision)
+    model = engine.model
+    assert model.decoder.model.decoder.layer_norm.weight.dtype == torch.float32
+    assert model.text_encoder.dtype == model.audio_encoder.dtype == torch.bfloat16
+    assert dict(engine.loaded.paths).get("attention") != "own"  # own-bf16 or sdpa: a float32 decoder
+    request = MusicRequest("calm piano", duration_s=0.5, seed=3)
+    a, b = engine.generate(request).audio, engine.generate(request).audio
+    assert a.shape == (1, 1, RATE // 2) and a.dtype == np.float32 and np.array_equal(a, b)
+    assert np.isfinite(a).all() and np.abs(a).max() > 0
+
+
 def test_unknown_precision(wb):
     with pytest.raises(RequestError, match=r"precision must be one of exact, bf16, int8, int4, got 'fp8'\."):
         MusicGenEngine.load(wb, "tiny-musicgen", precision="fp8")
