@@ -9,7 +9,8 @@ lengths, best of --runs, caches cold (each layer its own buffers): torch's
 `scaled_dot_product_attention` on a float32 cache (what transformers runs, and Harmonia's
 `sdpa` path), and `torch.ops.harmonia.decode_attention` (the `own` path) on a float32 cache
 (`int8`, `int4`) and a bfloat16 one (`bf16`: its projections return bfloat16, so nothing is
-lost). GiB/s is the cache bytes read over the time; the sum of a buffer is the machine's limit.
+lost); on an AVX-512 CPU also the kernel's AVX2 form (the same bits: what a CPU without AVX-512
+runs). GiB/s is the cache bytes read over the time; the sum of a buffer is the machine's limit.
 
     .venv/bin/python benchmarks/bench_attention.py            # the README's figures
     .venv/bin/python benchmarks/bench_attention.py --tiny     # a smoke run
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import best, cpu_flags, cpu_name, torch_build
+from common import avx2_form, best, cpu_flags, cpu_name, torch_build
 
 from harmonia.kernels import unavailable
 
@@ -73,6 +74,8 @@ def main() -> None:
                     paths["own (Harmonia)"] = lambda n=n, cache=cache: [
                         torch.ops.harmonia.decode_attention(query, k, v, n, scale, None) for k, v in cache
                     ]
+                    if narrow := avx2_form("decode_attention", paths["own (Harmonia)"]):
+                        paths["own, AVX2 form"] = narrow
                 for name, run in paths.items():
                     seconds = best(run, args.runs)
                     row = {

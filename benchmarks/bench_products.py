@@ -7,7 +7,8 @@ those weights at random for musicgen-small's shapes (24 layers of 1024/4096) and
 of one step's products on each path, best of --runs, weights cold (1.5 GB of float32 do not
 fit a cache): torch's `F.linear` and `W @ x.T` in float32, `F.linear` in bfloat16, torch.ao's
 fbgemm int8, and Harmonia's kernels (`rows` in float32 and bfloat16, `rowwise` int8, `int4`)
-where this CPU runs them. GiB/s is the bytes each path reads (its weights and scales) over
+where this CPU runs them; on an AVX-512 CPU also `rows`' AVX2 form (the same bits: what a CPU
+without AVX-512 runs). GiB/s is the bytes each path reads (its weights and scales) over
 its time; the plain sum of a 1 GiB buffer is the machine's limit.
 
 It also times the same int4 weights as many products and as one: every layer's fc2 as 24
@@ -30,7 +31,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from common import best, cpu_flags, cpu_name, step_products, torch_build
+from common import avx2_form, best, cpu_flags, cpu_name, step_products, torch_build
 
 from harmonia.engines.musicgen import _Int4Linear, _RowwiseInt8Linear
 from harmonia.kernels import unavailable
@@ -74,6 +75,8 @@ def main() -> None:
                 lambda: [torch.ops.harmonia.rows_linear(x[m.in_features], m.weight, None) for m in linears],
                 4 * weights,
             )
+            if narrow := avx2_form("rows_linear", paths["fp32 rows (Harmonia)"][0]):
+                paths["fp32 rows, AVX2 form"] = (narrow, 4 * weights)
         halves = [m.weight.to(torch.bfloat16) for m in linears]
         xb = {k: v.to(torch.bfloat16) for k, v in x.items()}
         paths["bf16 F.linear"] = (
@@ -85,6 +88,8 @@ def main() -> None:
                 lambda: [torch.ops.harmonia.rows_linear(xb[w.shape[1]], w, None) for w in halves],
                 2 * weights,
             )
+            if narrow := avx2_form("rows_linear", paths["bf16 rows (Harmonia)"][0]):
+                paths["bf16 rows, AVX2 form"] = (narrow, 2 * weights)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.ao's deprecation notice
             fbgemm = list(

@@ -21,6 +21,22 @@ def cpu_flags() -> list[str]:
     return []
 
 
+def avx2_form(product: str, run):
+    """``run`` in Harmonia's AVX2 form of ``product`` (the same bits as its AVX-512 form), or None
+    where the AVX-512 form does not run here (then the plain path is already the AVX2 form, or
+    neither runs): what a CPU without AVX-512 would run, measured on this one."""
+    from harmonia import kernels
+
+    if kernels.form(product) != "avx512" or kernels.unavailable(product) is not None:
+        return None
+
+    def narrow():
+        with kernels.forced_form("avx2"):
+            return run()
+
+    return narrow
+
+
 def torch_build() -> str:
     """torch's version and the CPU capability its kernels dispatch to."""
     import torch

@@ -790,8 +790,9 @@ def _choices(precision: str, model_type: str | None) -> tuple[str, ...]:
 
 
 def _check_product_path(which: str, path: str) -> None:
-    """A recorded or forced path this machine can run (Harmonia's float kernel needs AVX-512;
-    its int8 scheme runs everywhere, on the kernel or in torch)."""
+    """A recorded or forced path this machine can run (Harmonia's float kernels need AVX-512 or,
+    in their AVX2 form of the same bits, AVX2 with FMA; its int8 and int4 schemes run everywhere,
+    on the kernel or in torch)."""
     from harmonia.kernels import unavailable
 
     if path not in PRODUCT_PATHS[which]:
@@ -800,8 +801,8 @@ def _check_product_path(which: str, path: str) -> None:
     why = unavailable(product) if product else None
     if why is not None:
         raise RequestError(
-            f"This run needs Harmonia's {product} kernel ({which}: {path}), but {why}. Run it on a CPU "
-            "with AVX-512 and a C++ compiler, or ask for another path (a new artifact)."
+            f"This run needs Harmonia's {product} kernel ({which}: {path}), but {why}. Run it on an x86-64 "
+            "CPU with AVX-512 or AVX2 and a C++ compiler, or ask for another path (a new artifact)."
         )
 
 

@@ -15,6 +15,10 @@ guidance: two rows against every weight of the decoder, read once from memory):
   float32 or bfloat16 cache), in a fixed order on every AVX-512 CPU (AVX-512F); torch's SDPA
   reads the cache at 8-14 GiB/s on an Intel Xeon whose memory gives 19-21, this 15-17.
 
+rows_linear and decode_attention have a second form, for x86-64 CPUs without AVX-512 but with
+AVX2 and FMA (:data:`NARROW`), that computes the same bits (every lane the same operations in the
+same order), so an artifact made with either replays on both; :func:`form` says which runs.
+
 Whether rows_linear, int8_linear or decode_attention is used is decided by measurement on the machine at hand
 (:mod:`harmonia.calibration`), never assumed; the engine records the choice.
 
@@ -28,6 +32,7 @@ run, :func:`unavailable` says why in one line, and the engine keeps torch's own 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import logging
@@ -52,6 +57,8 @@ NEEDS = {  # what each product needs of the CPU (/proc/cpuinfo flags)
     "int4_linear": ("avx512f", "avx512bw", "avx512vl", "avx512_vnni"),
     "decode_attention": ("avx512f", "avx512bw", "avx512vl"),
 }
+# products with an AVX2 form of the same bits, and what it needs (the CPU's flags pick the form)
+NARROW = {"rows_linear": ("avx2", "fma"), "decode_attention": ("avx2", "fma")}
 _lock = threading.Lock()
 _state: dict[str, str | None] = {}
 
@@ -75,12 +82,37 @@ def kernel_dir() -> Path:
     return Path(cache) / "harmonia" / "kernels"
 
 
+def form(product: str) -> str | None:
+    """The form of ``product`` this CPU runs: "avx512", "avx2" (rows_linear and decode_attention
+    without AVX-512: the same bits), or None (neither)."""
+    flags = cpu_flags()
+    if all(flag in flags for flag in NEEDS[product]):
+        return "avx512"
+    if product in NARROW and all(flag in flags for flag in NARROW[product]):
+        return "avx2"
+    return None
+
+
 def unavailable(product: str) -> str | None:
     """None when ``torch.ops.harmonia.<product>`` can run here (compiled first if needed); else why not."""
-    missing = [flag for flag in NEEDS[product] if flag not in cpu_flags()]
-    if missing:
-        return f"this CPU lacks {', '.join(missing)}"
+    if form(product) is None:
+        missing = ", ".join(flag for flag in NEEDS[product] if flag not in cpu_flags())
+        if product in NARROW:
+            narrow = ", ".join(flag for flag in NARROW[product] if flag not in cpu_flags())
+            return f"this CPU lacks {missing} (and {narrow}, which its AVX2 form needs)"
+        return f"this CPU lacks {missing}"
     return build()
+
+
+@contextlib.contextmanager
+def forced_form(name: str):
+    """Run rows_linear and decode_attention in form ``name`` ("avx512" or "avx2") inside the block
+    (tests and benchmarks: the AVX2 form on an AVX-512 CPU); the library must be loaded."""
+    before = torch.ops.harmonia.use_form(name)
+    try:
+        yield
+    finally:
+        torch.ops.harmonia.use_form(before)
 
 
 def build() -> str | None:
@@ -93,6 +125,8 @@ def build() -> str | None:
     with _lock:
         if "library" not in _state:
             _state["library"] = _load()
+            if _state["library"] is None:  # the AVX2 form where the CPU lacks AVX-512 (and has AVX2)
+                torch.ops.harmonia.use_form("avx2" if form("rows_linear") == "avx2" else "avx512")
         return _state["library"]
 
 

@@ -31,6 +31,13 @@
 //   order of float operations (attend_one): every (row, head) is one task on one thread, so the
 //   bits depend on neither the thread count, nor the other rows, nor the cache's dtype (a
 //   bfloat16 value widens to float32 exactly). The `attention` path "own" of bf16, int8 and int4.
+// rows_linear and decode_attention have a second form for x86-64 CPUs without AVX-512 (AVX2 with
+//   FMA: Intel since Haswell, AMD since Zen), with the same bits: each 16-lane vector of the AVX-512
+//   form is two 8-lane halves (lanes 0-7 and 8-15), every lane takes the same operations in the same
+//   order (a multiply-add rounds once in both), lanes8x2 sums the lanes by the same tree as lanes, and
+//   exp8 scales by 2^n with one rounded multiply where vscalefps rounds once too. A manifest's `rows`
+//   or `own` path therefore replays on either CPU. Which form runs is set from Python (use_form: the
+//   CPU's flags decide; tests force the AVX2 form on AVX-512 CPUs to compare the bits).
 // Both integer products read up to eight 16-output blocks at once (streams_for: eight, four or one,
 // so that every thread still gets groups of its own); their bits depend neither on that count nor
 // on the thread count. Both quantise each row of x with quantise_row (AVX-512: the same IEEE
@@ -42,9 +49,11 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <limits>
 #include <vector>
 
@@ -63,6 +72,9 @@ inline void ask(const char *begin, const char *, std::uintptr_t offset) {
     _mm_prefetch(reinterpret_cast<const char *>(reinterpret_cast<std::uintptr_t>(begin) + offset), _MM_HINT_T0);
 }
 
+// The form of rows_linear and decode_attention that runs: false AVX-512, true AVX2 with FMA.
+std::atomic<bool> narrow{false};
+
 // A vector's 16 lanes summed as a fixed tree written in intrinsics (halves, then quarters, ...):
 // the order is this source's, not a compiler's, and it costs a few instructions, not 16 dependent adds.
 __attribute__((target("avx512f"))) inline float lanes(__m512 v) {
@@ -72,6 +84,59 @@ __attribute__((target("avx512f"))) inline float lanes(__m512 v) {
     const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
     const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
     return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+}
+
+#define AVX2 __attribute__((target("avx2,fma")))
+
+// The AVX2 form's `lanes`: lanes 0-7 in lo, 8-15 in hi, summed by lanes' tree (lo + hi first).
+AVX2 inline float lanes8x2(__m256 lo, __m256 hi) {
+    const __m256 s8 = _mm256_add_ps(lo, hi);
+    const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+}
+
+// The first `live` (at most 16) of 16 float32 or bfloat16 values as two 8-lane halves, the other
+// lanes `fill` (0 as the AVX-512 form's masked loads give; bfloat16 -> float32 is exact).
+template <bool BF16>
+AVX2 inline void load8x2(const void *p, int64_t live, __m256 &lo, __m256 &hi, float fill = 0.f) {
+    if (live >= 16) {
+        if constexpr (BF16) {
+            const __m128i *h = static_cast<const __m128i *>(p);
+            lo = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(h)), 16));
+            hi = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(h + 1)), 16));
+        } else {
+            lo = _mm256_loadu_ps(static_cast<const float *>(p));
+            hi = _mm256_loadu_ps(static_cast<const float *>(p) + 8);
+        }
+        return;
+    }
+    float values[16];
+    for (int64_t i = 0; i < 16; i++) {
+        if (i >= live) {
+            values[i] = fill;
+        } else if constexpr (BF16) {
+            const uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t *>(p)[i]) << 16;
+            std::memcpy(values + i, &bits, 4);
+        } else {
+            values[i] = static_cast<const float *>(p)[i];
+        }
+    }
+    lo = _mm256_loadu_ps(values);
+    hi = _mm256_loadu_ps(values + 8);
+}
+
+// The first `live` lanes of two halves into p.
+AVX2 inline void store8x2(float *p, int64_t live, __m256 lo, __m256 hi) {
+    if (live >= 16) {
+        _mm256_storeu_ps(p, lo);
+        _mm256_storeu_ps(p + 8, hi);
+        return;
+    }
+    float values[16];
+    _mm256_storeu_ps(values, lo);
+    _mm256_storeu_ps(values + 8, hi);
+    std::memcpy(p, values, sizeof(float) * live);
 }
 
 // Row p (I floats) quantised by its own scale (largest |x| / 127; 1 for a zero row): q[i] =
@@ -251,6 +316,40 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void dots(const char *wv, c
     }
 }
 
+// dots' AVX2 form: the same sums, lane for lane (lanes 0-7 and 8-15 as two halves).
+template <int G, bool BF16, int R>
+AVX2 void dots8x2(const char *wv, const char *wend, int64_t I, const float *x0, const float *x1, float *out0,
+                  float *out1) {
+    __m256 a[G][2], c[G][2];
+    for (int g = 0; g < G; g++) a[g][0] = a[g][1] = c[g][0] = c[g][1] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < I; i += 16) {
+        const int64_t live = std::min<int64_t>(16, I - i);
+        __m256 v0[2], v1[2], w[2];
+        load8x2<false>(x0 + i, live, v0[0], v0[1]);
+        if (R > 1) load8x2<false>(x1 + i, live, v1[0], v1[1]);
+        for (int g = 0; g < G; g++) {
+            ask(wv, wend, static_cast<std::uintptr_t>((AHEAD * I + g * I + i) * (BF16 ? 2 : 4)));
+            load8x2<BF16>(wv + (g * I + i) * (BF16 ? 2 : 4), live, w[0], w[1]);
+            for (int h = 0; h < 2; h++) {
+                a[g][h] = _mm256_fmadd_ps(w[h], v0[h], a[g][h]);
+                if (R > 1) c[g][h] = _mm256_fmadd_ps(w[h], v1[h], c[g][h]);
+            }
+        }
+    }
+    for (int g = 0; g < G; g++) {
+        out0[g] = lanes8x2(a[g][0], a[g][1]);
+        if (R > 1) out1[g] = lanes8x2(c[g][0], c[g][1]);
+    }
+}
+
+// G weight rows against R rows of x, in the form that runs (the same bits either way).
+template <int G, bool BF16, int R>
+inline void dots_any(const char *wv, const char *wend, int64_t I, const float *x0, const float *x1, float *out0,
+                     float *out1) {
+    narrow.load(std::memory_order_relaxed) ? dots8x2<G, BF16, R>(wv, wend, I, x0, x1, out0, out1)
+                                           : dots<G, BF16, R>(wv, wend, I, x0, x1, out0, out1);
+}
+
 template <bool BF16>
 void rows(const void *w, const float *x, const float *b, float *y, int64_t O, int64_t I, int64_t R) {
     constexpr int G = 4;  // four weight rows at once: up to eight independent sums in flight
@@ -269,12 +368,12 @@ void rows(const void *w, const float *x, const float *b, float *y, int64_t O, in
                 const float *x0 = x + r * I;
                 const bool two = r + 1 < R;
                 if (o + G <= O) {
-                    two ? dots<G, BF16, 2>(wg, wend, I, x0, x0 + I, s0, s1)
-                        : dots<G, BF16, 1>(wg, wend, I, x0, x0, s0, s1);
+                    two ? dots_any<G, BF16, 2>(wg, wend, I, x0, x0 + I, s0, s1)
+                        : dots_any<G, BF16, 1>(wg, wend, I, x0, x0, s0, s1);
                 } else {
                     for (int64_t k = 0; o + k < O; k++)
-                        two ? dots<1, BF16, 2>(wg + k * I * bytes, wend, I, x0, x0 + I, s0 + k, s1 + k)
-                            : dots<1, BF16, 1>(wg + k * I * bytes, wend, I, x0, x0, s0 + k, s1 + k);
+                        two ? dots_any<1, BF16, 2>(wg + k * I * bytes, wend, I, x0, x0 + I, s0 + k, s1 + k)
+                            : dots_any<1, BF16, 1>(wg + k * I * bytes, wend, I, x0, x0, s0 + k, s1 + k);
                 }
                 for (int64_t k = 0; k < G && o + k < O; k++) {
                     const float bo = b ? b[o + k] : 0.f;
@@ -534,6 +633,99 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void attend_one(
     for (int64_t c = 0; c < chunks; c++) _mm512_mask_storeu_ps(out + 16 * c, live[c], _mm512_div_ps(acc[c], sum));
 }
 
+// exp16's AVX2 form over 8 lanes. n is an integer in [-126, 0] for every x it scales (x in
+// [-87.34, 0]: scores less their maximum), so 2^n is a normal float and y x 2^n rounds once, as
+// vscalefps does; a NaN lane's n converts to garbage, but y is that NaN and the product keeps it.
+AVX2 inline __m256 exp8(__m256 x) {
+    const __m256 floor = _mm256_set1_ps(-87.33654f);
+    const __m256 zero = _mm256_cmp_ps(x, floor, _CMP_LT_OQ);
+    x = _mm256_max_ps(floor, x);  // the second operand when either is NaN, as exp16's
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+    const __m256i power = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(zero, _mm256_mul_ps(y, _mm256_castsi256_ps(power)));
+}
+
+// attend_one's AVX2 form: the same operations on every lane, in the same order (see above).
+template <bool BF16>
+AVX2 void attend_one8x2(const float *q, const char *k, const char *v, int64_t T, int64_t D, int64_t kstride,
+                        int64_t vstride, const bool *mask, int64_t mstride, float scale, float *scores,
+                        float *out) {
+    constexpr int64_t bytes = BF16 ? 2 : 4;
+    __m256 qv[16][2];
+    const int64_t chunks = (D + 15) / 16;
+    int64_t live[16];
+    for (int64_t c = 0; c < chunks; c++) {
+        live[c] = std::min<int64_t>(16, D - 16 * c);
+        load8x2<false>(q + 16 * c, live[c], qv[c][0], qv[c][1]);
+    }
+    const int64_t row = D * bytes;
+    for (int64_t t = 0; t < std::min(ATTEND_AHEAD, T); t++) {
+        ask_row(k + t * kstride * bytes, row);
+        ask_row(v + t * vstride * bytes, row);
+    }
+    float top = -std::numeric_limits<float>::infinity();
+    for (int64_t t = 0; t < T; t++) {
+        if (t + ATTEND_AHEAD < T) ask_row(k + (t + ATTEND_AHEAD) * kstride * bytes, row);
+        if (mask && !mask[t * mstride]) {
+            scores[t] = -std::numeric_limits<float>::infinity();
+            continue;
+        }
+        const char *kt = k + t * kstride * bytes;
+        __m256 acc[2], kv[2];
+        load8x2<BF16>(kt, live[0], kv[0], kv[1]);
+        for (int h = 0; h < 2; h++) acc[h] = _mm256_mul_ps(qv[0][h], kv[h]);
+        for (int64_t c = 1; c < chunks; c++) {
+            load8x2<BF16>(kt + 16 * c * bytes, live[c], kv[0], kv[1]);
+            for (int h = 0; h < 2; h++) acc[h] = _mm256_fmadd_ps(qv[c][h], kv[h], acc[h]);
+        }
+        const float s = lanes8x2(acc[0], acc[1]) * scale;
+        scores[t] = s;
+        top = s > top || std::isnan(s) ? s : top;
+    }
+    if (top == -std::numeric_limits<float>::infinity()) {
+        std::memset(out, 0, sizeof(float) * D);
+        return;
+    }
+    const __m256 m = _mm256_set1_ps(top);
+    __m256 total[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t t = 0; t < T; t += 16) {
+        const int64_t keys = std::min<int64_t>(16, T - t);
+        __m256 p[2];
+        load8x2<false>(scores + t, keys, p[0], p[1], -std::numeric_limits<float>::infinity());
+        for (int h = 0; h < 2; h++) {
+            p[h] = exp8(_mm256_sub_ps(p[h], m));
+            total[h] = _mm256_add_ps(total[h], p[h]);
+        }
+        store8x2(scores + t, keys, p[0], p[1]);
+    }
+    __m256 acc[16][2];
+    for (int64_t c = 0; c < chunks; c++) acc[c][0] = acc[c][1] = _mm256_setzero_ps();
+    for (int64_t t = 0; t < T; t++) {
+        if (t + ATTEND_AHEAD < T) ask_row(v + (t + ATTEND_AHEAD) * vstride * bytes, row);
+        if (mask && !mask[t * mstride]) continue;
+        const __m256 p = _mm256_set1_ps(scores[t]);
+        const char *vt = v + t * vstride * bytes;
+        for (int64_t c = 0; c < chunks; c++) {
+            __m256 vv[2];
+            load8x2<BF16>(vt + 16 * c * bytes, live[c], vv[0], vv[1]);
+            for (int h = 0; h < 2; h++) acc[c][h] = _mm256_fmadd_ps(p, vv[h], acc[c][h]);
+        }
+    }
+    const __m256 sum = _mm256_set1_ps(lanes8x2(total[0], total[1]));
+    for (int64_t c = 0; c < chunks; c++)
+        store8x2(out + 16 * c, live[c], _mm256_div_ps(acc[c][0], sum), _mm256_div_ps(acc[c][1], sum));
+}
+
 at::Tensor decode_attention(const at::Tensor &query, const at::Tensor &keys, const at::Tensor &values, int64_t end,
                             double scale, const c10::optional<at::Tensor> &mask) {
     TORCH_CHECK(query.dim() == 4 && keys.dim() == 4 && values.dim() == 4 && query.size(2) == 1,
@@ -570,18 +762,25 @@ at::Tensor decode_attention(const at::Tensor &query, const at::Tensor &keys, con
             const char *v = vp + (r * values.stride(0) + h * values.stride(1)) * bytes;
             const bool *mr = mp ? mp + r * m.stride(0) + h * m.stride(1) : nullptr;
             const int64_t ms = mp ? m.stride(3) : 0;
-            bf16 ? attend_one<true>(qp + i * D, k, v, end, D, keys.stride(2), values.stride(2), mr, ms, s,
-                                    scores.data(), op + i * D)
-                 : attend_one<false>(qp + i * D, k, v, end, D, keys.stride(2), values.stride(2), mr, ms, s,
-                                     scores.data(), op + i * D);
+            const auto one = narrow.load(std::memory_order_relaxed)
+                                 ? (bf16 ? attend_one8x2<true> : attend_one8x2<false>)
+                                 : (bf16 ? attend_one<true> : attend_one<false>);
+            one(qp + i * D, k, v, end, D, keys.stride(2), values.stride(2), mr, ms, s, scores.data(), op + i * D);
         }
     });
     return out;
 }
 
+// Set which form of rows_linear and decode_attention runs ("avx512" or "avx2"); returns the one before.
+std::string use_form(const std::string &form) {
+    TORCH_CHECK(form == "avx512" || form == "avx2", "harmonia.use_form: avx512 or avx2, got ", form);
+    return narrow.exchange(form == "avx2") ? "avx2" : "avx512";
+}
+
 }  // namespace
 
 TORCH_LIBRARY(harmonia, m) {
+    m.def("use_form(str form) -> str", &use_form);
     m.def("int8_linear(Tensor x, Tensor packed, Tensor scales, Tensor colsum, Tensor? bias) -> Tensor");
     m.def("int4_linear(Tensor x, Tensor packed, Tensor scales, Tensor? bias, int out_features) -> Tensor");
     m.def("rows_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");

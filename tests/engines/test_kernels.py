@@ -45,7 +45,8 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return (
         a.shape == b.shape
         and torch.equal(nan, b.isnan())
-        and torch.equal(a[~nan].view(torch.int32), b[~nan].view(torch.int32))
+        and a.dtype == b.dtype
+        and torch.equal(*(t[~nan].view({4: torch.int32, 2: torch.int16}[t.element_size()]) for t in (a, b)))
     )
 
 
@@ -54,11 +55,103 @@ def test_the_products_are_built_wherever_the_cpu_runs_them():
     a broken build would otherwise only show as torch's slower paths being chosen."""
     for product, needs in kernels.NEEDS.items():
         why = kernels.unavailable(product)
-        if all(flag in kernels.cpu_flags() for flag in needs):
+        if kernels.form(product) is not None:
             assert why is None, why
             assert hasattr(torch.ops.harmonia, product)
         else:
-            assert why == f"this CPU lacks {', '.join(f for f in needs if f not in kernels.cpu_flags())}"
+            assert why.startswith(
+                f"this CPU lacks {', '.join(f for f in needs if f not in kernels.cpu_flags())}"
+            )
+
+
+def test_a_cpu_without_avx512_runs_the_float_kernels_in_their_avx2_form(monkeypatch):
+    """rows_linear and decode_attention run on AVX2 with FMA where AVX-512 is missing (the same
+    bits, tested below); the integer kernels have torch forms instead. A fresh process on such a
+    CPU sets the AVX2 form as it loads the library."""
+    import os
+    import subprocess
+    import sys
+
+    real = kernels.cpu_flags()
+    monkeypatch.setattr(kernels, "cpu_flags", lambda: {"sse4_2", "avx", "avx2", "fma"})
+    assert kernels.form("rows_linear") == kernels.form("decode_attention") == "avx2"
+    assert kernels.form("int8_linear") is kernels.form("int4_linear") is None
+    assert kernels.unavailable("int4_linear") == "this CPU lacks avx512f, avx512bw, avx512vl, avx512_vnni"
+    monkeypatch.setattr(kernels, "cpu_flags", lambda: {"sse4_2", "avx"})
+    assert kernels.form("decode_attention") is None
+    assert kernels.unavailable("decode_attention") == (
+        "this CPU lacks avx512f, avx512bw, avx512vl (and avx2, fma, which its AVX2 form needs)"
+    )
+    if not {"avx2", "fma"} <= real:
+        return  # (the rest runs the AVX2 form)
+    code = (
+        "import torch; from harmonia import kernels; flags = kernels.cpu_flags() - {'avx512f'}; "
+        "kernels.cpu_flags = lambda: flags; assert kernels.unavailable('decode_attention') is None; "
+        "print(torch.ops.harmonia.use_form('avx512'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=os.environ, timeout=300
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "avx2", done.stderr
+
+
+def _avx2_cases():
+    """(name, call) pairs of rows_linear and decode_attention on awkward inputs."""
+    generator = torch.Generator().manual_seed(11)
+    cases = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for out, width, rows, bias in [
+            (64, 48, 2, True),
+            (33, 70, 1, False),
+            (1027, 1000, 3, True),
+            (8, 1024, 8, False),
+        ]:
+            w = torch.randn(out, width, generator=generator).to(dtype)
+            x = torch.randn(rows, width, generator=generator).to(dtype)
+            b = torch.randn(out, generator=generator).to(dtype) if bias else None
+            cases.append(
+                (
+                    f"rows {dtype} {out}x{width}x{rows}",
+                    lambda w=w, x=x, b=b: torch.ops.harmonia.rows_linear(x, w, b),
+                )
+            )
+        for heads, dim, length in [
+            (16, 64, 1),
+            (16, 64, 37),
+            (4, 32, 300),
+            (4, 8, 16),
+            (3, 40, 20),
+            (2, 100, 17),
+        ]:
+            q, k, v = _attention_inputs(4, heads, length + 5, dim, seed=length + dim)
+            k, v = k.to(dtype), v.to(dtype)
+            k[1, 0, length // 2, 0] = float("nan")
+            v[2, -1, 0, -1] = float("inf")
+            mask = torch.rand(4, 1, 1, length, generator=generator) > 0.3
+            mask[3] = False  # a row that attends to nothing
+            strided = k.transpose(1, 2).contiguous().transpose(1, 2)
+            for name, keys, m in (("", k, None), (" masked", k, mask), (" strided", strided, None)):
+                cases.append(
+                    (f"attention {dtype} {heads}x{dim}x{length}{name}",
+                     lambda q=q, keys=keys, v=v, m=m, end=length, scale=dim**-0.5:
+                         torch.ops.harmonia.decode_attention(q, keys, v, end, scale, m)),
+                )  # fmt: skip
+    return cases
+
+
+@needs_avx512
+def test_the_avx2_forms_compute_the_avx512_forms_bits():
+    """Each 16-lane vector as two 8-lane halves, every lane the same operations in the same order:
+    the same bits on widths and head sizes that are not multiples of 16, masks, a row with no key,
+    NaN and infinity, strided keys, one thread and two."""
+    nan = False
+    for name, call in _avx2_cases():
+        wide = on_one_and_two_threads(call)
+        with kernels.forced_form("avx2"):
+            narrow = on_one_and_two_threads(call)
+        assert all(same_bits(wide[0], other) for other in (*wide, *narrow)), name
+        nan |= bool(wide[0].isnan().any())
+    assert nan  # a NaN key reached an output, and both forms put it in the same places
 
 
 @needs_avx512
@@ -629,8 +722,8 @@ def test_a_path_this_cpu_cannot_run_is_refused_in_one_line(wb, monkeypatch):
     with pytest.raises(
         RequestError,
         match=r"^This run needs Harmonia's rows_linear kernel \(bf16_products: rows\), but this CPU lacks "
-        r"avx512f\. Run it on a CPU with AVX-512 and a C\+\+ compiler, or ask for another path \(a new "
-        r"artifact\)\.$",
+        r"avx512f\. Run it on an x86-64 CPU with AVX-512 or AVX2 and a C\+\+ compiler, or ask for another "
+        r"path \(a new artifact\)\.$",
     ):
         MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="bf16")
     monkeypatch.setenv("HARMONIA_BF16_PRODUCTS", "rows8")
@@ -693,7 +786,7 @@ def test_the_kernel_source_is_pinned_to_the_engines_code_version():
     digest = hashlib.sha256(kernels.SOURCE.read_bytes()).hexdigest()
     assert (MusicGenEngine.code_version, digest) == (
         1,
-        "addcd0a00ddedd8076b0c71cddc7d3b83ec2845ed8efc07cfbbbbcbc18799ee6",
+        "46c50190f848b18f7b3059a23033bccc5f496196fcf8914ee8c1f1ab8738a9d9",
     ), (
         "harmonia/kernels/decode.cpp changed: bump MusicGenEngine.code_version if its bits did, then pin the digest"
     )

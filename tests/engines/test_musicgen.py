@@ -587,6 +587,39 @@ def test_the_own_attention_computes_sdpas_logits_to_rounding_every_step(sharp_wb
         assert 0 < gap < 0.05
 
 
+@pytest.mark.skipif(not AVX512, reason="this CPU lacks AVX-512: only the AVX2 form runs here")
+@pytest.mark.parametrize(
+    ("precision", "paths"),
+    [
+        ("exact", {"few_row_products": "rows"}),
+        ("bf16", {"bf16_products": "rows", "attention": "own"}),
+        ("int4", {"attention": "own-bf16"}),
+    ],
+)
+def test_a_cpu_without_avx512_computes_the_same_logits_and_audio(sharp_wb, monkeypatch, precision, paths):
+    """An artifact made on Harmonia's float kernels (rows, own, own-bf16) replays on a CPU with
+    AVX2 but not AVX-512, whose kernels run in their AVX2 form: every step's logits the same to the
+    bit, so the same tokens and audio (sharp decoders: the kernels move the tokens)."""
+    from harmonia import kernels
+
+    for which, path in paths.items():
+        monkeypatch.setenv(f"HARMONIA_{which.upper()}", path)
+    engine = MusicGenEngine.load(sharp_wb, "tiny-musicgen", threads=2, precision=precision)
+    assert dict(engine.loaded.paths).items() >= paths.items()
+    text = engine.tokenizer(["lofi beat", "a slow drone with strings"], padding=True, return_tensors="pt")
+    context = torch.randint(0, engine.model.config.decoder.vocab_size, (2 * 4, 5))
+    request = MusicRequest(["lofi beat"], duration_s=0.4, seed=2)
+    wide_tokens, wide = _window_logits(engine, engine._step, text, context)
+    wide_audio = engine.generate(request).audio
+    with kernels.forced_form("avx2"):
+        assert torch.ops.harmonia.use_form("avx2") == "avx2"  # (what runs inside the block)
+        narrow_tokens, narrow = _window_logits(engine, engine._step, text, context)
+        narrow_audio = engine.generate(request).audio
+    assert torch.ops.harmonia.use_form("avx512") == "avx512"  # restored after it
+    assert all(torch.equal(a, b) for a, b in zip(wide, narrow, strict=True)) and len(wide) == 12
+    assert torch.equal(wide_tokens, narrow_tokens) and np.array_equal(wide_audio, narrow_audio)
+
+
 def test_a_torch_without_torchscript_decodes_eagerly_to_the_same_audio(sharp_wb, monkeypatch, caplog):
     def no_script(module):
         raise RuntimeError("TorchScript is gone")
