@@ -87,6 +87,8 @@ def test_bench_products_times_every_path_this_cpu_runs(tmp_path):
     expected = {"fp32 F.linear", "fp32 W @ x.T", "bf16 F.linear", "int8 fbgemm"}
     if kernels.unavailable("rows_linear") is None:
         expected |= {"fp32 rows (Harmonia)", "bf16 rows (Harmonia)"}
+        if kernels.form("rows_linear") == "avx512":  # and what a CPU without AVX-512 runs
+            expected |= {"fp32 rows, AVX2 form", "bf16 rows, AVX2 form"}
     if kernels.unavailable("int4_linear") is None:
         expected |= {"int8 rowwise (Harmonia)", "int4 (Harmonia)"}
         assert [c["products"] for c in result["calls"]] == ["fc2", "hidden x hidden"]
@@ -106,7 +108,10 @@ def test_bench_attention_times_sdpa_and_the_kernel_on_both_caches(tmp_path):
     seen = {(r["path"], r["cache"], r["keys"]) for r in result["paths"]}
     expected = {("sdpa", "float32", n) for n in (5, 40)}
     if kernels.unavailable("decode_attention") is None:
-        expected |= {("own (Harmonia)", cache, n) for cache in ("float32", "bfloat16") for n in (5, 40)}
+        forms = ["own (Harmonia)"] + (
+            ["own, AVX2 form"] if kernels.form("decode_attention") == "avx512" else []
+        )
+        expected |= {(form, cache, n) for form in forms for cache in ("float32", "bfloat16") for n in (5, 40)}
     assert seen == expected and (result["layers"], result["heads"], result["dim"], result["rows"]) == (
         2,
         4,
