@@ -369,8 +369,15 @@ def lay_out_in_one_buffer(modules: list[torch.nn.Module]) -> None:
 
 def _decoder_in(decoder, dtype: torch.dtype) -> None:
     """The decoder's weights in ``dtype``, and the text encoder's states cast to it on their way
-    in (the text encoder and EnCodec keep the load's dtype)."""
+    in (the text encoder and EnCodec keep the load's dtype). The sinusoidal positions are computed
+    again in float32 and cast: a bfloat16 load's are bfloat16 values, and transformers computes
+    them afresh when a sequence outgrows them, so a float32 decoder would see rounded positions
+    until then and exact ones after (a melody take then changed between the first call and the
+    next)."""
     decoder.to(dtype)
+    for module in decoder.modules():
+        if hasattr(module, "make_weights") and isinstance(getattr(module, "weights", None), torch.Tensor):
+            module.make_weights(module.weights.shape[0], module.embedding_dim)
 
     def cast_inputs(module, args, kwargs):
         if kwargs.get("encoder_hidden_states") is not None:
@@ -802,7 +809,7 @@ def _check_product_path(which: str, path: str) -> None:
     if why is not None:
         raise RequestError(
             f"This run needs Harmonia's {product} kernel ({which}: {path}), but {why}. Run it on an x86-64 "
-            "CPU with AVX-512 or AVX2 and a C++ compiler, or ask for another path (a new artifact)."
+            "CPU with AVX-512, or AVX2 and FMA, and a C++ compiler, or ask for another path (a new artifact)."
         )
 
 

@@ -35,9 +35,9 @@
 //   FMA: Intel since Haswell, AMD since Zen), with the same bits: each 16-lane vector of the AVX-512
 //   form is two 8-lane halves (lanes 0-7 and 8-15), every lane takes the same operations in the same
 //   order (a multiply-add rounds once in both), lanes8x2 sums the lanes by the same tree as lanes, and
-//   exp8 scales by 2^n with one rounded multiply where vscalefps rounds once too. A manifest's `rows`
-//   or `own` path therefore replays on either CPU. Which form runs is set from Python (use_form: the
-//   CPU's flags decide; tests force the AVX2 form on AVX-512 CPUs to compare the bits).
+//   exp8 scales by 2^n with one rounded multiply where vscalefps rounds once too (NaNs come out in the
+//   same places; their payloads are not compared). The CPU picks the form as the library loads;
+//   use_form changes it (tests force the AVX2 form on AVX-512 CPUs to compare the bits).
 // Both integer products read up to eight 16-output blocks at once (streams_for: eight, four or one,
 // so that every thread still gets groups of its own); their bits depend neither on that count nor
 // on the thread count. Both quantise each row of x with quantise_row (AVX-512: the same IEEE
@@ -72,8 +72,13 @@ inline void ask(const char *begin, const char *, std::uintptr_t offset) {
     _mm_prefetch(reinterpret_cast<const char *>(reinterpret_cast<std::uintptr_t>(begin) + offset), _MM_HINT_T0);
 }
 
-// The form of rows_linear and decode_attention that runs: false AVX-512, true AVX2 with FMA.
-std::atomic<bool> narrow{false};
+// The form of rows_linear and decode_attention that runs: false AVX-512, true AVX2 with FMA (from the
+// CPU as the library loads; use_form changes it, refusing a form this CPU cannot run).
+bool runs_avx512() {
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+}
+bool runs_avx2() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+std::atomic<bool> narrow{!runs_avx512()};
 
 // A vector's 16 lanes summed as a fixed tree written in intrinsics (halves, then quarters, ...):
 // the order is this source's, not a compiler's, and it costs a few instructions, not 16 dependent adds.
@@ -772,8 +777,11 @@ at::Tensor decode_attention(const at::Tensor &query, const at::Tensor &keys, con
 }
 
 // Set which form of rows_linear and decode_attention runs ("avx512" or "avx2"); returns the one before.
+// The flag is the process's: for tests and benchmarks, not for threads to flip while others compute.
 std::string use_form(const std::string &form) {
     TORCH_CHECK(form == "avx512" || form == "avx2", "harmonia.use_form: avx512 or avx2, got ", form);
+    TORCH_CHECK(form == "avx2" ? runs_avx2() : runs_avx512(), "harmonia.use_form: this CPU cannot run the ",
+                form, " form");
     return narrow.exchange(form == "avx2") ? "avx2" : "avx512";
 }
 

@@ -132,6 +132,29 @@ def test_the_encodec_path_is_measured_forced_recorded_and_replayed(wb, monkeypat
     }  # a manifest from before the choice ran transformers' decoder, and still does
 
 
+@pytest.mark.parametrize(
+    ("name", "precision"),
+    [("tiny-musicgen", "int8"), ("tiny-musicgen-stereo", "int4"), ("tiny-musicgen-melody", "bf16")],
+)
+def test_channels_last_decodes_batches_stereo_and_melody_takes_to_rounding(wb, monkeypatch, name, precision):
+    """Two prompts at once, a stereo model (two streams of codebooks through one EnCodec) and a
+    melody model: the same tokens either way, so the same audio to rounding, take by take."""
+    monkeypatch.setenv("HARMONIA_ATTENTION", "sdpa")
+    request = MusicRequest(["calm piano", "fast drums"], duration_s=0.5, seed=4)
+    audio = {}
+    for layout in ENCODEC_LAYOUTS:
+        monkeypatch.setenv("HARMONIA_ENCODEC_LAYOUT", layout)
+        engine = MusicGenEngine.load(wb, name, threads=2, precision=precision)
+        assert dict(engine.loaded.paths)["encodec_layout"] == layout
+        audio[layout] = engine.generate(request).audio
+    plain, fast = audio["torch"], audio["channels-last"]
+    channels = 2 if name.endswith("stereo") else 1
+    assert plain.shape == fast.shape == (2, channels, 16_000) and fast.dtype == np.float32
+    assert not np.array_equal(plain[0], plain[1])  # two takes, each decoded as its own
+    for take in range(2):
+        assert np.abs(fast[take] - plain[take]).max() <= 1e-5 * np.abs(plain[take]).max()
+
+
 def test_a_recorded_channels_last_decoder_that_cannot_run_stops_in_one_line(wb, monkeypatch):
     monkeypatch.setenv("HARMONIA_ENCODEC_LAYOUT", "channels-last")
     monkeypatch.setattr(

@@ -15,7 +15,11 @@ from harmonia.errors import RequestError
 
 AVX512 = all(flag in kernels.cpu_flags() for flag in kernels.NEEDS["rows_linear"])
 VNNI = all(flag in kernels.cpu_flags() for flag in kernels.NEEDS["int8_linear"])
-needs_avx512 = pytest.mark.skipif(not AVX512, reason="this CPU lacks AVX-512 (the float kernel's target)")
+needs_avx512 = pytest.mark.skipif(not AVX512, reason="this CPU lacks AVX-512 (the float kernels' first form)")
+# the float kernels in either form (AVX-512, or AVX2 with FMA: the same bits)
+needs_float_kernels = pytest.mark.skipif(
+    kernels.form("rows_linear") is None, reason="this CPU runs neither form of the float kernels"
+)
 needs_vnni = pytest.mark.skipif(not VNNI, reason="this CPU lacks AVX-512 VNNI (the int8 kernel's target)")
 
 
@@ -59,9 +63,11 @@ def test_the_products_are_built_wherever_the_cpu_runs_them():
             assert why is None, why
             assert hasattr(torch.ops.harmonia, product)
         else:
-            assert why.startswith(
-                f"this CPU lacks {', '.join(f for f in needs if f not in kernels.cpu_flags())}"
-            )
+            lacks = f"this CPU lacks {', '.join(f for f in needs if f not in kernels.cpu_flags())}"
+            if product in kernels.NARROW:
+                narrow = ", ".join(f for f in kernels.NARROW[product] if f not in kernels.cpu_flags())
+                lacks += f" (and {narrow}, which its AVX2 form needs)"
+            assert why == lacks
 
 
 def test_a_cpu_without_avx512_runs_the_float_kernels_in_their_avx2_form(monkeypatch):
@@ -130,12 +136,36 @@ def _avx2_cases():
             mask = torch.rand(4, 1, 1, length, generator=generator) > 0.3
             mask[3] = False  # a row that attends to nothing
             strided = k.transpose(1, 2).contiguous().transpose(1, 2)
-            for name, keys, m in (("", k, None), (" masked", k, mask), (" strided", strided, None)):
+            sharp = k.clone()  # scores spread past exp's floor (-87.3)
+            sharp[0, 0] *= 40
+            if length > 1:
+                q[0, 1].abs_()  # a key scoring -inf without a mask
+                sharp[0, 1, 1] = float("-inf")
+            variants = (
+                ("", k, None),
+                (" masked", k, mask),
+                (" strided", strided, None),
+                (" sharp", sharp, None),
+            )
+            for name, keys, m in variants:
                 cases.append(
                     (f"attention {dtype} {heads}x{dim}x{length}{name}",
                      lambda q=q, keys=keys, v=v, m=m, end=length, scale=dim**-0.5:
                          torch.ops.harmonia.decode_attention(q, keys, v, end, scale, m)),
                 )  # fmt: skip
+        # at exp's floor: one query against keys scoring 0, -87.30 (just above the floor: e^-87.30,
+        # times a value of 1e38, moves the output by 1.2), -87.81 and -90.3 (below it: 0) and -inf
+        q = torch.zeros(1, 1, 1, 16)
+        q[..., 0] = 1.0
+        k = torch.zeros(1, 1, 5, 16)
+        k[0, 0, :, 0] = torch.tensor([0.0, -87.0, -87.5, -90.0, float("-inf")])
+        v = torch.full((1, 1, 5, 16), 1e38)
+        v[0, 0, 0] = 1.0
+        k, v = k.to(dtype), v.to(dtype)
+        cases.append(
+            (f"attention {dtype} at exp's floor",
+             lambda q=q, k=k, v=v: torch.ops.harmonia.decode_attention(q, k, v, 5, 1.0035, None)),
+        )  # fmt: skip
     return cases
 
 
@@ -154,7 +184,7 @@ def test_the_avx2_forms_compute_the_avx512_forms_bits():
     assert nan  # a NaN key reached an output, and both forms put it in the same places
 
 
-@needs_avx512
+@needs_float_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(
     ("out", "width", "rows", "bias"), [(64, 48, 2, True), (33, 70, 1, False), (1024, 1024, 2, False)]
@@ -174,7 +204,7 @@ def test_the_float_product_is_a_linear_and_its_bits_do_not_depend_on_threads(dty
     assert (one.double() - exact).abs().max() <= limit
 
 
-@needs_avx512
+@needs_float_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("out", "width"), [(33, 70), (1024, 1024)])
 def test_the_float_product_gives_a_row_the_same_bits_at_any_row_count(dtype, out, width):
@@ -365,7 +395,7 @@ def test_the_packed_weights_lie_in_one_buffer_in_step_order_and_the_bytes_do_not
     assert np.array_equal(arranged, apart.generate(request).audio)
 
 
-@needs_avx512
+@needs_float_kernels
 def test_the_bf16_path_is_measured_cached_recorded_forced_and_replayed(wb, monkeypatch):
     from harmonia.generation import generate, reproduce
 
@@ -424,7 +454,7 @@ def test_the_bf16_path_is_measured_cached_recorded_forced_and_replayed(wb, monke
     assert type(replayed.model.decoder.model.decoder.layers[0].fc1).__name__ == "_RowsLinear"
 
 
-@needs_avx512
+@needs_float_kernels
 def test_rows8_runs_the_kernel_on_a_step_of_up_to_eight_rows_and_nothing_else_that_rows_does_not():
     """rows8 takes a batch-4 step (8 rows of one position) to the kernel; a prompt's rows (several
     positions) and a batch-8 step go to F.linear, as on rows, so at batch 1 both run the same
@@ -522,7 +552,7 @@ def _attention_inputs(rows: int, heads: int, length: int, dim: int, seed: int):
     return q, k, v
 
 
-@needs_avx512
+@needs_float_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(
     ("heads", "dim", "length"), [(16, 64, 1), (16, 64, 37), (4, 32, 300), (4, 8, 16), (3, 40, 20)]
@@ -552,7 +582,7 @@ def test_the_attention_kernel_is_sdpa_to_rounding_and_its_bits_depend_on_nothing
         assert same_bits(wide, got)
 
 
-@needs_avx512
+@needs_float_kernels
 def test_the_attention_kernel_masks_like_sdpa_reads_strided_keys_and_refuses_what_it_cannot_run():
     """The prompt's mask (True: attend; a row with none, guidance's empty prompt, gives zeros as
     SDPA does), keys kept as a transposed view (the prompt's keys are), NaN carried through."""
@@ -584,7 +614,7 @@ def test_the_attention_kernel_masks_like_sdpa_reads_strided_keys_and_refuses_wha
         torch.ops.harmonia.decode_attention(q[..., :24], k, v, 12, 0.2, None)
 
 
-@needs_avx512
+@needs_float_kernels
 def test_the_attention_path_is_measured_recorded_forced_and_replayed(wb, monkeypatch):
     """bf16, int8 and int4 choose between torch's SDPA and Harmonia's kernel for a step's attention
     (int8's and int4's on a bfloat16 cache, "own-bf16"; "own" on their float32 cache is still
@@ -717,13 +747,14 @@ def test_rowwise_int8_makes_the_same_audio_with_or_without_the_kernel(wb, monkey
 
 
 def test_a_path_this_cpu_cannot_run_is_refused_in_one_line(wb, monkeypatch):
-    monkeypatch.setattr(kernels, "unavailable", lambda product: "this CPU lacks avx512f")
+    lacks = "this CPU lacks avx512f, avx512bw, avx512vl (and avx2, fma, which its AVX2 form needs)"
+    monkeypatch.setattr(kernels, "unavailable", lambda product: lacks)
     monkeypatch.setenv("HARMONIA_BF16_PRODUCTS", "rows")
     with pytest.raises(
         RequestError,
         match=r"^This run needs Harmonia's rows_linear kernel \(bf16_products: rows\), but this CPU lacks "
-        r"avx512f\. Run it on an x86-64 CPU with AVX-512 or AVX2 and a C\+\+ compiler, or ask for another "
-        r"path \(a new artifact\)\.$",
+        r"avx512f, avx512bw, avx512vl \(and avx2, fma, which its AVX2 form needs\)\. Run it on an x86-64 CPU "
+        r"with AVX-512, or AVX2 and FMA, and a C\+\+ compiler, or ask for another path \(a new artifact\)\.$",
     ):
         MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="bf16")
     monkeypatch.setenv("HARMONIA_BF16_PRODUCTS", "rows8")
@@ -736,7 +767,7 @@ def test_a_path_this_cpu_cannot_run_is_refused_in_one_line(wb, monkeypatch):
     with pytest.raises(
         RequestError,
         match=r"^This run needs Harmonia's decode_attention kernel \(attention: own\), but this CPU lacks "
-        r"avx512f\. ",
+        r"avx512f, ",
     ):
         MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int4")
     monkeypatch.setenv("HARMONIA_ATTENTION", "auto")
@@ -748,7 +779,7 @@ def test_a_path_this_cpu_cannot_run_is_refused_in_one_line(wb, monkeypatch):
         MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="bf16")
 
 
-@needs_avx512
+@needs_float_kernels
 def test_processes_starting_together_build_the_library_once(tmp_path):
     """Two fresh processes, one empty kernel folder: one compiles, the other waits and loads the same
     file; nothing half-built is left behind."""
@@ -786,7 +817,7 @@ def test_the_kernel_source_is_pinned_to_the_engines_code_version():
     digest = hashlib.sha256(kernels.SOURCE.read_bytes()).hexdigest()
     assert (MusicGenEngine.code_version, digest) == (
         1,
-        "46c50190f848b18f7b3059a23033bccc5f496196fcf8914ee8c1f1ab8738a9d9",
+        "3bcd8d0ac17b65497d0fbc81d40dd7b5b34c02241b25073fb201798af1aef7ae",
     ), (
         "harmonia/kernels/decode.cpp changed: bump MusicGenEngine.code_version if its bits did, then pin the digest"
     )

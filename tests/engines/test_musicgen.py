@@ -21,6 +21,7 @@ from harmonia.errors import (
 
 RATE = 32_000
 AVX512 = all(flag in kernels.cpu_flags() for flag in kernels.NEEDS["decode_attention"])
+OWN = kernels.form("decode_attention") is not None  # the attention kernel in either form
 
 
 @pytest.fixture(scope="module")
@@ -375,12 +376,22 @@ def test_faster_precisions_are_deterministic_and_touch_only_their_engine(wb, mon
 
 @pytest.mark.parametrize(
     ("name", "precision"),
-    [("tiny-musicgen", "int8"), ("tiny-musicgen", "int4"), ("tiny-musicgen-melody", "int8")],
+    [
+        ("tiny-musicgen", "int8 fbgemm"),
+        ("tiny-musicgen", "int8 rowwise"),
+        ("tiny-musicgen", "int4"),
+        ("tiny-musicgen-melody", "int8 fbgemm"),
+        ("tiny-musicgen-melody", "int4"),
+    ],
 )
-def test_int8_and_int4_on_a_bfloat16_load_compute_in_float32(wb, name, precision):
+def test_int8_and_int4_on_a_bfloat16_load_compute_in_float32(wb, monkeypatch, name, precision):
     """A bfloat16 load keeps its text encoder and EnCodec in bfloat16; int8's and int4's
     decoder is quantised and computes in float32 (their kernels take float32 inputs)."""
+    precision, _, products = precision.partition(" ")
+    if products:
+        monkeypatch.setenv("HARMONIA_INT8_PRODUCTS", products)
     engine = MusicGenEngine.load(wb, name, threads=2, precision=precision, dtype="bfloat16")
+    assert dict(engine.loaded.paths).get("int8_products") == (products or None)
     assert (engine.loaded.dtype, engine.loaded.precision) == ("bfloat16", precision)
     model = engine.model
     assert model.decoder.model.decoder.layer_norm.weight.dtype == torch.float32
@@ -521,8 +532,8 @@ def _window_logits(engine, step, text, context, steps: int = 12, cache_bf16: boo
 @pytest.mark.parametrize(
     ("precision", "attention"),
     [("exact", "sdpa"), ("bf16", "sdpa"), ("int8", "sdpa"), ("int4", "sdpa")]
-    + [(p, "own") for p in ("bf16", "int8", "int4") if AVX512]
-    + [(p, "own-bf16") for p in ("int8", "int4") if AVX512],
+    + [(p, "own") for p in ("bf16", "int8", "int4") if OWN]
+    + [(p, "own-bf16") for p in ("int8", "int4") if OWN],
 )
 def test_scripted_step_computes_the_eager_steps_logits_to_the_bit(
     sharp_wb, monkeypatch, precision, attention
@@ -548,7 +559,7 @@ def test_scripted_step_computes_the_eager_steps_logits_to_the_bit(
     assert torch.equal(scripted_tokens, eager_tokens)
 
 
-@pytest.mark.skipif(not AVX512, reason="this CPU lacks AVX-512 (the attention kernel's target)")
+@pytest.mark.skipif(not OWN, reason="this CPU runs neither form of the attention kernel")
 @pytest.mark.parametrize(
     ("precision", "attention"),
     [("bf16", "own"), ("int8", "own"), ("int4", "own"), ("int8", "own-bf16"), ("int4", "own-bf16")],
