@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export HARMONIA_ROOT := $(CURDIR)
 
-.PHONY: setup system audiocraft demo test notebooks lint format bench bench-runtimes lock hooks clean
+.PHONY: setup system audiocraft demo test notebooks lint format bench bench-runtimes bench-calibration lock hooks clean
 
 setup: $(STAMP)
 
@@ -73,6 +73,10 @@ bench: setup
 # Harmonia's int8/int4 products and steps against ONNX Runtime's and CTranslate2's (about 20 minutes).
 bench-runtimes: setup
 	$(BIN)/python benchmarks/bench_runtimes.py
+
+# Each mode's calibrated step paths against every candidate, timed by whole decoding steps (about 15 minutes).
+bench-calibration: setup
+	$(BIN)/python benchmarks/bench_calibration.py
 
 # Re-resolve requirements.in into requirements.lock and environment.yml.
 lock:

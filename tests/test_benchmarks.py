@@ -101,6 +101,27 @@ def test_bench_products_times_every_path_this_cpu_runs(tmp_path):
     assert "the sum of a buffer" in proc.stdout
 
 
+def test_bench_calibration_times_every_step_path_against_the_calibrated_one(tmp_path):
+    from harmonia import kernels
+
+    result, proc = run_bench(
+        tmp_path, "bench_calibration", "--tiny", "--seconds", "0.3", "--rounds", "2", "--modes", "exact,int4"
+    )
+    exact, int4 = result["modes"]
+    assert (exact["mode"], int4["mode"], result["rounds"]) == ("exact", "int4", 2)
+    rows = "rows" if kernels.unavailable("rows_linear") is None else None
+    assert set(exact["step_ms"]) == {f"few_row_products {p}" for p in ("linear", "matmul", rows) if p}
+    own = kernels.unavailable("decode_attention") is None
+    assert set(int4["step_ms"]) == {f"attention {p}" for p in ("sdpa", "own-bf16" if own else None) if p}
+    for mode in result["modes"]:
+        assert mode["calibrated"] in mode["step_ms"] and mode["fastest_by_steps"] in mode["step_ms"]
+        assert mode["verdict"] == "agrees" or mode["verdict"] == f"slower than {mode['fastest_by_steps']}"
+        for times in mode["step_ms"].values():
+            assert len(times["all"]) == 2 and times["median"] > 0
+        assert f"{mode['mode']}: calibrated {mode['calibrated']}: {mode['verdict']}" in proc.stdout
+    assert exact["calibration"]["few_row_products"].split()[1] == "(measured:"  # a fresh workbench
+
+
 def test_bench_attention_times_sdpa_and_the_kernel_on_both_caches(tmp_path):
     from harmonia import kernels
 
