@@ -4,12 +4,14 @@ The engine chooses a decoding step's paths (products, attention) by timing each 
 own: a step's products on two rows, a step's attention over caches of 64 and 512 keys, each
 candidate as a step would run it. This script checks those choices against the measure that
 counts: whole decoding steps. For each precision mode it loads the engine once as the
-calibration chooses (a fresh workbench: measured now), and once per combination of the
+calibration chooses (a fresh workbench: measured in this run; a later mode reads what an
+earlier one measured for the same key, as any load would), and once per combination of the
 step's candidate paths (forced through ``HARMONIA_<PATH>``), then makes the same take with each
 in turns (--rounds rounds, the candidates in a new order each round, so a slow minute of the
 machine falls on all of them) and reports each combination's median step time (the steps
 after the prompt's prefill, timed by the engine's progress calls). The audio decoder's layout
-(``encodec_layout``) is not a step's path and stays as measured.
+(``encodec_layout``) is not a step's path and stays as measured. A mode's engines are all
+loaded at once (bf16's six on musicgen-small's architecture: about 9 GiB).
 
 The model is bench_generate's musicgen-small architecture with random weights (``--tiny``: the
 tiny model, a smoke run). A mode's verdict is "agrees" when the calibrated combination's median
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import itertools
 import json
 import os
@@ -80,6 +83,8 @@ def step_ms(engine: MusicGenEngine, seconds: float) -> float:
         MusicRequest([PROMPT], duration_s=seconds, seed=1, top_k=250),
         progress=lambda done, total: stamps.append(time.perf_counter()),
     )
+    if len(stamps) < 2:
+        raise SystemExit(f"a take of {seconds} s has no step after its prefill: ask for a longer one")
     return (stamps[-1] - stamps[0]) / (len(stamps) - 1) * 1e3
 
 
@@ -97,6 +102,10 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="the tiny model instead of musicgen-small's size")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "calibration.json")
     args = parser.parse_args()
+    steps = [name for name in PRODUCT_PATHS if name != "encodec_layout"]  # (the audio decoder may be forced)
+    forcing = sorted(f"HARMONIA_{n.upper()}" for n in steps if os.environ.get(f"HARMONIA_{n.upper()}"))
+    if forcing:  # the calibrated load must be the calibration's
+        raise SystemExit(f"unset {', '.join(forcing)}: this benchmark forces each path itself")
     torch.set_num_threads(args.threads)
     shuffle = random.Random(0)
     wb = make_workbench(args.tiny)
@@ -144,7 +153,8 @@ def main() -> None:
             for name in sorted(medians, key=medians.get):
                 mark = " (calibrated)" if name == label(chosen) else ""
                 print(f"  {name or '(no step paths)':45s} {medians[name]:7.2f} ms a step{mark}", flush=True)
-            del engines, calibrated
+            del engines, calibrated, engine
+            gc.collect()
     finally:
         shutil.rmtree(wb.root, ignore_errors=True)
     result = {

@@ -369,15 +369,12 @@ def lay_out_in_one_buffer(modules: list[torch.nn.Module]) -> None:
 
 def _decoder_in(decoder, dtype: torch.dtype) -> None:
     """The decoder's weights in ``dtype``, and the text encoder's states cast to it on their way
-    in (the text encoder and EnCodec keep the load's dtype). The sinusoidal positions are computed
-    again in float32 and cast: a bfloat16 load's are bfloat16 values, and transformers computes
+    in (the text encoder and EnCodec keep the load's dtype). For float32 the sinusoidal positions
+    are computed again in float32: a bfloat16 load's are bfloat16 values, and transformers computes
     them afresh when a sequence outgrows them, so a float32 decoder would see rounded positions
     until then and exact ones after (a melody take then changed between the first call and the
     next)."""
     decoder.to(dtype)
-    for module in decoder.modules():
-        if hasattr(module, "make_weights") and isinstance(getattr(module, "weights", None), torch.Tensor):
-            module.make_weights(module.weights.shape[0], module.embedding_dim)
 
     def cast_inputs(module, args, kwargs):
         if kwargs.get("encoder_hidden_states") is not None:
@@ -385,6 +382,16 @@ def _decoder_in(decoder, dtype: torch.dtype) -> None:
         return args, kwargs
 
     decoder.register_forward_pre_hook(cast_inputs, with_kwargs=True)
+    if dtype != torch.float32:
+        return
+    for module in decoder.modules():
+        if hasattr(module, "make_weights") and isinstance(getattr(module, "weights", None), torch.Tensor):
+            default = torch.get_default_dtype()
+            torch.set_default_dtype(torch.float32)  # (get_embedding returns the default dtype)
+            try:
+                module.make_weights(module.weights.shape[0], module.embedding_dim)
+            finally:
+                torch.set_default_dtype(default)
 
 
 def _set_precision(model, precision: str, paths: dict[str, str] | None = None):
@@ -510,12 +517,19 @@ def _product_shape(config: dict, which: str, precision: str, dtype: str | None) 
     again instead of reading a choice it cannot run; the product kernels for products, so the
     attention kernel's arrival left their cached choices as they were). bf16's products are
     measured on eight rows as well (choices cached before ``rows8`` are measured again)."""
-    from harmonia.kernels import NEEDS, unavailable
+    from harmonia.kernels import NEEDS, form, unavailable
 
     if which == "encodec_layout":
         return _encodec_layout_shape(config, dtype)
     mine = [k for k in NEEDS if (k == "decode_attention") == (which == "attention")]
-    kernels = ", ".join(product for product in mine if unavailable(product) is None) or "none"
+    kernels = (
+        ", ".join(
+            product + (" (AVX2 form)" if form(product) == "avx2" else "")  # another speed: its own key
+            for product in mine
+            if unavailable(product) is None
+        )
+        or "none"
+    )
     if which == "attention":
         d = config["decoder"]
         # the kernel's cache is bfloat16 either way: a bfloat16 decoder's own values, or a float32

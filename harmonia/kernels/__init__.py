@@ -107,7 +107,11 @@ def unavailable(product: str) -> str | None:
 @contextlib.contextmanager
 def forced_form(name: str):
     """Run rows_linear and decode_attention in form ``name`` ("avx512" or "avx2") inside the block
-    (tests and benchmarks: the AVX2 form on an AVX-512 CPU); the library must be loaded."""
+    (tests and benchmarks: the AVX2 form on an AVX-512 CPU). The form is the process's: not for
+    threads that compute meanwhile (their bits stay the same, their speed may not)."""
+    why = build()
+    if why is not None:
+        raise RuntimeError(f"Harmonia's kernels are unavailable: {why}")
     before = torch.ops.harmonia.use_form(name)
     try:
         yield
@@ -125,8 +129,10 @@ def build() -> str | None:
     with _lock:
         if "library" not in _state:
             _state["library"] = _load()
-            if _state["library"] is None:  # the AVX2 form where the CPU lacks AVX-512 (and has AVX2)
-                torch.ops.harmonia.use_form("avx2" if form("rows_linear") == "avx2" else "avx512")
+            # the library picks its form from the CPU as it loads; where /proc/cpuinfo says this
+            # CPU runs only the AVX2 form, that form, whatever the library found
+            if _state["library"] is None and form("rows_linear") == "avx2":
+                torch.ops.harmonia.use_form("avx2")
         return _state["library"]
 
 

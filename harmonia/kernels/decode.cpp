@@ -75,10 +75,20 @@ inline void ask(const char *begin, const char *, std::uintptr_t offset) {
 // The form of rows_linear and decode_attention that runs: false AVX-512, true AVX2 with FMA (from the
 // CPU as the library loads; use_form changes it, refusing a form this CPU cannot run).
 bool runs_avx512() {
+    __builtin_cpu_init();  // (GCC's advice for calls during static initialisation)
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
 }
-bool runs_avx2() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+bool runs_avx2() {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
 std::atomic<bool> narrow{!runs_avx512()};
+
+// rows_linear's and decode_attention's refusal on a CPU that runs neither form (an error, not SIGILL).
+void check_form(const char *op) {
+    static const bool runs = runs_avx512() || runs_avx2();
+    TORCH_CHECK(runs, "harmonia.", op, ": this CPU has neither AVX-512 (F, BW, VL) nor AVX2 with FMA");
+}
 
 // A vector's 16 lanes summed as a fixed tree written in intrinsics (halves, then quarters, ...):
 // the order is this source's, not a compiler's, and it costs a few instructions, not 16 dependent adds.
@@ -91,10 +101,10 @@ __attribute__((target("avx512f"))) inline float lanes(__m512 v) {
     return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
 }
 
-#define AVX2 __attribute__((target("avx2,fma")))
+#define HARMONIA_AVX2 __attribute__((target("avx2,fma")))
 
 // The AVX2 form's `lanes`: lanes 0-7 in lo, 8-15 in hi, summed by lanes' tree (lo + hi first).
-AVX2 inline float lanes8x2(__m256 lo, __m256 hi) {
+HARMONIA_AVX2 inline float lanes8x2(__m256 lo, __m256 hi) {
     const __m256 s8 = _mm256_add_ps(lo, hi);
     const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
     const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
@@ -104,7 +114,7 @@ AVX2 inline float lanes8x2(__m256 lo, __m256 hi) {
 // The first `live` (at most 16) of 16 float32 or bfloat16 values as two 8-lane halves, the other
 // lanes `fill` (0 as the AVX-512 form's masked loads give; bfloat16 -> float32 is exact).
 template <bool BF16>
-AVX2 inline void load8x2(const void *p, int64_t live, __m256 &lo, __m256 &hi, float fill = 0.f) {
+HARMONIA_AVX2 inline void load8x2(const void *p, int64_t live, __m256 &lo, __m256 &hi, float fill = 0.f) {
     if (live >= 16) {
         if constexpr (BF16) {
             const __m128i *h = static_cast<const __m128i *>(p);
@@ -132,7 +142,7 @@ AVX2 inline void load8x2(const void *p, int64_t live, __m256 &lo, __m256 &hi, fl
 }
 
 // The first `live` lanes of two halves into p.
-AVX2 inline void store8x2(float *p, int64_t live, __m256 lo, __m256 hi) {
+HARMONIA_AVX2 inline void store8x2(float *p, int64_t live, __m256 lo, __m256 hi) {
     if (live >= 16) {
         _mm256_storeu_ps(p, lo);
         _mm256_storeu_ps(p + 8, hi);
@@ -323,7 +333,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void dots(const char *wv, c
 
 // dots' AVX2 form: the same sums, lane for lane (lanes 0-7 and 8-15 as two halves).
 template <int G, bool BF16, int R>
-AVX2 void dots8x2(const char *wv, const char *wend, int64_t I, const float *x0, const float *x1, float *out0,
+HARMONIA_AVX2 void dots8x2(const char *wv, const char *wend, int64_t I, const float *x0, const float *x1, float *out0,
                   float *out1) {
     __m256 a[G][2], c[G][2];
     for (int g = 0; g < G; g++) a[g][0] = a[g][1] = c[g][0] = c[g][1] = _mm256_setzero_ps();
@@ -391,6 +401,7 @@ void rows(const void *w, const float *x, const float *b, float *y, int64_t O, in
 }
 
 at::Tensor rows_linear(const at::Tensor &x, const at::Tensor &weight, const c10::optional<at::Tensor> &bias) {
+    check_form("rows_linear");
     const bool bf16 = weight.scalar_type() == at::kBFloat16;
     TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous() && (bf16 || weight.scalar_type() == at::kFloat),
                 "harmonia.rows_linear: weight must be a contiguous float32 or bfloat16 [O, I]");
@@ -525,20 +536,22 @@ at::Tensor int4_linear(const at::Tensor &x, const at::Tensor &packed, const at::
 // e^x over 16 lanes for x <= 0 (scores less their maximum): Cephes' expf, a degree-6
 // polynomial on x - n ln 2 and a scale by 2^n (vscalefps); below -87.3 it is 0, a NaN stays NaN.
 // Written with explicit multiply-adds, so its bits are this source's on every AVX-512 CPU.
+// exp16's and exp8's constants (one place, so both forms compute the same): the floor, log2(e),
+// ln 2 in two parts, and the polynomial's coefficients from the highest power down.
+constexpr float EXP_FLOOR = -87.33654f, LOG2E = 1.44269504088896341f, LN2_HI = 0.693359375f, LN2_LO = -2.12194440e-4f;
+constexpr float EXP_POLY[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                               4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+
 __attribute__((target("avx512f"))) inline __m512 exp16(__m512 x) {
-    const __m512 floor = _mm512_set1_ps(-87.33654f);
+    const __m512 floor = _mm512_set1_ps(EXP_FLOOR);
     const __mmask16 zero = _mm512_cmp_ps_mask(x, floor, _CMP_LT_OQ);
     x = _mm512_max_ps(floor, x);  // the second operand when either is NaN: a NaN goes through
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(LOG2E)),
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+    __m512 y = _mm512_set1_ps(EXP_POLY[0]);
+    for (int i = 1; i < 6; i++) y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(EXP_POLY[i]));
     y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
     return _mm512_maskz_mov_ps(static_cast<__mmask16>(~zero), _mm512_scalef_ps(y, n));
 }
@@ -641,20 +654,16 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void attend_one(
 // exp16's AVX2 form over 8 lanes. n is an integer in [-126, 0] for every x it scales (x in
 // [-87.34, 0]: scores less their maximum), so 2^n is a normal float and y x 2^n rounds once, as
 // vscalefps does; a NaN lane's n converts to garbage, but y is that NaN and the product keeps it.
-AVX2 inline __m256 exp8(__m256 x) {
-    const __m256 floor = _mm256_set1_ps(-87.33654f);
+HARMONIA_AVX2 inline __m256 exp8(__m256 x) {
+    const __m256 floor = _mm256_set1_ps(EXP_FLOOR);
     const __m256 zero = _mm256_cmp_ps(x, floor, _CMP_LT_OQ);
     x = _mm256_max_ps(floor, x);  // the second operand when either is NaN, as exp16's
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(LOG2E)),
                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+    __m256 y = _mm256_set1_ps(EXP_POLY[0]);
+    for (int i = 1; i < 6; i++) y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(EXP_POLY[i]));
     y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
     const __m256i power = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_andnot_ps(zero, _mm256_mul_ps(y, _mm256_castsi256_ps(power)));
@@ -662,7 +671,7 @@ AVX2 inline __m256 exp8(__m256 x) {
 
 // attend_one's AVX2 form: the same operations on every lane, in the same order (see above).
 template <bool BF16>
-AVX2 void attend_one8x2(const float *q, const char *k, const char *v, int64_t T, int64_t D, int64_t kstride,
+HARMONIA_AVX2 void attend_one8x2(const float *q, const char *k, const char *v, int64_t T, int64_t D, int64_t kstride,
                         int64_t vstride, const bool *mask, int64_t mstride, float scale, float *scores,
                         float *out) {
     constexpr int64_t bytes = BF16 ? 2 : 4;
@@ -733,6 +742,7 @@ AVX2 void attend_one8x2(const float *q, const char *k, const char *v, int64_t T,
 
 at::Tensor decode_attention(const at::Tensor &query, const at::Tensor &keys, const at::Tensor &values, int64_t end,
                             double scale, const c10::optional<at::Tensor> &mask) {
+    check_form("decode_attention");
     TORCH_CHECK(query.dim() == 4 && keys.dim() == 4 && values.dim() == 4 && query.size(2) == 1,
                 "harmonia.decode_attention: query [rows, heads, 1, dim], keys and values [rows, heads, length, dim]");
     const int64_t R = query.size(0), H = query.size(1), D = query.size(3);
@@ -786,6 +796,8 @@ std::string use_form(const std::string &form) {
 }
 
 }  // namespace
+
+#undef HARMONIA_AVX2
 
 TORCH_LIBRARY(harmonia, m) {
     m.def("use_form(str form) -> str", &use_form);
