@@ -41,7 +41,14 @@ from bench_generate import PROMPT, make_workbench
 from common import cpu_flags, cpu_name, torch_build
 
 from harmonia.engines.base import quiet_transformers
-from harmonia.engines.musicgen import CHOICES, KERNEL_PATHS, PRODUCT_PATHS, MusicGenEngine, MusicRequest
+from harmonia.engines.musicgen import (
+    CHOICES,
+    KERNEL_PATHS,
+    PRODUCT_PATHS,
+    MusicGenEngine,
+    MusicRequest,
+    _bfloat16_decoder,
+)
 from harmonia.kernels import unavailable
 
 
@@ -56,7 +63,7 @@ def candidates(mode: str) -> list[dict[str, str]]:
             if (name, path) not in KERNEL_PATHS or unavailable(KERNEL_PATHS[name, path]) is None
         ]
         if name == "attention":  # a float32 decoder's kernel path is own-bf16, a bfloat16 one's own
-            runnable = [p for p in runnable if p == "sdpa" or (p == "own") == (mode == "bf16")]
+            runnable = [p for p in runnable if p == "sdpa" or (p == "own") == _bfloat16_decoder(mode)]
         options.append(runnable)
     return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*options)]
 

@@ -369,11 +369,18 @@ def lay_out_in_one_buffer(modules: list[torch.nn.Module]) -> None:
 
 def _decoder_in(decoder, dtype: torch.dtype) -> None:
     """The decoder's weights in ``dtype``, and the text encoder's states cast to it on their way
-    in (the text encoder and EnCodec keep the load's dtype). For float32 the sinusoidal positions
-    are computed again in float32: a bfloat16 load's are bfloat16 values, and transformers computes
-    them afresh when a sequence outgrows them, so a float32 decoder would see rounded positions
-    until then and exact ones after (a melody take then changed between the first call and the
-    next)."""
+    in (the text encoder and EnCodec keep the load's dtype). Sinusoidal position tables that were
+    narrower than float32 are computed again when the decoder goes to float32: a bfloat16 load's
+    are bfloat16 values, and transformers computes them afresh when a sequence outgrows them, so
+    a float32 decoder would see rounded positions until then and exact ones after (a melody take
+    then changed between the first call and the next). A float32 load's are left as they are."""
+    tables = [
+        module
+        for module in decoder.modules()
+        if hasattr(module, "make_weights")
+        and isinstance(getattr(module, "weights", None), torch.Tensor)
+        and module.weights.dtype != torch.float32
+    ]
     decoder.to(dtype)
 
     def cast_inputs(module, args, kwargs):
@@ -384,14 +391,13 @@ def _decoder_in(decoder, dtype: torch.dtype) -> None:
     decoder.register_forward_pre_hook(cast_inputs, with_kwargs=True)
     if dtype != torch.float32:
         return
-    for module in decoder.modules():
-        if hasattr(module, "make_weights") and isinstance(getattr(module, "weights", None), torch.Tensor):
-            default = torch.get_default_dtype()
-            torch.set_default_dtype(torch.float32)  # (get_embedding returns the default dtype)
-            try:
-                module.make_weights(module.weights.shape[0], module.embedding_dim)
-            finally:
-                torch.set_default_dtype(default)
+    for module in tables:
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float32)  # (get_embedding returns the default dtype)
+        try:
+            module.make_weights(module.weights.shape[0], module.embedding_dim)
+        finally:
+            torch.set_default_dtype(default)
 
 
 def _set_precision(model, precision: str, paths: dict[str, str] | None = None):
@@ -416,8 +422,8 @@ def _set_precision(model, precision: str, paths: dict[str, str] | None = None):
     """
     paths = paths or {}
     decoder = model.decoder
-    if precision in ("int8", "int4"):  # float32 activations whatever the load's dtype
-        _decoder_in(decoder, torch.float32)
+    if precision in ("int8", "int4") and decoder.model.decoder.layer_norm.weight.dtype != torch.float32:
+        _decoder_in(decoder, torch.float32)  # float32 activations whatever the load's dtype
     if precision == "exact":
         if decoder.device.type != "cpu":
             return model
@@ -1007,8 +1013,8 @@ class MusicGenEngine:
             _fold_weight_norm(model.audio_encoder)  # (before the audio decoder's paths are measured)
             if precision == "bf16":  # the paths are measured on the weights the decoder will run
                 model.decoder.to(torch.bfloat16)
-            elif precision in ("int8", "int4"):
-                model.decoder.to(torch.float32)
+            elif precision in ("int8", "int4") and model.decoder.dtype != torch.float32:
+                _decoder_in(model.decoder, torch.float32)  # (once: _set_precision finds it float32)
             for which in _choices(precision, model_type) if chosen.type == "cpu" else ():  # faster paths here
                 recorded = dict(runtime.paths).get(which)
                 if recorded is not None:  # replayed from a manifest, or fixed by generate()
