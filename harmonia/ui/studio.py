@@ -17,7 +17,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from harmonia.defaults import kind_defaults
-from harmonia.engines.base import choose_seed
+from harmonia.engines.base import DTYPES, choose_seed, pick_device
 from harmonia.engines.musicgen import PRECISIONS
 from harmonia.errors import HarmoniaError, RequestError
 from harmonia.generation import From, Generated, generate
@@ -117,6 +117,22 @@ class Studio:
             description="precision",
             style=style,
         )
+        # The load's dtype: float16 only where generation runs on a GPU (the engine refuses it on the CPU).
+        # int8 and int4 compute their decoder in float32 on a bfloat16 load; the text encoder and
+        # EnCodec keep the dtype chosen here, and the manifest records it (an artifact of its own).
+        # A device or dtype in params.yaml that cannot run here is offered as it is: Generate says why.
+        chosen = self.defaults.runtime.dtype or "float32"
+        try:
+            on_cpu = pick_device(self.defaults.runtime.device).type == "cpu"
+        except HarmoniaError:
+            on_cpu = False
+        dtypes = [d for d in DTYPES if d != "float16" or not on_cpu]
+        self.dtype = widgets.Dropdown(
+            options=dtypes if chosen in dtypes else [*dtypes, chosen],
+            value=chosen,
+            description="dtype",
+            style=style,
+        )
         self.guidance = widgets.FloatSlider(value=float(defaults.get("guidance_scale", 3.0)), min=bound["guidance_scale"].low,
                                             max=min(bound["guidance_scale"].high, 10.0), step=bound["guidance_scale"].step,
                                             description="guidance", style=style)  # fmt: skip
@@ -152,7 +168,7 @@ class Studio:
                 widgets.HBox([self.duration, self.seed, self.dice]),
                 widgets.HBox([self.temperature, self.top_k]),
                 widgets.HBox([self.top_p, self.guidance]),
-                self.precision,
+                widgets.HBox([self.precision, self.dtype]),
                 widgets.HBox([self.melody, self.continuation]),
                 widgets.HBox([self.generate_button, self.stop_button, self.progress, self.progress_label]),
                 self.status,
@@ -317,7 +333,11 @@ class Studio:
         self.progress_label.value = "loading…"
         self.generate_button.disabled, self.stop_button.disabled = True, False
 
-        settings = {**self.defaults.run_settings(), "precision": self.precision.value}
+        settings = {
+            **self.defaults.run_settings(),
+            "precision": self.precision.value,
+            "dtype": self.dtype.value,
+        }
 
         def work() -> str:
             done = generate(

@@ -147,11 +147,14 @@ def test_studio_renders_generates_and_plays_in_chromium(lab):
             text = page.inner_text(".harmonia-studio")
             assert "Harmonia studio" in text and "Loading widget" not in text
             assert page.locator("text=VBox(children=").count() == 0
-            # 4. An idea and the 4-bit precision, then Generate; wait for the player.
+            # 4. An idea, the 4-bit precision on a bfloat16 load, then Generate; wait for the player.
             page.fill(".harmonia-studio textarea", "a calm piano melody in the rain")
             precision = page.locator(".harmonia-studio .widget-dropdown:has-text('precision') select")
             assert precision.locator("option").all_inner_texts() == ["exact", "bf16", "int8", "int4"]
             precision.select_option("int4")
+            dtype = page.locator(".harmonia-studio .widget-dropdown:has-text('dtype') select")
+            assert dtype.locator("option").all_inner_texts() == ["float32", "bfloat16"]  # on the CPU
+            dtype.select_option("bfloat16")
             page.click(".harmonia-studio button:has-text('Generate')")
             page.wait_for_selector(".harmonia-studio .harmonia-ok")
             audio = page.wait_for_selector(".harmonia-studio audio")
@@ -165,7 +168,7 @@ def test_studio_renders_generates_and_plays_in_chromium(lab):
             assert status.startswith("Generated artifact ")
             assert (root / "artifacts" / status.split()[2]).is_dir()
             manifest = json.loads((root / "artifacts" / status.split()[2] / "manifest.json").read_text())
-            assert manifest["runtime"]["precision"] == "int4"
+            assert (manifest["runtime"]["precision"], manifest["runtime"]["dtype"]) == ("int4", "bfloat16")
             page.wait_for_selector(".harmonia-studio img")
             audio.scroll_into_view_if_needed()
             page.locator(".harmonia-studio").scroll_into_view_if_needed()

@@ -1,5 +1,6 @@
 """The studio driven as a person would, without a browser: set values, click, wait, look."""
 
+import dataclasses
 import datetime as dt
 
 import ipywidgets as widgets
@@ -86,6 +87,39 @@ def test_generate_shows_player_pictures_and_summary(studio, music_wb):
     studio.generate_button.click()
     studio.wait(60)
     assert studio.last.cached and f"Found artifact {art.id}" in studio.status.value
+
+
+def test_the_dtype_is_chosen_in_the_studio_and_recorded(studio, music_wb):
+    # on the CPU: float32 (params.yaml's default) and bfloat16; float16 runs on a GPU only
+    assert studio.dtype.options == ("float32", "bfloat16") and studio.dtype.value == "float32"
+    studio.idea.value = "calm piano"
+    studio.duration.value, studio.seed.value = 0.5, 5
+    studio.precision.value, studio.dtype.value = "int4", "bfloat16"
+    studio.generate_button.click()
+    studio.wait(60)
+    (art,) = list_artifacts(music_wb)
+    assert studio.last.artifact.id == art.id and "harmonia-ok" in studio.status.value
+    runtime = art.manifest.runtime
+    assert (runtime.dtype, runtime.precision) == ("bfloat16", "int4")
+    # the same idea in float32 is another artifact (the dtype is part of the id)
+    studio.dtype.value = "float32"
+    studio.generate_button.click()
+    studio.wait(60)
+    assert not studio.last.cached and studio.last.artifact.manifest.runtime.dtype == "float32"
+    assert len(list_artifacts(music_wb)) == 2
+
+
+def test_a_dtype_from_params_yaml_that_cannot_run_here_is_offered_and_refused(music_wb):
+    wb = dataclasses.replace(
+        music_wb, params={**music_wb.params, "music": {"dtype": "float16", "device": "cpu"}}
+    )
+    studio = Studio(wb, model="tiny-musicgen")
+    assert studio.dtype.options == ("float32", "bfloat16", "float16") and studio.dtype.value == "float16"
+    studio.idea.value = "x"
+    studio.generate_button.click()
+    studio.wait(60)
+    assert "dtype float16 is not supported on the CPU; use float32 or bfloat16." in studio.status.value
+    assert list_artifacts(music_wb) == []
 
 
 @pytest.mark.parametrize(
