@@ -1,11 +1,13 @@
 """The MusicGen engine on tiny models: shapes, rates, determinism, faithfulness to transformers."""
 
+import itertools
 import math
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import torch.nn.functional as F
 
 from harmonia import kernels
 from harmonia.audio import from_array
@@ -638,17 +640,54 @@ def test_a_torch_without_torchscript_decodes_eagerly_to_the_same_audio(sharp_wb,
     def no_script(module):
         raise RuntimeError("TorchScript is gone")
 
-    request = MusicRequest(["lofi beat"], duration_s=0.4, seed=2)
+    from harmonia.engines import decoding
+
+    request = MusicRequest(["lofi beat"], duration_s=0.4, seed=2, top_p=0.9, temperature=0.8)
     scripted = MusicGenEngine.load(sharp_wb, "tiny-musicgen", threads=2, precision="int8")
+    expected = scripted.generate(request).audio
     monkeypatch.setattr(torch.jit, "script", no_script)
-    with caplog.at_level("WARNING", logger="harmonia.engines.decoding"):
-        eager = MusicGenEngine.load(sharp_wb, "tiny-musicgen", threads=2, precision="int8")
+    decoding._compiled.cache_clear()  # the loop's functions are compiled once per process
+    try:
+        with caplog.at_level("WARNING", logger="harmonia.engines.decoding"):
+            eager = MusicGenEngine.load(sharp_wb, "tiny-musicgen", threads=2, precision="int8")
+            audio = eager.generate(request).audio
+        assert decoding._compiled(decoding._probabilities_eager) is decoding._probabilities_eager
+    finally:
+        decoding._compiled.cache_clear()
     assert not isinstance(eager._step, torch.jit.ScriptModule)
     assert (
         "decoding runs eagerly: the same results, slower (TorchScript failed: TorchScript is gone)"
         in caplog.text
     )
-    assert np.array_equal(eager.generate(request).audio, scripted.generate(request).audio)
+    for part in ("probabilities", "inputs"):
+        assert (
+            f"the decoding loop's {part} run eagerly: the same results, slower (TorchScript failed: "
+            "TorchScript is gone)" in caplog.text
+        )
+    assert np.array_equal(audio, expected)
+
+
+def test_the_compiled_sampling_is_transformers_processors_and_softmax_to_the_bit():
+    """Sampling.probabilities (TorchScript) against transformers' processors then F.softmax: every
+    setting the loop takes (guidance on and off, temperature, top-k off, 1, within and beyond the
+    vocabulary, top-p off, 0 and between), on logits with ties at the top-k boundary."""
+    from harmonia.engines import decoding
+
+    assert isinstance(decoding._compiled(decoding._probabilities_eager), torch.jit.ScriptFunction)
+    generator = torch.Generator().manual_seed(0)
+    for guidance, temperature, top_k, top_p in itertools.product(
+        (1.0, 3.0, 1.7), (1.0, 0.7, 1.3), (0, 1, 5, 250, 5000), (1.0, 0.9, 0.3, 0.0)
+    ):
+        sampling = decoding.Sampling(temperature, top_k, top_p, guidance)
+        logits = torch.randn(8, 2048, generator=generator) * 3
+        logits[0, :10] = 7.0  # ten tied at the top: top-k 5 keeps all ten, as transformers does
+        logits[1, 100:400] = 2.5  # ties across the boundary of top-k 250
+        sequence = torch.zeros(4 if guidance > 1 else 8, 5, dtype=torch.long)
+        expected = F.softmax(sampling.processors()(sequence, logits), dim=-1)
+        got = sampling.probabilities()(logits)
+        assert torch.equal(got, expected), (guidance, temperature, top_k, top_p)
+    with pytest.raises(ValueError, match="has to be a strictly positive float"):
+        decoding.Sampling(temperature=0.0).probabilities()  # transformers' own check and message
 
 
 def test_a_decoder_with_another_activation_is_refused(wb):
@@ -663,3 +702,44 @@ def test_a_decoder_with_another_activation_is_refused(wb):
         r"\(every released MusicGen checkpoint does\)\.",
     ):
         decoding.decoder_step(engine.model)
+    engine.model.decoder.model.decoder.config.activation_function = "gelu"
+    engine.model.decoder.model.decoder.embed_tokens[2].max_norm = 1.0
+    with pytest.raises(
+        RequestError,
+        match=r"This MusicGen decoder's token embeddings renormalise their rows \(max_norm\); Harmonia's "
+        r"decoding loop looks them up as they are stored, as every released MusicGen checkpoint's are\.",
+    ):
+        decoding.decoder_step(engine.model)
+
+
+def test_the_compiled_inputs_are_the_decoders_embeddings_to_the_bit(mono):
+    """The loop's inputs (TorchScript) against MusicgenDecoder's own sum of nn.Embedding lookups (from
+    0, as sum() adds them), plus its positions: a prefill and a step, with guidance and without, the
+    delay pattern's tokens in place, and embedding rows of -0.0."""
+    from harmonia.engines import decoding
+
+    decoder = mono.model.decoder.model.decoder
+    inputs = decoding._compiled(decoding._inputs_eager)
+    assert isinstance(inputs, torch.jit.ScriptFunction)
+    tables = [embedding.weight for embedding in decoder.embed_tokens]
+    with torch.no_grad():
+        tables[0][7] = -0.0
+        tables[1][7] = -0.0
+    codebooks, vocab = len(tables), tables[0].shape[0]
+    sequence = torch.randint(0, vocab, (2 * codebooks, 12), generator=torch.Generator().manual_seed(3))
+    sequence[:, 4] = 7
+    pattern = torch.full_like(sequence, -1)
+    pattern[:, 0] = vocab - 1
+    pattern[1, 6:] = vocab - 1
+    for filled, known, start, guided in ((5, 5, 0, True), (9, 1, 8, True), (12, 7, 3, False)):
+        window = sequence[:, filled - known : filled]
+        window = torch.where(
+            pattern[:, filled - known : filled] == -1, window, pattern[:, filled - known : filled]
+        )
+        window = window.repeat((2, 1)) if guided else window
+        tokens = window.reshape(-1, codebooks, window.shape[-1])
+        expected = sum(decoder.embed_tokens[k](tokens[:, k]) for k in range(codebooks))
+        expected = expected + decoder.embed_positions.weights[start : start + known]
+        got = inputs(sequence, pattern, filled, known, guided, tables, decoder.embed_positions.weights, start)
+        assert got.shape == (len(window) // codebooks, known, tables[0].shape[1])
+        assert torch.equal(got, expected) and torch.equal(got.signbit(), expected.signbit())
