@@ -79,15 +79,16 @@ class Sampling:
     def probabilities(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """The sampling distribution of a step's logits: :meth:`processors`, then softmax.
 
-        The same torch operations as transformers' processors and ``F.softmax``, in the same
-        order (the same bits: tests compare them), compiled by TorchScript: a step then pays
+        transformers' processors and ``F.softmax`` as the same torch operations in the same order
+        (but for top-k's threshold, taken by ``kthvalue`` on the CPU: the same value), so the
+        same bits (tests compare them), compiled by TorchScript: a step then pays
         one call instead of the processors' Python (``LogitsProcessorList`` reads every
         processor's signature on every call). The processors check their settings as they
         are built, so the chain is built here once for those checks and their messages.
         """
         self.processors()
         guidance, temperature = float(self.guidance_scale), float(self.temperature)
-        top_k, top_p = int(self.top_k), float(self.top_p)
+        top_k, top_p = int(self.top_k or 0), float(self.top_p)  # None: off, as processors() has it
         distribution = _compiled(_probabilities_eager)
         return lambda logits: distribution(logits, guidance, temperature, top_k, top_p)
 
@@ -96,7 +97,8 @@ def _probabilities_eager(
     logits: torch.Tensor, guidance_scale: float, temperature: float, top_k: int, top_p: float
 ) -> torch.Tensor:
     """transformers' ClassifierFreeGuidance, Temperature, TopK and TopP processors (with
-    ``min_tokens_to_keep=1``), applied as :meth:`Sampling.processors` chains them, then softmax."""
+    ``min_tokens_to_keep=1``), applied as :meth:`Sampling.processors` chains them, then softmax:
+    their torch operations, but for top-k's threshold on the CPU (the same value, see below)."""
     scores = logits
     if guidance_scale > 1:
         unguided = scores.shape[0] // 2
@@ -106,10 +108,15 @@ def _probabilities_eager(
         scores = scores / temperature
     if top_k != 0:
         # TopK's threshold, torch.topk(scores, kept)[0][..., -1, None], is the kept-th largest
-        # score: one of the scores, the same value whatever the ties. kthvalue selects it without
-        # sorting the kept (3x faster here on 2048 scores); tests compare the two on ties.
+        # score: one of the scores, the same value whatever the ties. On the CPU kthvalue selects
+        # it without sorting the kept (3x faster here on 2048 scores; tests compare the two on
+        # ties); other devices keep transformers' topk (not every backend has kthvalue).
         kept = min(max(top_k, 1), scores.size(-1))
-        remove = scores < torch.kthvalue(scores, scores.size(-1) - kept + 1, dim=-1, keepdim=True)[0]
+        if scores.device.type == "cpu":
+            threshold = torch.kthvalue(scores, scores.size(-1) - kept + 1, dim=-1, keepdim=True)[0]
+        else:
+            threshold = torch.topk(scores, kept)[0][..., -1, None]
+        remove = scores < threshold
         scores = scores.masked_fill(remove, -float("inf"))
     if top_p < 1.0:
         ordered, order = torch.sort(scores, descending=False)
@@ -249,7 +256,9 @@ def _inputs_eager(
 ) -> torch.Tensor:
     """MusicgenDecoder's input for the ``known`` positions before ``filled``: the window's tokens
     with the delay pattern applied (doubled for guidance), the codebooks' token embeddings summed
-    as ``sum()`` sums them (from 0), plus the sinusoidal positions from ``start``."""
+    in order, plus the sinusoidal positions from ``start``. (transformers sums them with ``sum()``,
+    from 0: 0 + e only turns -0.0 into 0.0, and the positions, added last, are never -0.0, so
+    the result has the same bits without it.)"""
     window = sequence[:, filled - known : filled]
     window = torch.where(
         pattern[:, filled - known : filled] == -1, window, pattern[:, filled - known : filled]
@@ -258,7 +267,7 @@ def _inputs_eager(
         window = window.repeat((2, 1))
     codebooks = len(tables)
     tokens = window.reshape(-1, codebooks, window.shape[-1])
-    embeds = F.embedding(tokens[:, 0], tables[0]) + 0  # sum() starts from 0: -0.0 becomes 0.0
+    embeds = F.embedding(tokens[:, 0], tables[0])
     for k in range(1, codebooks):
         embeds = embeds + F.embedding(tokens[:, k], tables[k])
     where = torch.arange(tokens.shape[-1], device=window.device) + start

@@ -124,8 +124,8 @@ class Studio:
         chosen = self.defaults.runtime.dtype or "float32"
         try:
             on_cpu = pick_device(self.defaults.runtime.device).type == "cpu"
-        except HarmoniaError:
-            on_cpu = False
+        except HarmoniaError:  # a device that cannot run here (Generate says why): no GPU dtype offered
+            on_cpu = True
         dtypes = [d for d in DTYPES if d != "float16" or not on_cpu]
         self.dtype = widgets.Dropdown(
             options=dtypes if chosen in dtypes else [*dtypes, chosen],
