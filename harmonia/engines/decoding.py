@@ -15,8 +15,9 @@ every run). What it changes:
   (:class:`DecoderStep`): the same operations without Python's cost per call; masks, the
   prompt's cross-attention keys and the guidance rows are prepared once;
 - the logits of the last position only are taken; sampling is transformers' logits
-  processors (guidance, temperature, top-k, top-p) as the same torch operations compiled by
-  TorchScript (:meth:`Sampling.probabilities`), softmax and ``torch.multinomial``.
+  processors (guidance, temperature, top-k, top-p) and softmax as one TorchScript function of
+  the same bits (:meth:`Sampling.probabilities`), then ``torch.multinomial``; the step's
+  inputs (delay pattern, embeddings, positions) are one TorchScript function too.
 
 Attention is torch's SDPA, as transformers calls it, unless the engine chose Harmonia's
 kernel (the ``attention`` paths "own" and "own-bf16", never in ``exact``): then a

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
+import torch
 
 from harmonia.defaults import kind_defaults
-from harmonia.engines.base import DTYPES, choose_seed, pick_device
+from harmonia.engines.base import DTYPES, choose_seed, pick_device, pick_dtype
 from harmonia.engines.musicgen import PRECISIONS
 from harmonia.errors import HarmoniaError, RequestError
 from harmonia.generation import From, Generated, generate
@@ -28,6 +29,15 @@ from harmonia.ui.views import Task, artifact_view, status_html
 from harmonia.workbench import Workbench
 
 PROGRESS_EVERY_S = 0.05  # at most 20 progress messages a second, whatever the step rate
+
+
+def _runs_on(dtype: str, device: torch.device) -> bool:
+    """Whether the engines take ``dtype`` on ``device`` (pick_dtype's own rule: float16 needs a GPU)."""
+    try:
+        pick_dtype(dtype, device)
+    except RequestError:
+        return False
+    return True
 
 
 class Studio:
@@ -123,10 +133,10 @@ class Studio:
         # A device or dtype in params.yaml that cannot run here is offered as it is: Generate says why.
         chosen = self.defaults.runtime.dtype or "float32"
         try:
-            on_cpu = pick_device(self.defaults.runtime.device).type == "cpu"
-        except HarmoniaError:  # a device that cannot run here (Generate says why): no GPU dtype offered
-            on_cpu = True
-        dtypes = [d for d in DTYPES if d != "float16" or not on_cpu]
+            device = pick_device(self.defaults.runtime.device)
+        except HarmoniaError:  # a device that cannot run here (Generate says why): the CPU's dtypes
+            device = torch.device("cpu")
+        dtypes = [d for d in DTYPES if _runs_on(d, device)]
         self.dtype = widgets.Dropdown(
             options=dtypes if chosen in dtypes else [*dtypes, chosen],
             value=chosen,
