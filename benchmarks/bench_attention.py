@@ -8,8 +8,8 @@ float32 keys and values a step). This script times the 24 layers' calls at sever
 lengths, best of --runs, caches cold (each layer its own buffers): torch's
 `scaled_dot_product_attention` on a float32 cache (what transformers runs, and Harmonia's
 `sdpa` path), and `torch.ops.harmonia.decode_attention` (the `own` path) on a float32 cache
-(`int8`, `int4`) and a bfloat16 one (`bf16`: its projections return bfloat16, so nothing is
-lost); on an AVX-512 CPU also the kernel's AVX2 form (the same bits: what a CPU without AVX-512
+(`int8`, `int4`), a bfloat16 one (`bf16`: its projections return bfloat16, so nothing is
+lost; `own-bf16`) and an int8 one (`own-int8`: 64 codes and a float32 scale a row); on an AVX-512 CPU also the kernel's AVX2 form (the same bits: what a CPU without AVX-512
 runs). GiB/s is the cache bytes read over the time; the sum of a buffer is the machine's limit.
 
     .venv/bin/python benchmarks/bench_attention.py            # the README's figures
@@ -29,6 +29,15 @@ import torch.nn.functional as F
 from common import avx2_form, best, cpu_flags, cpu_name, torch_build
 
 from harmonia.kernels import unavailable
+
+
+def kept(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``values`` as a cache of ``dtype`` keeps them (int8: by the kernel's own store)."""
+    if dtype != torch.int8:
+        return values.to(dtype)
+    cache = torch.empty(*values.shape[:3], (values.shape[3] + 3) // 4 * 4 + 4, dtype=torch.int8)
+    torch.ops.harmonia.store_int8(cache, values, 0)
+    return cache
 
 
 def main() -> None:
@@ -53,17 +62,19 @@ def main() -> None:
     scale = args.dim**-0.5
     rows_out = []
     with torch.inference_mode():
-        for dtype in (torch.float32, torch.bfloat16):
+        for dtype in (torch.float32, torch.bfloat16) + ((torch.int8,) if why is None else ()):
             shape = (args.rows, args.heads, max(lengths), args.dim)
+            # an int8 row: the codes padded to 4 bytes, then its scale (harmonia.store_int8)
+            width = (args.dim + 3) // 4 * 4 + 4 if dtype == torch.int8 else args.dim
             cache = [
                 (
-                    torch.randn(shape, generator=generator).to(dtype),
-                    torch.randn(shape, generator=generator).to(dtype),
+                    kept(torch.randn(shape, generator=generator), dtype),
+                    kept(torch.randn(shape, generator=generator), dtype),
                 )
                 for _ in range(args.layers)
             ]
             for n in lengths:
-                size = 2 * args.layers * args.rows * args.heads * n * args.dim * cache[0][0].element_size()
+                size = 2 * args.layers * args.rows * args.heads * n * width * cache[0][0].element_size()
                 paths = {}
                 if dtype == torch.float32:
                     paths["sdpa"] = lambda n=n, cache=cache: [

@@ -1,16 +1,17 @@
-"""What a bfloat16 key/value cache costs int8 and int4 in logits, and what it buys per step.
+"""What a bfloat16 or int8 key/value cache costs int8 and int4 in logits, and what it buys per step.
 
 The attention path "own-bf16" (Harmonia's kernel over a bfloat16 cache) rounds a float32
 decoder's keys and values to bfloat16 as they are stored: half the bytes a step reads from a
-long cache. This script measures what that rounding does to the logits, next to what the
-precision mode's own rounding does. The model is musicgen-small's architecture with random
+long cache; "own-int8" keeps them as int8 codes with a float32 scale per row (68 bytes of
+bfloat16's 128 for heads of 64; the prompt's stay bfloat16). This script measures what that
+rounding does to the logits, next to what the precision mode's own rounding does. The model is musicgen-small's architecture with random
 weights (as in bench_precision.py). `exact` samples a window of --frames steps through
 Harmonia's decoding step (SDPA, float32 cache); every other configuration decodes the same
 window teacher-forced (its draws replaced by exact's tokens), so each step's logits are
 compared on the same inputs, with bench_precision.py's measures (relative logit error,
 greedy and sampled agreement, KL; `exact`'s products are `F.linear`, as there).
-Configurations: exact's weights on the kernel over a float32 and a bfloat16 cache (the cache's rounding alone), then int8 (`rowwise`) and int4,
-each on both caches. It also prints each configuration's median step time (one window each,
+Configurations: exact's weights on the kernel over a float32, a bfloat16 and an int8 cache (the
+cache's rounding alone), then int8 (`rowwise`) and int4, each on the three caches. It also prints each configuration's median step time (one window each,
 in this order: a rough figure; bench_generate.py with HARMONIA_ATTENTION forced to each path,
 alternated, is the one to trust for speed).
 
@@ -46,10 +47,13 @@ from harmonia.kernels import unavailable
 CONFIGS = (  # label -> (precision, attention path)
     ("exact, own, float32 cache", "exact", "own"),
     ("exact, own-bf16", "exact", "own-bf16"),
+    ("exact, own-int8", "exact", "own-int8"),
     ("int8 rowwise, own, float32 cache", "int8", "own"),
     ("int8 rowwise, own-bf16", "int8", "own-bf16"),
+    ("int8 rowwise, own-int8", "int8", "own-int8"),
     ("int4, own, float32 cache", "int4", "own"),
     ("int4, own-bf16", "int4", "own-bf16"),
+    ("int4, own-int8", "int4", "own-int8"),
 )
 
 
@@ -83,7 +87,7 @@ def window(engine: MusicGenEngine, step, frames: int, draws=None):
         logits.append(out)
         return out
 
-    timed.cache_bf16 = step.cache_bf16
+    timed.cache = step.cache
     text = engine.tokenizer(list(PROMPTS), padding=True, return_tensors="pt")
     torch.manual_seed(0)
     with torch.inference_mode(), replaying(draws, record):

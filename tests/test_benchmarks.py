@@ -112,7 +112,9 @@ def test_bench_calibration_times_every_step_path_against_the_calibrated_one(tmp_
     rows = "rows" if kernels.unavailable("rows_linear") is None else None
     assert set(exact["step_ms"]) == {f"few_row_products {p}" for p in ("linear", "matmul", rows) if p}
     own = kernels.unavailable("decode_attention") is None
-    assert set(int4["step_ms"]) == {f"attention {p}" for p in ("sdpa", "own-bf16" if own else None) if p}
+    assert set(int4["step_ms"]) == {
+        f"attention {p}" for p in ("sdpa", "own-bf16", "own-int8") if own or p == "sdpa"
+    }
     for mode in result["modes"]:
         assert mode["calibrated"] in mode["step_ms"] and mode["fastest_by_steps"] in mode["step_ms"]
         assert mode["verdict"] == "agrees" or mode["verdict"] == f"slower than {mode['fastest_by_steps']}"
@@ -122,7 +124,7 @@ def test_bench_calibration_times_every_step_path_against_the_calibrated_one(tmp_
     assert exact["calibration"]["few_row_products"].split()[1] == "(measured:"  # a fresh workbench
 
 
-def test_bench_attention_times_sdpa_and_the_kernel_on_both_caches(tmp_path):
+def test_bench_attention_times_sdpa_and_the_kernel_on_every_cache(tmp_path):
     from harmonia import kernels
 
     result, proc = run_bench(tmp_path, "bench_attention", "--tiny", "--runs", "2")
@@ -132,22 +134,26 @@ def test_bench_attention_times_sdpa_and_the_kernel_on_both_caches(tmp_path):
         forms = ["own (Harmonia)"] + (
             ["own, AVX2 form"] if kernels.form("decode_attention") == "avx512" else []
         )
-        expected |= {(form, cache, n) for form in forms for cache in ("float32", "bfloat16") for n in (5, 40)}
+        expected |= {
+            (form, cache, n) for form in forms for cache in ("float32", "bfloat16", "int8") for n in (5, 40)
+        }
     assert seen == expected and (result["layers"], result["heads"], result["dim"], result["rows"]) == (
         2,
         4,
         8,
         2,
     )
-    for row in result["paths"]:  # the bytes: keys and values of every layer, 4 or 2 bytes a value
-        width = 4 if row["cache"] == "float32" else 2
-        assert row["bytes"] == 2 * 2 * 2 * 4 * row["keys"] * 8 * width
+    for row in result[
+        "paths"
+    ]:  # the bytes: keys and values of every layer, a row of 8 values 32, 16 or 8 + 4
+        width = {"float32": 32, "bfloat16": 16, "int8": 12}[row["cache"]]
+        assert row["bytes"] == 2 * 2 * 2 * 4 * row["keys"] * width
         assert abs(row["gib_s"] - row["bytes"] / 2**30 / row["seconds"]) <= 0.051
         assert ("vs_sdpa" in row) == (row["path"] != "sdpa")
     assert "the sum of a buffer" in proc.stdout
 
 
-def test_bench_kv_cache_compares_both_caches_on_the_same_tokens(tmp_path):
+def test_bench_kv_cache_compares_every_cache_on_the_same_tokens(tmp_path):
     from harmonia import kernels
 
     result, proc = run_bench(tmp_path, "bench_kv_cache", "--tiny", "--frames", "12")
@@ -156,17 +162,19 @@ def test_bench_kv_cache_compares_both_caches_on_the_same_tokens(tmp_path):
     if kernels.unavailable("decode_attention") is not None:
         assert set(rows) == {"exact, sdpa, float32 cache"} and "nothing to compare" in proc.stdout
         return
-    assert len(rows) == 7
+    assert len(rows) == 10
     # teacher-forced on exact's tokens: the kernel on exact's float32 cache is SDPA to rounding
     assert rows["exact, own, float32 cache"]["relative_logit_error"] < 1e-4
     assert 0 < rows["exact, own-bf16"]["relative_logit_error"] < 1e-2  # the cache's rounding alone
+    assert 0 < rows["exact, own-int8"]["relative_logit_error"] < 1e-2
     assert all(row["same_tokens_as_exact"] for row in result["rows"][1:])  # teacher-forced: the same inputs
     for mode in ("int8 rowwise", "int4"):  # the modes' own rounding: further from float32 than the cache's
         assert rows[f"{mode}, own, float32 cache"]["relative_logit_error"] > 0
-        assert (
-            rows[f"{mode}, own-bf16"]["relative_logit_error"]
-            > rows["exact, own-bf16"]["relative_logit_error"]
-        )
+        for cache in ("own-bf16", "own-int8"):
+            assert (
+                rows[f"{mode}, {cache}"]["relative_logit_error"]
+                > rows[f"exact, {cache}"]["relative_logit_error"]
+            )
 
 
 def test_bench_runtimes_times_harmonia_against_onnx_runtime_and_ctranslate2(tmp_path):
@@ -194,7 +202,7 @@ def test_bench_runtimes_times_harmonia_against_onnx_runtime_and_ctranslate2(tmp_
     assert steps["CTranslate2 int8"]["steps"] == 20 and steps["Harmonia int8"]["steps"] >= 20
     assert result["failed"] == []
     assert all(r["best_ms_per_step"] > 0 for r in result["steps"])
-    assert steps["Harmonia int4"]["paths"]["attention"] in ("sdpa", "own-bf16")
+    assert steps["Harmonia int4"]["paths"]["attention"] in ("sdpa", "own-bf16", "own-int8")
     assert "best (median) of the rounds:" in proc.stdout
 
 

@@ -20,12 +20,15 @@ every run). What it changes:
   inputs (delay pattern, embeddings, positions) are one TorchScript function too.
 
 Attention is torch's SDPA, as transformers calls it, unless the engine chose Harmonia's
-kernel (the ``attention`` paths "own" and "own-bf16", never in ``exact``): then a
+kernel (the ``attention`` paths "own", "own-bf16" and "own-int8", never in ``exact``): then a
 single-position step's attention runs ``torch.ops.harmonia.decode_attention``. "own" keeps
 the cache in the decoder's dtype (bfloat16 in bf16, exactly what its projections return;
 float32 otherwise); "own-bf16" keeps a float32 decoder's keys and values in bfloat16, rounded
 as they are stored (int8 and int4, whose weights and inputs are rounded far more coarsely
-already): half the bytes a step reads from a long cache.
+already): half the bytes a step reads from a long cache. "own-int8" keeps them as int8 codes
+with a float32 scale per (row, head, position) (``torch.ops.harmonia.store_int8``; the
+prompt's, read by cross-attention, in bfloat16 as "own-bf16"): 68 bytes where bfloat16 takes
+128 for musicgen-small's heads of 64.
 
 MusicGen-Melody (a conditioning prefix instead of cross-attention) still goes through
 ``generate``.
@@ -159,8 +162,8 @@ def sample_window(
 
     Args:
         model: a ``MusicgenForConditionalGeneration`` in eval mode.
-        step: the model's :func:`decoder_step` (a wrapper of it must carry its ``cache_bf16``:
-            the dtype the window's keys and values are kept in follows it).
+        step: the model's :func:`decoder_step` (a wrapper of it must carry its ``cache``: the
+            dtype the window's keys and values are kept in).
         input_ids, attention_mask: the tokenised prompts, ``[batch, text_tokens]``.
         context: known tokens ``[batch * codebooks, frames]`` (no start token), or None.
         steps: decoding steps (new frames plus the codebook delay).
@@ -204,10 +207,14 @@ def sample_window(
     sequence[:, : ids.shape[-1]] = ids
     filled = ids.shape[-1]
     head_dim = decoder.layers[0].self_attn.head_dim
-    kept = torch.bfloat16 if step.cache_bf16 else attend_dtype(decoder.layer_norm.weight)
-    shape = (rows // codebooks * (2 if guided else 1), decoder.layers[0].self_attn.num_heads, total, head_dim)
+    kept = getattr(torch, step.cache)
+    # an int8 row: the codes padded to 4 bytes, then its float32 scale (harmonia.store_int8)
+    width = (head_dim + 3) // 4 * 4 + 4 if kept == torch.int8 else head_dim
+    shape = (rows // codebooks * (2 if guided else 1), decoder.layers[0].self_attn.num_heads, total, width)
     keys = [torch.empty(shape, dtype=kept, device=encoded.device) for _ in decoder.layers]
     values = [torch.empty(shape, dtype=kept, device=encoded.device) for _ in decoder.layers]
+    if kept == torch.int8:
+        kept = torch.bfloat16  # the prompt's keys and values, as "own-bf16" keeps them
     length = 0
     split = (encoded.shape[0], encoded.shape[1], -1, head_dim)
     cross_keys = [
@@ -308,8 +315,8 @@ class _Layer(torch.nn.Module):
         # self-attention: this window's keys and values go into the buffers, attention reads views
         normed = self.norm_self(hidden)
         query = self.q(normed).view(rows, positions, -1, self.head_dim).transpose(1, 2)
-        keys[:, :, start:end] = self.k(normed).view(rows, positions, -1, self.head_dim).transpose(1, 2)
-        values[:, :, start:end] = self.v(normed).view(rows, positions, -1, self.head_dim).transpose(1, 2)
+        self._store(keys, self.k(normed).view(rows, positions, -1, self.head_dim).transpose(1, 2), start)
+        self._store(values, self.v(normed).view(rows, positions, -1, self.head_dim).transpose(1, 2), start)
         attended = self._attend(query.to(self.attend_dtype), keys, values, end, positions > 1, None)
         hidden = hidden + self.out(self._merge(attended, hidden.dtype))
         # cross-attention over the prompt's keys and values (computed once per window)
@@ -321,6 +328,14 @@ class _Layer(torch.nn.Module):
         hidden = hidden + self.cross_out(self._merge(attended, hidden.dtype))
         # feed-forward (MusicGen's activation is gelu; the engine checks it at load)
         return hidden + self.fc2(F.gelu(self.fc1(self.norm_ff(hidden))))
+
+    def _store(self, cache: torch.Tensor, window: torch.Tensor, start: int) -> None:
+        """This window's keys or values into the cache, from position ``start`` (cast to its dtype)."""
+        cache[:, :, start : start + window.shape[2]] = window
+
+    def _cached(self, cache: torch.Tensor, end: int, dtype: torch.dtype) -> torch.Tensor:
+        """The cache's first ``end`` positions in ``dtype`` (a no-op, no copy, where it is kept in it)."""
+        return cache[:, :, :end].to(dtype)
 
     def _attend(
         self,
@@ -344,11 +359,11 @@ class _Layer(torch.nn.Module):
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
         """torch's SDPA as transformers calls it, on the cache in the query's dtype (a no-op,
-        no copy, where the cache is kept in it: always, but for a bfloat16 cache on Harmonia's kernel)."""
+        no copy, where the cache is kept in it: always, but for a bfloat16 or int8 cache on Harmonia's kernel)."""
         return F.scaled_dot_product_attention(
             query,
-            keys[:, :, :end].to(query.dtype),
-            values[:, :, :end].to(query.dtype),
+            self._cached(keys, end, query.dtype),
+            self._cached(values, end, query.dtype),
             attn_mask=mask,
             dropout_p=0.0,
             is_causal=causal,
@@ -381,6 +396,24 @@ class _OwnAttentionLayer(_Layer):
         return self._sdpa(query, keys, values, end, causal, mask)
 
 
+class _Int8CacheLayer(_OwnAttentionLayer):
+    """An :class:`_OwnAttentionLayer` whose window's keys and values are kept in int8 (the
+    "own-int8" path): each row of ``head_dim`` values quantised by ``harmonia.store_int8`` to
+    codes and a float32 scale, read back as code x scale (by the kernel in a step; for a
+    prefill's SDPA by ``harmonia.int8_values``). The prompt's keys and values stay bfloat16."""
+
+    def _store(self, cache: torch.Tensor, window: torch.Tensor, start: int) -> None:
+        if cache.dtype == torch.int8:
+            torch.ops.harmonia.store_int8(cache, window, start)
+        else:
+            cache[:, :, start : start + window.shape[2]] = window
+
+    def _cached(self, cache: torch.Tensor, end: int, dtype: torch.dtype) -> torch.Tensor:
+        if cache.dtype != torch.int8:
+            return cache[:, :, :end].to(dtype)
+        return torch.ops.harmonia.int8_values(cache, end, self.head_dim).to(dtype)
+
+
 class DecoderStep(torch.nn.Module):
     """MusicGen's decoder layers, final norm and codebook heads for one window of positions.
 
@@ -406,14 +439,33 @@ class DecoderStep(torch.nn.Module):
                 "This MusicGen decoder's token embeddings renormalise their rows (max_norm); Harmonia's "
                 "decoding loop looks them up as they are stored, as every released MusicGen checkpoint's are."
             )
-        kind = {"sdpa": _Layer, "own": _OwnAttentionLayer, "own-bf16": _OwnAttentionLayer}[attention]
+        if attention == "own-int8" and decoder.layer_norm.weight.dtype != torch.float32:
+            raise RequestError(
+                "attention own-int8 keeps a float32 decoder's keys and values in int8 (precision int8 or "
+                f"int4); this decoder is {str(decoder.layer_norm.weight.dtype).removeprefix('torch.')}. "
+                "Set HARMONIA_ATTENTION to own or auto."
+            )
+        kind = {
+            "sdpa": _Layer,
+            "own": _OwnAttentionLayer,
+            "own-bf16": _OwnAttentionLayer,
+            "own-int8": _Int8CacheLayer,
+        }[attention]
         self.layers = torch.nn.ModuleList([kind(layer, attend_dtype) for layer in decoder.layers])
-        # the dtype the window's keys and values are kept in: float32 for SDPA on CPU; for
-        # Harmonia's kernel the decoder's own ("own": exactly what its projections return) or
-        # bfloat16 ("own-bf16": a float32 decoder's keys and values rounded as they are stored)
+        # the dtype the window's keys and values are kept in: the attention's (float32 for SDPA
+        # on CPU); for Harmonia's kernel the decoder's own ("own": exactly what its projections
+        # return), bfloat16 ("own-bf16": a float32 decoder's keys and values rounded as they are
+        # stored) or int8 ("own-int8": codes and a scale per row)
         self.attention: str = attention
-        self.cache_bf16: bool = attention == "own-bf16" or (
+        own = attention == "own-bf16" or (
             attention == "own" and decoder.layer_norm.weight.dtype == torch.bfloat16
+        )
+        self.cache: str = (
+            "int8"
+            if attention == "own-int8"
+            else "bfloat16"
+            if own
+            else str(attend_dtype).removeprefix("torch.")
         )
         self.norm = decoder.layer_norm
         # The heads without their hooks (a bfloat16 model's hooks cast logits for generate();
@@ -452,8 +504,9 @@ def decoder_step(model, attention: str = "sdpa") -> torch.nn.Module:
     """The model's :class:`DecoderStep`, compiled by TorchScript (eager where this torch cannot script it).
 
     ``attention``: "sdpa" (torch's, as transformers calls it), "own" (Harmonia's kernel for
-    single-position steps, over a cache in the decoder's dtype) or "own-bf16" (the kernel over
-    a bfloat16 cache); the caller checks that the kernel can run here.
+    single-position steps, over a cache in the decoder's dtype), "own-bf16" (the kernel over
+    a bfloat16 cache) or "own-int8" (over an int8 cache, a float32 decoder's only); the caller
+    checks that the kernel can run here.
 
     TorchScript is deprecated in favour of ``torch.compile``, which cannot trace torch.ao's
     packed int8 weights (a graph break at every Linear) and compiles for minutes on two cores.

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -538,10 +539,10 @@ def _product_shape(config: dict, which: str, precision: str, dtype: str | None) 
     )
     if which == "attention":
         d = config["decoder"]
-        # the kernel's cache is bfloat16 either way: a bfloat16 decoder's own values, or a float32
-        # decoder's rounded ("own-bf16"; choices cached when int8 and int4 measured the kernel on a
-        # float32 cache are measured again)
-        cache = "bfloat16" if _bfloat16_decoder(precision) else "float32 decoder's bfloat16"
+        # the kernel's cache: a bfloat16 decoder's own values, or a float32 decoder's rounded to
+        # bfloat16 ("own-bf16") or int8 ("own-int8"; choices cached when int8 and int4 measured the
+        # kernel on a float32 cache, or on bfloat16 alone, are measured again)
+        cache = "bfloat16" if _bfloat16_decoder(precision) else "float32 decoder's bfloat16 or int8"
         return (
             f"{FEW_ROWS} rows, {d['num_hidden_layers']} layers of {d['num_attention_heads']} heads of "
             f"{d['hidden_size'] // d['num_attention_heads']}, a {cache} cache of 64 and 512 keys and a "
@@ -633,8 +634,9 @@ def _choose_float_products(
         )  # fmt: skip
 
 
-# "own": Harmonia's kernel over a cache in the decoder's dtype; "own-bf16": over a bfloat16 cache
-ATTENTION_PATHS = ("sdpa", "own", "own-bf16")
+# "own": Harmonia's kernel over a cache in the decoder's dtype; "own-bf16": over a bfloat16 cache;
+# "own-int8": over an int8 cache (codes and a float32 scale per row)
+ATTENTION_PATHS = ("sdpa", "own", "own-bf16", "own-int8")
 
 
 def _choose_attention(state_dir: Path, decoder: torch.nn.Module, shape: str) -> Choice:
@@ -644,30 +646,34 @@ def _choose_attention(state_dir: Path, decoder: torch.nn.Module, shape: str) -> 
     (batch 1 with guidance): every layer's self-attention over a cache of 64 keys and again
     over 512 (a clip of 1 s and of 10 s), and every layer's cross-attention over a prompt of 16
     tokens (the guidance row's prompt empty: masked whole), keeping the cache as it would:
-    float32 for SDPA, bfloat16 for the kernel. The kernel's candidate is "own" for a bfloat16
-    decoder (its cache is exactly what its projections return) and "own-bf16" for int8's and
-    int4's float32 decoders (their keys and values rounded to bfloat16 as they are stored:
-    half the bytes; on musicgen-small's architecture the rounding alone moved float32 weights'
-    logits 0.0004 from float32's cache, and it took int4's and int8's distance from float32's
-    logits from 0.29483 to 0.29488 and from 0.03079 to 0.03087, see
-    ``benchmarks/bench_kv_cache.py``). (Measured without the prompt, the two came within the
-    10 % rule on an Intel Xeon whose whole steps ran 4-20 % faster on the kernel.) They sum in
-    different orders, so the path is part of the artifact id and ``reproduce`` replays it; the
-    candidates read the same values (drawn as a bfloat16 cache holds them), and a kernel further
-    than rounding from SDPA's on them (1e-4 of the largest value) is never chosen: the check
-    tests the kernel, not own-bf16's rounding of the cache (that is the benchmark's to measure).
-    ``exact`` keeps SDPA, the plain library's attention, always."""
+    float32 for SDPA, bfloat16 or int8 for the kernel. The kernel's candidate is "own" for a
+    bfloat16 decoder (its cache is exactly what its projections return); int8's and int4's
+    float32 decoders have two: "own-bf16" (their keys and values rounded to bfloat16 as they are
+    stored: half the bytes; on musicgen-small's architecture the rounding alone moved float32
+    weights' logits 0.0004 from float32's cache, and it took int4's and int8's distance from
+    float32's logits from 0.29483 to 0.29488 and from 0.03079 to 0.03087) and "own-int8" (int8
+    codes and a scale per row: 68 bytes of bfloat16's 128 for heads of 64; the prompt's keys and
+    values stay bfloat16), whose cost in logits ``benchmarks/bench_kv_cache.py`` measures too.
+    (Measured without the prompt, SDPA and the kernel came within the 10 % rule on an Intel Xeon
+    whose whole steps ran 4-20 % faster on the kernel.) They sum in different orders, so the path
+    is part of the artifact id and ``reproduce`` replays it; the candidates read the same values
+    (int8 codes times a power of two, one code of each row 127: every cache holds them exactly),
+    and a kernel further than rounding from SDPA's on them (1e-4 of the largest value) is never
+    chosen: the check tests the kernel, not the rounding of a cache (that is the benchmark's to
+    measure). ``exact`` keeps SDPA, the plain library's attention, always."""
     from harmonia.kernels import unavailable
 
     layer = decoder.model.decoder.layers[0].self_attn
     layers, heads, dim = len(decoder.model.decoder.layers), layer.num_heads, layer.head_dim
-    kept = torch.bfloat16  # the kernel's cache, on both of its paths
-    own_path = "own" if decoder.model.decoder.layer_norm.weight.dtype == torch.bfloat16 else "own-bf16"
+    kept = torch.bfloat16  # the kernel's cache on "own" and "own-bf16" (and the prompt's on "own-int8")
+    float32 = decoder.model.decoder.layer_norm.weight.dtype == torch.float32
     generator = torch.Generator().manual_seed(0)
     lengths = (64, 512)
 
-    def draw(*size: int) -> torch.Tensor:
-        return torch.randn(*size, generator=generator).to(kept).float()  # values a kept cache can hold
+    def draw(*size: int) -> torch.Tensor:  # values every cache holds exactly (see above)
+        codes = torch.randint(-127, 128, size, generator=generator)
+        codes[..., 0] = 127
+        return codes.float() * 2.0**-5
 
     query = draw(FEW_ROWS, heads, 1, dim)
     cache = [
@@ -683,6 +689,11 @@ def _choose_attention(state_dir: Path, decoder: torch.nn.Module, shape: str) -> 
     own = [(k.to(kept), v.to(kept)) for k, v in cache]
     own_prompt = [(k.to(kept), v.to(kept)) for k, v in prompt]
 
+    def int8(values: torch.Tensor) -> torch.Tensor:  # as the window keeps them (harmonia.store_int8)
+        stored = torch.empty(*values.shape[:3], (dim + 3) // 4 * 4 + 4, dtype=torch.int8)
+        torch.ops.harmonia.store_int8(stored, values, 0)
+        return stored
+
     def sdpa() -> list[torch.Tensor]:
         attend = torch.nn.functional.scaled_dot_product_attention
         return [
@@ -695,21 +706,27 @@ def _choose_attention(state_dir: Path, decoder: torch.nn.Module, shape: str) -> 
             )
         ]
 
-    def kernel() -> list[torch.Tensor]:
-        attend = torch.ops.harmonia.decode_attention
-        return [
-            out
-            for n in lengths
-            for (k, v), (pk, pv) in zip(own, own_prompt, strict=True)
-            for out in (
-                attend(query, k, v, n, layer.scaling, None),
-                attend(query, pk, pv, PROMPT_TOKENS, layer.scaling, mask),
-            )
-        ]
+    def kernel(caches: list[tuple[torch.Tensor, torch.Tensor]]) -> Callable[[], list[torch.Tensor]]:
+        def run() -> list[torch.Tensor]:
+            attend = torch.ops.harmonia.decode_attention
+            return [
+                out
+                for n in lengths
+                for (k, v), (pk, pv) in zip(caches, own_prompt, strict=True)
+                for out in (
+                    attend(query, k, v, n, layer.scaling, None),
+                    attend(query, pk, pv, PROMPT_TOKENS, layer.scaling, mask),
+                )
+            ]
+
+        return run
 
     candidates = {"sdpa": sdpa}
-    if unavailable("decode_attention") is None:
-        candidates[own_path] = kernel
+    if unavailable("decode_attention") is None and not float32:
+        candidates["own"] = kernel(own)
+    elif unavailable("decode_attention") is None:
+        candidates["own-bf16"] = kernel(own)
+        candidates["own-int8"] = kernel([(int8(k), int8(v)) for k, v in cache])
     with torch.inference_mode():
         return choose(
             state_dir, "attention", shape, candidates, "sdpa",
@@ -807,6 +824,7 @@ KERNEL_PATHS = {
     ("bf16_products", "rows8"): "rows_linear",
     ("attention", "own"): "decode_attention",
     ("attention", "own-bf16"): "decode_attention",
+    ("attention", "own-int8"): "decode_attention",
 }
 
 
@@ -1032,9 +1050,10 @@ class MusicGenEngine:
                             choice = CHOOSERS[which](wb.state_dir, measured, shape)
                 choices[choice.name], paths[which] = choice.describe(), choice.path
                 _check_product_path(which, choice.path)
-                if choice.path == "own-bf16" and _bfloat16_decoder(precision):
+                if choice.path in ("own-bf16", "own-int8") and _bfloat16_decoder(precision):
+                    kept = choice.path.removeprefix("own-").replace("bf16", "bfloat16")
                     raise RequestError(
-                        "attention own-bf16 rounds a float32 decoder's keys and values to bfloat16; this "
+                        f"attention {choice.path} rounds a float32 decoder's keys and values to {kept}; this "
                         "decoder is bfloat16 already (precision bf16), and its kernel path is own. Set "
                         "HARMONIA_ATTENTION to own or auto."
                     )

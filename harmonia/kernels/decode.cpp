@@ -31,6 +31,14 @@
 //   order of float operations (attend_one): every (row, head) is one task on one thread, so the
 //   bits depend on neither the thread count, nor the other rows, nor the cache's dtype (a
 //   bfloat16 value widens to float32 exactly). The `attention` path "own" of bf16, int8 and int4.
+//   A cache kept in int8 (the path "own-int8") holds each row of `dim` values as int8 codes, padded
+//   to a multiple of 4 bytes, then the row's float32 scale: [rows, heads, length, pad4(dim) + 4]
+//   bytes. Its value i is code_i x scale (one rounded float32 product), and the kernel computes
+//   exactly what it computes over a float32 cache of those values (tests compare the bits).
+// harmonia.store_int8: a window's keys or values (float32) into such a cache: per row, scale =
+//   largest |x| / 127 (1 for a zero row), code = nearbyint(x / scale) (round half to even): the
+//   same bits as torch's round(x / scale) (a row with a NaN or an infinity stores NaN as its scale).
+//   harmonia.int8_values reads such a cache back as float32 (code x scale), for a prefill's SDPA.
 // rows_linear and decode_attention have a second form for x86-64 CPUs without AVX-512 (AVX2 with
 //   FMA: Intel since Haswell, AMD since Zen), with the same bits: each 16-lane vector of the AVX-512
 //   form is two 8-lane halves (lanes 0-7 and 8-15), every lane takes the same operations in the same
@@ -111,12 +119,32 @@ HARMONIA_AVX2 inline float lanes8x2(__m256 lo, __m256 hi) {
     return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
 }
 
-// The first `live` (at most 16) of 16 float32 or bfloat16 values as two 8-lane halves, the other
-// lanes `fill` (0 as the AVX-512 form's masked loads give; bfloat16 -> float32 is exact).
-template <bool BF16>
-HARMONIA_AVX2 inline void load8x2(const void *p, int64_t live, __m256 &lo, __m256 &hi, float fill = 0.f) {
+// How a cache keeps its values: float32, bfloat16, or int8 codes with a float32 scale per row.
+enum Kept { FLOAT32 = 0, BFLOAT16 = 1, INT8 = 2 };
+
+// Bytes of one stored value, and where an int8 row's scale sits (its codes padded to 4 bytes).
+constexpr int64_t value_bytes(int kept) { return kept == FLOAT32 ? 4 : kept == BFLOAT16 ? 2 : 1; }
+constexpr int64_t scale_at(int64_t D) { return (D + 3) / 4 * 4; }
+
+// An int8 row's scale (the 4 bytes after its padded codes).
+inline float row_scale(const char *row, int64_t D) {
+    float scale;
+    std::memcpy(&scale, row + scale_at(D), 4);
+    return scale;
+}
+
+// The first `live` (at most 16) of 16 float32, bfloat16 or int8 values (x `scale`, as load16) as
+// two 8-lane halves, the other lanes `fill` (0 as the AVX-512 form's masked loads give).
+template <int KEPT>
+HARMONIA_AVX2 inline void load8x2(const void *p, int64_t live, __m256 &lo, __m256 &hi, float fill = 0.f,
+                                  float scale = 1.f) {
     if (live >= 16) {
-        if constexpr (BF16) {
+        if constexpr (KEPT == INT8) {
+            const __m128i codes = _mm_loadu_si128(static_cast<const __m128i *>(p));
+            const __m256 s = _mm256_set1_ps(scale);
+            lo = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(codes)), s);
+            hi = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(codes, 8))), s);
+        } else if constexpr (KEPT == BFLOAT16) {
             const __m128i *h = static_cast<const __m128i *>(p);
             lo = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(h)), 16));
             hi = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(h + 1)), 16));
@@ -130,7 +158,9 @@ HARMONIA_AVX2 inline void load8x2(const void *p, int64_t live, __m256 &lo, __m25
     for (int64_t i = 0; i < 16; i++) {
         if (i >= live) {
             values[i] = fill;
-        } else if constexpr (BF16) {
+        } else if constexpr (KEPT == INT8) {
+            values[i] = static_cast<float>(static_cast<const int8_t *>(p)[i]) * scale;
+        } else if constexpr (KEPT == BFLOAT16) {
             const uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t *>(p)[i]) << 16;
             std::memcpy(values + i, &bits, 4);
         } else {
@@ -340,11 +370,11 @@ HARMONIA_AVX2 void dots8x2(const char *wv, const char *wend, int64_t I, const fl
     for (int64_t i = 0; i < I; i += 16) {
         const int64_t live = std::min<int64_t>(16, I - i);
         __m256 v0[2], v1[2], w[2];
-        load8x2<false>(x0 + i, live, v0[0], v0[1]);
-        if (R > 1) load8x2<false>(x1 + i, live, v1[0], v1[1]);
+        load8x2<FLOAT32>(x0 + i, live, v0[0], v0[1]);
+        if (R > 1) load8x2<FLOAT32>(x1 + i, live, v1[0], v1[1]);
         for (int g = 0; g < G; g++) {
             ask(wv, wend, static_cast<std::uintptr_t>((AHEAD * I + g * I + i) * (BF16 ? 2 : 4)));
-            load8x2<BF16>(wv + (g * I + i) * (BF16 ? 2 : 4), live, w[0], w[1]);
+            load8x2<BF16 ? BFLOAT16 : FLOAT32>(wv + (g * I + i) * (BF16 ? 2 : 4), live, w[0], w[1]);
             for (int h = 0; h < 2; h++) {
                 a[g][h] = _mm256_fmadd_ps(w[h], v0[h], a[g][h]);
                 if (R > 1) c[g][h] = _mm256_fmadd_ps(w[h], v1[h], c[g][h]);
@@ -556,13 +586,17 @@ __attribute__((target("avx512f"))) inline __m512 exp16(__m512 x) {
     return _mm512_maskz_mov_ps(static_cast<__mmask16>(~zero), _mm512_scalef_ps(y, n));
 }
 
-// Up to 16 float32 or bfloat16 values, the lanes `live` names (the others 0; bfloat16 -> float32
-// is exact: the bits shifted up by 16)
-template <bool BF16>
-__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 load16(const void *p, __mmask16 live) {
-    if constexpr (BF16) {
+// Up to 16 stored values as float32, the lanes `live` names (the others 0): float32 as they are,
+// bfloat16 exactly (the bits shifted up by 16), int8 codes x the row's scale (one rounded product).
+template <int KEPT>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 load16(const void *p, __mmask16 live,
+                                                                          __m512 scale) {
+    if constexpr (KEPT == BFLOAT16) {
         const __m256i h = _mm256_maskz_loadu_epi16(live, p);
         return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    } else if constexpr (KEPT == INT8) {
+        const __m512 codes = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(live, p)));
+        return _mm512_maskz_mul_ps(live, codes, scale);
     } else {
         return _mm512_maskz_loadu_ps(live, p);
     }
@@ -592,11 +626,11 @@ inline void ask_row(const char *row, int64_t bytes) {
 // the hardware's prefetcher stops. Measured in the int4 steps of 3 s takes on musicgen-small's
 // architecture (Intel Xeon, Ice Lake, 2 threads): cross-attention 0.83-0.92 ms a step against
 // 1.43-1.46 without, self-attention 1.02-1.10 against 1.25-1.28.
-template <bool BF16>
+template <int KEPT>
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void attend_one(
     const float *q, const char *k, const char *v, int64_t T, int64_t D, int64_t kstride, int64_t vstride,
     const bool *mask, int64_t mstride, float scale, float *scores, float *out) {
-    constexpr int64_t bytes = BF16 ? 2 : 4;
+    constexpr int64_t bytes = value_bytes(KEPT);
     __m512 qv[16];
     const int64_t chunks = (D + 15) / 16;
     __mmask16 live[16];
@@ -604,7 +638,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void attend_one(
         live[c] = D - 16 * c >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (D - 16 * c)) - 1);
         qv[c] = _mm512_maskz_loadu_ps(live[c], q + 16 * c);
     }
-    const int64_t row = D * bytes;
+    const int64_t row = KEPT == INT8 ? scale_at(D) + 4 : D * bytes;
     for (int64_t t = 0; t < std::min(ATTEND_AHEAD, T); t++) {  // the first rows of both, while the scores start
         ask_row(k + t * kstride * bytes, row);
         ask_row(v + t * vstride * bytes, row);
@@ -617,9 +651,10 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void attend_one(
             continue;
         }
         const char *kt = k + t * kstride * bytes;
-        __m512 acc = _mm512_mul_ps(qv[0], load16<BF16>(kt, live[0]));
+        const __m512 ks = _mm512_set1_ps(KEPT == INT8 ? row_scale(kt, D) : 1.f);
+        __m512 acc = _mm512_mul_ps(qv[0], load16<KEPT>(kt, live[0], ks));
         for (int64_t c = 1; c < chunks; c++)
-            acc = _mm512_fmadd_ps(qv[c], load16<BF16>(kt + 16 * c * bytes, live[c]), acc);
+            acc = _mm512_fmadd_ps(qv[c], load16<KEPT>(kt + 16 * c * bytes, live[c], ks), acc);
         const float s = lanes(acc) * scale;
         scores[t] = s;
         top = s > top || std::isnan(s) ? s : top;
@@ -644,8 +679,9 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void attend_one(
         if (mask && !mask[t * mstride]) continue;
         const __m512 p = _mm512_set1_ps(scores[t]);
         const char *vt = v + t * vstride * bytes;
+        const __m512 vs = _mm512_set1_ps(KEPT == INT8 ? row_scale(vt, D) : 1.f);
         for (int64_t c = 0; c < chunks; c++)
-            acc[c] = _mm512_fmadd_ps(p, load16<BF16>(vt + 16 * c * bytes, live[c]), acc[c]);
+            acc[c] = _mm512_fmadd_ps(p, load16<KEPT>(vt + 16 * c * bytes, live[c], vs), acc[c]);
     }
     const __m512 sum = _mm512_set1_ps(lanes(total));
     for (int64_t c = 0; c < chunks; c++) _mm512_mask_storeu_ps(out + 16 * c, live[c], _mm512_div_ps(acc[c], sum));
@@ -670,19 +706,19 @@ HARMONIA_AVX2 inline __m256 exp8(__m256 x) {
 }
 
 // attend_one's AVX2 form: the same operations on every lane, in the same order (see above).
-template <bool BF16>
+template <int KEPT>
 HARMONIA_AVX2 void attend_one8x2(const float *q, const char *k, const char *v, int64_t T, int64_t D, int64_t kstride,
                         int64_t vstride, const bool *mask, int64_t mstride, float scale, float *scores,
                         float *out) {
-    constexpr int64_t bytes = BF16 ? 2 : 4;
+    constexpr int64_t bytes = value_bytes(KEPT);
     __m256 qv[16][2];
     const int64_t chunks = (D + 15) / 16;
     int64_t live[16];
     for (int64_t c = 0; c < chunks; c++) {
         live[c] = std::min<int64_t>(16, D - 16 * c);
-        load8x2<false>(q + 16 * c, live[c], qv[c][0], qv[c][1]);
+        load8x2<FLOAT32>(q + 16 * c, live[c], qv[c][0], qv[c][1]);
     }
-    const int64_t row = D * bytes;
+    const int64_t row = KEPT == INT8 ? scale_at(D) + 4 : D * bytes;
     for (int64_t t = 0; t < std::min(ATTEND_AHEAD, T); t++) {
         ask_row(k + t * kstride * bytes, row);
         ask_row(v + t * vstride * bytes, row);
@@ -695,11 +731,12 @@ HARMONIA_AVX2 void attend_one8x2(const float *q, const char *k, const char *v, i
             continue;
         }
         const char *kt = k + t * kstride * bytes;
+        const float ks = KEPT == INT8 ? row_scale(kt, D) : 1.f;
         __m256 acc[2], kv[2];
-        load8x2<BF16>(kt, live[0], kv[0], kv[1]);
+        load8x2<KEPT>(kt, live[0], kv[0], kv[1], 0.f, ks);
         for (int h = 0; h < 2; h++) acc[h] = _mm256_mul_ps(qv[0][h], kv[h]);
         for (int64_t c = 1; c < chunks; c++) {
-            load8x2<BF16>(kt + 16 * c * bytes, live[c], kv[0], kv[1]);
+            load8x2<KEPT>(kt + 16 * c * bytes, live[c], kv[0], kv[1], 0.f, ks);
             for (int h = 0; h < 2; h++) acc[h] = _mm256_fmadd_ps(qv[c][h], kv[h], acc[h]);
         }
         const float s = lanes8x2(acc[0], acc[1]) * scale;
@@ -715,7 +752,7 @@ HARMONIA_AVX2 void attend_one8x2(const float *q, const char *k, const char *v, i
     for (int64_t t = 0; t < T; t += 16) {
         const int64_t keys = std::min<int64_t>(16, T - t);
         __m256 p[2];
-        load8x2<false>(scores + t, keys, p[0], p[1], -std::numeric_limits<float>::infinity());
+        load8x2<FLOAT32>(scores + t, keys, p[0], p[1], -std::numeric_limits<float>::infinity());
         for (int h = 0; h < 2; h++) {
             p[h] = exp8(_mm256_sub_ps(p[h], m));
             total[h] = _mm256_add_ps(total[h], p[h]);
@@ -729,9 +766,10 @@ HARMONIA_AVX2 void attend_one8x2(const float *q, const char *k, const char *v, i
         if (mask && !mask[t * mstride]) continue;
         const __m256 p = _mm256_set1_ps(scores[t]);
         const char *vt = v + t * vstride * bytes;
+        const float vs = KEPT == INT8 ? row_scale(vt, D) : 1.f;
         for (int64_t c = 0; c < chunks; c++) {
             __m256 vv[2];
-            load8x2<BF16>(vt + 16 * c * bytes, live[c], vv[0], vv[1]);
+            load8x2<KEPT>(vt + 16 * c * bytes, live[c], vv[0], vv[1], 0.f, vs);
             for (int h = 0; h < 2; h++) acc[c][h] = _mm256_fmadd_ps(p, vv[h], acc[c][h]);
         }
     }
@@ -747,13 +785,16 @@ at::Tensor decode_attention(const at::Tensor &query, const at::Tensor &keys, con
                 "harmonia.decode_attention: query [rows, heads, 1, dim], keys and values [rows, heads, length, dim]");
     const int64_t R = query.size(0), H = query.size(1), D = query.size(3);
     TORCH_CHECK(query.scalar_type() == at::kFloat && keys.scalar_type() == values.scalar_type() &&
-                    (keys.scalar_type() == at::kFloat || keys.scalar_type() == at::kBFloat16),
-                "harmonia.decode_attention: a float32 query; float32 or bfloat16 keys and values");
-    TORCH_CHECK(keys.size(0) == R && keys.size(1) == H && keys.size(3) == D && values.sizes() == keys.sizes() &&
+                    (keys.scalar_type() == at::kFloat || keys.scalar_type() == at::kBFloat16 ||
+                     keys.scalar_type() == at::kChar),
+                "harmonia.decode_attention: a float32 query; float32, bfloat16 or int8 keys and values");
+    const int kept = keys.scalar_type() == at::kFloat ? FLOAT32 : keys.scalar_type() == at::kBFloat16 ? BFLOAT16 : INT8;
+    const int64_t width = kept == INT8 ? scale_at(D) + 4 : D;  // an int8 row: its codes, then its scale
+    TORCH_CHECK(keys.size(0) == R && keys.size(1) == H && keys.size(3) == width && values.sizes() == keys.sizes() &&
                     keys.stride(3) == 1 && values.stride(3) == 1 && D >= 1 && D <= 256 && end >= 1 &&
                     end <= keys.size(2),
-                "harmonia.decode_attention: keys and values must match the query (dim up to 256, unit stride), "
-                "and 1 <= end <= their length");
+                "harmonia.decode_attention: keys and values must match the query (dim up to 256, unit stride; "
+                "int8: rows of the dim's codes padded to 4 bytes, then a float32 scale), and 1 <= end <= their length");
     at::Tensor m;
     if (mask.has_value() && mask->defined()) {
         TORCH_CHECK(mask->scalar_type() == at::kBool,
@@ -762,8 +803,7 @@ at::Tensor decode_attention(const at::Tensor &query, const at::Tensor &keys, con
     }
     const at::Tensor q = query.contiguous();
     at::Tensor out = at::empty({R, H, 1, D}, q.options());
-    const bool bf16 = keys.scalar_type() == at::kBFloat16;
-    const int64_t bytes = bf16 ? 2 : 4;
+    const int64_t bytes = value_bytes(kept);
     const float *qp = q.data_ptr<float>();
     float *op = out.data_ptr<float>();
     const char *kp = static_cast<const char *>(keys.data_ptr()), *vp = static_cast<const char *>(values.data_ptr());
@@ -777,10 +817,79 @@ at::Tensor decode_attention(const at::Tensor &query, const at::Tensor &keys, con
             const char *v = vp + (r * values.stride(0) + h * values.stride(1)) * bytes;
             const bool *mr = mp ? mp + r * m.stride(0) + h * m.stride(1) : nullptr;
             const int64_t ms = mp ? m.stride(3) : 0;
-            const auto one = narrow.load(std::memory_order_relaxed)
-                                 ? (bf16 ? attend_one8x2<true> : attend_one8x2<false>)
-                                 : (bf16 ? attend_one<true> : attend_one<false>);
+            const bool avx2 = narrow.load(std::memory_order_relaxed);
+            const auto one = kept == BFLOAT16 ? (avx2 ? attend_one8x2<BFLOAT16> : attend_one<BFLOAT16>)
+                             : kept == INT8 ? (avx2 ? attend_one8x2<INT8> : attend_one<INT8>)
+                                          : (avx2 ? attend_one8x2<FLOAT32> : attend_one<FLOAT32>);
             one(qp + i * D, k, v, end, D, keys.stride(2), values.stride(2), mr, ms, s, scores.data(), op + i * D);
+        }
+    });
+    return out;
+}
+
+// x [rows, heads, P, D] float32 (any strides) into cache[:, :, start:start + P] of an int8 cache
+// (see decode_attention): plain C++, the same bits on every CPU. nearbyint by adding and taking
+// away 1.5 x 2^23, exact for |y| <= 2^22 in the default rounding (to nearest, ties to even): here
+// |y| <= 127.5, and the compiler may not fold it (no fast-math).
+void store_int8(at::Tensor cache, const at::Tensor &x, int64_t start) {
+    TORCH_CHECK(cache.scalar_type() == at::kChar && x.scalar_type() == at::kFloat && cache.dim() == 4 &&
+                    x.dim() == 4 && cache.is_contiguous(),
+                "harmonia.store_int8: a contiguous int8 cache [rows, heads, length, pad4(dim) + 4] and float32 "
+                "values [rows, heads, positions, dim]");
+    const int64_t R = x.size(0), H = x.size(1), P = x.size(2), D = x.size(3), W = cache.size(3);
+    TORCH_CHECK(cache.size(0) == R && cache.size(1) == H && W == scale_at(D) + 4 && start >= 0 &&
+                    start + P <= cache.size(2),
+                "harmonia.store_int8: the values must match the cache (rows, heads, dim) and fit in it from start");
+    const float *xp = x.data_ptr<float>();
+    int8_t *cp = cache.data_ptr<int8_t>();
+    const int64_t L = cache.size(2);
+    const int64_t s0 = x.stride(0), s1 = x.stride(1), s2 = x.stride(2), s3 = x.stride(3);
+    at::parallel_for(0, R * H * P, 256, [&](int64_t begin, int64_t stop) {
+        std::vector<float> row(static_cast<size_t>(D));
+        for (int64_t i = begin; i < stop; i++) {
+            const int64_t r = i / (H * P), h = i / P % H, t = i % P;
+            const float *in = xp + r * s0 + h * s1 + t * s2;
+            float top = 0.f;
+            bool finite = true;
+            for (int64_t d = 0; d < D; d++) {
+                row[d] = in[d * s3];
+                finite = finite && std::isfinite(row[d]);
+                top = std::max(top, std::fabs(row[d]));
+            }
+            float scale = top / 127.f;
+            if (scale == 0.f) scale = 1.f;
+            int8_t *out = cp + ((r * H + h) * L + start + t) * W;
+            std::memset(out, 0, static_cast<size_t>(W));
+            if (!finite) {
+                scale = std::numeric_limits<float>::quiet_NaN();
+            } else {
+                constexpr float magic = 12582912.f;  // 1.5 x 2^23
+                for (int64_t d = 0; d < D; d++) {
+                    const float y = (row[d] / scale + magic) - magic;
+                    out[d] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, y)));
+                }
+            }
+            std::memcpy(out + scale_at(D), &scale, 4);
+        }
+    });
+}
+
+// The first `end` rows of an int8 cache as float32 [rows, heads, end, dim]: code x scale, one rounded
+// product each (what decode_attention reads; a prefill's SDPA reads these).
+at::Tensor int8_values(const at::Tensor &cache, int64_t end, int64_t dim) {
+    TORCH_CHECK(cache.scalar_type() == at::kChar && cache.dim() == 4 && cache.is_contiguous() && dim >= 1 &&
+                    cache.size(3) == scale_at(dim) + 4 && end >= 0 && end <= cache.size(2),
+                "harmonia.int8_values: a contiguous int8 cache [rows, heads, length, pad4(dim) + 4] and 0 <= end <= "
+                "its length");
+    const int64_t R = cache.size(0), H = cache.size(1), L = cache.size(2), W = cache.size(3);
+    at::Tensor out = at::empty({R, H, end, dim}, cache.options().dtype(at::kFloat));
+    const int8_t *cp = cache.data_ptr<int8_t>();
+    float *op = out.data_ptr<float>();
+    at::parallel_for(0, R * H * end, 256, [&](int64_t begin, int64_t stop) {
+        for (int64_t i = begin; i < stop; i++) {
+            const int8_t *row = cp + (i / end * L + i % end) * W;
+            const float scale = row_scale(reinterpret_cast<const char *>(row), dim);
+            for (int64_t d = 0; d < dim; d++) op[i * dim + d] = static_cast<float>(row[d]) * scale;
         }
     });
     return out;
@@ -805,10 +914,14 @@ TORCH_LIBRARY(harmonia, m) {
     m.def("int4_linear(Tensor x, Tensor packed, Tensor scales, Tensor? bias, int out_features) -> Tensor");
     m.def("rows_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
     m.def("decode_attention(Tensor query, Tensor keys, Tensor values, int end, float scale, Tensor? mask) -> Tensor");
+    m.def("store_int8(Tensor(a!) cache, Tensor x, int start) -> ()");
+    m.def("int8_values(Tensor cache, int end, int dim) -> Tensor");
 }
 TORCH_LIBRARY_IMPL(harmonia, CPU, m) {
     m.impl("int8_linear", &int8_linear);
     m.impl("int4_linear", &int4_linear);
     m.impl("rows_linear", &rows_linear);
     m.impl("decode_attention", &decode_attention);
+    m.impl("store_int8", &store_int8);
+    m.impl("int8_values", &int8_values);
 }

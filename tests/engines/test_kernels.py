@@ -163,6 +163,18 @@ def _avx2_cases():
                      lambda q=q, keys=keys, v=v, m=m, end=length, scale=dim**-0.5:
                          torch.ops.harmonia.decode_attention(q, keys, v, end, scale, m)),
                 )  # fmt: skip
+        # an int8 cache (both forms read code x scale, then compute as over float32)
+        for heads, dim, length in [(16, 64, 37), (3, 13, 20), (2, 100, 17)]:
+            q, k, v = _attention_inputs(4, heads, length + 5, dim, seed=length + dim + 1)
+            k[1, 0, length // 2, 0] = float("nan")  # that row's scale NaN
+            mask = torch.rand(4, 1, 1, length, generator=generator) > 0.3
+            k8, v8 = _int8_cache(k), _int8_cache(v)
+            for name, m in (("", None), (" masked", mask)):
+                cases.append(
+                    (f"attention int8 {heads}x{dim}x{length}{name}",
+                     lambda q=q, k8=k8, v8=v8, m=m, end=length, scale=dim**-0.5:
+                         torch.ops.harmonia.decode_attention(q, k8, v8, end, scale, m)),
+                )  # fmt: skip
         # at exp's floor: one query against keys scoring 0, -87.30 (just above the floor: e^-87.30,
         # times a value of 1e38, moves the output by 1.2), -87.81 and -90.3 (below it: 0) and -inf
         q = torch.zeros(1, 1, 1, 16)
@@ -592,6 +604,87 @@ def test_the_attention_kernel_is_sdpa_to_rounding_and_its_bits_depend_on_nothing
         assert same_bits(wide, got)
 
 
+def _int8_cache(values: torch.Tensor, start: int = 0, spare: int = 0) -> torch.Tensor:
+    """``values`` [rows, heads, length, dim] stored by harmonia.store_int8 from ``start`` in a cache
+    ``spare`` positions longer (the positions it does not store hold the byte -1)."""
+    rows, heads, length, dim = values.shape
+    cache = torch.full((rows, heads, start + length + spare, (dim + 3) // 4 * 4 + 4), -1, dtype=torch.int8)
+    torch.ops.harmonia.store_int8(cache, values, start)
+    return cache
+
+
+@needs_float_kernels
+@pytest.mark.parametrize("dim", [64, 13, 8])
+def test_an_int8_cache_holds_torchs_rounding_and_the_kernel_reads_it_as_code_times_scale(dim):
+    """harmonia.store_int8 keeps each row of a window as torch would quantise it (scale = largest
+    |x| / 127, 1 for a zero row; round(x / scale), half to even) in place, from any strides;
+    harmonia.int8_values and the attention kernel read it back as code x scale, the kernel to the
+    bit as over a float32 cache of those values (one thread or two, masked or not)."""
+    generator = torch.Generator().manual_seed(dim)
+    x = torch.randn(2, 3, 6, dim, generator=generator) * 3
+    x[0, 1, 2] = 0.0  # a zero row
+    x[1, 2, 0, 0] = 63.5  # scale 0.5: the others' codes 2k + 0.5, ties rounded to even
+    x[1, 2, 0, 1:] = (torch.arange(dim - 1) - (dim - 1) // 2) * 0.5 + 0.25
+    strided = x.transpose(1, 2).contiguous().transpose(1, 2)  # as the window's projection is laid out
+    width = (dim + 3) // 4 * 4 + 4
+    cache = _int8_cache(strided, start=3, spare=2)
+    assert cache.shape == (2, 3, 11, width)
+    scale = x.abs().amax(-1, keepdim=True) / 127
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    codes = torch.round(x / scale).to(torch.int8)
+    stored = cache[:, :, 3:9]
+    assert torch.equal(stored[..., :dim], codes) and torch.equal(
+        stored[..., dim : width - 4], torch.zeros_like(stored[..., dim : width - 4])
+    )
+    assert torch.equal(stored[..., width - 4 :].contiguous().view(torch.float32), scale)
+    assert (cache[:, :, :3] == -1).all() and (cache[:, :, 9:] == -1).all()  # nothing else written
+    assert (
+        int(stored[0, 1, 2, :dim].abs().max()) == 0
+        and float(stored[0, 1, 2, width - 4 :].view(torch.float32)) == 1.0
+    )
+    meant = cache[..., :dim].float() * cache[..., width - 4 :].contiguous().view(torch.float32)
+    values = torch.ops.harmonia.int8_values(cache, 9, dim)
+    assert same_bits(values, meant[:, :, :9])
+    assert (values[:, :, 3:9] - x).abs().max() <= 0.5 * scale.max() * (1 + 1e-6)  # half a step
+    query = torch.randn(2, 3, 1, dim, generator=generator)
+    mask = torch.rand(2, 1, 1, 9, generator=generator) > 0.3
+    for m in (None, mask):
+        read = on_one_and_two_threads(
+            lambda m=m: torch.ops.harmonia.decode_attention(query, cache, cache, 9, 0.3, m)
+        )
+        over = torch.ops.harmonia.decode_attention(query, values, values, 9, 0.3, m)
+        assert all(same_bits(r, over) for r in read)
+
+
+@needs_float_kernels
+def test_an_int8_cache_keeps_nan_and_refuses_what_it_cannot_hold():
+    x = torch.randn(1, 2, 3, 16)
+    x[0, 0, 1, 5] = float("nan")
+    x[0, 1, 2, 0] = float("inf")
+    cache = _int8_cache(x)
+    scales = cache[..., 16:].contiguous().view(torch.float32).flatten()
+    assert [bool(v) for v in scales.isnan()] == [False, True, False, False, False, True]
+    assert int(cache[0, 0, 1, :16].abs().max()) == 0  # no code from a NaN row
+    values = torch.ops.harmonia.int8_values(cache, 3, 16)
+    assert (
+        values[0, 0, 1].isnan().all() and values[0, 1, 2].isnan().all() and not values[0, 0, 0].isnan().any()
+    )
+    with pytest.raises(RuntimeError, match=r"harmonia\.store_int8: the values must match the cache"):
+        torch.ops.harmonia.store_int8(cache, torch.randn(1, 2, 3, 12), 0)
+    with pytest.raises(RuntimeError, match=r"fit in it from start"):
+        torch.ops.harmonia.store_int8(cache, x, 1)
+    with pytest.raises(RuntimeError, match=r"harmonia\.store_int8: a contiguous int8 cache"):
+        torch.ops.harmonia.store_int8(cache.float(), x, 0)
+    with pytest.raises(
+        RuntimeError, match=r"int8: rows of the dim's codes padded to 4 bytes, then a float32 scale"
+    ):
+        torch.ops.harmonia.decode_attention(
+            torch.randn(1, 2, 1, 16), cache[..., :16], cache[..., :16], 3, 1.0, None
+        )
+    with pytest.raises(RuntimeError, match=r"harmonia\.int8_values: a contiguous int8 cache"):
+        torch.ops.harmonia.int8_values(cache, 4, 16)
+
+
 @needs_float_kernels
 def test_the_attention_kernel_masks_like_sdpa_reads_strided_keys_and_refuses_what_it_cannot_run():
     """The prompt's mask (True: attend; a row with none, guidance's empty prompt, gives zeros as
@@ -627,8 +720,8 @@ def test_the_attention_kernel_masks_like_sdpa_reads_strided_keys_and_refuses_wha
 @needs_float_kernels
 def test_the_attention_path_is_measured_recorded_forced_and_replayed(wb, monkeypatch):
     """bf16, int8 and int4 choose between torch's SDPA and Harmonia's kernel for a step's attention
-    (int8's and int4's on a bfloat16 cache, "own-bf16"; "own" on their float32 cache is still
-    forced or replayed); exact always keeps SDPA (plain transformers' bytes). SDPA is what every
+    (int8's and int4's on a bfloat16 cache, "own-bf16", or an int8 one, "own-int8"; "own" on their
+    float32 cache is still forced or replayed); exact always keeps SDPA (plain transformers' bytes). SDPA is what every
     mode ran before there was a choice: it leaves ids as they were, and a manifest that names no
     attention replays it."""
     from harmonia import generation
@@ -639,15 +732,16 @@ def test_the_attention_path_is_measured_recorded_forced_and_replayed(wb, monkeyp
     cache.unlink(missing_ok=True)
     measured = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int4")
     line = measured.loaded.choices["attention"]
-    assert (
-        line.startswith(("own-bf16 (measured: own-bf16 ", "sdpa (measured: own-bf16 "))
-        and " ms, sdpa " in line
+    assert line.startswith(
+        ("own-bf16 (measured: own-bf16 ", "own-int8 (measured: own-bf16 ", "sdpa (measured: own-bf16 ")
     )
-    assert measured._step.cache_bf16 == (measured._step.attention == "own-bf16")
+    assert " ms, own-int8 " in line and " ms, sdpa " in line
+    kept = {"own-bf16": "bfloat16", "own-int8": "int8", "sdpa": "float32"}
+    assert measured._step.cache == kept[measured._step.attention]
     (key,) = [k for k in json.loads(cache.read_text()) if "| attention " in k]
     assert (
-        "| 2 threads | attention 2 rows, 2 layers of 4 heads of 8, a float32 decoder's bfloat16 cache of 64 "
-        "and 512 keys and a prompt of 16 |" in key
+        "| 2 threads | attention 2 rows, 2 layers of 4 heads of 8, a float32 decoder's bfloat16 or int8 cache "
+        "of 64 and 512 keys and a prompt of 16 |" in key
     )
     exact = MusicGenEngine.load(wb, "tiny-musicgen", threads=2)
     assert "attention" not in exact.loaded.choices
@@ -661,13 +755,14 @@ def test_the_attention_path_is_measured_recorded_forced_and_replayed(wb, monkeyp
         return real_step(model, attention)
 
     monkeypatch.setattr(musicgen, "decoder_step", spy)
-    for path in ("sdpa", "own", "own-bf16"):
+    kept["own"] = "float32"
+    for path in ("sdpa", "own", "own-bf16", "own-int8"):
         monkeypatch.setenv("HARMONIA_ATTENTION", path)
         forced = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int4")
         assert forced.loaded.choices == {"attention": f"{path} (forced)", "encodec_layout": "torch (forced)"}
         assert isinstance(forced._step, torch.jit.ScriptModule)  # every path compiles to TorchScript
         assert forced._step.attention == path
-        assert forced._step.cache_bf16 == (path == "own-bf16")  # int4's decoder is float32
+        assert forced._step.cache == kept[path]  # int4's decoder is float32
         audio[path] = forced.generate(request).audio
         assert np.array_equal(audio[path], forced.generate(request).audio)
         made[path] = generate(
@@ -680,18 +775,19 @@ def test_the_attention_path_is_measured_recorded_forced_and_replayed(wb, monkeyp
             generate(wb, "tiny-musicgen", again, threads=2, precision="int4", previews=False)
             loads.append(len(built))
         assert loads[1] == loads[0]  # a second request on the same paths finds the loaded engine
-    assert len({made[path].id for path in made}) == 3
+    assert len({made[path].id for path in made}) == 4
     assert "paths" not in made["sdpa"].manifest.identity["runtime"]  # the id int4 had before the choice
     assert made["own"].manifest.identity["runtime"]["paths"] == {"attention": "own"}
     assert made["own-bf16"].manifest.identity["runtime"]["paths"] == {"attention": "own-bf16"}
+    assert made["own-int8"].manifest.identity["runtime"]["paths"] == {"attention": "own-int8"}
     monkeypatch.setenv("HARMONIA_ATTENTION", "sdpa")  # this machine would now pick sdpa ...
-    for path in ("own", "own-bf16"):
+    for path in ("own", "own-bf16", "own-int8"):
         built.clear()
         generation._engines.clear()  # (so that reproduce loads, and the spy sees what it builds)
         assert reproduce(wb, made[path].id).identical and built == [path]  # ... the recorded path is replayed
     replayed = load_engine(wb, "tiny-musicgen", threads=2, precision="int4", paths=(("attention", "own"),))
     assert replayed.loaded.choices == {"attention": "own (recorded)", "encodec_layout": "torch (forced)"}
-    assert replayed._step.attention == "own" and not replayed._step.cache_bf16
+    assert replayed._step.attention == "own" and replayed._step.cache == "float32"
     # a manifest from before the choice (no paths) ran SDPA, and still does
     monkeypatch.setenv("HARMONIA_ATTENTION", "own")
     manifest = made["sdpa"].path / "manifest.json"
@@ -714,20 +810,23 @@ def test_the_attention_path_is_measured_recorded_forced_and_replayed(wb, monkeyp
     assert loads[2] == loads[1] == loads[0]  # the first may load (and measure); no other does
     # bf16 keeps its cache in bfloat16 on the kernel (what its projections return), float32 for SDPA
     bf16 = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="bf16")
-    assert bf16._step.attention == "own" and bf16._step.cache_bf16  # (HARMONIA_ATTENTION is own here)
+    assert (
+        bf16._step.attention == "own" and bf16._step.cache == "bfloat16"
+    )  # (HARMONIA_ATTENTION is own here)
     four = MusicRequest(["calm piano", "drums", "a", "strings"], duration_s=0.4, seed=5)
     assert np.array_equal(bf16.generate(four).audio, bf16.generate(four).audio)
-    monkeypatch.setenv("HARMONIA_ATTENTION", "own-bf16")  # int8 on its bfloat16 cache, end to end
-    int8 = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int8")
-    assert int8._step.attention == "own-bf16" and int8._step.cache_bf16
-    assert np.array_equal(int8.generate(four).audio, int8.generate(four).audio)
-    with pytest.raises(  # bf16's decoder is bfloat16 already: own-bf16 would be own under another id
-        RequestError,
-        match=r"^attention own-bf16 rounds a float32 decoder's keys and values to bfloat16; this decoder "
-        r"is bfloat16 already \(precision bf16\), and its kernel path is own\. Set HARMONIA_ATTENTION to "
-        r"own or auto\.$",
-    ):
-        MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="bf16")
+    for path in ("own-bf16", "own-int8"):  # int8 on its bfloat16 and its int8 cache, end to end
+        monkeypatch.setenv("HARMONIA_ATTENTION", path)
+        int8 = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int8")
+        assert int8._step.attention == path and int8._step.cache == kept[path]
+        assert np.array_equal(int8.generate(four).audio, int8.generate(four).audio)
+        with pytest.raises(  # bf16's decoder is bfloat16 already: own-bf16 would be own under another id
+            RequestError,
+            match=rf"^attention {path} rounds a float32 decoder's keys and values to {kept[path]}; this decoder "
+            r"is bfloat16 already \(precision bf16\), and its kernel path is own\. Set HARMONIA_ATTENTION to "
+            r"own or auto\.$",
+        ):
+            MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="bf16")
     melody = MusicGenEngine.load(wb, "tiny-musicgen-melody", threads=2, precision="int4")
     # generate() decodes a melody model: no attention of Harmonia's (its audio decoder is chosen as any)
     assert melody.loaded.choices == {"encodec_layout": "torch (forced)"}

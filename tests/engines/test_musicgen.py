@@ -507,10 +507,10 @@ def test_melody_model_runs_on_text_alone(melody_model):
     assert result.audio.shape == (1, 1, RATE // 2) and np.abs(result.audio).max() > 0
 
 
-def _window_logits(engine, step, text, context, steps: int = 12, cache_bf16: bool | None = None):
+def _window_logits(engine, step, text, context, steps: int = 12, cache: str | None = None):
     """A decoding window of ``steps`` through ``step`` after ``context``: the tokens, and the
-    logits of every step (seed 5). ``cache_bf16``: keep the window's keys and values in bfloat16
-    (default: as the step keeps them)."""
+    logits of every step (seed 5). ``cache``: the dtype to keep the window's keys and values in
+    (default: the step's)."""
     from harmonia.engines import decoding
 
     seen = []
@@ -519,7 +519,7 @@ def _window_logits(engine, step, text, context, steps: int = 12, cache_bf16: boo
         seen.append(step(*args))
         return seen[-1]
 
-    recording.cache_bf16 = step.cache_bf16 if cache_bf16 is None else cache_bf16
+    recording.cache = step.cache if cache is None else cache
     torch.manual_seed(5)
     with torch.inference_mode():
         tokens = decoding.sample_window(
@@ -538,7 +538,7 @@ def _window_logits(engine, step, text, context, steps: int = 12, cache_bf16: boo
     ("precision", "attention"),
     [("exact", "sdpa"), ("bf16", "sdpa"), ("int8", "sdpa"), ("int4", "sdpa")]
     + [(p, "own") for p in ("bf16", "int8", "int4") if OWN]
-    + [(p, "own-bf16") for p in ("int8", "int4") if OWN],
+    + [(p, path) for p in ("int8", "int4") for path in ("own-bf16", "own-int8") if OWN],
 )
 def test_scripted_step_computes_the_eager_steps_logits_to_the_bit(
     sharp_wb, monkeypatch, precision, attention
@@ -584,13 +584,16 @@ def test_the_own_attention_computes_sdpas_logits_to_rounding_every_step(sharp_wb
     context = torch.randint(0, engine.model.config.decoder.vocab_size, (2 * 4, 5))
     rounded = precision == "bf16" or attention == "own-bf16"  # the kernel's cache is bfloat16
 
-    def run(path, cache_bf16=None):
+    def run(path, cache=None):
         step = decoding.DecoderStep(engine.model, dtype, path)
         assert isinstance(step.layers[0], decoding._OwnAttentionLayer) == (path != "sdpa")
-        assert step.cache_bf16 == (path != "sdpa" and (path == "own-bf16" or precision == "bf16"))
-        return _window_logits(engine, step, text, context, cache_bf16=cache_bf16)
+        rounds = path != "sdpa" and (path == "own-bf16" or precision == "bf16")
+        assert step.cache == ("bfloat16" if rounds else "float32")
+        return _window_logits(engine, step, text, context, cache=cache)
 
-    sdpa_tokens, sdpa = run("sdpa", cache_bf16=rounded)  # SDPA over the cache the kernel reads
+    sdpa_tokens, sdpa = run(
+        "sdpa", cache="bfloat16" if rounded else None
+    )  # SDPA over the cache the kernel reads
     own_tokens, own = run(attention)
     for a, b in zip(own, sdpa, strict=True):
         assert (a - b).abs().max() <= 1e-4 * b.abs().max()
@@ -603,6 +606,52 @@ def test_the_own_attention_computes_sdpas_logits_to_rounding_every_step(sharp_wb
         assert 0 < gap < 0.05
 
 
+@pytest.mark.skipif(not OWN, reason="this CPU runs neither form of the attention kernel")
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_own_int8_is_the_kernel_over_a_float32_cache_of_its_values_to_the_bit(sharp_wb, precision):
+    """ "own-int8" keeps the window's keys and values as int8 codes and a scale per row, and the
+    prompt's in bfloat16. Every step's logits are, to the bit, those of the kernel ("own") over a
+    float32 cache that holds exactly what the int8 one means (each row stored by
+    harmonia.store_int8 and read back as code x scale) and over the prompt rounded to bfloat16: the
+    prefill's SDPA reads the same values, a step's kernel computes what it computes over float32
+    (so the same tokens on these sharp decoders). The int8 rounding itself is real and small."""
+    from harmonia.engines import decoding
+
+    engine = MusicGenEngine.load(sharp_wb, "tiny-musicgen", threads=2, precision=precision)
+    text = engine.tokenizer(["lofi beat", "a slow drone with strings"], padding=True, return_tensors="pt")
+    context = torch.randint(0, engine.model.config.decoder.vocab_size, (2 * 4, 5))
+    step = decoding.decoder_step(engine.model, "own-int8")
+    assert isinstance(step, torch.jit.ScriptModule) and step.cache == "int8"
+    assert all(isinstance(layer, decoding._Int8CacheLayer) for layer in step.layers)
+    dim = engine.model.decoder.model.decoder.layers[0].self_attn.head_dim
+    width = (dim + 3) // 4 * 4 + 4
+
+    def through_int8(cache, window, start):  # what the int8 cache means, in float32
+        stored = torch.empty(*window.shape[:3], width, dtype=torch.int8)
+        torch.ops.harmonia.store_int8(stored, window, 0)
+        scales = stored[..., width - 4 :].contiguous().view(torch.float32)
+        cache[:, :, start : start + window.shape[2]] = stored[..., :dim].float() * scales
+
+    reference = decoding.DecoderStep(engine.model, torch.float32, "own")
+    for layer in reference.layers:
+        layer._store = through_int8
+
+    def float32_step(hidden, keys, values, start, cross_keys, cross_values, mask):
+        rounded = [[c.to(torch.bfloat16).float() for c in caches] for caches in (cross_keys, cross_values)]
+        return reference(hidden, keys, values, start, *rounded, mask)
+
+    float32_step.cache = "float32"
+    int8_tokens, int8 = _window_logits(engine, step, text, context)
+    float_tokens, floats = _window_logits(engine, float32_step, text, context)
+    assert len(int8) == 12 and all(torch.equal(a, b) for a, b in zip(int8, floats, strict=True))
+    assert torch.equal(int8_tokens, float_tokens)
+    _, unrounded = _window_logits(
+        engine, decoding.DecoderStep(engine.model, torch.float32, "own"), text, context
+    )
+    gap = float((int8[0] - unrounded[0]).abs().max() / unrounded[0].abs().max())
+    assert 0 < gap < 0.05  # the prefill's logits (after it the windows draw their own tokens)
+
+
 @pytest.mark.skipif(not AVX512, reason="this CPU lacks AVX-512: only the AVX2 form runs here")
 @pytest.mark.parametrize(
     ("precision", "paths"),
@@ -610,10 +659,11 @@ def test_the_own_attention_computes_sdpas_logits_to_rounding_every_step(sharp_wb
         ("exact", {"few_row_products": "rows"}),
         ("bf16", {"bf16_products": "rows", "attention": "own"}),
         ("int4", {"attention": "own-bf16"}),
+        ("int4", {"attention": "own-int8"}),
     ],
 )
 def test_a_cpu_without_avx512_computes_the_same_logits_and_audio(sharp_wb, monkeypatch, precision, paths):
-    """An artifact made on Harmonia's float kernels (rows, own, own-bf16) replays on a CPU with
+    """An artifact made on Harmonia's float kernels (rows, own, own-bf16, own-int8) replays on a CPU with
     AVX2 but not AVX-512, whose kernels run in their AVX2 form: every step's logits the same to the
     bit, so the same tokens and audio (sharp decoders: the kernels move the tokens)."""
     from harmonia import kernels
