@@ -31,11 +31,15 @@ from common import avx2_form, best, cpu_flags, cpu_name, torch_build
 from harmonia.kernels import unavailable
 
 
-def kept(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``values`` as a cache of ``dtype`` keeps them (int8: by the kernel's own store)."""
+def kept(values: torch.Tensor, dtype: torch.dtype, keys: bool) -> torch.Tensor:
+    """``values`` as a cache of ``dtype`` keeps them (int8: by the kernel's own store, keys in
+    blocks of 16 positions, values by position; the same bytes a position)."""
     if dtype != torch.int8:
         return values.to(dtype)
-    cache = torch.empty(*values.shape[:3], (values.shape[3] + 3) // 4 * 4 + 4, dtype=torch.int8)
+    rows, heads, length, dim = values.shape
+    padded = (dim + 3) // 4 * 4
+    shape = (rows, heads, -(-length // 16), 16 * padded + 64) if keys else (rows, heads, length, padded + 4)
+    cache = torch.empty(shape, dtype=torch.uint8 if keys else torch.int8)
     torch.ops.harmonia.store_int8(cache, values, 0)
     return cache
 
@@ -68,13 +72,13 @@ def main() -> None:
             width = (args.dim + 3) // 4 * 4 + 4 if dtype == torch.int8 else args.dim
             cache = [
                 (
-                    kept(torch.randn(shape, generator=generator), dtype),
-                    kept(torch.randn(shape, generator=generator), dtype),
+                    kept(torch.randn(shape, generator=generator), dtype, keys=True),
+                    kept(torch.randn(shape, generator=generator), dtype, keys=False),
                 )
                 for _ in range(args.layers)
             ]
             for n in lengths:
-                size = 2 * args.layers * args.rows * args.heads * n * width * cache[0][0].element_size()
+                size = 2 * args.layers * args.rows * args.heads * n * width * cache[0][1].element_size()
                 paths = {}
                 if dtype == torch.float32:
                     paths["sdpa"] = lambda n=n, cache=cache: [

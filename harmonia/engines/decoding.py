@@ -26,9 +26,10 @@ the cache in the decoder's dtype (bfloat16 in bf16, exactly what its projections
 float32 otherwise); "own-bf16" keeps a float32 decoder's keys and values in bfloat16, rounded
 as they are stored (int8 and int4, whose weights and inputs are rounded far more coarsely
 already): half the bytes a step reads from a long cache. "own-int8" keeps them as int8 codes
-with a float32 scale per (row, head, position) (``torch.ops.harmonia.store_int8``; the
-prompt's, read by cross-attention, in bfloat16 as "own-bf16"): 68 bytes where bfloat16 takes
-128 for musicgen-small's heads of 64.
+with a float32 scale per (row, head, position) (``torch.ops.harmonia.store_int8``; the keys in
+blocks of 16 positions, so that a step's scores are integer dot products; the prompt's keys and
+values, read by cross-attention, in bfloat16 as "own-bf16"): 68 bytes where bfloat16 takes 128
+for musicgen-small's heads of 64.
 
 MusicGen-Melody (a conditioning prefix instead of cross-attention) still goes through
 ``generate``.
@@ -208,13 +209,25 @@ def sample_window(
     filled = ids.shape[-1]
     head_dim = decoder.layers[0].self_attn.head_dim
     kept = getattr(torch, step.cache)
-    # an int8 row: the codes padded to 4 bytes, then its float32 scale (harmonia.store_int8)
-    width = (head_dim + 3) // 4 * 4 + 4 if kept == torch.int8 else head_dim
-    shape = (rows // codebooks * (2 if guided else 1), decoder.layers[0].self_attn.num_heads, total, width)
-    keys = [torch.empty(shape, dtype=kept, device=encoded.device) for _ in decoder.layers]
-    values = [torch.empty(shape, dtype=kept, device=encoded.device) for _ in decoder.layers]
-    if kept == torch.int8:
+    heads = (rows // codebooks * (2 if guided else 1), decoder.layers[0].self_attn.num_heads)
+    if kept == torch.int8:  # the layout harmonia.store_int8 writes (see harmonia/kernels/decode.cpp)
+        padded = (head_dim + 3) // 4 * 4
+        keys = [
+            torch.empty(*heads, -(-total // 16), 16 * padded + 64, dtype=torch.uint8, device=encoded.device)
+            for _ in decoder.layers
+        ]
+        values = [
+            torch.empty(*heads, total, padded + 4, dtype=torch.int8, device=encoded.device)
+            for _ in decoder.layers
+        ]
         kept = torch.bfloat16  # the prompt's keys and values, as "own-bf16" keeps them
+    else:
+        keys = [
+            torch.empty(*heads, total, head_dim, dtype=kept, device=encoded.device) for _ in decoder.layers
+        ]
+        values = [
+            torch.empty(*heads, total, head_dim, dtype=kept, device=encoded.device) for _ in decoder.layers
+        ]
     length = 0
     split = (encoded.shape[0], encoded.shape[1], -1, head_dim)
     cross_keys = [
@@ -398,18 +411,20 @@ class _OwnAttentionLayer(_Layer):
 
 class _Int8CacheLayer(_OwnAttentionLayer):
     """An :class:`_OwnAttentionLayer` whose window's keys and values are kept in int8 (the
-    "own-int8" path): each row of ``head_dim`` values quantised by ``harmonia.store_int8`` to
-    codes and a float32 scale, read back as code x scale (by the kernel in a step; for a
-    prefill's SDPA by ``harmonia.int8_values``). The prompt's keys and values stay bfloat16."""
+    "own-int8" path): each position's ``head_dim`` values quantised by ``harmonia.store_int8`` to
+    codes and a float32 scale (keys as uint8, in blocks of 16 positions; values as int8), read
+    back as code x scale (for a prefill's SDPA by ``harmonia.int8_values``; a step's kernel also
+    rounds the query to int8, so that its scores are integer dot products). The prompt's keys and
+    values stay bfloat16."""
 
     def _store(self, cache: torch.Tensor, window: torch.Tensor, start: int) -> None:
-        if cache.dtype == torch.int8:
+        if cache.dtype == torch.int8 or cache.dtype == torch.uint8:
             torch.ops.harmonia.store_int8(cache, window, start)
         else:
             cache[:, :, start : start + window.shape[2]] = window
 
     def _cached(self, cache: torch.Tensor, end: int, dtype: torch.dtype) -> torch.Tensor:
-        if cache.dtype != torch.int8:
+        if cache.dtype != torch.int8 and cache.dtype != torch.uint8:
             return cache[:, :, :end].to(dtype)
         return torch.ops.harmonia.int8_values(cache, end, self.head_dim).to(dtype)
 

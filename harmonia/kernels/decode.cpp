@@ -31,14 +31,19 @@
 //   order of float operations (attend_one): every (row, head) is one task on one thread, so the
 //   bits depend on neither the thread count, nor the other rows, nor the cache's dtype (a
 //   bfloat16 value widens to float32 exactly). The `attention` path "own" of bf16, int8 and int4.
-//   A cache kept in int8 (the path "own-int8") holds each row of `dim` values as int8 codes, padded
-//   to a multiple of 4 bytes, then the row's float32 scale: [rows, heads, length, pad4(dim) + 4]
-//   bytes. Its value i is code_i x scale (one rounded float32 product), and the kernel computes
-//   exactly what it computes over a float32 cache of those values (tests compare the bits).
-// harmonia.store_int8: a window's keys or values (float32) into such a cache: per row, scale =
-//   largest |x| / 127 (1 for a zero row), code = nearbyint(x / scale) (round half to even): the
-//   same bits as torch's round(x / scale) (a row with a NaN or an infinity stores NaN as its scale).
-//   harmonia.int8_values reads such a cache back as float32 (code x scale), for a prefill's SDPA.
+//   An int8 cache (the path "own-int8"; attend_int8) holds each position's keys and values as int8
+//   codes with a float32 scale (store_int8). Keys (uint8: code + 128) in blocks of 16 positions,
+//   [rows, heads, blocks, 16 x pad4(dim) + 64]: the codes as [pad4(dim) / 4][16][4] bytes, then the
+//   16 scales; values (int8) by position, [rows, heads, length, pad4(dim) + 4]: the codes, then the
+//   scale. The query is rounded to int8 codes the same way (per row and head), so each score is an
+//   exact integer dot product (AVX-512 VNNI vpdpbusd over a block's 16 positions at once; the AVX2
+//   form sums the same integers with vpmaddwd), then, in float32, x the key's scale x the query's
+//   scale x `scale`. The values: sum over positions of (p_t x the value's scale) x code, as the
+//   float kernel sums p_t x v_t.
+// harmonia.store_int8: a window's keys (into a uint8 cache) or values (int8) into such a cache, per
+//   position: scale = largest |x| / 127 (1 for a zero row), code = nearbyint(x / scale), round half
+//   to even: torch's round(x / scale) to the bit (a row with a NaN or an infinity: codes 0, scale
+//   NaN). harmonia.int8_values reads either back as float32 (code x scale), for a prefill's SDPA.
 // rows_linear and decode_attention have a second form for x86-64 CPUs without AVX-512 (AVX2 with
 //   FMA: Intel since Haswell, AMD since Zen), with the same bits: each 16-lane vector of the AVX-512
 //   form is two 8-lane halves (lanes 0-7 and 8-15), every lane takes the same operations in the same
@@ -119,32 +124,12 @@ HARMONIA_AVX2 inline float lanes8x2(__m256 lo, __m256 hi) {
     return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
 }
 
-// How a cache keeps its values: float32, bfloat16, or int8 codes with a float32 scale per row.
-enum Kept { FLOAT32 = 0, BFLOAT16 = 1, INT8 = 2 };
-
-// Bytes of one stored value, and where an int8 row's scale sits (its codes padded to 4 bytes).
-constexpr int64_t value_bytes(int kept) { return kept == FLOAT32 ? 4 : kept == BFLOAT16 ? 2 : 1; }
-constexpr int64_t scale_at(int64_t D) { return (D + 3) / 4 * 4; }
-
-// An int8 row's scale (the 4 bytes after its padded codes).
-inline float row_scale(const char *row, int64_t D) {
-    float scale;
-    std::memcpy(&scale, row + scale_at(D), 4);
-    return scale;
-}
-
-// The first `live` (at most 16) of 16 float32, bfloat16 or int8 values (x `scale`, as load16) as
-// two 8-lane halves, the other lanes `fill` (0 as the AVX-512 form's masked loads give).
-template <int KEPT>
-HARMONIA_AVX2 inline void load8x2(const void *p, int64_t live, __m256 &lo, __m256 &hi, float fill = 0.f,
-                                  float scale = 1.f) {
+// The first `live` (at most 16) of 16 float32 or bfloat16 values as two 8-lane halves, the other
+// lanes `fill` (0 as the AVX-512 form's masked loads give; bfloat16 -> float32 is exact).
+template <bool BF16>
+HARMONIA_AVX2 inline void load8x2(const void *p, int64_t live, __m256 &lo, __m256 &hi, float fill = 0.f) {
     if (live >= 16) {
-        if constexpr (KEPT == INT8) {
-            const __m128i codes = _mm_loadu_si128(static_cast<const __m128i *>(p));
-            const __m256 s = _mm256_set1_ps(scale);
-            lo = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(codes)), s);
-            hi = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(codes, 8))), s);
-        } else if constexpr (KEPT == BFLOAT16) {
+        if constexpr (BF16) {
             const __m128i *h = static_cast<const __m128i *>(p);
             lo = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(h)), 16));
             hi = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(h + 1)), 16));
@@ -158,9 +143,7 @@ HARMONIA_AVX2 inline void load8x2(const void *p, int64_t live, __m256 &lo, __m25
     for (int64_t i = 0; i < 16; i++) {
         if (i >= live) {
             values[i] = fill;
-        } else if constexpr (KEPT == INT8) {
-            values[i] = static_cast<float>(static_cast<const int8_t *>(p)[i]) * scale;
-        } else if constexpr (KEPT == BFLOAT16) {
+        } else if constexpr (BF16) {
             const uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t *>(p)[i]) << 16;
             std::memcpy(values + i, &bits, 4);
         } else {
@@ -370,11 +353,11 @@ HARMONIA_AVX2 void dots8x2(const char *wv, const char *wend, int64_t I, const fl
     for (int64_t i = 0; i < I; i += 16) {
         const int64_t live = std::min<int64_t>(16, I - i);
         __m256 v0[2], v1[2], w[2];
-        load8x2<FLOAT32>(x0 + i, live, v0[0], v0[1]);
-        if (R > 1) load8x2<FLOAT32>(x1 + i, live, v1[0], v1[1]);
+        load8x2<false>(x0 + i, live, v0[0], v0[1]);
+        if (R > 1) load8x2<false>(x1 + i, live, v1[0], v1[1]);
         for (int g = 0; g < G; g++) {
             ask(wv, wend, static_cast<std::uintptr_t>((AHEAD * I + g * I + i) * (BF16 ? 2 : 4)));
-            load8x2<BF16 ? BFLOAT16 : FLOAT32>(wv + (g * I + i) * (BF16 ? 2 : 4), live, w[0], w[1]);
+            load8x2<BF16>(wv + (g * I + i) * (BF16 ? 2 : 4), live, w[0], w[1]);
             for (int h = 0; h < 2; h++) {
                 a[g][h] = _mm256_fmadd_ps(w[h], v0[h], a[g][h]);
                 if (R > 1) c[g][h] = _mm256_fmadd_ps(w[h], v1[h], c[g][h]);
@@ -586,23 +569,34 @@ __attribute__((target("avx512f"))) inline __m512 exp16(__m512 x) {
     return _mm512_maskz_mov_ps(static_cast<__mmask16>(~zero), _mm512_scalef_ps(y, n));
 }
 
-// Up to 16 stored values as float32, the lanes `live` names (the others 0): float32 as they are,
-// bfloat16 exactly (the bits shifted up by 16), int8 codes x the row's scale (one rounded product).
-template <int KEPT>
-__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 load16(const void *p, __mmask16 live,
-                                                                          __m512 scale) {
-    if constexpr (KEPT == BFLOAT16) {
+// Up to 16 float32 or bfloat16 values, the lanes `live` names (the others 0; bfloat16 -> float32
+// is exact: the bits shifted up by 16)
+template <bool BF16>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 load16(const void *p, __mmask16 live) {
+    if constexpr (BF16) {
         const __m256i h = _mm256_maskz_loadu_epi16(live, p);
         return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    } else if constexpr (KEPT == INT8) {
-        const __m512 codes = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(live, p)));
-        return _mm512_maskz_mul_ps(live, codes, scale);
     } else {
         return _mm512_maskz_loadu_ps(live, p);
     }
 }
 
 constexpr int64_t ATTEND_AHEAD = 16;  // cache rows ahead that attend_one asks the memory for
+
+// Softmax's numerators in place: scores[t] = exp16(scores[t] - top) for t < T, summed in 16 lanes in
+// t order, then `lanes` (the sum returned). Every attention kernel's, so all compute it alike.
+__attribute__((target("avx512f,avx512bw,avx512vl"))) float softmax16(float *scores, int64_t T, float top) {
+    const __m512 m = _mm512_set1_ps(top);
+    __m512 total = _mm512_setzero_ps();
+    for (int64_t t = 0; t < T; t += 16) {
+        const __mmask16 keys = T - t >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (T - t)) - 1);
+        const __m512 s = _mm512_mask_loadu_ps(_mm512_set1_ps(-std::numeric_limits<float>::infinity()), keys, scores + t);
+        const __m512 p = exp16(_mm512_sub_ps(s, m));
+        _mm512_mask_storeu_ps(scores + t, keys, p);
+        total = _mm512_add_ps(total, p);
+    }
+    return lanes(total);
+}
 
 // Ask the memory for every 64-byte line of a row of keys or values (`bytes` long, inside the
 // tensor: a real address). A row that does not start on a line may end on one line more.
@@ -626,11 +620,11 @@ inline void ask_row(const char *row, int64_t bytes) {
 // the hardware's prefetcher stops. Measured in the int4 steps of 3 s takes on musicgen-small's
 // architecture (Intel Xeon, Ice Lake, 2 threads): cross-attention 0.83-0.92 ms a step against
 // 1.43-1.46 without, self-attention 1.02-1.10 against 1.25-1.28.
-template <int KEPT>
+template <bool BF16>
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void attend_one(
     const float *q, const char *k, const char *v, int64_t T, int64_t D, int64_t kstride, int64_t vstride,
     const bool *mask, int64_t mstride, float scale, float *scores, float *out) {
-    constexpr int64_t bytes = value_bytes(KEPT);
+    constexpr int64_t bytes = BF16 ? 2 : 4;
     __m512 qv[16];
     const int64_t chunks = (D + 15) / 16;
     __mmask16 live[16];
@@ -638,7 +632,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void attend_one(
         live[c] = D - 16 * c >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (D - 16 * c)) - 1);
         qv[c] = _mm512_maskz_loadu_ps(live[c], q + 16 * c);
     }
-    const int64_t row = KEPT == INT8 ? scale_at(D) + 4 : D * bytes;
+    const int64_t row = D * bytes;
     for (int64_t t = 0; t < std::min(ATTEND_AHEAD, T); t++) {  // the first rows of both, while the scores start
         ask_row(k + t * kstride * bytes, row);
         ask_row(v + t * vstride * bytes, row);
@@ -651,10 +645,9 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void attend_one(
             continue;
         }
         const char *kt = k + t * kstride * bytes;
-        const __m512 ks = _mm512_set1_ps(KEPT == INT8 ? row_scale(kt, D) : 1.f);
-        __m512 acc = _mm512_mul_ps(qv[0], load16<KEPT>(kt, live[0], ks));
+        __m512 acc = _mm512_mul_ps(qv[0], load16<BF16>(kt, live[0]));
         for (int64_t c = 1; c < chunks; c++)
-            acc = _mm512_fmadd_ps(qv[c], load16<KEPT>(kt + 16 * c * bytes, live[c], ks), acc);
+            acc = _mm512_fmadd_ps(qv[c], load16<BF16>(kt + 16 * c * bytes, live[c]), acc);
         const float s = lanes(acc) * scale;
         scores[t] = s;
         top = s > top || std::isnan(s) ? s : top;
@@ -663,15 +656,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void attend_one(
         std::memset(out, 0, sizeof(float) * D);
         return;
     }
-    const __m512 m = _mm512_set1_ps(top);
-    __m512 total = _mm512_setzero_ps();
-    for (int64_t t = 0; t < T; t += 16) {
-        const __mmask16 keys = T - t >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (T - t)) - 1);
-        const __m512 s = _mm512_mask_loadu_ps(_mm512_set1_ps(-std::numeric_limits<float>::infinity()), keys, scores + t);
-        const __m512 p = exp16(_mm512_sub_ps(s, m));
-        _mm512_mask_storeu_ps(scores + t, keys, p);
-        total = _mm512_add_ps(total, p);
-    }
+    const __m512 sum = _mm512_set1_ps(softmax16(scores, T, top));
     __m512 acc[16];
     for (int64_t c = 0; c < chunks; c++) acc[c] = _mm512_setzero_ps();
     for (int64_t t = 0; t < T; t++) {
@@ -679,11 +664,9 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void attend_one(
         if (mask && !mask[t * mstride]) continue;
         const __m512 p = _mm512_set1_ps(scores[t]);
         const char *vt = v + t * vstride * bytes;
-        const __m512 vs = _mm512_set1_ps(KEPT == INT8 ? row_scale(vt, D) : 1.f);
         for (int64_t c = 0; c < chunks; c++)
-            acc[c] = _mm512_fmadd_ps(p, load16<KEPT>(vt + 16 * c * bytes, live[c], vs), acc[c]);
+            acc[c] = _mm512_fmadd_ps(p, load16<BF16>(vt + 16 * c * bytes, live[c]), acc[c]);
     }
-    const __m512 sum = _mm512_set1_ps(lanes(total));
     for (int64_t c = 0; c < chunks; c++) _mm512_mask_storeu_ps(out + 16 * c, live[c], _mm512_div_ps(acc[c], sum));
 }
 
@@ -705,20 +688,37 @@ HARMONIA_AVX2 inline __m256 exp8(__m256 x) {
     return _mm256_andnot_ps(zero, _mm256_mul_ps(y, _mm256_castsi256_ps(power)));
 }
 
+// softmax16's AVX2 form.
+HARMONIA_AVX2 float softmax8x2(float *scores, int64_t T, float top) {
+    const __m256 m = _mm256_set1_ps(top);
+    __m256 total[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t t = 0; t < T; t += 16) {
+        const int64_t keys = std::min<int64_t>(16, T - t);
+        __m256 p[2];
+        load8x2<false>(scores + t, keys, p[0], p[1], -std::numeric_limits<float>::infinity());
+        for (int h = 0; h < 2; h++) {
+            p[h] = exp8(_mm256_sub_ps(p[h], m));
+            total[h] = _mm256_add_ps(total[h], p[h]);
+        }
+        store8x2(scores + t, keys, p[0], p[1]);
+    }
+    return lanes8x2(total[0], total[1]);
+}
+
 // attend_one's AVX2 form: the same operations on every lane, in the same order (see above).
-template <int KEPT>
+template <bool BF16>
 HARMONIA_AVX2 void attend_one8x2(const float *q, const char *k, const char *v, int64_t T, int64_t D, int64_t kstride,
                         int64_t vstride, const bool *mask, int64_t mstride, float scale, float *scores,
                         float *out) {
-    constexpr int64_t bytes = value_bytes(KEPT);
+    constexpr int64_t bytes = BF16 ? 2 : 4;
     __m256 qv[16][2];
     const int64_t chunks = (D + 15) / 16;
     int64_t live[16];
     for (int64_t c = 0; c < chunks; c++) {
         live[c] = std::min<int64_t>(16, D - 16 * c);
-        load8x2<FLOAT32>(q + 16 * c, live[c], qv[c][0], qv[c][1]);
+        load8x2<false>(q + 16 * c, live[c], qv[c][0], qv[c][1]);
     }
-    const int64_t row = KEPT == INT8 ? scale_at(D) + 4 : D * bytes;
+    const int64_t row = D * bytes;
     for (int64_t t = 0; t < std::min(ATTEND_AHEAD, T); t++) {
         ask_row(k + t * kstride * bytes, row);
         ask_row(v + t * vstride * bytes, row);
@@ -731,12 +731,11 @@ HARMONIA_AVX2 void attend_one8x2(const float *q, const char *k, const char *v, i
             continue;
         }
         const char *kt = k + t * kstride * bytes;
-        const float ks = KEPT == INT8 ? row_scale(kt, D) : 1.f;
         __m256 acc[2], kv[2];
-        load8x2<KEPT>(kt, live[0], kv[0], kv[1], 0.f, ks);
+        load8x2<BF16>(kt, live[0], kv[0], kv[1]);
         for (int h = 0; h < 2; h++) acc[h] = _mm256_mul_ps(qv[0][h], kv[h]);
         for (int64_t c = 1; c < chunks; c++) {
-            load8x2<KEPT>(kt + 16 * c * bytes, live[c], kv[0], kv[1], 0.f, ks);
+            load8x2<BF16>(kt + 16 * c * bytes, live[c], kv[0], kv[1]);
             for (int h = 0; h < 2; h++) acc[h] = _mm256_fmadd_ps(qv[c][h], kv[h], acc[h]);
         }
         const float s = lanes8x2(acc[0], acc[1]) * scale;
@@ -747,18 +746,7 @@ HARMONIA_AVX2 void attend_one8x2(const float *q, const char *k, const char *v, i
         std::memset(out, 0, sizeof(float) * D);
         return;
     }
-    const __m256 m = _mm256_set1_ps(top);
-    __m256 total[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int64_t t = 0; t < T; t += 16) {
-        const int64_t keys = std::min<int64_t>(16, T - t);
-        __m256 p[2];
-        load8x2<FLOAT32>(scores + t, keys, p[0], p[1], -std::numeric_limits<float>::infinity());
-        for (int h = 0; h < 2; h++) {
-            p[h] = exp8(_mm256_sub_ps(p[h], m));
-            total[h] = _mm256_add_ps(total[h], p[h]);
-        }
-        store8x2(scores + t, keys, p[0], p[1]);
-    }
+    const __m256 sum = _mm256_set1_ps(softmax8x2(scores, T, top));
     __m256 acc[16][2];
     for (int64_t c = 0; c < chunks; c++) acc[c][0] = acc[c][1] = _mm256_setzero_ps();
     for (int64_t t = 0; t < T; t++) {
@@ -766,16 +754,354 @@ HARMONIA_AVX2 void attend_one8x2(const float *q, const char *k, const char *v, i
         if (mask && !mask[t * mstride]) continue;
         const __m256 p = _mm256_set1_ps(scores[t]);
         const char *vt = v + t * vstride * bytes;
-        const float vs = KEPT == INT8 ? row_scale(vt, D) : 1.f;
         for (int64_t c = 0; c < chunks; c++) {
             __m256 vv[2];
-            load8x2<KEPT>(vt + 16 * c * bytes, live[c], vv[0], vv[1], 0.f, vs);
+            load8x2<BF16>(vt + 16 * c * bytes, live[c], vv[0], vv[1]);
             for (int h = 0; h < 2; h++) acc[c][h] = _mm256_fmadd_ps(p, vv[h], acc[c][h]);
         }
     }
-    const __m256 sum = _mm256_set1_ps(lanes8x2(total[0], total[1]));
     for (int64_t c = 0; c < chunks; c++)
         store8x2(out + 16 * c, live[c], _mm256_div_ps(acc[c][0], sum), _mm256_div_ps(acc[c][1], sum));
+}
+
+// ---- The int8 cache ("own-int8"; layout above) ----
+constexpr int64_t KEY_BLOCK = 16;           // positions in a block of keys
+constexpr int64_t VALUES_AHEAD = 32;        // value rows (pad4(dim) + 4 bytes) ahead that attend_int8 asks for
+constexpr int64_t KEYS_AHEAD = 2;           // key blocks ahead
+constexpr int64_t padded(int64_t D) { return (D + 3) / 4 * 4; }
+constexpr int64_t key_block_bytes(int64_t D) { return KEY_BLOCK * padded(D) + KEY_BLOCK * 4; }
+
+// A value row's scale (the 4 bytes after its padded codes).
+inline float row_scale(const int8_t *row, int64_t D) {
+    float scale;
+    std::memcpy(&scale, row + padded(D), 4);
+    return scale;
+}
+
+bool runs_vnni() {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni");
+}
+const bool vnni = runs_vnni();
+
+// n values (stride apart) as int8 codes (codes[n..padded(n)) 0) and their scale: largest |x| / 127
+// (1 for all zeros), code = nearbyint(x / scale) by adding and taking away 1.5 x 2^23 (exact for
+// |y| <= 2^22 in the default rounding, to nearest with ties to even: here |y| <= 127.5; no
+// fast-math, so the compiler keeps both). A NaN or an infinity among them: codes 0, scale NaN.
+inline float quantise_codes(const float *x, int64_t n, int64_t stride, int8_t *codes) {
+    float top = 0.f;
+    bool finite = true;
+    for (int64_t d = 0; d < n; d++) {
+        finite = finite && std::isfinite(x[d * stride]);
+        top = std::max(top, std::fabs(x[d * stride]));
+    }
+    std::memset(codes, 0, static_cast<size_t>(padded(n)));
+    if (!finite) return std::numeric_limits<float>::quiet_NaN();
+    const float scale = top == 0.f ? 1.f : top / 127.f;
+    constexpr float magic = 12582912.f;
+    for (int64_t d = 0; d < n; d++) {
+        const float y = (x[d * stride] / scale + magic) - magic;
+        codes[d] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, y)));
+    }
+    return scale;
+}
+
+// The query of one (row, head) as codes, four to an int32 (vpdpbusd's signed side), their sum, its scale.
+struct Query {
+    int32_t four[64];
+    int32_t sum = 0;
+    float scale;
+    Query(const float *q, int64_t D) {
+        int8_t codes[256];
+        scale = quantise_codes(q, D, 1, codes);
+        for (int64_t d = 0; d < padded(D); d++) sum += codes[d];
+        std::memcpy(four, codes, static_cast<size_t>(padded(D)));
+    }
+};
+
+// With a mask: masked scores -inf, and the largest of the others (NaN if any is NaN, as attend_one's).
+inline float masked_top(float *scores, int64_t T, const bool *mask, int64_t mstride) {
+    float top = -std::numeric_limits<float>::infinity();
+    for (int64_t t = 0; t < T; t++) {
+        if (!mask[t * mstride]) scores[t] = -std::numeric_limits<float>::infinity();
+        top = scores[t] > top || std::isnan(scores[t]) ? scores[t] : top;
+    }
+    return top;
+}
+
+// Keys [0, T) of one (row, head) against the query: scores[t] = ((float(dot_t) x key scale_t) x
+// query scale) x scale, -inf where masked; returns the largest (NaN wins, as attend_one's). dot_t
+// = sum of (key code + 128) x query code, less 128 x the query codes' sum: exact in int32.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) float int8_scores(
+    const Query &query, const uint8_t *k, int64_t T, int64_t D, int64_t kstride, const bool *mask, int64_t mstride,
+    float scale, float *scores) {
+    const int64_t groups = padded(D) / 4, block = key_block_bytes(D), blocks = (T + KEY_BLOCK - 1) / KEY_BLOCK;
+    const __m512i bias = _mm512_set1_epi32(128 * query.sum);
+    const __m512 qs = _mm512_set1_ps(query.scale), sc = _mm512_set1_ps(scale);
+    __m512 most = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    __mmask16 nan = 0;
+    for (int64_t b = 0; b < std::min(KEYS_AHEAD, blocks); b++) ask_row(reinterpret_cast<const char *>(k + b * kstride), block);
+    for (int64_t b = 0; b < blocks; b++) {
+        const uint8_t *kb = k + b * kstride;
+        if (b + KEYS_AHEAD < blocks) ask_row(reinterpret_cast<const char *>(kb + KEYS_AHEAD * kstride), block);
+        __m512i dot = _mm512_setzero_si512();
+        for (int64_t j = 0; j < groups; j++)
+            dot = _mm512_dpbusd_epi32(dot, _mm512_loadu_si512(kb + 64 * j), _mm512_set1_epi32(query.four[j]));
+        const __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(dot, bias));
+        const __m512 keys = _mm512_loadu_ps(reinterpret_cast<const float *>(kb + KEY_BLOCK * padded(D)));
+        const __m512 s = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(f, keys), qs), sc);
+        const int64_t live = std::min<int64_t>(KEY_BLOCK, T - b * KEY_BLOCK);
+        const __mmask16 lanes_live = static_cast<__mmask16>((1u << live) - 1);
+        _mm512_mask_storeu_ps(scores + b * KEY_BLOCK, lanes_live, s);
+        most = _mm512_mask_max_ps(most, lanes_live, most, s);
+        nan |= _mm512_mask_cmp_ps_mask(lanes_live, s, s, _CMP_UNORD_Q);
+    }
+    if (mask) return masked_top(scores, T, mask, mstride);
+    return nan ? std::numeric_limits<float>::quiet_NaN() : _mm512_reduce_max_ps(most);
+}
+
+// int8_scores' AVX2 form: the same integers (vpmaddwd on codes widened to int16, summed in another
+// order: integer sums are exact), then the same float operations on every lane.
+HARMONIA_AVX2 float int8_scores8x2(const Query &query, const uint8_t *k, int64_t T, int64_t D, int64_t kstride,
+                                   const bool *mask, int64_t mstride, float scale, float *scores) {
+    const int64_t groups = padded(D) / 4, block = key_block_bytes(D), blocks = (T + KEY_BLOCK - 1) / KEY_BLOCK;
+    const __m256i bias = _mm256_set1_epi32(128 * query.sum);
+    const __m256 qs = _mm256_set1_ps(query.scale), sc = _mm256_set1_ps(scale);
+    __m256 most[2] = {_mm256_set1_ps(-std::numeric_limits<float>::infinity()),
+                      _mm256_set1_ps(-std::numeric_limits<float>::infinity())};
+    __m256 nan = _mm256_setzero_ps();
+    int64_t q16[64];  // each group's four codes as int16, for vpmaddwd
+    for (int64_t j = 0; j < groups; j++) {
+        int16_t wide[4];
+        for (int i = 0; i < 4; i++) wide[i] = static_cast<int8_t>(query.four[j] >> (8 * i));
+        std::memcpy(q16 + j, wide, 8);
+    }
+    for (int64_t b = 0; b < std::min(KEYS_AHEAD, blocks); b++) ask_row(reinterpret_cast<const char *>(k + b * kstride), block);
+    for (int64_t b = 0; b < blocks; b++) {
+        const uint8_t *kb = k + b * kstride;
+        if (b + KEYS_AHEAD < blocks) ask_row(reinterpret_cast<const char *>(kb + KEYS_AHEAD * kstride), block);
+        __m256 s[2];
+        for (int h = 0; h < 2; h++) {  // positions 8h .. 8h + 7: bytes 32h .. 32h + 31 of each group
+            __m256i pairs[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};  // positions 0-3, 4-7 of the half
+            for (int64_t j = 0; j < groups; j++) {
+                const __m256i wide = _mm256_set1_epi64x(q16[j]);
+                const __m256i codes = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(kb + 64 * j + 32 * h));
+                pairs[0] = _mm256_add_epi32(pairs[0], _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm256_castsi256_si128(codes)), wide));
+                pairs[1] = _mm256_add_epi32(pairs[1], _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm256_extracti128_si256(codes, 1)), wide));
+            }
+            // each position's two pair sums: hadd gives positions 0, 1, 4, 5 | 2, 3, 6, 7; put them in order
+            const __m256i dot = _mm256_permute4x64_epi64(_mm256_hadd_epi32(pairs[0], pairs[1]), 0xD8);
+            const __m256 f = _mm256_cvtepi32_ps(_mm256_sub_epi32(dot, bias));
+            const __m256 keys = _mm256_loadu_ps(reinterpret_cast<const float *>(kb + KEY_BLOCK * padded(D)) + 8 * h);
+            s[h] = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(f, keys), qs), sc);
+        }
+        const int64_t live = std::min<int64_t>(KEY_BLOCK, T - b * KEY_BLOCK);
+        store8x2(scores + b * KEY_BLOCK, live, s[0], s[1]);
+        for (int h = 0; h < 2; h++) {  // the lanes past T count as -inf
+            const __m256i lane = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(8 * h));
+            const __m256 in = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(live)), lane));
+            const __m256 x = _mm256_blendv_ps(_mm256_set1_ps(-std::numeric_limits<float>::infinity()), s[h], in);
+            most[h] = _mm256_max_ps(x, most[h]);  // a NaN x gives most[h]: NaNs are counted apart
+            nan = _mm256_or_ps(nan, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+        }
+    }
+    if (mask) return masked_top(scores, T, mask, mstride);
+    if (_mm256_movemask_ps(nan)) return std::numeric_limits<float>::quiet_NaN();
+    float lanes8[8];
+    _mm256_storeu_ps(lanes8, _mm256_max_ps(most[0], most[1]));
+    return *std::max_element(lanes8, lanes8 + 8);
+}
+
+// One query position against an int8 cache's first T positions (see above): scores, softmax16, then
+// the values, sum over t of (p_t x value scale_t) x code (multiply-adds in t order, 16 lanes), / the sum.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void attend_int8(
+    const float *q, const uint8_t *k, const int8_t *v, int64_t T, int64_t D, int64_t kstride, int64_t vstride,
+    const bool *mask, int64_t mstride, float scale, float *scores, float *out) {
+    const Query query(q, D);
+    const float top = int8_scores(query, k, T, D, kstride, mask, mstride, scale, scores);
+    if (top == -std::numeric_limits<float>::infinity()) {  // every key masked
+        std::memset(out, 0, sizeof(float) * D);
+        return;
+    }
+    const int64_t chunks = (D + 15) / 16, row = padded(D) + 4;
+    const __m512 sum = _mm512_set1_ps(softmax16(scores, T, top));
+    __m512 acc[16];
+    __mmask16 live[16];
+    for (int64_t c = 0; c < chunks; c++) {
+        acc[c] = _mm512_setzero_ps();
+        live[c] = D - 16 * c >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (D - 16 * c)) - 1);
+    }
+    for (int64_t t = 0; t < std::min(VALUES_AHEAD, T); t++) ask_row(reinterpret_cast<const char *>(v + t * vstride), row);
+    for (int64_t t = 0; t < T; t++) {
+        if (t + VALUES_AHEAD < T) ask_row(reinterpret_cast<const char *>(v + (t + VALUES_AHEAD) * vstride), row);
+        if (mask && !mask[t * mstride]) continue;
+        const int8_t *vt = v + t * vstride;
+        const __m512 p = _mm512_set1_ps(scores[t] * row_scale(vt, D));
+        for (int64_t c = 0; c < chunks; c++) {
+            const __m128i bytes = _mm_maskz_loadu_epi8(live[c], vt + 16 * c);
+            acc[c] = _mm512_fmadd_ps(p, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes)), acc[c]);
+        }
+    }
+    for (int64_t c = 0; c < chunks; c++) _mm512_mask_storeu_ps(out + 16 * c, live[c], _mm512_div_ps(acc[c], sum));
+}
+
+// attend_int8's AVX2 form (and the form of AVX-512 CPUs without VNNI): the same bits.
+HARMONIA_AVX2 void attend_int8_8x2(const float *q, const uint8_t *k, const int8_t *v, int64_t T, int64_t D,
+                                   int64_t kstride, int64_t vstride, const bool *mask, int64_t mstride, float scale,
+                                   float *scores, float *out) {
+    const Query query(q, D);
+    const float top = int8_scores8x2(query, k, T, D, kstride, mask, mstride, scale, scores);
+    if (top == -std::numeric_limits<float>::infinity()) {
+        std::memset(out, 0, sizeof(float) * D);
+        return;
+    }
+    const int64_t chunks = (D + 15) / 16, row = padded(D) + 4;
+    const __m256 sum = _mm256_set1_ps(softmax8x2(scores, T, top));
+    __m256 acc[16][2];
+    for (int64_t c = 0; c < chunks; c++) acc[c][0] = acc[c][1] = _mm256_setzero_ps();
+    for (int64_t t = 0; t < std::min(VALUES_AHEAD, T); t++) ask_row(reinterpret_cast<const char *>(v + t * vstride), row);
+    for (int64_t t = 0; t < T; t++) {
+        if (t + VALUES_AHEAD < T) ask_row(reinterpret_cast<const char *>(v + (t + VALUES_AHEAD) * vstride), row);
+        if (mask && !mask[t * mstride]) continue;
+        const int8_t *vt = v + t * vstride;
+        const __m256 p = _mm256_set1_ps(scores[t] * row_scale(vt, D));
+        for (int64_t c = 0; c < chunks; c++) {
+            __m256 codes[2];
+            const int64_t live = std::min<int64_t>(16, D - 16 * c);
+            if (live == 16) {
+                const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i *>(vt + 16 * c));
+                codes[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+                codes[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(bytes, 8)));
+            } else {
+                float values[16] = {};
+                for (int64_t i = 0; i < live; i++) values[i] = static_cast<float>(vt[16 * c + i]);
+                codes[0] = _mm256_loadu_ps(values);
+                codes[1] = _mm256_loadu_ps(values + 8);
+            }
+            for (int h = 0; h < 2; h++) acc[c][h] = _mm256_fmadd_ps(p, codes[h], acc[c][h]);
+        }
+    }
+    for (int64_t c = 0; c < chunks; c++)
+        store8x2(out + 16 * c, std::min<int64_t>(16, D - 16 * c), _mm256_div_ps(acc[c][0], sum),
+                 _mm256_div_ps(acc[c][1], sum));
+}
+
+// The mask as decode_attention takes it: expanded to [R, H, 1, end] (undefined: none).
+at::Tensor expand_mask(const c10::optional<at::Tensor> &mask, int64_t R, int64_t H, int64_t end) {
+    if (!mask.has_value() || !mask->defined()) return at::Tensor();
+    TORCH_CHECK(mask->scalar_type() == at::kBool,
+                "harmonia.decode_attention: the mask must be boolean (True: attend), as SDPA's boolean masks");
+    return mask->expand({R, H, 1, end});
+}
+
+// decode_attention over an int8 cache (keys uint8 in blocks, values int8 by position: see above).
+at::Tensor decode_attention_int8(const at::Tensor &query, const at::Tensor &keys, const at::Tensor &values,
+                                 int64_t end, double scale, const c10::optional<at::Tensor> &mask) {
+    TORCH_CHECK(query.dim() == 4 && keys.dim() == 4 && values.dim() == 4 && query.size(2) == 1 &&
+                    query.scalar_type() == at::kFloat && values.scalar_type() == at::kChar,
+                "harmonia.decode_attention: query [rows, heads, 1, dim] float32; an int8 cache's keys uint8 "
+                "[rows, heads, blocks, 16 x pad4(dim) + 64] and values int8 [rows, heads, length, pad4(dim) + 4]");
+    const int64_t R = query.size(0), H = query.size(1), D = query.size(3);
+    TORCH_CHECK(keys.size(0) == R && keys.size(1) == H && keys.size(3) == key_block_bytes(D) && keys.stride(3) == 1 &&
+                    values.size(0) == R && values.size(1) == H && values.size(3) == padded(D) + 4 &&
+                    values.stride(3) == 1 && D >= 1 && D <= 256 && end >= 1 && end <= values.size(2) &&
+                    end <= keys.size(2) * KEY_BLOCK,
+                "harmonia.decode_attention: an int8 cache must match the query (dim up to 256; keys in blocks of "
+                "16 positions, 16 x pad4(dim) + 64 bytes; values pad4(dim) + 4 bytes a position), and 1 <= end <= "
+                "its length");
+    const at::Tensor m = expand_mask(mask, R, H, end);
+    const at::Tensor q = query.contiguous();
+    at::Tensor out = at::empty({R, H, 1, D}, q.options());
+    const float *qp = q.data_ptr<float>();
+    float *op = out.data_ptr<float>();
+    const uint8_t *kp = keys.data_ptr<uint8_t>();
+    const int8_t *vp = values.data_ptr<int8_t>();
+    const bool *mp = m.defined() ? m.data_ptr<bool>() : nullptr;
+    const float s = static_cast<float>(scale);
+    const bool avx2 = narrow.load(std::memory_order_relaxed) || !vnni;
+    at::parallel_for(0, R * H, 1, [&](int64_t begin, int64_t stop) {
+        std::vector<float> scores(static_cast<size_t>(end + KEY_BLOCK));
+        for (int64_t i = begin; i < stop; i++) {
+            const int64_t r = i / H, h = i % H;
+            const uint8_t *k = kp + r * keys.stride(0) + h * keys.stride(1);
+            const int8_t *v = vp + r * values.stride(0) + h * values.stride(1);
+            const bool *mr = mp ? mp + r * m.stride(0) + h * m.stride(1) : nullptr;
+            const int64_t ms = mp ? m.stride(3) : 0;
+            (avx2 ? attend_int8_8x2 : attend_int8)(qp + i * D, k, v, end, D, keys.stride(2), values.stride(2), mr, ms, s,
+                                                   scores.data(), op + i * D);
+        }
+    });
+    return out;
+}
+
+// x [rows, heads, P, dim] float32 (any strides) into positions [start, start + P) of an int8 cache:
+// keys (uint8, in blocks) or values (int8, by position), as quantise_codes rounds them.
+void store_int8(at::Tensor cache, const at::Tensor &x, int64_t start) {
+    const bool keys = cache.scalar_type() == at::kByte;
+    TORCH_CHECK((keys || cache.scalar_type() == at::kChar) && x.scalar_type() == at::kFloat && cache.dim() == 4 &&
+                    x.dim() == 4 && cache.is_contiguous(),
+                "harmonia.store_int8: a contiguous int8 cache (keys uint8, values int8) and float32 values "
+                "[rows, heads, positions, dim]");
+    const int64_t R = x.size(0), H = x.size(1), P = x.size(2), D = x.size(3), W = cache.size(3);
+    const int64_t length = keys ? cache.size(2) * KEY_BLOCK : cache.size(2);
+    TORCH_CHECK(cache.size(0) == R && cache.size(1) == H && W == (keys ? key_block_bytes(D) : padded(D) + 4) &&
+                    D <= 256 && start >= 0 && start + P <= length,
+                "harmonia.store_int8: the values must match the cache (rows, heads, dim) and fit in it from start");
+    const float *xp = x.data_ptr<float>();
+    uint8_t *cp = static_cast<uint8_t *>(cache.data_ptr());
+    const int64_t L = cache.size(2);
+    at::parallel_for(0, R * H * P, 256, [&](int64_t begin, int64_t stop) {
+        int8_t codes[256];
+        for (int64_t i = begin; i < stop; i++) {
+            const int64_t r = i / (H * P), h = i / P % H, t = start + i % P;
+            const float scale = quantise_codes(xp + r * x.stride(0) + h * x.stride(1) + (i % P) * x.stride(2), D,
+                                               x.stride(3), codes);
+            uint8_t *head = cp + (r * H + h) * L * W;
+            if (keys) {  // byte t % 16 x 4 + d % 4 of group d / 4 in block t / 16, then the block's scales
+                uint8_t *block = head + t / KEY_BLOCK * W;
+                for (int64_t d = 0; d < padded(D); d++)
+                    block[d / 4 * 64 + t % KEY_BLOCK * 4 + d % 4] = static_cast<uint8_t>(codes[d] + 128);
+                std::memcpy(block + KEY_BLOCK * padded(D) + t % KEY_BLOCK * 4, &scale, 4);
+            } else {
+                uint8_t *row = head + t * W;
+                std::memcpy(row, codes, static_cast<size_t>(padded(D)));
+                std::memcpy(row + padded(D), &scale, 4);
+            }
+        }
+    });
+}
+
+// Positions [0, end) of an int8 cache as float32 [rows, heads, end, dim]: code x scale, one
+// rounded product each (the values attend_int8 reads; a prefill's SDPA reads these).
+at::Tensor int8_values(const at::Tensor &cache, int64_t end, int64_t dim) {
+    const bool keys = cache.scalar_type() == at::kByte;
+    TORCH_CHECK((keys || cache.scalar_type() == at::kChar) && cache.dim() == 4 && cache.is_contiguous() && dim >= 1 &&
+                    cache.size(3) == (keys ? key_block_bytes(dim) : padded(dim) + 4) && end >= 0 &&
+                    end <= (keys ? cache.size(2) * KEY_BLOCK : cache.size(2)),
+                "harmonia.int8_values: a contiguous int8 cache of this dim (keys uint8, values int8) and 0 <= end "
+                "<= its length");
+    const int64_t R = cache.size(0), H = cache.size(1), L = cache.size(2), W = cache.size(3);
+    at::Tensor out = at::empty({R, H, end, dim}, cache.options().dtype(at::kFloat));
+    const uint8_t *cp = static_cast<const uint8_t *>(cache.data_ptr());
+    float *op = out.data_ptr<float>();
+    at::parallel_for(0, R * H * end, 256, [&](int64_t begin, int64_t stop) {
+        for (int64_t i = begin; i < stop; i++) {
+            const int64_t t = i % end;
+            const uint8_t *head = cp + i / end * L * W;
+            float scale;
+            if (keys) {
+                const uint8_t *block = head + t / KEY_BLOCK * W;
+                std::memcpy(&scale, block + KEY_BLOCK * padded(dim) + t % KEY_BLOCK * 4, 4);
+                for (int64_t d = 0; d < dim; d++)
+                    op[i * dim + d] = static_cast<float>(block[d / 4 * 64 + t % KEY_BLOCK * 4 + d % 4] - 128) * scale;
+            } else {
+                const int8_t *row = reinterpret_cast<const int8_t *>(head + t * W);
+                scale = row_scale(row, dim);
+                for (int64_t d = 0; d < dim; d++) op[i * dim + d] = static_cast<float>(row[d]) * scale;
+            }
+        }
+    });
+    return out;
 }
 
 at::Tensor decode_attention(const at::Tensor &query, const at::Tensor &keys, const at::Tensor &values, int64_t end,
@@ -784,26 +1110,21 @@ at::Tensor decode_attention(const at::Tensor &query, const at::Tensor &keys, con
     TORCH_CHECK(query.dim() == 4 && keys.dim() == 4 && values.dim() == 4 && query.size(2) == 1,
                 "harmonia.decode_attention: query [rows, heads, 1, dim], keys and values [rows, heads, length, dim]");
     const int64_t R = query.size(0), H = query.size(1), D = query.size(3);
+    if (keys.scalar_type() == at::kByte) return decode_attention_int8(query, keys, values, end, scale, mask);
     TORCH_CHECK(query.scalar_type() == at::kFloat && keys.scalar_type() == values.scalar_type() &&
-                    (keys.scalar_type() == at::kFloat || keys.scalar_type() == at::kBFloat16 ||
-                     keys.scalar_type() == at::kChar),
-                "harmonia.decode_attention: a float32 query; float32, bfloat16 or int8 keys and values");
-    const int kept = keys.scalar_type() == at::kFloat ? FLOAT32 : keys.scalar_type() == at::kBFloat16 ? BFLOAT16 : INT8;
-    const int64_t width = kept == INT8 ? scale_at(D) + 4 : D;  // an int8 row: its codes, then its scale
-    TORCH_CHECK(keys.size(0) == R && keys.size(1) == H && keys.size(3) == width && values.sizes() == keys.sizes() &&
+                    (keys.scalar_type() == at::kFloat || keys.scalar_type() == at::kBFloat16),
+                "harmonia.decode_attention: a float32 query; float32 or bfloat16 keys and values (or an int8 "
+                "cache: uint8 keys, int8 values)");
+    TORCH_CHECK(keys.size(0) == R && keys.size(1) == H && keys.size(3) == D && values.sizes() == keys.sizes() &&
                     keys.stride(3) == 1 && values.stride(3) == 1 && D >= 1 && D <= 256 && end >= 1 &&
                     end <= keys.size(2),
-                "harmonia.decode_attention: keys and values must match the query (dim up to 256, unit stride; "
-                "int8: rows of the dim's codes padded to 4 bytes, then a float32 scale), and 1 <= end <= their length");
-    at::Tensor m;
-    if (mask.has_value() && mask->defined()) {
-        TORCH_CHECK(mask->scalar_type() == at::kBool,
-                    "harmonia.decode_attention: the mask must be boolean (True: attend), as SDPA's boolean masks");
-        m = mask->expand({R, H, 1, end});
-    }
+                "harmonia.decode_attention: keys and values must match the query (dim up to 256, unit stride), "
+                "and 1 <= end <= their length");
+    const at::Tensor m = expand_mask(mask, R, H, end);
     const at::Tensor q = query.contiguous();
     at::Tensor out = at::empty({R, H, 1, D}, q.options());
-    const int64_t bytes = value_bytes(kept);
+    const bool bf16 = keys.scalar_type() == at::kBFloat16;
+    const int64_t bytes = bf16 ? 2 : 4;
     const float *qp = q.data_ptr<float>();
     float *op = out.data_ptr<float>();
     const char *kp = static_cast<const char *>(keys.data_ptr()), *vp = static_cast<const char *>(values.data_ptr());
@@ -817,79 +1138,10 @@ at::Tensor decode_attention(const at::Tensor &query, const at::Tensor &keys, con
             const char *v = vp + (r * values.stride(0) + h * values.stride(1)) * bytes;
             const bool *mr = mp ? mp + r * m.stride(0) + h * m.stride(1) : nullptr;
             const int64_t ms = mp ? m.stride(3) : 0;
-            const bool avx2 = narrow.load(std::memory_order_relaxed);
-            const auto one = kept == BFLOAT16 ? (avx2 ? attend_one8x2<BFLOAT16> : attend_one<BFLOAT16>)
-                             : kept == INT8 ? (avx2 ? attend_one8x2<INT8> : attend_one<INT8>)
-                                          : (avx2 ? attend_one8x2<FLOAT32> : attend_one<FLOAT32>);
+            const auto one = narrow.load(std::memory_order_relaxed)
+                                 ? (bf16 ? attend_one8x2<true> : attend_one8x2<false>)
+                                 : (bf16 ? attend_one<true> : attend_one<false>);
             one(qp + i * D, k, v, end, D, keys.stride(2), values.stride(2), mr, ms, s, scores.data(), op + i * D);
-        }
-    });
-    return out;
-}
-
-// x [rows, heads, P, D] float32 (any strides) into cache[:, :, start:start + P] of an int8 cache
-// (see decode_attention): plain C++, the same bits on every CPU. nearbyint by adding and taking
-// away 1.5 x 2^23, exact for |y| <= 2^22 in the default rounding (to nearest, ties to even): here
-// |y| <= 127.5, and the compiler may not fold it (no fast-math).
-void store_int8(at::Tensor cache, const at::Tensor &x, int64_t start) {
-    TORCH_CHECK(cache.scalar_type() == at::kChar && x.scalar_type() == at::kFloat && cache.dim() == 4 &&
-                    x.dim() == 4 && cache.is_contiguous(),
-                "harmonia.store_int8: a contiguous int8 cache [rows, heads, length, pad4(dim) + 4] and float32 "
-                "values [rows, heads, positions, dim]");
-    const int64_t R = x.size(0), H = x.size(1), P = x.size(2), D = x.size(3), W = cache.size(3);
-    TORCH_CHECK(cache.size(0) == R && cache.size(1) == H && W == scale_at(D) + 4 && start >= 0 &&
-                    start + P <= cache.size(2),
-                "harmonia.store_int8: the values must match the cache (rows, heads, dim) and fit in it from start");
-    const float *xp = x.data_ptr<float>();
-    int8_t *cp = cache.data_ptr<int8_t>();
-    const int64_t L = cache.size(2);
-    const int64_t s0 = x.stride(0), s1 = x.stride(1), s2 = x.stride(2), s3 = x.stride(3);
-    at::parallel_for(0, R * H * P, 256, [&](int64_t begin, int64_t stop) {
-        std::vector<float> row(static_cast<size_t>(D));
-        for (int64_t i = begin; i < stop; i++) {
-            const int64_t r = i / (H * P), h = i / P % H, t = i % P;
-            const float *in = xp + r * s0 + h * s1 + t * s2;
-            float top = 0.f;
-            bool finite = true;
-            for (int64_t d = 0; d < D; d++) {
-                row[d] = in[d * s3];
-                finite = finite && std::isfinite(row[d]);
-                top = std::max(top, std::fabs(row[d]));
-            }
-            float scale = top / 127.f;
-            if (scale == 0.f) scale = 1.f;
-            int8_t *out = cp + ((r * H + h) * L + start + t) * W;
-            std::memset(out, 0, static_cast<size_t>(W));
-            if (!finite) {
-                scale = std::numeric_limits<float>::quiet_NaN();
-            } else {
-                constexpr float magic = 12582912.f;  // 1.5 x 2^23
-                for (int64_t d = 0; d < D; d++) {
-                    const float y = (row[d] / scale + magic) - magic;
-                    out[d] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, y)));
-                }
-            }
-            std::memcpy(out + scale_at(D), &scale, 4);
-        }
-    });
-}
-
-// The first `end` rows of an int8 cache as float32 [rows, heads, end, dim]: code x scale, one rounded
-// product each (what decode_attention reads; a prefill's SDPA reads these).
-at::Tensor int8_values(const at::Tensor &cache, int64_t end, int64_t dim) {
-    TORCH_CHECK(cache.scalar_type() == at::kChar && cache.dim() == 4 && cache.is_contiguous() && dim >= 1 &&
-                    cache.size(3) == scale_at(dim) + 4 && end >= 0 && end <= cache.size(2),
-                "harmonia.int8_values: a contiguous int8 cache [rows, heads, length, pad4(dim) + 4] and 0 <= end <= "
-                "its length");
-    const int64_t R = cache.size(0), H = cache.size(1), L = cache.size(2), W = cache.size(3);
-    at::Tensor out = at::empty({R, H, end, dim}, cache.options().dtype(at::kFloat));
-    const int8_t *cp = cache.data_ptr<int8_t>();
-    float *op = out.data_ptr<float>();
-    at::parallel_for(0, R * H * end, 256, [&](int64_t begin, int64_t stop) {
-        for (int64_t i = begin; i < stop; i++) {
-            const int8_t *row = cp + (i / end * L + i % end) * W;
-            const float scale = row_scale(reinterpret_cast<const char *>(row), dim);
-            for (int64_t d = 0; d < dim; d++) op[i * dim + d] = static_cast<float>(row[d]) * scale;
         }
     });
     return out;

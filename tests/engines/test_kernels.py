@@ -163,12 +163,12 @@ def _avx2_cases():
                      lambda q=q, keys=keys, v=v, m=m, end=length, scale=dim**-0.5:
                          torch.ops.harmonia.decode_attention(q, keys, v, end, scale, m)),
                 )  # fmt: skip
-        # an int8 cache (both forms read code x scale, then compute as over float32)
-        for heads, dim, length in [(16, 64, 37), (3, 13, 20), (2, 100, 17)]:
+        # an int8 cache (the scores' integer sums by vpdpbusd and by vpmaddwd, the same)
+        for heads, dim, length in [(16, 64, 37), (3, 13, 20), (2, 100, 17), (2, 64, 300)]:
             q, k, v = _attention_inputs(4, heads, length + 5, dim, seed=length + dim + 1)
-            k[1, 0, length // 2, 0] = float("nan")  # that row's scale NaN
+            k[1, 0, length // 2, 0] = float("nan")  # that position's scale NaN
             mask = torch.rand(4, 1, 1, length, generator=generator) > 0.3
-            k8, v8 = _int8_cache(k), _int8_cache(v)
+            k8, v8 = _int8_cache(k, keys=True), _int8_cache(v, keys=False)
             for name, m in (("", None), (" masked", mask)):
                 cases.append(
                     (f"attention int8 {heads}x{dim}x{length}{name}",
@@ -604,56 +604,85 @@ def test_the_attention_kernel_is_sdpa_to_rounding_and_its_bits_depend_on_nothing
         assert same_bits(wide, got)
 
 
-def _int8_cache(values: torch.Tensor, start: int = 0, spare: int = 0) -> torch.Tensor:
-    """``values`` [rows, heads, length, dim] stored by harmonia.store_int8 from ``start`` in a cache
-    ``spare`` positions longer (the positions it does not store hold the byte -1)."""
+def _int8_cache(values: torch.Tensor, keys: bool, start: int = 0, spare: int = 0) -> torch.Tensor:
+    """``values`` [rows, heads, length, dim] stored by harmonia.store_int8 from ``start`` in an int8
+    cache ``spare`` positions longer: keys (uint8, blocks of 16 positions) or values (int8, by
+    position). Every byte it does not write holds 0xFF."""
     rows, heads, length, dim = values.shape
-    cache = torch.full((rows, heads, start + length + spare, (dim + 3) // 4 * 4 + 4), -1, dtype=torch.int8)
+    padded, positions = (dim + 3) // 4 * 4, start + length + spare
+    if keys:
+        cache = torch.full((rows, heads, -(-positions // 16), 16 * padded + 64), 255, dtype=torch.uint8)
+    else:
+        cache = torch.full((rows, heads, positions, padded + 4), -1, dtype=torch.int8)
     torch.ops.harmonia.store_int8(cache, values, start)
     return cache
 
 
+def _rounded(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch's int8 rounding of each row of ``x``: codes (float) and scales (1 for a zero row)."""
+    scale = x.abs().amax(-1, keepdim=True) / 127
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    return torch.round(x / scale).to(torch.int8).float(), scale  # (an int8 code has no -0.0)
+
+
 @needs_float_kernels
 @pytest.mark.parametrize("dim", [64, 13, 8])
-def test_an_int8_cache_holds_torchs_rounding_and_the_kernel_reads_it_as_code_times_scale(dim):
-    """harmonia.store_int8 keeps each row of a window as torch would quantise it (scale = largest
-    |x| / 127, 1 for a zero row; round(x / scale), half to even) in place, from any strides;
-    harmonia.int8_values and the attention kernel read it back as code x scale, the kernel to the
-    bit as over a float32 cache of those values (one thread or two, masked or not)."""
+def test_an_int8_cache_holds_torchs_rounding_and_the_kernel_is_sdpa_over_its_values(dim):
+    """harmonia.store_int8 keeps each position as torch would round it (scale = largest |x| / 127,
+    1 for a zero row; round(x / scale), half to even), from any strides, and writes nothing else;
+    harmonia.int8_values reads it back as code x scale, to the bit. The kernel over such a cache is
+    SDPA over those values with the query rounded the same way, to rounding; its bits do not depend
+    on the thread count."""
     generator = torch.Generator().manual_seed(dim)
-    x = torch.randn(2, 3, 6, dim, generator=generator) * 3
+    x = torch.randn(2, 3, 20, dim, generator=generator) * 3
     x[0, 1, 2] = 0.0  # a zero row
     x[1, 2, 0, 0] = 63.5  # scale 0.5: the others' codes 2k + 0.5, ties rounded to even
     x[1, 2, 0, 1:] = (torch.arange(dim - 1) - (dim - 1) // 2) * 0.5 + 0.25
     strided = x.transpose(1, 2).contiguous().transpose(1, 2)  # as the window's projection is laid out
-    width = (dim + 3) // 4 * 4 + 4
-    cache = _int8_cache(strided, start=3, spare=2)
-    assert cache.shape == (2, 3, 11, width)
-    scale = x.abs().amax(-1, keepdim=True) / 127
-    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-    codes = torch.round(x / scale).to(torch.int8)
-    stored = cache[:, :, 3:9]
-    assert torch.equal(stored[..., :dim], codes) and torch.equal(
-        stored[..., dim : width - 4], torch.zeros_like(stored[..., dim : width - 4])
-    )
-    assert torch.equal(stored[..., width - 4 :].contiguous().view(torch.float32), scale)
-    assert (cache[:, :, :3] == -1).all() and (cache[:, :, 9:] == -1).all()  # nothing else written
+    codes, scales = _rounded(x)
+    padded = (dim + 3) // 4 * 4
+    caches = {}
+    for keys in (True, False):
+        cache = _int8_cache(strided, keys, start=3, spare=10)  # positions 3-22 of 33: three blocks of keys
+        values = torch.ops.harmonia.int8_values(cache, 23, dim)
+        assert values.shape == (2, 3, 23, dim) and values.dtype == torch.float32
+        assert same_bits(values[:, :, 3:], codes * scales)
+        assert (values[:, :, 3:] - x).abs().max() <= 0.5 * scales.max() * (1 + 1e-6)  # half a step
+        caches[keys] = cache, values
+    keys, values = caches[True][0], caches[False][0]
+    assert keys.shape == (2, 3, 3, 16 * padded + 64) and values.shape == (2, 3, 33, padded + 4)
+    # the layouts: values by position (codes, zeros to 4 bytes, the scale); keys by block of 16
+    # positions, [pad4(dim) / 4][16][4] codes + 128, then 16 scales
     assert (
-        int(stored[0, 1, 2, :dim].abs().max()) == 0
-        and float(stored[0, 1, 2, width - 4 :].view(torch.float32)) == 1.0
+        torch.equal(values[:, :, 3:23, :dim], codes.to(torch.int8))
+        and (values[:, :, 3:23, dim:padded] == 0).all()
     )
-    meant = cache[..., :dim].float() * cache[..., width - 4 :].contiguous().view(torch.float32)
-    values = torch.ops.harmonia.int8_values(cache, 9, dim)
-    assert same_bits(values, meant[:, :, :9])
-    assert (values[:, :, 3:9] - x).abs().max() <= 0.5 * scale.max() * (1 + 1e-6)  # half a step
+    assert torch.equal(values[:, :, 3:23, padded:].contiguous().view(torch.float32), scales)
+    assert (values[:, :, :3] == -1).all() and (values[:, :, 23:] == -1).all()
+    t = 17  # position 17: block 1, slot 1
+    block = keys[:, :, 1]
+    for d in range(dim):
+        assert torch.equal(block[:, :, d // 4 * 64 + 4 + d % 4].int() - 128, codes[:, :, t - 3, d].int())
+    slots = block[:, :, 16 * padded :].contiguous().view(torch.float32)
+    assert torch.equal(slots[:, :, 1], scales[:, :, t - 3, 0])
+    assert (keys[:, :, 0, :12] == 255).all() and (keys[:, :, 2, 16 * padded + 28 :] == 255).all()  # 0-2, 23-
     query = torch.randn(2, 3, 1, dim, generator=generator)
-    mask = torch.rand(2, 1, 1, 9, generator=generator) > 0.3
+    mask = torch.rand(2, 1, 1, 20, generator=generator) > 0.3
+    q_codes, q_scale = _rounded(query)
     for m in (None, mask):
-        read = on_one_and_two_threads(
-            lambda m=m: torch.ops.harmonia.decode_attention(query, cache, cache, 9, 0.3, m)
+        # positions 0-2 stored as zeros, then 3-22 (the kernel reads 0-19)
+        stored = [_int8_cache(torch.zeros(2, 3, 3, dim), kind, spare=30) for kind in (True, False)]
+        for cache in stored:
+            torch.ops.harmonia.store_int8(cache, strided, 3)
+        one, two = on_one_and_two_threads(
+            lambda m=m, stored=stored: torch.ops.harmonia.decode_attention(query, *stored, 20, 0.3, m)
         )
-        over = torch.ops.harmonia.decode_attention(query, values, values, 9, 0.3, m)
-        assert all(same_bits(r, over) for r in read)
+        assert same_bits(one, two) and one.shape == (2, 3, 1, dim)
+        k, v = (torch.ops.harmonia.int8_values(cache, 20, dim).double() for cache in stored)
+        want = torch.nn.functional.scaled_dot_product_attention(
+            (q_codes * q_scale).double(), k, v, attn_mask=m, scale=0.3
+        )
+        assert (one.double() - want).abs().max() <= 2e-6 * want.abs().max()
 
 
 @needs_float_kernels
@@ -661,28 +690,33 @@ def test_an_int8_cache_keeps_nan_and_refuses_what_it_cannot_hold():
     x = torch.randn(1, 2, 3, 16)
     x[0, 0, 1, 5] = float("nan")
     x[0, 1, 2, 0] = float("inf")
-    cache = _int8_cache(x)
-    scales = cache[..., 16:].contiguous().view(torch.float32).flatten()
+    values = _int8_cache(x, keys=False)
+    scales = values[..., 16:].contiguous().view(torch.float32).flatten()
     assert [bool(v) for v in scales.isnan()] == [False, True, False, False, False, True]
-    assert int(cache[0, 0, 1, :16].abs().max()) == 0  # no code from a NaN row
-    values = torch.ops.harmonia.int8_values(cache, 3, 16)
-    assert (
-        values[0, 0, 1].isnan().all() and values[0, 1, 2].isnan().all() and not values[0, 0, 0].isnan().any()
+    assert int(values[0, 0, 1, :16].abs().max()) == 0  # no code from a NaN row
+    for cache in (values, _int8_cache(x, keys=True)):
+        read = torch.ops.harmonia.int8_values(cache, 3, 16)
+        assert read[0, 0, 1].isnan().all() and read[0, 1, 2].isnan().all() and not read[0, 0, 0].isnan().any()
+    out = torch.ops.harmonia.decode_attention(
+        torch.randn(1, 2, 1, 16), _int8_cache(x, keys=True), values, 3, 1.0, None
     )
+    assert out.isnan().all()  # a NaN key scores NaN; every output of its head is NaN (as the float kernel's)
     with pytest.raises(RuntimeError, match=r"harmonia\.store_int8: the values must match the cache"):
-        torch.ops.harmonia.store_int8(cache, torch.randn(1, 2, 3, 12), 0)
+        torch.ops.harmonia.store_int8(values, torch.randn(1, 2, 3, 12), 0)
     with pytest.raises(RuntimeError, match=r"fit in it from start"):
-        torch.ops.harmonia.store_int8(cache, x, 1)
-    with pytest.raises(RuntimeError, match=r"harmonia\.store_int8: a contiguous int8 cache"):
-        torch.ops.harmonia.store_int8(cache.float(), x, 0)
+        torch.ops.harmonia.store_int8(values, x, 1)
     with pytest.raises(
-        RuntimeError, match=r"int8: rows of the dim's codes padded to 4 bytes, then a float32 scale"
+        RuntimeError, match=r"harmonia\.store_int8: a contiguous int8 cache \(keys uint8, values int8\)"
+    ):
+        torch.ops.harmonia.store_int8(values.float(), x, 0)
+    with pytest.raises(
+        RuntimeError, match=r"an int8 cache must match the query \(dim up to 256; keys in blocks of 16"
     ):
         torch.ops.harmonia.decode_attention(
-            torch.randn(1, 2, 1, 16), cache[..., :16], cache[..., :16], 3, 1.0, None
+            torch.randn(1, 2, 1, 16), _int8_cache(x, keys=True), values[..., :16], 3, 1.0, None
         )
-    with pytest.raises(RuntimeError, match=r"harmonia\.int8_values: a contiguous int8 cache"):
-        torch.ops.harmonia.int8_values(cache, 4, 16)
+    with pytest.raises(RuntimeError, match=r"harmonia\.int8_values: a contiguous int8 cache of this dim"):
+        torch.ops.harmonia.int8_values(values, 4, 16)
 
 
 @needs_float_kernels
@@ -926,7 +960,7 @@ def test_the_kernel_source_is_pinned_to_the_engines_code_version():
     digest = hashlib.sha256(kernels.SOURCE.read_bytes()).hexdigest()
     assert (MusicGenEngine.code_version, digest) == (
         1,
-        "127be0490075cdc98629bcd38469f83ca9428909e77ac3595fcbc03e224be0c3",
+        "ac7fac9063b07896fedf34e07f40c26dce631f866230bbed11f274ae420edc11",
     ), (
         "harmonia/kernels/decode.cpp changed: bump MusicGenEngine.code_version if its bits did, then pin the digest"
     )
