@@ -62,9 +62,8 @@ def candidates(mode: str) -> list[dict[str, str]]:
             for path in PRODUCT_PATHS[name]
             if (name, path) not in KERNEL_PATHS or unavailable(KERNEL_PATHS[name, path]) is None
         ]
-        if (
-            name == "attention"
-        ):  # a float32 decoder's kernel paths are own-bf16 and own-int8, a bfloat16 one's own
+        # a float32 decoder's kernel paths are own-bf16 and own-int8, a bfloat16 one's own
+        if name == "attention":
             runnable = [p for p in runnable if p == "sdpa" or (p == "own") == _bfloat16_decoder(mode)]
         options.append(runnable)
     return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*options)]

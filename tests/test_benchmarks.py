@@ -143,9 +143,8 @@ def test_bench_attention_times_sdpa_and_the_kernel_on_every_cache(tmp_path):
         8,
         2,
     )
-    for row in result[
-        "paths"
-    ]:  # the bytes: keys and values of every layer, a row of 8 values 32, 16 or 8 + 4
+    # the bytes: keys and values of every layer, a position of 8 values 32, 16 or 8 + 4
+    for row in result["paths"]:
         width = {"float32": 32, "bfloat16": 16, "int8": 12}[row["cache"]]
         assert row["bytes"] == 2 * 2 * 2 * 4 * row["keys"] * width
         assert abs(row["gib_s"] - row["bytes"] / 2**30 / row["seconds"]) <= 0.051

@@ -391,9 +391,9 @@ class _Layer(torch.nn.Module):
 
 class _OwnAttentionLayer(_Layer):
     """A :class:`_Layer` whose single-position attention is Harmonia's kernel (the "own" and
-    "own-bf16" attention paths): each (row, head) in one fixed order of float operations,
-    reading the cache as it is kept (float32 or bfloat16). Several positions (a prefill) still
-    go through SDPA, in float32."""
+    "own-bf16" attention paths, and through :class:`_Int8CacheLayer` "own-int8"): each (row,
+    head) in one fixed order of operations, reading the cache as it is kept (float32, bfloat16
+    or int8). Several positions (a prefill) still go through SDPA, in float32."""
 
     def _attend(
         self,
@@ -457,8 +457,8 @@ class DecoderStep(torch.nn.Module):
         if attention == "own-int8" and decoder.layer_norm.weight.dtype != torch.float32:
             raise RequestError(
                 "attention own-int8 keeps a float32 decoder's keys and values in int8 (precision int8 or "
-                f"int4); this decoder is {str(decoder.layer_norm.weight.dtype).removeprefix('torch.')}. "
-                "Set HARMONIA_ATTENTION to own or auto."
+                f"int4); this decoder is {str(decoder.layer_norm.weight.dtype).removeprefix('torch.')}, "
+                "and its kernel path is own. Set HARMONIA_ATTENTION to own or auto."
             )
         kind = {
             "sdpa": _Layer,

@@ -511,7 +511,7 @@ def _decoder_shape(config: dict) -> str:
 
 def _bfloat16_decoder(precision: str) -> bool:
     """Whether a load of this precision runs its decoder in bfloat16 (its attention kernel's
-    cache is then the decoder's own values: the path "own", never "own-bf16"). Of the modes
+    cache is then the decoder's own values: the path "own", never "own-bf16" or "own-int8"). Of the modes
     that choose an attention path, only bf16 does: int8 and int4 compute in float32 whatever
     the load's dtype."""
     return precision == "bf16"
@@ -1058,12 +1058,17 @@ class MusicGenEngine:
                             choice = CHOOSERS[which](wb.state_dir, measured, shape)
                 choices[choice.name], paths[which] = choice.describe(), choice.path
                 _check_product_path(which, choice.path)
-                if choice.path in ("own-bf16", "own-int8") and _bfloat16_decoder(precision):
-                    kept = choice.path.removeprefix("own-").replace("bf16", "bfloat16")
+                if choice.path == "own-bf16" and _bfloat16_decoder(precision):
                     raise RequestError(
-                        f"attention {choice.path} rounds a float32 decoder's keys and values to {kept}; this "
+                        "attention own-bf16 rounds a float32 decoder's keys and values to bfloat16; this "
                         "decoder is bfloat16 already (precision bf16), and its kernel path is own. Set "
                         "HARMONIA_ATTENTION to own or auto."
+                    )
+                if choice.path == "own-int8" and _bfloat16_decoder(precision):
+                    raise RequestError(
+                        "attention own-int8 keeps a float32 decoder's keys and values in int8 (precision "
+                        "int8 or int4); this decoder is bfloat16 (precision bf16), and its kernel path is "
+                        "own. Set HARMONIA_ATTENTION to own or auto."
                     )
             model = _set_precision(model, precision, paths)
             if paths.get("encodec_layout") == "channels-last":

@@ -13,7 +13,10 @@ guidance: two rows against every weight of the decoder, read once from memory):
   precision, whose torch stand-in computes the same bits where the kernel cannot run.
 - ``torch.ops.harmonia.decode_attention``: a decoding step's attention (one position against a
   float32 or bfloat16 cache), in a fixed order on every AVX-512 CPU (AVX-512F); torch's SDPA
-  reads the cache at 8-14 GiB/s on an Intel Xeon whose memory gives 19-21, this 15-17.
+  reads the cache at 8-14 GiB/s on an Intel Xeon whose memory gives 19-21, this 15-17. Over an
+  int8 cache (the ``own-int8`` path: codes and a scale per position, written by
+  ``torch.ops.harmonia.store_int8`` and read back as float32 by ``torch.ops.harmonia.int8_values``)
+  it rounds the query to int8 and takes the scores as integer dot products (AVX-512 VNNI).
 
 rows_linear and decode_attention have a second form, for x86-64 CPUs without AVX-512 but with
 AVX2 and FMA (:data:`NARROW`), that computes the same bits (every lane the same operations in the

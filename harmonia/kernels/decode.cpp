@@ -50,7 +50,9 @@
 //   order (a multiply-add rounds once in both), lanes8x2 sums the lanes by the same tree as lanes, and
 //   exp8 scales by 2^n with one rounded multiply where vscalefps rounds once too (NaNs come out in the
 //   same places; their payloads are not compared). The CPU picks the form as the library loads;
-//   use_form changes it (tests force the AVX2 form on AVX-512 CPUs to compare the bits).
+//   use_form changes it (tests force the AVX2 form on AVX-512 CPUs to compare the bits). Over an
+//   int8 cache the AVX-512 form needs VNNI too: an AVX-512 CPU without it runs the AVX2 form there
+//   (the same bits), whatever use_form says.
 // Both integer products read up to eight 16-output blocks at once (streams_for: eight, four or one,
 // so that every thread still gets groups of its own); their bits depend neither on that count nor
 // on the thread count. Both quantise each row of x with quantise_row (AVX-512: the same IEEE
@@ -797,7 +799,8 @@ inline float quantise_codes(const float *x, int64_t n, int64_t stride, int8_t *c
     }
     std::memset(codes, 0, static_cast<size_t>(padded(n)));
     if (!finite) return std::numeric_limits<float>::quiet_NaN();
-    const float scale = top == 0.f ? 1.f : top / 127.f;
+    float scale = top / 127.f;  // (divided first, as torch does: a tiny row's scale can be 0 too)
+    if (scale == 0.f) scale = 1.f;
     constexpr float magic = 12582912.f;
     for (int64_t d = 0; d < n; d++) {
         const float y = (x[d * stride] / scale + magic) - magic;
@@ -1072,7 +1075,7 @@ void store_int8(at::Tensor cache, const at::Tensor &x, int64_t start) {
 }
 
 // Positions [0, end) of an int8 cache as float32 [rows, heads, end, dim]: code x scale, one
-// rounded product each (the values attend_int8 reads; a prefill's SDPA reads these).
+// rounded product each (what the cache means: a prefill's SDPA reads these).
 at::Tensor int8_values(const at::Tensor &cache, int64_t end, int64_t dim) {
     const bool keys = cache.scalar_type() == at::kByte;
     TORCH_CHECK((keys || cache.scalar_type() == at::kChar) && cache.dim() == 4 && cache.is_contiguous() && dim >= 1 &&

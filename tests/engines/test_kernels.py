@@ -163,8 +163,9 @@ def _avx2_cases():
                      lambda q=q, keys=keys, v=v, m=m, end=length, scale=dim**-0.5:
                          torch.ops.harmonia.decode_attention(q, keys, v, end, scale, m)),
                 )  # fmt: skip
-        # an int8 cache (the scores' integer sums by vpdpbusd and by vpmaddwd, the same)
-        for heads, dim, length in [(16, 64, 37), (3, 13, 20), (2, 100, 17), (2, 64, 300)]:
+        # an int8 cache (the scores' integer sums by vpdpbusd and by vpmaddwd, the same; without
+        # VNNI both runs would be the AVX2 form)
+        for heads, dim, length in [(16, 64, 37), (3, 13, 20), (2, 100, 17), (2, 64, 300)] if VNNI else []:
             q, k, v = _attention_inputs(4, heads, length + 5, dim, seed=length + dim + 1)
             k[1, 0, length // 2, 0] = float("nan")  # that position's scale NaN
             mask = torch.rand(4, 1, 1, length, generator=generator) > 0.3
@@ -665,7 +666,10 @@ def test_an_int8_cache_holds_torchs_rounding_and_the_kernel_is_sdpa_over_its_val
         assert torch.equal(block[:, :, d // 4 * 64 + 4 + d % 4].int() - 128, codes[:, :, t - 3, d].int())
     slots = block[:, :, 16 * padded :].contiguous().view(torch.float32)
     assert torch.equal(slots[:, :, 1], scales[:, :, t - 3, 0])
-    assert (keys[:, :, 0, :12] == 255).all() and (keys[:, :, 2, 16 * padded + 28 :] == 255).all()  # 0-2, 23-
+    codes_of = keys[..., : 16 * padded].reshape(2, 3, 3, padded // 4, 16, 4)  # [block][group][slot][4]
+    assert (codes_of[:, :, 0, :, :3] == 255).all() and (codes_of[:, :, 1, :, 7:] == 255).all()  # 0-2, 23-31
+    assert (keys[:, :, 0, 16 * padded : 16 * padded + 12] == 255).all()  # their scales
+    assert (keys[:, :, 1, 16 * padded + 28 :] == 255).all() and (keys[:, :, 2] == 255).all()  # 23-47
     query = torch.randn(2, 3, 1, dim, generator=generator)
     mask = torch.rand(2, 1, 1, 20, generator=generator) > 0.3
     q_codes, q_scale = _rounded(query)
@@ -697,6 +701,10 @@ def test_an_int8_cache_keeps_nan_and_refuses_what_it_cannot_hold():
     for cache in (values, _int8_cache(x, keys=True)):
         read = torch.ops.harmonia.int8_values(cache, 3, 16)
         assert read[0, 0, 1].isnan().all() and read[0, 1, 2].isnan().all() and not read[0, 0, 0].isnan().any()
+    tiny = torch.full((1, 1, 1, 16), 1e-44)  # its largest / 127 underflows to 0: scale 1, codes 0, as torch's
+    codes, scales = _rounded(tiny)
+    assert same_bits(torch.ops.harmonia.int8_values(_int8_cache(tiny, keys=False), 1, 16), codes * scales)
+    assert float(scales.max()) == 1.0 and float(codes.abs().max()) == 0.0
     out = torch.ops.harmonia.decode_attention(
         torch.randn(1, 2, 1, 16), _int8_cache(x, keys=True), values, 3, 1.0, None
     )
@@ -854,13 +862,23 @@ def test_the_attention_path_is_measured_recorded_forced_and_replayed(wb, monkeyp
         int8 = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int8")
         assert int8._step.attention == path and int8._step.cache == kept[path]
         assert np.array_equal(int8.generate(four).audio, int8.generate(four).audio)
-        with pytest.raises(  # bf16's decoder is bfloat16 already: own-bf16 would be own under another id
-            RequestError,
-            match=rf"^attention {path} rounds a float32 decoder's keys and values to {kept[path]}; this decoder "
-            r"is bfloat16 already \(precision bf16\), and its kernel path is own\. Set HARMONIA_ATTENTION to "
-            r"own or auto\.$",
-        ):
+    refusals = {  # bf16's decoder is bfloat16 already: own-bf16 would be own under another id, and
+        "own-bf16": r"^attention own-bf16 rounds a float32 decoder's keys and values to bfloat16; this decoder "
+        r"is bfloat16 already \(precision bf16\), and its kernel path is own\. Set HARMONIA_ATTENTION to "
+        r"own or auto\.$",  # own-int8's store takes float32
+        "own-int8": r"^attention own-int8 keeps a float32 decoder's keys and values in int8 \(precision int8 or "
+        r"int4\); this decoder is bfloat16 \(precision bf16\), and its kernel path is own\. Set "
+        r"HARMONIA_ATTENTION to own or auto\.$",
+    }
+    for path, message in refusals.items():
+        monkeypatch.setenv("HARMONIA_ATTENTION", path)
+        with pytest.raises(RequestError, match=message):
             MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="bf16")
+    with pytest.raises(
+        RequestError,
+        match=r"^attention own-int8 keeps a float32 decoder's .* this decoder is bfloat16, and its",
+    ):  # the step itself refuses too (a bf16 model handed to decoder_step directly)
+        real_step(bf16.model, "own-int8")
     melody = MusicGenEngine.load(wb, "tiny-musicgen-melody", threads=2, precision="int4")
     # generate() decodes a melody model: no attention of Harmonia's (its audio decoder is chosen as any)
     assert melody.loaded.choices == {"encodec_layout": "torch (forced)"}
@@ -960,7 +978,7 @@ def test_the_kernel_source_is_pinned_to_the_engines_code_version():
     digest = hashlib.sha256(kernels.SOURCE.read_bytes()).hexdigest()
     assert (MusicGenEngine.code_version, digest) == (
         1,
-        "ac7fac9063b07896fedf34e07f40c26dce631f866230bbed11f274ae420edc11",
+        "c060b6e0b32fe068c3d05b1c84864f7f544a4f6c29622de484923cd818d584aa",
     ), (
         "harmonia/kernels/decode.cpp changed: bump MusicGenEngine.code_version if its bits did, then pin the digest"
     )
