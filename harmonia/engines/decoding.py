@@ -210,15 +210,12 @@ def sample_window(
     head_dim = decoder.layers[0].self_attn.head_dim
     kept = getattr(torch, step.cache)
     heads = (rows // codebooks * (2 if guided else 1), decoder.layers[0].self_attn.num_heads)
-    if kept == torch.int8:  # the layout harmonia.store_int8 writes (see harmonia/kernels/decode.cpp)
-        padded = (head_dim + 3) // 4 * 4
-        keys = [
-            torch.empty(*heads, -(-total // 16), 16 * padded + 64, dtype=torch.uint8, device=encoded.device)
-            for _ in decoder.layers
-        ]
+    if kept == torch.int8:  # the layout harmonia.store_int8 writes
+        from harmonia.kernels import int8_cache
+
+        keys = [int8_cache(*heads, total, head_dim, keys=True, device=encoded.device) for _ in decoder.layers]
         values = [
-            torch.empty(*heads, total, padded + 4, dtype=torch.int8, device=encoded.device)
-            for _ in decoder.layers
+            int8_cache(*heads, total, head_dim, keys=False, device=encoded.device) for _ in decoder.layers
         ]
         kept = torch.bfloat16  # the prompt's keys and values, as "own-bf16" keeps them
     else:

@@ -662,7 +662,7 @@ def _choose_attention(state_dir: Path, decoder: torch.nn.Module, shape: str) -> 
     and a kernel further than rounding from SDPA's on them (1e-4 of the largest value) is never
     chosen: the check tests the kernel, not the rounding of a cache (that is the benchmark's to
     measure). ``exact`` keeps SDPA, the plain library's attention, always."""
-    from harmonia.kernels import unavailable
+    from harmonia.kernels import int8_cache, unavailable
 
     layer = decoder.model.decoder.layers[0].self_attn
     layers, heads, dim = len(decoder.model.decoder.layers), layer.num_heads, layer.head_dim
@@ -690,15 +690,8 @@ def _choose_attention(state_dir: Path, decoder: torch.nn.Module, shape: str) -> 
     own = [(k.to(kept), v.to(kept)) for k, v in cache]
     own_prompt = [(k.to(kept), v.to(kept)) for k, v in prompt]
 
-    def int8(
-        values: torch.Tensor, keys: bool
-    ) -> torch.Tensor:  # as the window keeps them (harmonia.store_int8)
-        padded = (dim + 3) // 4 * 4
-        rows, heads, length = values.shape[:3]
-        shape = (
-            (rows, heads, -(-length // 16), 16 * padded + 64) if keys else (rows, heads, length, padded + 4)
-        )
-        stored = torch.empty(shape, dtype=torch.uint8 if keys else torch.int8)
+    def int8(values: torch.Tensor, keys: bool) -> torch.Tensor:  # as the window keeps them
+        stored = int8_cache(*values.shape, keys=keys)
         torch.ops.harmonia.store_int8(stored, values, 0)
         return stored
 

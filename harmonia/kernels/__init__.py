@@ -67,6 +67,19 @@ _lock = threading.Lock()
 _state: dict[str, str | None] = {}
 
 
+def int8_cache(
+    rows: int, heads: int, length: int, dim: int, keys: bool, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """An empty int8 cache for ``length`` positions, as ``harmonia.store_int8`` writes it and
+    ``harmonia.decode_attention`` reads it (decode.cpp): keys as uint8 in blocks of 16 positions
+    (``[rows, heads, blocks, 16 x pad4(dim) + 64]``), values as int8 by position (``[rows, heads,
+    length, pad4(dim) + 4]``): pad4(dim) + 4 bytes a position either way."""
+    padded = (dim + 3) // 4 * 4
+    if keys:
+        return torch.empty(rows, heads, -(-length // 16), 16 * padded + 64, dtype=torch.uint8, device=device)
+    return torch.empty(rows, heads, length, padded + 4, dtype=torch.int8, device=device)
+
+
 @functools.cache
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags (from /proc/cpuinfo, read once; empty where there is none)."""
