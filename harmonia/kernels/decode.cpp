@@ -196,7 +196,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) float quantise_row(const fl
         std::memset(q, offset, static_cast<size_t>(I));
         return std::numeric_limits<float>::quiet_NaN();
     }
-    const float scale = m > 0.f ? m / 127.f : 1.f;
+    float scale = m / 127.f;  // divided first, as torch does (a row below about 1e-42 gets 0 here, then 1)
+    if (scale == 0.f) scale = 1.f;
     const __m512 sv = _mm512_set1_ps(scale);
     const __m512i ov = _mm512_set1_epi32(offset);
     for (int64_t i = 0; i < full; i += 16) {

@@ -304,7 +304,10 @@ def test_the_int4_kernel_computes_the_torch_reference_to_the_bit(out, width, row
 @pytest.mark.parametrize("pair", [_int8_pair, _int4_pair])
 def test_the_integer_kernels_agree_with_torch_on_ties_underflow_nan_and_infinity(pair):
     """Inputs that land on .5 after the row's scale (round half to even), products that
-    underflow to -0.0 without a bias, and rows with a NaN or an infinity (all NaN out)."""
+    underflow to -0.0 without a bias, rows with a NaN or an infinity (all NaN out), and a row
+    so small that its largest / 127 underflows to 0 (scale 1 and codes 0, as torch's; the kernel
+    once tested the largest before dividing and divided by that 0: meaningless codes and sums,
+    which the zero scale then hid, so its outputs were the same)."""
     kernel, reference, _ = pair(37, 130, bias=False)
     generator = torch.Generator().manual_seed(3)
     ties = torch.randint(-254, 255, (4, 130), generator=generator).float() / 2  # k/2: many exact .5s
@@ -321,6 +324,9 @@ def test_the_integer_kernels_agree_with_torch_on_ties_underflow_nan_and_infinity
     assert (torch.signbit(out) & (out == 0)).any()  # -0.0 kept: nothing added where there is no bias
     fine = torch.randn(2, 130, generator=generator)
     assert not kernel(torch.cat([broken, fine]))[3:].isnan().any()  # one row's NaN stays in its row
+    subnormal = torch.cat([torch.full((1, 130), 1e-44), fine])
+    assert same_bits(kernel(subnormal), reference(subnormal))
+    assert torch.equal(kernel(subnormal)[0], torch.zeros(37))  # codes 0, no bias
 
 
 def test_the_int4_scheme_stores_half_a_byte_a_weight_and_the_reference_runs_anywhere():
@@ -978,7 +984,7 @@ def test_the_kernel_source_is_pinned_to_the_engines_code_version():
     digest = hashlib.sha256(kernels.SOURCE.read_bytes()).hexdigest()
     assert (MusicGenEngine.code_version, digest) == (
         1,
-        "c060b6e0b32fe068c3d05b1c84864f7f544a4f6c29622de484923cd818d584aa",
+        "868d638d587e6f1a61b4a30f2bb5fc27aeb6c27e68fd2b3ba997bbf84f5ce4d7",
     ), (
         "harmonia/kernels/decode.cpp changed: bump MusicGenEngine.code_version if its bits did, then pin the digest"
     )
