@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from common import avx2_form, best, cpu_flags, cpu_name, torch_build
 
-from harmonia.kernels import int8_cache, unavailable
+from harmonia.kernels import int8_stored, unavailable
 
 
 def kept(values: torch.Tensor, dtype: torch.dtype, keys: bool) -> torch.Tensor:
@@ -36,9 +36,7 @@ def kept(values: torch.Tensor, dtype: torch.dtype, keys: bool) -> torch.Tensor:
     blocks of 16 positions, values by position; the same bytes a position)."""
     if dtype != torch.int8:
         return values.to(dtype)
-    cache = int8_cache(*values.shape, keys=keys)
-    torch.ops.harmonia.store_int8(cache, values, 0)
-    return cache
+    return int8_stored(values, keys)
 
 
 def main() -> None:

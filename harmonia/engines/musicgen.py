@@ -662,7 +662,7 @@ def _choose_attention(state_dir: Path, decoder: torch.nn.Module, shape: str) -> 
     and a kernel further than rounding from SDPA's on them (1e-4 of the largest value) is never
     chosen: the check tests the kernel, not the rounding of a cache (that is the benchmark's to
     measure). ``exact`` keeps SDPA, the plain library's attention, always."""
-    from harmonia.kernels import int8_cache, unavailable
+    from harmonia.kernels import int8_stored, unavailable
 
     layer = decoder.model.decoder.layers[0].self_attn
     layers, heads, dim = len(decoder.model.decoder.layers), layer.num_heads, layer.head_dim
@@ -690,44 +690,38 @@ def _choose_attention(state_dir: Path, decoder: torch.nn.Module, shape: str) -> 
     own = [(k.to(kept), v.to(kept)) for k, v in cache]
     own_prompt = [(k.to(kept), v.to(kept)) for k, v in prompt]
 
-    def int8(values: torch.Tensor, keys: bool) -> torch.Tensor:  # as the window keeps them
-        stored = int8_cache(*values.shape, keys=keys)
-        torch.ops.harmonia.store_int8(stored, values, 0)
-        return stored
-
-    def sdpa() -> list[torch.Tensor]:
-        attend = torch.nn.functional.scaled_dot_product_attention
-        return [
+    def every_call(caches, prompts, own_self, own_prompt) -> Callable[[], list[torch.Tensor]]:
+        """A candidate: every layer's self-attention at each length, then its cross-attention."""
+        return lambda: [
             out
             for n in lengths
-            for (k, v), (pk, pv) in zip(cache, prompt, strict=True)
-            for out in (
-                attend(query, k[:, :, :n], v[:, :, :n], scale=layer.scaling),
-                attend(query, pk, pv, attn_mask=mask, scale=layer.scaling),
-            )
+            for (k, v), (pk, pv) in zip(caches, prompts, strict=True)
+            for out in (own_self(k, v, n), own_prompt(pk, pv))
         ]
 
-    def kernel(caches: list[tuple[torch.Tensor, torch.Tensor]]) -> Callable[[], list[torch.Tensor]]:
-        def run() -> list[torch.Tensor]:
-            attend = torch.ops.harmonia.decode_attention
-            return [
-                out
-                for n in lengths
-                for (k, v), (pk, pv) in zip(caches, own_prompt, strict=True)
-                for out in (
-                    attend(query, k, v, n, layer.scaling, None),
-                    attend(query, pk, pv, PROMPT_TOKENS, layer.scaling, mask),
-                )
-            ]
+    def sdpa_self(k, v, n):
+        return torch.nn.functional.scaled_dot_product_attention(
+            query, k[:, :, :n], v[:, :, :n], scale=layer.scaling
+        )
 
-        return run
+    def sdpa_prompt(k, v):
+        return torch.nn.functional.scaled_dot_product_attention(
+            query, k, v, attn_mask=mask, scale=layer.scaling
+        )
 
-    candidates = {"sdpa": sdpa}
+    def kernel_self(k, v, n):
+        return torch.ops.harmonia.decode_attention(query, k, v, n, layer.scaling, None)
+
+    def kernel_prompt(k, v):
+        return torch.ops.harmonia.decode_attention(query, k, v, PROMPT_TOKENS, layer.scaling, mask)
+
+    candidates = {"sdpa": every_call(cache, prompt, sdpa_self, sdpa_prompt)}
     if unavailable("decode_attention") is None and not float32:
-        candidates["own"] = kernel(own)
+        candidates["own"] = every_call(own, own_prompt, kernel_self, kernel_prompt)
     elif unavailable("decode_attention") is None:
-        candidates["own-bf16"] = kernel(own)
-        candidates["own-int8"] = kernel([(int8(k, keys=True), int8(v, keys=False)) for k, v in cache])
+        candidates["own-bf16"] = every_call(own, own_prompt, kernel_self, kernel_prompt)
+        int8 = [(int8_stored(k, keys=True), int8_stored(v, keys=False)) for k, v in cache]
+        candidates["own-int8"] = every_call(int8, own_prompt, kernel_self, kernel_prompt)
     with torch.inference_mode():
         return choose(
             state_dir, "attention", shape, candidates, "sdpa",

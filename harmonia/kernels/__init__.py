@@ -80,6 +80,14 @@ def int8_cache(
     return torch.empty(rows, heads, length, padded + 4, dtype=torch.int8, device=device)
 
 
+def int8_stored(values: torch.Tensor, keys: bool) -> torch.Tensor:
+    """``values`` [rows, heads, length, dim] (float32) in an int8 cache of their own, as the
+    decoding loop keeps keys (``keys``) or values (needs the compiled library)."""
+    cache = int8_cache(*values.shape, keys=keys, device=values.device)
+    torch.ops.harmonia.store_int8(cache, values, 0)
+    return cache
+
+
 @functools.cache
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags (from /proc/cpuinfo, read once; empty where there is none)."""
