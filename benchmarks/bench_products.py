@@ -7,9 +7,10 @@ those weights at random for musicgen-small's shapes (24 layers of 1024/4096) and
 of one step's products on each path, best of --runs, weights cold (1.5 GB of float32 do not
 fit a cache): torch's `F.linear` and `W @ x.T` in float32, `F.linear` in bfloat16, torch.ao's
 fbgemm int8, and Harmonia's kernels (`rows` in float32 and bfloat16, `rowwise` int8, `int4`)
-where this CPU runs them; on an AVX-512 CPU also `rows`' AVX2 form (the same bits: what a CPU
-without AVX-512 runs). GiB/s is the bytes each path reads (its weights and scales) over
-its time; the plain sum of a 1 GiB buffer is the machine's limit.
+where this CPU runs them; on an AVX-512 CPU also their AVX2 forms (the same bits: what a CPU
+without AVX-512 runs), and `int4`'s torch form (the same bits again, float32 weights: what a
+CPU without either form runs). GiB/s is the bytes each path reads (its weights and scales)
+over its time; the plain sum of a 1 GiB buffer is the machine's limit.
 
 It also times the same int4 weights as many products and as one: every layer's fc2 as 24
 calls on separate tensors, as 24 calls on views of one buffer (as the engine lays them out),
@@ -33,7 +34,7 @@ from pathlib import Path
 import torch
 from common import avx2_form, best, cpu_flags, cpu_name, step_products, torch_build
 
-from harmonia.engines.musicgen import _Int4Linear, _RowwiseInt8Linear
+from harmonia.engines.musicgen import _Int4Linear, _ReferenceInt4Linear, _RowwiseInt8Linear
 from harmonia.kernels import unavailable
 
 
@@ -104,6 +105,8 @@ def main() -> None:
                 lambda: [m(x[m.in_features]) for m in rowwise],
                 sum(map(packed_bytes, rowwise)),
             )
+            if narrow := avx2_form("int8_linear", paths["int8 rowwise (Harmonia)"][0]):
+                paths["int8 rowwise, AVX2 form"] = (narrow, paths["int8 rowwise (Harmonia)"][1])
         int4 = None
         if unavailable("int4_linear") is None:
             int4 = [_Int4Linear(m) for m in linears]
@@ -111,6 +114,14 @@ def main() -> None:
                 lambda: [m(x[m.in_features]) for m in int4],
                 sum(map(packed_bytes, int4)),
             )
+            if narrow := avx2_form("int4_linear", paths["int4 (Harmonia)"][0]):
+                paths["int4, AVX2 form"] = (narrow, paths["int4 (Harmonia)"][1])
+        # int4's torch form (the same bits, float32 weights): what runs where neither kernel form does
+        reference4 = [_ReferenceInt4Linear(m) for m in linears]
+        paths["int4 torch form"] = (
+            lambda: [m(x[m.in_features]) for m in reference4],
+            sum(map(packed_bytes, reference4)),
+        )
 
         rows_out = []
         for name, (run, nbytes) in paths.items():

@@ -32,6 +32,8 @@ def test_bench_verify_runs_and_writes_its_figures(tmp_path):
 
 
 def test_bench_generate_runs_on_the_tiny_model(tmp_path):
+    from harmonia import kernels
+
     args = ("--tiny", "--steps", "13", "--runs", "1", "--batches", "1,2", "--long", "0.6")
     result, _ = run_bench(tmp_path, "bench_generate", *args)
     rows = {(r["mode"], r["batch"]): r for r in result["generate"] if r["clip"] == "short"}
@@ -45,8 +47,10 @@ def test_bench_generate_runs_on_the_tiny_model(tmp_path):
     assert result["steps"] == 13 and result["load_s"] > 0 and result["memory_bandwidth_gib_s"] > 0
     per_step = {mode: rows[mode, 1]["decoder_bytes_per_step"] for mode in ("exact", "bf16", "int8", "int4")}
     # int8's bytes follow its measured path (fbgemm counts one byte a weight, rowwise its scales too):
-    # on the tiny widths int4's padded groups and float32 scales can outweigh fbgemm's count
-    assert max(per_step["int4"], per_step["int8"]) < per_step["bf16"] < per_step["exact"]
+    # on the tiny widths int4's padded groups and float32 scales can outweigh fbgemm's count; int4's
+    # torch form (a CPU without either kernel form) keeps float32 weights
+    assert per_step["int8"] < per_step["bf16"] < per_step["exact"]
+    assert per_step["int4"] < per_step["bf16"] or kernels.unavailable("int4_linear") is not None
     for r in result["generate"]:  # the steps' share: their bytes over their time, against the bandwidth
         expected = (
             r["decoder_bytes_per_step"] / (1 << 30) / (r["step_ms"] / 1000) / result["memory_bandwidth_gib_s"]
@@ -84,18 +88,23 @@ def test_bench_products_times_every_path_this_cpu_runs(tmp_path):
 
     result, proc = run_bench(tmp_path, "bench_products", "--tiny", "--runs", "2")
     paths = {r["path"]: r for r in result["paths"]}
-    expected = {"fp32 F.linear", "fp32 W @ x.T", "bf16 F.linear", "int8 fbgemm"}
+    expected = {"fp32 F.linear", "fp32 W @ x.T", "bf16 F.linear", "int8 fbgemm", "int4 torch form"}
     if kernels.unavailable("rows_linear") is None:
         expected |= {"fp32 rows (Harmonia)", "bf16 rows (Harmonia)"}
         if kernels.form("rows_linear") == "avx512":  # and what a CPU without AVX-512 runs
             expected |= {"fp32 rows, AVX2 form", "bf16 rows, AVX2 form"}
     if kernels.unavailable("int4_linear") is None:
         expected |= {"int8 rowwise (Harmonia)", "int4 (Harmonia)"}
+        if kernels.form("int4_linear") == "avx512":
+            expected |= {"int8 rowwise, AVX2 form", "int4, AVX2 form"}
         assert [c["products"] for c in result["calls"]] == ["fc2", "hidden x hidden"]
         assert result["calls"][1]["calls"] == 6 * result["layers"]
     assert set(paths) == expected and (result["layers"], result["hidden"], result["ffn"]) == (2, 64, 256)
     weights = result["layers"] * (6 * 64 * 64 + 2 * 64 * 256)
     assert paths["fp32 F.linear"]["bytes"] == 4 * weights and paths["bf16 F.linear"]["bytes"] == 2 * weights
+    assert (
+        paths["int4 torch form"]["bytes"] > 4 * weights
+    )  # float32 weights (padded to the groups) and scales
     for row in paths.values():  # GiB/s: the bytes over the time (rounded to 0.1)
         assert row["ms"] > 0 and abs(row["gib_s"] - row["bytes"] / 2**30 / row["seconds"]) <= 0.051
     assert "the sum of a buffer" in proc.stdout

@@ -166,8 +166,8 @@ class _RowwiseInt8Linear(torch.nn.Module):
     each row of the input quantised to int8 by its own scale when the product runs.
 
     The sums are exact integer sums, so the result is the same whichever kernel computes it:
-    Harmonia's AVX-512 VNNI kernel (:mod:`harmonia.kernels`) where it is available, else
-    :class:`_ReferenceInt8Linear`'s float64 products (exact for these integers), to the bit
+    Harmonia's kernel (:mod:`harmonia.kernels`: AVX-512 VNNI, or its AVX2 form) where it is
+    available, else :class:`_ReferenceInt8Linear`'s float64 products (exact for these integers), to the bit
     (tests/engines check both against each other). It does not depend on the thread count.
     Compared with torch.ao's dynamic int8 (one scale per weight tensor and per input tensor)
     it is closer to float32 (a scale per channel and per row).
@@ -228,8 +228,8 @@ class _Int4Linear(torch.nn.Module):
 
     Each group's sum is an exact integer sum; the float steps after it follow one fixed order
     (group sum x scale, added group after group, x the row's scale, + bias), so the result is
-    the same whichever computes it: Harmonia's AVX-512 VNNI kernel (:mod:`harmonia.kernels`)
-    where it is available, else :class:`_ReferenceInt4Linear` in torch, to the bit (tests/engines
+    the same whichever computes it: Harmonia's kernel (:mod:`harmonia.kernels`: AVX-512 VNNI, or
+    its AVX2 form) where it is available, else :class:`_ReferenceInt4Linear` in torch, to the bit (tests/engines
     check both against each other). It does not depend on the thread count.
     """
 

@@ -7,10 +7,11 @@ guidance: two rows against every weight of the decoder, read once from memory):
   (AVX-512F). In this torch CPU build a two-row ``F.linear`` reads float32 weights at 8-10
   GiB/s on one core of an AMD EPYC whose memory gives 34-39 GiB/s.
 - ``torch.ops.harmonia.int8_linear``: int8 weights, one scale per channel, each row of the
-  input quantised on the fly (AVX-512 VNNI).
+  input quantised on the fly (exact integer sums: AVX-512 VNNI).
 - ``torch.ops.harmonia.int4_linear``: 4-bit weights, one scale per group of 64 inputs of a
   channel, each row of the input quantised to int8 on the fly (AVX-512 VNNI); the ``int4``
-  precision, whose torch stand-in computes the same bits where the kernel cannot run.
+  precision, whose torch stand-in computes the same bits where the kernel cannot run (slower
+  than float32).
 - ``torch.ops.harmonia.decode_attention``: a decoding step's attention (one position against a
   float32 or bfloat16 cache), in a fixed order on every AVX-512 CPU (AVX-512F); torch's SDPA
   reads the cache at 8-14 GiB/s on an Intel Xeon whose memory gives 19-21, this 15-17. Over an
@@ -18,9 +19,11 @@ guidance: two rows against every weight of the decoder, read once from memory):
   ``torch.ops.harmonia.store_int8`` and read back as float32 by ``torch.ops.harmonia.int8_values``)
   it rounds the query to int8 and takes the scores as integer dot products (AVX-512 VNNI).
 
-rows_linear and decode_attention have a second form, for x86-64 CPUs without AVX-512 but with
-AVX2 and FMA (:data:`NARROW`), that computes the same bits (every lane the same operations in the
-same order), so an artifact made with either replays on both; :func:`form` says which runs.
+Every product has a second form, for x86-64 CPUs without AVX-512 (or, for the integer products
+and the int8 cache, without its VNNI) but with AVX2 and FMA (:data:`NARROW`), that computes the
+same bits (the float kernels: every lane the same operations in the same order; the integer
+ones: the same exact integer sums, by vpmaddubsw and vpmaddwd, then the same float steps), so an
+artifact made with either replays on both; :func:`form` says which runs.
 
 Whether rows_linear, int8_linear or decode_attention is used is decided by measurement on the machine at hand
 (:mod:`harmonia.calibration`), never assumed; the engine records the choice.
@@ -61,8 +64,8 @@ NEEDS = {  # what each product needs of the CPU (/proc/cpuinfo flags)
     "int4_linear": ("avx512f", "avx512bw", "avx512vl", "avx512_vnni"),
     "decode_attention": ("avx512f", "avx512bw", "avx512vl"),
 }
-# products with an AVX2 form of the same bits, and what it needs (the CPU's flags pick the form)
-NARROW = {"rows_linear": ("avx2", "fma"), "decode_attention": ("avx2", "fma")}
+# what each product's AVX2 form (the same bits) needs: every product has one (the CPU's flags pick the form)
+NARROW = {product: ("avx2", "fma") for product in NEEDS}
 _lock = threading.Lock()
 _state: dict[str, str | None] = {}
 
@@ -109,8 +112,8 @@ def kernel_dir() -> Path:
 
 
 def form(product: str) -> str | None:
-    """The form of ``product`` this CPU runs: "avx512", "avx2" (rows_linear and decode_attention
-    without AVX-512: the same bits), or None (neither)."""
+    """The form of ``product`` this CPU runs: "avx512", "avx2" (without AVX-512, or for the
+    integer products without its VNNI: the same bits), or None (neither)."""
     flags = cpu_flags()
     if all(flag in flags for flag in NEEDS[product]):
         return "avx512"
@@ -132,8 +135,8 @@ def unavailable(product: str) -> str | None:
 
 @contextlib.contextmanager
 def forced_form(name: str):
-    """Run rows_linear and decode_attention in form ``name`` ("avx512" or "avx2") inside the block
-    (tests and benchmarks: the AVX2 form on an AVX-512 CPU). The form is the process's: not for
+    """Run the products in form ``name`` ("avx512" or "avx2") inside the block (tests and
+    benchmarks: the AVX2 form on an AVX-512 CPU; the integer products run it anyway without VNNI). The form is the process's: not for
     threads that compute meanwhile (their bits stay the same, their speed may not)."""
     why = build()
     if why is not None:

@@ -1,7 +1,7 @@
 // Harmonia's products (and attention) for MusicGen's decoding steps: one or two rows (batch 1 with guidance)
-// against a weight matrix read once from memory, on AVX-512 CPUs. Each function carries its
-// own target attribute, so the library loads on any x86-64 CPU and Python calls a product
-// only where /proc/cpuinfo lists what it needs (harmonia/kernels/__init__.py).
+// against a weight matrix read once from memory, on AVX-512 CPUs (and, in a second form, AVX2 ones).
+// Each function carries its own target attribute, so the library loads on any x86-64 CPU and Python
+// calls a product only where /proc/cpuinfo lists what it needs (harmonia/kernels/__init__.py).
 //
 // harmonia.rows_linear: y = x @ W.T + b, float32 or bfloat16 W as stored by torch ([O, I]).
 //   Every output is one dot product summed in a fixed order (16 lanes, then a fixed lane
@@ -10,10 +10,10 @@
 //   go two by two against each group of weight rows, which stays in cache for the next pair.
 // harmonia.int8_linear: W stored as int8 (one scale per output channel), x quantised to int8
 //   per row on the fly (symmetric, round half to even). The sums are exact 32-bit integer sums
-//   (AVX-512 VNNI vpdpbusd); the float steps after them are fixed (-ffp-contract=off: no fused
-//   multiply-add), and tests compare them with torch's arithmetic to the bit. Weight layout
-//   (packed once at load): [O_pad / 16][I_pad / 4][16][4] int8, so one 64-byte load holds 4
-//   inputs of 16 outputs and every byte of W is read once per pair of rows.
+//   (AVX-512 VNNI vpdpbusd; the AVX2 form: see stream_blocks8x2); the float steps after them are
+//   fixed (-ffp-contract=off: no fused multiply-add), and tests compare them with torch's arithmetic
+//   to the bit. Weight layout (packed once at load): [O_pad / 16][I_pad / 4][16][4] int8, so one
+//   64-byte load holds 4 inputs of 16 outputs and every byte of W is read once per pair of rows.
 // harmonia.int4_linear: W in 4 bits (the `int4` precision): each output channel's weights in
 //   groups of G inputs (G a multiple of 16), each group with its own float32 scale and its
 //   weights rounded to the integers -7..7; x quantised to int8 per row as for int8_linear.
@@ -41,22 +41,26 @@
 //   scale x `scale`. The values: sum over positions of (p_t x the value's scale) x code, as the
 //   float kernel sums p_t x v_t.
 // harmonia.store_int8: a window's keys (into a uint8 cache) or values (int8) into such a cache, per
-//   position: scale = largest |x| / 127 (1 for a zero row), code = nearbyint(x / scale), round half
-//   to even: torch's round(x / scale) to the bit (a row with a NaN or an infinity: codes 0, scale
-//   NaN). harmonia.int8_values reads either back as float32 (code x scale), for a prefill's SDPA.
-// rows_linear and decode_attention have a second form for x86-64 CPUs without AVX-512 (AVX2 with
-//   FMA: Intel since Haswell, AMD since Zen), with the same bits: each 16-lane vector of the AVX-512
-//   form is two 8-lane halves (lanes 0-7 and 8-15), every lane takes the same operations in the same
-//   order (a multiply-add rounds once in both), lanes8x2 sums the lanes by the same tree as lanes, and
-//   exp8 scales by 2^n with one rounded multiply where vscalefps rounds once too (NaNs come out in the
-//   same places; their payloads are not compared). The CPU picks the form as the library loads;
-//   use_form changes it (tests force the AVX2 form on AVX-512 CPUs to compare the bits). Over an
-//   int8 cache the AVX-512 form needs VNNI too: an AVX-512 CPU without it runs the AVX2 form there
-//   (the same bits), whatever use_form says.
+//   position: scale = largest |x| / 127 (1 where that is 0: a zero row, or one below about 1e-42),
+//   code = nearbyint(x / scale), round half to even: torch's round(x / scale) to the bit (a row with
+//   a NaN or an infinity: codes 0, scale NaN). harmonia.int8_values reads either back as float32
+//   (code x scale), for a prefill's SDPA.
+// Every product has a second form for x86-64 CPUs without AVX-512 (AVX2 with FMA: Intel since
+//   Haswell, AMD since Zen), with the same bits: each 16-lane vector of the AVX-512 form is two
+//   8-lane halves (lanes 0-7 and 8-15), every lane takes the same operations in the same order (a
+//   multiply-add rounds once in both), lanes8x2 sums the lanes by the same tree as lanes, and exp8
+//   scales by 2^n with one rounded multiply where vscalefps rounds once too (NaNs come out in the
+//   same places; their payloads are not compared). The integer products' AVX2 form takes the same
+//   exact integer sums with vpmaddubsw and vpmaddwd (bounded so that no 16-bit sum saturates), then
+//   the same float steps. The CPU picks the form as the library loads; use_form changes it (tests
+//   force the AVX2 form on AVX-512 CPUs to compare the bits). The integer products and attention
+//   over an int8 cache need VNNI for their AVX-512 form: an AVX-512 CPU without it runs their AVX2
+//   form (the same bits), whatever use_form says.
 // Both integer products read up to eight 16-output blocks at once (streams_for: eight, four or one,
 // so that every thread still gets groups of its own); their bits depend neither on that count nor
-// on the thread count. Both quantise each row of x with quantise_row (AVX-512: the same IEEE
-// division and round-half-to-even as std::nearbyint(x / scale), without a libm call per input).
+// on the thread count. Both quantise each row of x with quantise_row (AVX-512; quantise_row8 in the
+// AVX2 form: the same IEEE division and round-half-to-even as std::nearbyint(x / scale), without a
+// libm call per input).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -87,8 +91,8 @@ inline void ask(const char *begin, const char *, std::uintptr_t offset) {
     _mm_prefetch(reinterpret_cast<const char *>(reinterpret_cast<std::uintptr_t>(begin) + offset), _MM_HINT_T0);
 }
 
-// The form of rows_linear and decode_attention that runs: false AVX-512, true AVX2 with FMA (from the
-// CPU as the library loads; use_form changes it, refusing a form this CPU cannot run).
+// The form of the products that runs: false AVX-512, true AVX2 with FMA (from the CPU as the library
+// loads; use_form changes it, refusing a form this CPU cannot run).
 bool runs_avx512() {
     __builtin_cpu_init();  // (GCC's advice for calls during static initialisation)
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
@@ -98,8 +102,17 @@ bool runs_avx2() {
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 std::atomic<bool> narrow{!runs_avx512()};
+bool runs_vnni() {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni");
+}
+const bool vnni = runs_vnni();
 
-// rows_linear's and decode_attention's refusal on a CPU that runs neither form (an error, not SIGILL).
+// Whether the integer products (int8_linear, int4_linear) and attention over an int8 cache run their AVX2
+// form: on a CPU without AVX-512, where it is forced, and on AVX-512 CPUs without VNNI (the same bits).
+inline bool integers_narrow() { return narrow.load(std::memory_order_relaxed) || !vnni; }
+
+// A product's refusal on a CPU that runs neither form (an error, not SIGILL).
 void check_form(const char *op) {
     static const bool runs = runs_avx512() || runs_avx2();
     TORCH_CHECK(runs, "harmonia.", op, ": this CPU has neither AVX-512 (F, BW, VL) nor AVX2 with FMA");
@@ -169,7 +182,7 @@ HARMONIA_AVX2 inline void store8x2(float *p, int64_t live, __m256 lo, __m256 hi)
     std::memcpy(p, values, sizeof(float) * live);
 }
 
-// Row p (I floats) quantised by its own scale (largest |x| / 127; 1 for a zero row): q[i] =
+// Row p (I floats) quantised by its own scale (largest |x| / 127; 1 where that is 0): q[i] =
 // nearbyint(p[i] / scale) + offset as a byte (offset 128: uint8 for vpdpbusd's unsigned side;
 // 0: int8). With `sums`, each group of G inputs' sum of the quantised values (without offset) is
 // added to sums[i / G]. Returns the scale. The max and the integer sums do not depend on the
@@ -213,6 +226,52 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) float quantise_row(const fl
     return scale;
 }
 
+// quantise_row's AVX2 form: the same largest |x| (NaNs counted apart, as there), the same IEEE
+// division and rounding to nearest even per input, the same integer sums: the same bytes and scale.
+HARMONIA_AVX2 float quantise_row8(const float *p, int64_t I, uint8_t *q, int32_t offset, int32_t *sums, int64_t G) {
+    const __m256 sign = _mm256_set1_ps(-0.f);
+    __m256 mv = _mm256_setzero_ps(), nan = _mm256_setzero_ps();
+    const int64_t full = I / 8 * 8;
+    for (int64_t i = 0; i < full; i += 8) {
+        const __m256 v = _mm256_andnot_ps(sign, _mm256_loadu_ps(p + i));
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+        mv = _mm256_max_ps(v, mv);  // a NaN v gives mv, as _mm512_max_ps does
+    }
+    float lanes8[8];
+    _mm256_storeu_ps(lanes8, mv);
+    float m = *std::max_element(lanes8, lanes8 + 8);  // the largest of non-NaN values: any order
+    bool finite = _mm256_movemask_ps(nan) == 0;
+    for (int64_t i = full; i < I; i++) {
+        finite = finite && !std::isnan(p[i]);
+        m = std::max(m, std::fabs(p[i]));
+    }
+    if (!finite || std::isinf(m)) {
+        std::memset(q, offset, static_cast<size_t>(I));
+        return std::numeric_limits<float>::quiet_NaN();
+    }
+    float scale = m / 127.f;
+    if (scale == 0.f) scale = 1.f;
+    const __m256 sv = _mm256_set1_ps(scale);
+    const __m128i ov = _mm_set1_epi8(static_cast<char>(offset));
+    for (int64_t i = 0; i < full; i += 8) {
+        const __m256i n = _mm256_cvtps_epi32(_mm256_div_ps(_mm256_loadu_ps(p + i), sv));  // to nearest even
+        // |n| <= 127: both packs are exact; the offset is added modulo 256, as _mm512_cvtepi32_epi8 truncates
+        const __m128i n16 = _mm_packs_epi32(_mm256_castsi256_si128(n), _mm256_extracti128_si256(n, 1));
+        _mm_storel_epi64(reinterpret_cast<__m128i *>(q + i), _mm_add_epi8(_mm_packs_epi16(n16, n16), ov));
+        if (sums) {
+            const __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(n), _mm256_extracti128_si256(n, 1));
+            const __m128i s2 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+            sums[i / G] += _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0xB1)));
+        }
+    }
+    for (int64_t i = full; i < I; i++) {
+        const int32_t n = static_cast<int32_t>(std::nearbyint(p[i] / scale));
+        q[i] = static_cast<uint8_t>(n + offset);
+        if (sums) sums[i / G] += n;
+    }
+    return scale;
+}
+
 // S consecutive 16-output blocks of W (16 x I bytes each, one after another) against two rows:
 // S streams from memory at once, one accumulator per block and row. Measured on an Intel Xeon (Ice
 // Lake, 2 threads): the 24 layers' products in 16.9-19.0 ms with S = 8 against 24.1-24.9 ms one
@@ -238,6 +297,37 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) inline void stre
     }
 }
 
+// stream_blocks' AVX2 form, on inputs quantised without the offset (int8 codes, |code| <= 127): the
+// same exact sums, less the offset's share (what int8_linear takes back as 128 x colsum). Without
+// VNNI: |w| (vpabsb) against the code carrying w's sign (vpsignb) in vpmaddubsw, whose pairs stay
+// within 2 x 128 x 127 < 2^15 (no saturation), then vpmaddwd by ones into 32 bits. Lanes 0-7 and
+// 8-15 of a block are the two 32-byte halves of each 64-byte chunk.
+template <int S>
+HARMONIA_AVX2 inline void stream_blocks8x2(const int8_t *wp, int64_t I, const uint8_t *x0, const uint8_t *x1,
+                                           int32_t *out0, int32_t *out1) {
+    const int64_t chunks = I / 4, stride = 16 * I;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i a[S][2], b[S][2];
+    for (int s = 0; s < S; s++) a[s][0] = a[s][1] = b[s][0] = b[s][1] = _mm256_setzero_si256();
+    for (int64_t c = 0; c < chunks; c++) {
+        const __m256i p = _mm256_set1_epi32(four(x0 + 4 * c)), q = _mm256_set1_epi32(four(x1 + 4 * c));
+        for (int s = 0; s < S; s++) {
+            for (int h = 0; h < 2; h++) {
+                const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(wp + s * stride + 64 * c + 32 * h));
+                const __m256i u = _mm256_abs_epi8(w);
+                a[s][h] = _mm256_add_epi32(a[s][h], _mm256_madd_epi16(_mm256_maddubs_epi16(u, _mm256_sign_epi8(p, w)), ones));
+                b[s][h] = _mm256_add_epi32(b[s][h], _mm256_madd_epi16(_mm256_maddubs_epi16(u, _mm256_sign_epi8(q, w)), ones));
+            }
+        }
+    }
+    for (int s = 0; s < S; s++) {
+        for (int h = 0; h < 2; h++) {
+            _mm256_storeu_si256(reinterpret_cast<__m256i *>(out0 + 16 * s + 8 * h), a[s][h]);
+            _mm256_storeu_si256(reinterpret_cast<__m256i *>(out1 + 16 * s + 8 * h), b[s][h]);
+        }
+    }
+}
+
 constexpr int64_t STREAMS = 8;  // the most blocks int8_linear and int4_linear read at once
 
 // How many blocks a task reads at once: eight where every thread still gets groups of its own,
@@ -245,6 +335,20 @@ constexpr int64_t STREAMS = 8;  // the most blocks int8_linear and int4_linear r
 inline int64_t streams_for(int64_t blocks) {
     const int64_t threads = at::get_num_threads();
     return blocks >= 8 * threads ? 8 : blocks >= 4 * threads ? 4 : 1;
+}
+
+// n consecutive blocks against two rows in the AVX2 form, AVX2_STREAMS at a time (the integer sums are
+// exact in any grouping). Measured on an AMD EPYC (Zen 3, AVX2 only, 2 threads; the 24 layers' products,
+// alternated runs): int8 15.6-16.9 ms with 4 against 15.7-22 with 2 and 15.5-21 with 8. int4 (a 1024 x
+// 4096 product from the L3 cache, 2 threads): 28.6-28.9 GiB/s with 4 against 22.7-27.3 with 2 and 20.4
+// with 8 (the first form, which kept every block's sums in registers and spilled them: 14-22).
+constexpr int AVX2_STREAMS = 4;
+inline void stream_int8_8x2(const int8_t *wg, int64_t n, int64_t I_pad, const uint8_t *x0, const uint8_t *x1,
+                            int32_t *acc0, int32_t *acc1) {
+    int64_t k = 0;
+    for (; k + AVX2_STREAMS <= n; k += AVX2_STREAMS)
+        stream_blocks8x2<AVX2_STREAMS>(wg + k * 16 * I_pad, I_pad, x0, x1, acc0 + 16 * k, acc1 + 16 * k);
+    for (; k < n; k++) stream_blocks8x2<1>(wg + k * 16 * I_pad, I_pad, x0, x1, acc0 + 16 * k, acc1 + 16 * k);
 }
 
 at::Tensor int8_linear(const at::Tensor &x, const at::Tensor &packed, const at::Tensor &scales,
@@ -262,13 +366,18 @@ at::Tensor int8_linear(const at::Tensor &x, const at::Tensor &packed, const at::
                     (!bias.has_value() || !bias->defined() ||
                      (bias->numel() == O && bias->scalar_type() == at::kFloat && bias->is_contiguous())),
                 "harmonia.int8_linear: scales, colsum and bias must have one float32/int32/float32 entry per output");
+    check_form("int8_linear");
+    const bool avx2 = integers_narrow();
     const at::Tensor xf = x.reshape({-1, I}).to(at::kFloat).contiguous();
     const int64_t R = xf.size(0), pairs = (R + 1) / 2;
-    // each row quantised by its own scale (largest |x| / 127), stored + 128 as uint8; pads hold 128 (zero)
-    std::vector<uint8_t> xu(static_cast<size_t>(pairs * 2 * I_pad), 128);
+    // each row quantised by its own scale (largest |x| / 127), stored + 128 as uint8 (vpdpbusd's unsigned
+    // side; the AVX2 form's codes go without it); pads hold zero
+    const int32_t offset = avx2 ? 0 : 128;
+    std::vector<uint8_t> xu(static_cast<size_t>(pairs * 2 * I_pad), static_cast<uint8_t>(offset));
     std::vector<float> xs(static_cast<size_t>(pairs * 2), 0.f);
     const float *xp = xf.data_ptr<float>();
-    for (int64_t r = 0; r < R; r++) xs[r] = quantise_row(xp + r * I, I, xu.data() + r * I_pad, 128, nullptr, 16);
+    for (int64_t r = 0; r < R; r++)
+        xs[r] = (avx2 ? quantise_row8 : quantise_row)(xp + r * I, I, xu.data() + r * I_pad, offset, nullptr, 16);
     at::Tensor y = at::empty({R, O}, xf.options());
     const int8_t *w = packed.data_ptr<int8_t>();
     const float *s = scales.data_ptr<float>();
@@ -284,7 +393,9 @@ at::Tensor int8_linear(const at::Tensor &x, const at::Tensor &packed, const at::
             for (int64_t pair = 0; pair < pairs; pair++) {  // the group's n x 16 x I_pad bytes stay in cache
                 const int64_t r0 = 2 * pair;
                 const uint8_t *x0 = xu.data() + r0 * I_pad, *x1 = x0 + I_pad;
-                if (n == 8) {
+                if (avx2) {
+                    stream_int8_8x2(wg, n, I_pad, x0, x1, acc0, acc1);
+                } else if (n == 8) {
                     stream_blocks<8>(wg, I_pad, x0, x1, acc0, acc1);
                 } else if (n == 4) {
                     stream_blocks<4>(wg, I_pad, x0, x1, acc0, acc1);
@@ -294,7 +405,7 @@ at::Tensor int8_linear(const at::Tensor &x, const at::Tensor &packed, const at::
                 }
                 for (int64_t j = 0; j < 16 * n && ob * 16 + j < O; j++) {
                     const int64_t o = ob * 16 + j;
-                    const int32_t zero = 128 * cs[o];  // the +128 of the inputs, taken back exactly
+                    const int32_t zero = avx2 ? 0 : 128 * cs[o];  // the +128 of the inputs, taken back exactly
                     // no bias: nothing added (+ 0.0 would turn an underflowed -0.0 into +0.0)
                     const float y0 = static_cast<float>(acc0[j] - zero) * (s[o] * xs[r0]);
                     yp[r0 * O + o] = b ? y0 + b[o] : y0;
@@ -483,6 +594,60 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) inline void stre
     }
 }
 
+// stream_blocks4's AVX2 form: the same integer group sums, then the same float steps on every lane
+// (lanes 0-7 and 8-15 of a block are the two 32-byte halves of each 64-byte chunk). Without VNNI:
+// vpmaddubsw of the nibbles (0..15) and the codes (|code| <= 127) gives pairs within 2 x 15 x 127 =
+// 3810, so RUN chunks' (two vpmaddubsw each; RUN <= 4) add up exactly in 16 bits (at most 30480)
+// before vpmaddwd by ones widens them into 32. Each group goes block after block (S blocks read in
+// turn), its float sums kept in memory: AVX2's 16 registers then hold every integer sum.
+template <int RUN>
+HARMONIA_AVX2 inline void group4_8x2(const uint8_t *w, const uint8_t *x0, const uint8_t *x1, int64_t c0,
+                                     int64_t chunks, __m256i sums[4]) {
+    const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    __m256i a32[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+    for (int64_t run = c0; run < c0 + chunks; run += RUN) {
+        __m256i a16[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+#pragma GCC unroll 4
+        for (int64_t c = run; c < run + RUN; c++) {
+            const __m256i pl = _mm256_set1_epi32(four(x0 + 8 * c)), ph = _mm256_set1_epi32(four(x0 + 8 * c + 4));
+            const __m256i ql = _mm256_set1_epi32(four(x1 + 8 * c)), qh = _mm256_set1_epi32(four(x1 + 8 * c + 4));
+            for (int h = 0; h < 2; h++) {
+                const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(w + 64 * c + 32 * h));
+                const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                a16[h] = _mm256_add_epi16(a16[h], _mm256_add_epi16(_mm256_maddubs_epi16(lo, pl), _mm256_maddubs_epi16(hi, ph)));
+                a16[2 + h] = _mm256_add_epi16(a16[2 + h], _mm256_add_epi16(_mm256_maddubs_epi16(lo, ql), _mm256_maddubs_epi16(hi, qh)));
+            }
+        }
+        for (int i = 0; i < 4; i++) a32[i] = _mm256_add_epi32(a32[i], _mm256_madd_epi16(a16[i], ones));
+    }
+    for (int i = 0; i < 4; i++) sums[i] = a32[i];
+}
+
+template <int S>
+HARMONIA_AVX2 inline void stream_blocks4_8x2(const uint8_t *wp, int64_t chunks_all, const float *sp,
+                                             const uint8_t *x0, const uint8_t *x1, const int32_t *sum0,
+                                             const int32_t *sum1, int64_t groups, int64_t chunks, float *out0,
+                                             float *out1) {
+    alignas(32) float f[2][16 * S] = {};  // per row, per block: lanes 0-7, then 8-15
+    for (int64_t g = 0; g < groups; g++) {
+        const __m256i e[2] = {_mm256_set1_epi32(8 * sum0[g]), _mm256_set1_epi32(8 * sum1[g])};
+        for (int s = 0; s < S; s++) {
+            __m256i sums[4];  // row 0 lanes 0-7, 8-15; row 1 lanes 0-7, 8-15
+            const uint8_t *w = wp + s * chunks_all * 64;
+            chunks % 4 == 0 ? group4_8x2<4>(w, x0, x1, g * chunks, chunks, sums)
+                            : group4_8x2<2>(w, x0, x1, g * chunks, chunks, sums);  // (chunks = G / 8 is even)
+            for (int i = 0; i < 4; i++) {
+                const __m256 scale = _mm256_loadu_ps(sp + (s * groups + g) * 16 + 8 * (i % 2));
+                float *p = f[i / 2] + 16 * s + 8 * (i % 2);
+                const __m256 term = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(sums[i], e[i / 2])), scale);
+                _mm256_store_ps(p, _mm256_add_ps(_mm256_load_ps(p), term));
+            }
+        }
+    }
+    std::memcpy(out0, f[0], sizeof f[0]);
+    std::memcpy(out1, f[1], sizeof f[1]);
+}
+
 at::Tensor int4_linear(const at::Tensor &x, const at::Tensor &packed, const at::Tensor &scales,
                        const c10::optional<at::Tensor> &bias, int64_t out_features) {
     TORCH_CHECK(packed.dim() == 4 && packed.size(2) == 16 && packed.size(3) == 4 && packed.is_contiguous() &&
@@ -500,6 +665,8 @@ at::Tensor int4_linear(const at::Tensor &x, const at::Tensor &packed, const at::
     TORCH_CHECK(!bias.has_value() || !bias->defined() ||
                     (bias->numel() == O && bias->scalar_type() == at::kFloat && bias->is_contiguous()),
                 "harmonia.int4_linear: bias must have one float32 entry per output");
+    check_form("int4_linear");
+    const bool avx2 = integers_narrow();
     const at::Tensor xf = x.reshape({-1, I}).to(at::kFloat).contiguous();
     const int64_t R = xf.size(0), pairs = (R + 1) / 2;
     // each row quantised by its own scale; pads hold 0; each group's input sum kept
@@ -508,7 +675,7 @@ at::Tensor int4_linear(const at::Tensor &x, const at::Tensor &packed, const at::
     std::vector<float> xs(static_cast<size_t>(pairs * 2), 0.f);
     const float *xp = xf.data_ptr<float>();
     for (int64_t r = 0; r < R; r++)
-        xs[r] = quantise_row(xp + r * I, I, xq.data() + r * I_pad, 0, xsum.data() + r * groups, G);
+        xs[r] = (avx2 ? quantise_row8 : quantise_row)(xp + r * I, I, xq.data() + r * I_pad, 0, xsum.data() + r * groups, G);
     at::Tensor y = at::empty({R, O}, xf.options());
     const uint8_t *w = packed.data_ptr<uint8_t>();
     const float *s = scales.data_ptr<float>();
@@ -525,7 +692,15 @@ at::Tensor int4_linear(const at::Tensor &x, const at::Tensor &packed, const at::
                 const int64_t r0 = 2 * pair;
                 const uint8_t *x0 = xq.data() + r0 * I_pad, *x1 = x0 + I_pad;
                 const int32_t *sum0 = xsum.data() + r0 * groups, *sum1 = sum0 + groups;
-                if (n == 8) {
+                if (avx2) {
+                    int64_t k = 0;
+                    for (; k + AVX2_STREAMS <= n; k += AVX2_STREAMS)
+                        stream_blocks4_8x2<AVX2_STREAMS>(wg + k * chunks_all * 64, chunks_all, sg + k * groups * 16, x0,
+                                                         x1, sum0, sum1, groups, chunks, acc0 + 16 * k, acc1 + 16 * k);
+                    for (; k < n; k++)
+                        stream_blocks4_8x2<1>(wg + k * chunks_all * 64, chunks_all, sg + k * groups * 16, x0, x1, sum0,
+                                              sum1, groups, chunks, acc0 + 16 * k, acc1 + 16 * k);
+                } else if (n == 8) {
                     stream_blocks4<8>(wg, chunks_all, sg, x0, x1, sum0, sum1, groups, chunks, acc0, acc1);
                 } else if (n == 4) {
                     stream_blocks4<4>(wg, chunks_all, sg, x0, x1, sum0, sum1, groups, chunks, acc0, acc1);
@@ -781,14 +956,8 @@ inline float row_scale(const int8_t *row, int64_t D) {
     return scale;
 }
 
-bool runs_vnni() {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512vnni");
-}
-const bool vnni = runs_vnni();
-
 // n values (stride apart) as int8 codes (codes[n..padded(n)) 0) and their scale: largest |x| / 127
-// (1 for all zeros), code = nearbyint(x / scale) by adding and taking away 1.5 x 2^23 (exact for
+// (1 where that is 0), code = nearbyint(x / scale) by adding and taking away 1.5 x 2^23 (exact for
 // |y| <= 2^22 in the default rounding, to nearest with ties to even: here |y| <= 127.5; no
 // fast-math, so the compiler keeps both). A NaN or an infinity among them: codes 0, scale NaN.
 inline float quantise_codes(const float *x, int64_t n, int64_t stride, int8_t *codes) {
@@ -1022,7 +1191,7 @@ at::Tensor decode_attention_int8(const at::Tensor &query, const at::Tensor &keys
     const int8_t *vp = values.data_ptr<int8_t>();
     const bool *mp = m.defined() ? m.data_ptr<bool>() : nullptr;
     const float s = static_cast<float>(scale);
-    const bool avx2 = narrow.load(std::memory_order_relaxed) || !vnni;
+    const bool avx2 = integers_narrow();
     at::parallel_for(0, R * H, 1, [&](int64_t begin, int64_t stop) {
         std::vector<float> scores(static_cast<size_t>(end + KEY_BLOCK));
         for (int64_t i = begin; i < stop; i++) {
@@ -1151,7 +1320,7 @@ at::Tensor decode_attention(const at::Tensor &query, const at::Tensor &keys, con
     return out;
 }
 
-// Set which form of rows_linear and decode_attention runs ("avx512" or "avx2"); returns the one before.
+// Set which form of the products runs ("avx512" or "avx2"); returns the one before.
 // The flag is the process's: for tests and benchmarks, not for threads to flip while others compute.
 std::string use_form(const std::string &form) {
     TORCH_CHECK(form == "avx512" || form == "avx2", "harmonia.use_form: avx512 or avx2, got ", form);

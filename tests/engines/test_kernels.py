@@ -20,7 +20,11 @@ needs_avx512 = pytest.mark.skipif(not AVX512, reason="this CPU lacks AVX-512 (th
 needs_float_kernels = pytest.mark.skipif(
     kernels.form("rows_linear") is None, reason="this CPU runs neither form of the float kernels"
 )
-needs_vnni = pytest.mark.skipif(not VNNI, reason="this CPU lacks AVX-512 VNNI (the int8 kernel's target)")
+# the integer kernels in either form (AVX-512 VNNI, or AVX2 with FMA: the same bits)
+INTEGER_KERNELS = kernels.form("int8_linear") is not None
+needs_integer_kernels = pytest.mark.skipif(
+    not INTEGER_KERNELS, reason="this CPU runs neither form of the integer kernels"
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -70,23 +74,28 @@ def test_the_products_are_built_wherever_the_cpu_runs_them():
             assert why == lacks
 
 
-def test_a_cpu_without_avx512_runs_the_float_kernels_in_their_avx2_form(monkeypatch):
-    """rows_linear and decode_attention run on AVX2 with FMA where AVX-512 is missing (the same
-    bits, tested below); the integer kernels have torch forms instead. A fresh process on such a
-    CPU sets the AVX2 form as it loads the library."""
+def test_a_cpu_without_avx512_runs_the_kernels_in_their_avx2_form(monkeypatch):
+    """Every kernel runs on AVX2 with FMA where AVX-512 (or, for the integer kernels, its VNNI) is
+    missing: the same bits, tested below. A fresh process on such a CPU sets the AVX2 form as it
+    loads the library."""
     import os
     import subprocess
     import sys
 
     real = kernels.cpu_flags()
     monkeypatch.setattr(kernels, "cpu_flags", lambda: {"sse4_2", "avx", "avx2", "fma"})
-    assert kernels.form("rows_linear") == kernels.form("decode_attention") == "avx2"
-    assert kernels.form("int8_linear") is kernels.form("int4_linear") is None
-    assert kernels.unavailable("int4_linear") == "this CPU lacks avx512f, avx512bw, avx512vl, avx512_vnni"
+    assert {kernels.form(product) for product in kernels.NEEDS} == {"avx2"}
+    # an AVX-512 CPU without VNNI (Skylake-SP, Cascade Lake before VNNI): the integer kernels' AVX2 form
+    skylake = {"sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl"}
+    monkeypatch.setattr(kernels, "cpu_flags", lambda: skylake)
+    assert kernels.form("rows_linear") == "avx512" and kernels.form("int4_linear") == "avx2"
     monkeypatch.setattr(kernels, "cpu_flags", lambda: {"sse4_2", "avx"})
-    assert kernels.form("decode_attention") is None
+    assert kernels.form("decode_attention") is kernels.form("int4_linear") is None
     assert kernels.unavailable("decode_attention") == (
         "this CPU lacks avx512f, avx512bw, avx512vl (and avx2, fma, which its AVX2 form needs)"
+    )
+    assert kernels.unavailable("int4_linear") == (
+        "this CPU lacks avx512f, avx512bw, avx512vl, avx512_vnni (and avx2, fma, which its AVX2 form needs)"
     )
     # the calibration's key names the AVX2 form (another speed than the AVX-512 form's)
     monkeypatch.setattr(kernels, "cpu_flags", lambda: {"sse4_2", "avx", "avx2", "fma"})
@@ -97,6 +106,9 @@ def test_a_cpu_without_avx512_runs_the_float_kernels_in_their_avx2_form(monkeypa
             "| Harmonia's kernels: decode_attention (AVX2 form)"
         )
         assert "rows_linear (AVX2 form)" in musicgen._product_shape(config, "bf16_products", "bf16", None)
+        assert musicgen._product_shape(config, "int8_products", "int8", None).endswith(
+            "| Harmonia's kernels: rows_linear (AVX2 form), int8_linear (AVX2 form), int4_linear (AVX2 form)"
+        )
     if not {"avx2", "fma"} <= real:
         return  # (the rest runs the AVX2 form)
     # a fresh process: the library picks the form from the CPU as it loads (use_form returns the
@@ -189,14 +201,32 @@ def _avx2_cases():
             (f"attention {dtype} at exp's floor",
              lambda q=q, k=k, v=v: torch.ops.harmonia.decode_attention(q, k, v, 5, 1.0035, None)),
         )  # fmt: skip
+    # the integer products (vpdpbusd against vpmaddubsw and vpmaddwd: the same integers, then the same
+    # float steps; without VNNI both runs would be the AVX2 form): eight, four and one blocks at once,
+    # odd rows, widths that need padding, ties, NaN and infinity rows, a row whose scale underflows
+    for pair in (_int8_pair, _int4_pair) if VNNI else ():
+        shapes = [(64, 64, 2), (33, 70, 5), (144, 128, 3), (4096, 1024, 2), (1024, 4096, 1), (40, 24, 1)]
+        for out, width, rows in shapes:
+            kernel = pair(out, width, bias=rows != 2)[0]
+            x = torch.randn(rows, width, generator=generator) * 3
+            cases.append((f"{pair.__name__} {out}x{width}x{rows}", lambda kernel=kernel, x=x: kernel(x)))
+        kernel = pair(37, 130, bias=False)[0]
+        ties = torch.randint(-254, 255, (4, 130), generator=generator).float() / 2
+        ties[:, 0] = 127.0  # the scale is 1: every odd k lands on a tie
+        broken = torch.randn(4, 130, generator=generator)
+        broken[0, 5], broken[1, 129], broken[2, 64] = float("nan"), float("inf"), float("-inf")
+        broken[3] = 1e-44  # the scale underflows: codes 0
+        for name, x in (("ties", ties), ("nan, infinity, underflow", broken)):
+            cases.append((f"{pair.__name__} {name}", lambda kernel=kernel, x=x: kernel(x)))
     return cases
 
 
 @needs_avx512
 def test_the_avx2_forms_compute_the_avx512_forms_bits():
-    """Each 16-lane vector as two 8-lane halves, every lane the same operations in the same order:
-    the same bits on widths and head sizes that are not multiples of 16, masks, a row with no key,
-    NaN and infinity, strided keys, one thread and two."""
+    """Each 16-lane vector as two 8-lane halves, every lane the same operations in the same order
+    (the integer products: the same exact integer sums, then the same float steps): the same bits
+    on widths and head sizes that are not multiples of 16, masks, a row with no key, NaN and
+    infinity, strided keys, one thread and two."""
     nan = False
     for name, call in _avx2_cases():
         wide = on_one_and_two_threads(call)
@@ -252,7 +282,7 @@ def _int8_pair(out: int, width: int, bias: bool, gain: float = 0.05):
     return musicgen._RowwiseInt8Linear(linear), musicgen._ReferenceInt8Linear(linear), linear
 
 
-@needs_vnni
+@needs_integer_kernels
 # (144, 64, 3): eight blocks of 16 outputs read at once, then the ninth alone, for 9 rows (odd)
 @pytest.mark.parametrize(
     ("out", "width", "rows"), [(64, 48, 2), (33, 70, 5), (40, 24, 1), (4096, 1024, 2), (144, 64, 3)]
@@ -283,7 +313,7 @@ def _int4_pair(out: int, width: int, bias: bool, gain: float = 0.05):
     return musicgen._Int4Linear(linear), musicgen._ReferenceInt4Linear(linear), linear
 
 
-@needs_vnni
+@needs_integer_kernels
 @pytest.mark.parametrize(
     ("out", "width", "rows"),
     [(64, 64, 2), (33, 70, 5), (40, 24, 1), (4096, 1024, 2), (1024, 4096, 1), (144, 128, 3)],
@@ -300,7 +330,22 @@ def test_the_int4_kernel_computes_the_torch_reference_to_the_bit(out, width, row
     assert int8_error < error < 0.15
 
 
-@needs_vnni
+@needs_integer_kernels
+@pytest.mark.parametrize("group", [16, 48, 128])
+def test_the_int4_kernel_takes_groups_of_any_multiple_of_16_inputs(monkeypatch, group):
+    """The scheme's groups are 64 inputs; the kernel takes any multiple of 16 (its AVX2 form sums
+    runs of four 8-input chunks in 16 bits where a group's chunks come in fours, else runs of two)."""
+    monkeypatch.setattr(musicgen, "INT4_GROUP", group)
+    kernel, reference, _ = _int4_pair(40, 150, bias=True)
+    assert kernel.scales.shape == (3, -(-150 // group), 16)
+    x = torch.randn(3, 150, generator=torch.Generator().manual_seed(group)) * 3
+    forms = ["avx512", "avx2"] if kernels.form("int4_linear") == "avx512" else [kernels.form("int4_linear")]
+    for form in forms:
+        with kernels.forced_form(form):
+            assert same_bits(kernel(x), reference(x)), form
+
+
+@needs_integer_kernels
 @pytest.mark.parametrize("pair", [_int8_pair, _int4_pair])
 def test_the_integer_kernels_agree_with_torch_on_ties_underflow_nan_and_infinity(pair):
     """Inputs that land on .5 after the row's scale (round half to even), products that
@@ -344,12 +389,12 @@ def test_the_int4_scheme_stores_half_a_byte_a_weight_and_the_reference_runs_anyw
     assert torch.equal(reference(x), linear.bias.detach().expand(2, 40))
 
 
-@needs_vnni
+@needs_integer_kernels
 def test_int4_makes_the_same_audio_with_or_without_the_kernel_and_is_an_artifact_of_its_own(
     wb, monkeypatch, caplog
 ):
-    """The kernel and its torch stand-in compute the same bits, so an int4 artifact made on an
-    AVX-512 VNNI machine reproduces on any CPU (more slowly). (Attention: torch's, as before
+    """The kernel and its torch stand-in compute the same bits, so an int4 artifact made with the
+    kernel (either form) reproduces on any CPU (more slowly without it). (Attention: torch's, as before
     int4's only choice existed; the attention path is tested below.)"""
     from harmonia.generation import generate, reproduce
 
@@ -389,7 +434,7 @@ def test_int4_makes_the_same_audio_with_or_without_the_kernel_and_is_an_artifact
     assert reproduce(wb, made.id).identical  # on the stand-in (unavailable is still patched)
 
 
-@needs_vnni
+@needs_integer_kernels
 @pytest.mark.parametrize("precision", ["int8", "int4"])
 def test_the_packed_weights_lie_in_one_buffer_in_step_order_and_the_bytes_do_not_change(
     wb, monkeypatch, precision
@@ -533,7 +578,10 @@ def test_the_int8_path_is_measured_recorded_and_a_manifest_from_before_replays_f
     layer = type(measured.model.decoder.model.decoder.layers[0].fc1).__name__
     assert (
         layer
-        == {"rowwise": "_RowwiseInt8Linear" if VNNI else "_ReferenceInt8Linear", "fbgemm": "Linear"}[chosen]
+        == {
+            "rowwise": "_RowwiseInt8Linear" if INTEGER_KERNELS else "_ReferenceInt8Linear",
+            "fbgemm": "Linear",
+        }[chosen]
     )
     (entry,) = json.loads((wb.state_dir / "calibration.json").read_text()).values()
     assert entry["path"] == chosen
@@ -894,10 +942,10 @@ def test_the_attention_path_is_measured_recorded_forced_and_replayed(wb, monkeyp
     )  # once failed on its decoder without cross-attention)
 
 
-@needs_vnni
+@needs_integer_kernels
 def test_rowwise_int8_makes_the_same_audio_with_or_without_the_kernel(wb, monkeypatch):
-    """The kernel and its float64 stand-in compute the same bits, so an artifact made on an AVX-512
-    VNNI machine reproduces on any CPU (more slowly)."""
+    """The kernel and its float64 stand-in compute the same bits, so an artifact made with the
+    kernel (either form) reproduces on any CPU (more slowly without it)."""
     monkeypatch.setenv("HARMONIA_INT8_PRODUCTS", "rowwise")
     monkeypatch.setenv("HARMONIA_ATTENTION", "sdpa")  # the same attention both times
     request = MusicRequest(["calm piano", "drums"], duration_s=0.6, seed=8)
@@ -984,7 +1032,7 @@ def test_the_kernel_source_is_pinned_to_the_engines_code_version():
     digest = hashlib.sha256(kernels.SOURCE.read_bytes()).hexdigest()
     assert (MusicGenEngine.code_version, digest) == (
         1,
-        "868d638d587e6f1a61b4a30f2bb5fc27aeb6c27e68fd2b3ba997bbf84f5ce4d7",
+        "43d68af1288735e1520283a743d55976e26e1246453d1df076281d16d93a5c3a",
     ), (
         "harmonia/kernels/decode.cpp changed: bump MusicGenEngine.code_version if its bits did, then pin the digest"
     )
