@@ -583,6 +583,12 @@ def reproduce(
         if now_c is None or then_c != [now_c.name, now_c.digest]:
             now_says = f"{now_c.name} ({now_c.digest[:12]})" if now_c else "none"
             differences.append(f"{role} {then_c[0] if then_c else 'none'} -> {now_says}: another snapshot")
+    now_cpu = torch.backends.cpu.get_cpu_capability()
+    if m.runtime.torch_cpu and m.runtime.torch_cpu != now_cpu:  # (manifests before it: not recorded)
+        differences.append(
+            f"torch's CPU kernels {m.runtime.torch_cpu} -> {now_cpu} ({m.runtime.cpu or 'a CPU'} -> "
+            f"{cpu_model()}): torch's own arithmetic takes other vector paths here, which round differently"
+        )
     device = m.runtime.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         differences.append("device cuda -> cpu (no GPU here)")
@@ -772,6 +778,7 @@ def _manifest(
             platform=platform.platform(),
             machine=platform.machine(),
             cpu=cpu_model(),
+            torch_cpu=torch.backends.cpu.get_cpu_capability(),
             paths=dict(loaded.paths),
             choices=dict(loaded.choices),
         ),

@@ -109,6 +109,9 @@ class RuntimeRecord:
     platform: str = ""
     machine: str = ""
     cpu: str = ""
+    # the vector code torch's CPU kernels dispatch to here (torch.backends.cpu.get_cpu_capability():
+    # AVX512, AVX2, ...): another one rounds some of torch's own arithmetic differently
+    torch_cpu: str = ""
     paths: dict[str, str] = field(default_factory=dict)  # fast paths taken (part of the id; replayed)
     choices: dict[str, str] = field(default_factory=dict)  # how each was chosen (measured, cached, ...)
 

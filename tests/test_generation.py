@@ -178,6 +178,33 @@ def test_reproduce_says_identical_then_reports_drift(music_wb):
     assert drift.summary().startswith(f"{done.artifact.id}: drifted: max abs difference ")
 
 
+def test_the_manifest_records_torchs_cpu_kernels_and_reproduce_names_a_change(music_wb):
+    """Another vector width (AVX2 against AVX-512) rounds some of torch's own arithmetic
+    differently, so a take made on one may replay on the other only to rounding: reproduce says
+    why (a manifest from before the record says nothing of it)."""
+    from harmonia.calibration import cpu_model
+
+    done = generate(music_wb, "tiny-musicgen", MusicRequest("x", duration_s=0.4, seed=4), previews=False)
+    here = torch.backends.cpu.get_cpu_capability()
+    runtime = done.artifact.manifest.runtime
+    assert runtime.torch_cpu == here != ""  # e.g. AVX512, AVX2
+    assert runtime.cpu == cpu_model()
+    assert reproduce(music_wb, done.artifact.id).differences == ()
+    manifest = done.artifact.path / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["runtime"]["torch_cpu"], data["runtime"]["cpu"] = "SOMEWHERE", "Another CPU"
+    manifest.write_text(json.dumps(data, indent=2))
+    verdict = reproduce(music_wb, done.artifact.id)
+    assert verdict.identical  # (it ran here: the note is about the record, not the bytes)
+    assert verdict.differences == (
+        f"torch's CPU kernels SOMEWHERE -> {here} (Another CPU -> {cpu_model()}): torch's own arithmetic "
+        "takes other vector paths here, which round differently",
+    )
+    del data["runtime"]["torch_cpu"]
+    manifest.write_text(json.dumps(data, indent=2))
+    assert reproduce(music_wb, done.artifact.id).differences == ()
+
+
 def test_inputs_are_kept_and_reproduce(music_wb, tmp_path):
     melody = tone_file(tmp_path / "melody.wav", 2.0)
     done = generate(

@@ -24,6 +24,9 @@ from tests.conftest import REPO_ROOT, run_cli
 
 LEGACY = REPO_ROOT / "tests" / "data" / "legacy-artifacts"
 LEGACY_TEXT_ID, LEGACY_CONTINUATION_ID = "50466b14327371bf", "a469ec8b9f5fba93"
+# they were made on a CPU whose torch kernels ran AVX-512 (schema 1 did not record it): on a CPU
+# with other vector units torch's own arithmetic rounds differently, so they replay to rounding
+LEGACY_TORCH_CPU = "AVX512"
 
 
 def sha(path: Path) -> str:
@@ -32,7 +35,12 @@ def sha(path: Path) -> str:
 
 # -- artifacts made before this schema ----------------------------------------------------------
 def test_schema_1_artifacts_are_cache_hits_and_reproduce_identical(music_wb):
-    """Made by Harmonia at a1514a3 (tests/data/legacy-artifacts): same ids, same bytes."""
+    """Made by Harmonia at a1514a3 (tests/data/legacy-artifacts): same ids, same bytes where torch's
+    kernels run the vector code they ran then (AVX-512; measured: identical on an AMD EPYC and an
+    Intel Xeon with it), and the same to rounding elsewhere (an AMD EPYC with AVX2 only: 131.6 dB)."""
+    import torch
+
+    same_kernels = torch.backends.cpu.get_cpu_capability() == LEGACY_TORCH_CPU
     shutil.copytree(LEGACY, music_wb.artifacts_dir)
     done = generate(
         music_wb, "tiny-musicgen", MusicRequest("legacy calm piano", duration_s=1.0, seed=11), threads=2
@@ -51,12 +59,14 @@ def test_schema_1_artifacts_are_cache_hits_and_reproduce_identical(music_wb):
     assert again.cached and again.artifact.id == LEGACY_CONTINUATION_ID
     for art_id in (LEGACY_TEXT_ID, LEGACY_CONTINUATION_ID):
         verdict = reproduce(music_wb, art_id)
-        assert verdict.identical, verdict
+        assert verdict.identical or not same_kernels, verdict
+        assert verdict.differences == () and all(o.snr_db > 120 for o in verdict.outputs), verdict
     # A new request gets a schema-2 id; the old ones are left as they are.
     fresh = generate(music_wb, "tiny-musicgen", MusicRequest("legacy calm piano", duration_s=1.0, seed=11), threads=2, force=True)  # fmt: skip
     assert fresh.artifact.id not in (LEGACY_TEXT_ID, LEGACY_CONTINUATION_ID)
     assert fresh.artifact.manifest.schema == "harmonia.manifest/2"
-    assert sha(fresh.artifact.file("take-0.wav")) == sha(LEGACY / LEGACY_TEXT_ID / "take-0.wav")  # same bytes
+    same_bytes = sha(fresh.artifact.file("take-0.wav")) == sha(LEGACY / LEGACY_TEXT_ID / "take-0.wav")
+    assert same_bytes or not same_kernels
     shown = run_cli("artifacts", "show", LEGACY_CONTINUATION_ID, cwd=music_wb.root)
     assert shown.returncode == 0, shown.stderr
     assert "schema harmonia.manifest/1" in shown.stdout
