@@ -584,10 +584,11 @@ def reproduce(
             now_says = f"{now_c.name} ({now_c.digest[:12]})" if now_c else "none"
             differences.append(f"{role} {then_c[0] if then_c else 'none'} -> {now_says}: another snapshot")
     now_cpu = torch.backends.cpu.get_cpu_capability()
-    if m.runtime.torch_cpu and m.runtime.torch_cpu != now_cpu:  # (manifests before it: not recorded)
+    recorded = m.runtime.torch_cpu  # (manifests before it: not recorded)
+    if recorded and recorded != now_cpu and m.runtime.device == "cpu":
         differences.append(
-            f"torch's CPU kernels {m.runtime.torch_cpu} -> {now_cpu} ({m.runtime.cpu or 'a CPU'} -> "
-            f"{cpu_model()}): torch's own arithmetic takes other vector paths here, which round differently"
+            f"torch's CPU kernels {recorded} -> {now_cpu} ({m.runtime.cpu or 'a CPU'} -> {cpu_model()}): "
+            "torch's own arithmetic takes other vector paths here, which may round differently"
         )
     device = m.runtime.device
     if device.startswith("cuda") and not torch.cuda.is_available():

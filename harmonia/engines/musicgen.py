@@ -197,6 +197,13 @@ class _RowwiseInt8Linear(torch.nn.Module):
         return torch.ops.harmonia.int8_linear(x, self.packed, self.scales, self.colsum, self.bias)
 
 
+def _codes(rows: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The rows' int8 codes as the kernels round them: x / scale to the nearest integer, ties to
+    even, within -127..127 (only a row whose largest |x| is below about 2.3e-41 needs the bound:
+    its scale is subnormal and rounds down, e.g. 2^-149 for a largest of 190 x 2^-149)."""
+    return torch.round(rows / scale).clamp(-127, 127)
+
+
 class _ReferenceInt8Linear(_RowwiseInt8Linear):
     """:class:`_RowwiseInt8Linear`'s arithmetic in torch, for CPUs without the kernel.
 
@@ -213,7 +220,7 @@ class _ReferenceInt8Linear(_RowwiseInt8Linear):
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         # exact integer sums in float64, rounded once to float32 as the kernel's int32 -> float32 is;
         # a row with a NaN or an infinity stays NaN (through int32 it would become a number)
-        sums = (torch.round(rows / scale).double() @ self.weight.double().t()).float()
+        sums = (_codes(rows, scale).double() @ self.weight.double().t()).float()
         return _shaped(sums * (self.scales[None, :] * scale), self.bias, x, self.out_features)
 
 
@@ -279,7 +286,7 @@ class _ReferenceInt4Linear(_Int4Linear):
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         out_pad, in_pad = self.weight.shape
         groups = self.scales.shape[1]
-        quantised = torch.nn.functional.pad(torch.round(rows / scale), [0, in_pad - self.in_features])
+        quantised = torch.nn.functional.pad(_codes(rows, scale), [0, in_pad - self.in_features])
         sums = torch.bmm(  # [groups, rows, out_pad]: exact integers
             quantised.reshape(rows.shape[0], groups, -1).transpose(0, 1),
             self.weight.reshape(out_pad, groups, -1).permute(1, 2, 0),

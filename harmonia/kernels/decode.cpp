@@ -41,7 +41,7 @@
 //   scale x `scale`. The values: sum over positions of (p_t x the value's scale) x code, as the
 //   float kernel sums p_t x v_t.
 // harmonia.store_int8: a window's keys (into a uint8 cache) or values (int8) into such a cache, per
-//   position: scale = largest |x| / 127 (1 where that is 0: a zero row, or one below about 1e-42),
+//   position: scale = largest |x| / 127 (1 where that is 0: a zero row, or one below about 8.9e-44),
 //   code = nearbyint(x / scale), round half to even: torch's round(x / scale) to the bit (a row with
 //   a NaN or an infinity: codes 0, scale NaN). harmonia.int8_values reads either back as float32
 //   (code x scale), for a prefill's SDPA.
@@ -183,8 +183,10 @@ HARMONIA_AVX2 inline void store8x2(float *p, int64_t live, __m256 lo, __m256 hi)
 }
 
 // Row p (I floats) quantised by its own scale (largest |x| / 127; 1 where that is 0): q[i] =
-// nearbyint(p[i] / scale) + offset as a byte (offset 128: uint8 for vpdpbusd's unsigned side;
-// 0: int8). With `sums`, each group of G inputs' sum of the quantised values (without offset) is
+// nearbyint(p[i] / scale) within -127..127, + offset as a byte (offset 128: uint8 for vpdpbusd's
+// unsigned side; 0: int8). (CODE_BOUND: only a row whose largest |x| is below about 2.3e-41 needs the
+// bound: its scale is subnormal and rounds down, 2^-149 for a largest of 190 x 2^-149, code 190;
+// before the bound the AVX-512 form wrapped such codes, here and in torch's forms they are 127.) With `sums`, each group of G inputs' sum of the quantised values (without offset) is
 // added to sums[i / G]. Returns the scale. The max and the integer sums do not depend on the
 // order; the division and the rounding are IEEE operations, the same as the scalar tail's.
 // A row with a NaN or an infinity returns a NaN scale (its products come out NaN, as torch's
@@ -209,17 +211,18 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) float quantise_row(const fl
         std::memset(q, offset, static_cast<size_t>(I));
         return std::numeric_limits<float>::quiet_NaN();
     }
-    float scale = m / 127.f;  // divided first, as torch does (a row below about 1e-42 gets 0 here, then 1)
+    float scale = m / 127.f;  // divided first, as torch does (a row below about 8.9e-44 gets 0 here, then 1)
     if (scale == 0.f) scale = 1.f;
     const __m512 sv = _mm512_set1_ps(scale);
-    const __m512i ov = _mm512_set1_epi32(offset);
+    const __m512i ov = _mm512_set1_epi32(offset), top = _mm512_set1_epi32(127), bottom = _mm512_set1_epi32(-127);
     for (int64_t i = 0; i < full; i += 16) {
-        const __m512i n = _mm512_cvtps_epi32(_mm512_div_ps(_mm512_loadu_ps(p + i), sv));  // to nearest even
+        const __m512i n = _mm512_max_epi32(  // to nearest even, within -127..127 (see CODE_BOUND)
+            _mm512_min_epi32(_mm512_cvtps_epi32(_mm512_div_ps(_mm512_loadu_ps(p + i), sv)), top), bottom);
         _mm_storeu_si128(reinterpret_cast<__m128i *>(q + i), _mm512_cvtepi32_epi8(_mm512_add_epi32(n, ov)));
         if (sums) sums[i / G] += _mm512_reduce_add_epi32(n);
     }
     for (int64_t i = full; i < I; i++) {
-        const int32_t n = static_cast<int32_t>(std::nearbyint(p[i] / scale));
+        const int32_t n = std::clamp(static_cast<int32_t>(std::nearbyint(p[i] / scale)), -127, 127);
         q[i] = static_cast<uint8_t>(n + offset);
         if (sums) sums[i / G] += n;
     }
@@ -253,8 +256,10 @@ HARMONIA_AVX2 float quantise_row8(const float *p, int64_t I, uint8_t *q, int32_t
     if (scale == 0.f) scale = 1.f;
     const __m256 sv = _mm256_set1_ps(scale);
     const __m128i ov = _mm_set1_epi8(static_cast<char>(offset));
+    const __m256i top = _mm256_set1_epi32(127), bottom = _mm256_set1_epi32(-127);
     for (int64_t i = 0; i < full; i += 8) {
-        const __m256i n = _mm256_cvtps_epi32(_mm256_div_ps(_mm256_loadu_ps(p + i), sv));  // to nearest even
+        const __m256i n = _mm256_max_epi32(  // to nearest even, within -127..127
+            _mm256_min_epi32(_mm256_cvtps_epi32(_mm256_div_ps(_mm256_loadu_ps(p + i), sv)), top), bottom);
         // |n| <= 127: both packs are exact; the offset is added modulo 256, as _mm512_cvtepi32_epi8 truncates
         const __m128i n16 = _mm_packs_epi32(_mm256_castsi256_si128(n), _mm256_extracti128_si256(n, 1));
         _mm_storel_epi64(reinterpret_cast<__m128i *>(q + i), _mm_add_epi8(_mm_packs_epi16(n16, n16), ov));
@@ -265,7 +270,7 @@ HARMONIA_AVX2 float quantise_row8(const float *p, int64_t I, uint8_t *q, int32_t
         }
     }
     for (int64_t i = full; i < I; i++) {
-        const int32_t n = static_cast<int32_t>(std::nearbyint(p[i] / scale));
+        const int32_t n = std::clamp(static_cast<int32_t>(std::nearbyint(p[i] / scale)), -127, 127);
         q[i] = static_cast<uint8_t>(n + offset);
         if (sums) sums[i / G] += n;
     }
@@ -1320,6 +1325,9 @@ at::Tensor decode_attention(const at::Tensor &query, const at::Tensor &keys, con
     return out;
 }
 
+// The form the integer products and attention over an int8 cache run now (tests check it).
+std::string integer_form() { return integers_narrow() ? "avx2" : "avx512"; }
+
 // Set which form of the products runs ("avx512" or "avx2"); returns the one before.
 // The flag is the process's: for tests and benchmarks, not for threads to flip while others compute.
 std::string use_form(const std::string &form) {
@@ -1335,6 +1343,7 @@ std::string use_form(const std::string &form) {
 
 TORCH_LIBRARY(harmonia, m) {
     m.def("use_form(str form) -> str", &use_form);
+    m.def("integer_form() -> str", &integer_form);
     m.def("int8_linear(Tensor x, Tensor packed, Tensor scales, Tensor colsum, Tensor? bias) -> Tensor");
     m.def("int4_linear(Tensor x, Tensor packed, Tensor scales, Tensor? bias, int out_features) -> Tensor");
     m.def("rows_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");

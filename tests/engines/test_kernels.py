@@ -124,7 +124,7 @@ def test_a_cpu_without_avx512_runs_the_kernels_in_their_avx2_form(monkeypatch):
 
 
 def _avx2_cases():
-    """(name, call) pairs of rows_linear and decode_attention on awkward inputs."""
+    """(name, call) pairs of every product and decode_attention on awkward inputs."""
     generator = torch.Generator().manual_seed(11)
     cases = []
     for dtype in (torch.float32, torch.bfloat16):
@@ -218,7 +218,18 @@ def _avx2_cases():
         broken[3] = 1e-44  # the scale underflows: codes 0
         for name, x in (("ties", ties), ("nan, infinity, underflow", broken)):
             cases.append((f"{pair.__name__} {name}", lambda kernel=kernel, x=x: kernel(x)))
+        strong, x = pair(37, 130, bias=False, gain=1e30)[0], _subnormal_scale_rows(generator)
+        cases.append((f"{pair.__name__} subnormal scale", lambda kernel=strong, x=x: kernel(x)))
     return cases
+
+
+def _subnormal_scale_rows(generator: torch.Generator) -> torch.Tensor:
+    """Rows whose largest |x| is 190 x 2^-149: their scale, 190/127 x 2^-149, rounds to 2^-149, so
+    x / scale reaches 190, past an int8 code (the kernels and torch's forms bound codes at 127)."""
+    rows = torch.randint(-190, 191, (2, 130), generator=generator).float() * 2.0**-149
+    rows[:, 7], rows[1, 9] = 190 * 2.0**-149, -190 * 2.0**-149
+    assert (rows.abs().amax(1) / 127 == 2.0**-149).all()
+    return rows
 
 
 @needs_avx512
@@ -228,9 +239,11 @@ def test_the_avx2_forms_compute_the_avx512_forms_bits():
     on widths and head sizes that are not multiples of 16, masks, a row with no key, NaN and
     infinity, strided keys, one thread and two."""
     nan = False
+    assert torch.ops.harmonia.integer_form() == ("avx512" if VNNI else "avx2")
     for name, call in _avx2_cases():
         wide = on_one_and_two_threads(call)
         with kernels.forced_form("avx2"):
+            assert torch.ops.harmonia.integer_form() == "avx2"
             narrow = on_one_and_two_threads(call)
         assert all(same_bits(wide[0], other) for other in (*wide, *narrow)), name
         nan |= bool(wide[0].isnan().any())
@@ -342,6 +355,7 @@ def test_the_int4_kernel_takes_groups_of_any_multiple_of_16_inputs(monkeypatch, 
     forms = ["avx512", "avx2"] if kernels.form("int4_linear") == "avx512" else [kernels.form("int4_linear")]
     for form in forms:
         with kernels.forced_form(form):
+            assert torch.ops.harmonia.integer_form() == form
             assert same_bits(kernel(x), reference(x)), form
 
 
@@ -372,6 +386,14 @@ def test_the_integer_kernels_agree_with_torch_on_ties_underflow_nan_and_infinity
     subnormal = torch.cat([torch.full((1, 130), 1e-44), fine])
     assert same_bits(kernel(subnormal), reference(subnormal))
     assert torch.equal(kernel(subnormal)[0], torch.zeros(37))  # codes 0, no bias
+    # a subnormal scale: x / scale reaches 190, and codes stop at 127 (the AVX-512 form once wrapped
+    # them to -66 where torch's form kept 190); weights of 1e30 keep the outputs above underflow
+    strong_kernel, strong_reference, _ = pair(37, 130, bias=False, gain=1e30)
+    rows = _subnormal_scale_rows(generator)
+    out = strong_kernel(rows)
+    assert same_bits(out, strong_reference(rows)) and (out != 0).all() and out.isfinite().all()
+    clipped = torch.round(rows / 2.0**-149).clamp(-127, 127) * 2.0**-149  # what the codes stand for
+    assert same_bits(out, strong_kernel(clipped))  # the same codes and the same scale
 
 
 def test_the_int4_scheme_stores_half_a_byte_a_weight_and_the_reference_runs_anywhere():
@@ -1032,7 +1054,7 @@ def test_the_kernel_source_is_pinned_to_the_engines_code_version():
     digest = hashlib.sha256(kernels.SOURCE.read_bytes()).hexdigest()
     assert (MusicGenEngine.code_version, digest) == (
         1,
-        "43d68af1288735e1520283a743d55976e26e1246453d1df076281d16d93a5c3a",
+        "4f204ee72cc074bec267656908f2ef22752e56cef7ddb9d202bd23840b7a0fd6",
     ), (
         "harmonia/kernels/decode.cpp changed: bump MusicGenEngine.code_version if its bits did, then pin the digest"
     )

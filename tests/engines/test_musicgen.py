@@ -677,12 +677,18 @@ def test_own_int8_reads_what_its_cache_means_with_the_query_rounded(sharp_wb, pr
         ("bf16", {"bf16_products": "rows", "attention": "own"}),
         ("int4", {"attention": "own-bf16"}),
         pytest.param("int4", {"attention": "own-int8"}, marks=pytest.mark.skipif(not VNNI, reason="no VNNI")),
+        pytest.param(
+            "int8",
+            {"int8_products": "rowwise", "attention": "own-bf16"},
+            marks=pytest.mark.skipif(not VNNI, reason="no VNNI"),
+        ),
     ],
 )
 def test_a_cpu_without_avx512_computes_the_same_logits_and_audio(sharp_wb, monkeypatch, precision, paths):
-    """An artifact made on Harmonia's float kernels (rows, own, own-bf16, own-int8) replays on a CPU with
-    AVX2 but not AVX-512, whose kernels run in their AVX2 form: every step's logits the same to the
-    bit, so the same tokens and audio (sharp decoders: the kernels move the tokens)."""
+    """An artifact made on Harmonia's kernels (rows, own, own-bf16, own-int8, and the integer products
+    of int4 and rowwise int8) replays on a CPU with AVX2 but not AVX-512, whose kernels run in their
+    AVX2 form: every step's logits the same to the bit, so the same tokens and audio (sharp decoders:
+    the kernels move the tokens)."""
     from harmonia import kernels
 
     for which, path in paths.items():
