@@ -43,7 +43,7 @@ audiocraft: setup
 demo: setup
 	$(BIN)/harmonia demo
 
-# `make test`: lint, then the default test set: every test not marked slow (about 560, about 10
+# `make test`: lint, then the default test set: every test not marked slow (about 600, about 10
 # minutes on a 2-core Intel Xeon). With SLOW=1, or where CI is set (CI services set it; .ci/run does),
 # the slow tests too (about 56 more: the notebooks, the browser, the pipeline, Ray, the README's
 # sequences; about 21 minutes for all on a 2-core Intel Xeon).
