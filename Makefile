@@ -43,10 +43,10 @@ audiocraft: setup
 demo: setup
 	$(BIN)/harmonia demo
 
-# `make test`: lint, then the default test set: every test not marked slow (about 600, about 10
-# minutes on a 2-core Intel Xeon). With SLOW=1, or where CI is set (CI services set it; .ci/run does),
-# the slow tests too (about 56 more: the notebooks, the browser, the pipeline, Ray, the README's
-# sequences; about 21 minutes for all on a 2-core Intel Xeon).
+# `make test`: lint, then the default test set: every test not marked slow (about 600, about 10-11
+# minutes on a 2-core Intel Xeon or AMD EPYC). With SLOW=1, or where CI is set (CI services set it;
+# .ci/run does), the slow tests too (about 56 more: the notebooks, the browser, the pipeline, Ray, the
+# README's sequences; about 21-23 minutes for all on a 2-core Intel Xeon).
 ALL_TESTS := $(filter-out 0 false,$(SLOW) $(CI))
 TEST_SET := $(if $(ALL_TESTS),,not slow and )not gpu and not real_weights
 test: system setup   # system first: setup builds Harmonia's kernels with the g++ it installs

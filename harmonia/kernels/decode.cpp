@@ -41,9 +41,9 @@
 //   scale x `scale`. The values: sum over positions of (p_t x the value's scale) x code, as the
 //   float kernel sums p_t x v_t.
 // harmonia.store_int8: a window's keys (into a uint8 cache) or values (int8) into such a cache, per
-//   position: scale = largest |x| / 127 (1 where that is 0: a zero row, or one below about 8.9e-44),
-//   code = nearbyint(x / scale), round half to even: torch's round(x / scale) to the bit (a row with
-//   a NaN or an infinity: codes 0, scale NaN). harmonia.int8_values reads either back as float32
+//   position: scale = largest |x| / 127 (1 where that is 0: a zero row, or one below about 9e-44 (64 x 2^-149)),
+//   code = nearbyint(x / scale), round half to even, within -127..127: torch's round(x / scale) to
+//   the bit, bounded as CODE_BOUND says (a row with a NaN or an infinity: codes 0, scale NaN). harmonia.int8_values reads either back as float32
 //   (code x scale), for a prefill's SDPA.
 // Every product has a second form for x86-64 CPUs without AVX-512 (AVX2 with FMA: Intel since
 //   Haswell, AMD since Zen), with the same bits: each 16-lane vector of the AVX-512 form is two
@@ -185,8 +185,9 @@ HARMONIA_AVX2 inline void store8x2(float *p, int64_t live, __m256 lo, __m256 hi)
 // Row p (I floats) quantised by its own scale (largest |x| / 127; 1 where that is 0): q[i] =
 // nearbyint(p[i] / scale) within -127..127, + offset as a byte (offset 128: uint8 for vpdpbusd's
 // unsigned side; 0: int8). (CODE_BOUND: only a row whose largest |x| is below about 2.3e-41 needs the
-// bound: its scale is subnormal and rounds down, 2^-149 for a largest of 190 x 2^-149, code 190;
-// before the bound the AVX-512 form wrapped such codes, here and in torch's forms they are 127.) With `sums`, each group of G inputs' sum of the quantised values (without offset) is
+// bound: its scale is subnormal and rounds down, 2^-149 for a largest of 190 x 2^-149, code 190.
+// Without the bound the AVX-512 form wrapped such a code to -66; every form and torch's now give
+// 127.) With `sums`, each group of G inputs' sum of the quantised values (without offset) is
 // added to sums[i / G]. Returns the scale. The max and the integer sums do not depend on the
 // order; the division and the rounding are IEEE operations, the same as the scalar tail's.
 // A row with a NaN or an infinity returns a NaN scale (its products come out NaN, as torch's
@@ -211,7 +212,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) float quantise_row(const fl
         std::memset(q, offset, static_cast<size_t>(I));
         return std::numeric_limits<float>::quiet_NaN();
     }
-    float scale = m / 127.f;  // divided first, as torch does (a row below about 8.9e-44 gets 0 here, then 1)
+    float scale = m / 127.f;  // divided first, as torch does (a row below about 9e-44 gets 0 here, then 1)
     if (scale == 0.f) scale = 1.f;
     const __m512 sv = _mm512_set1_ps(scale);
     const __m512i ov = _mm512_set1_epi32(offset), top = _mm512_set1_epi32(127), bottom = _mm512_set1_epi32(-127);
@@ -963,8 +964,9 @@ inline float row_scale(const int8_t *row, int64_t D) {
 
 // n values (stride apart) as int8 codes (codes[n..padded(n)) 0) and their scale: largest |x| / 127
 // (1 where that is 0), code = nearbyint(x / scale) by adding and taking away 1.5 x 2^23 (exact for
-// |y| <= 2^22 in the default rounding, to nearest with ties to even: here |y| <= 127.5; no
-// fast-math, so the compiler keeps both). A NaN or an infinity among them: codes 0, scale NaN.
+// |y| <= 2^22 in the default rounding, to nearest with ties to even: here |y| <= 127.5, or about
+// 190.5 where the scale is subnormal, then bounded to 127 as CODE_BOUND says; no fast-math, so the
+// compiler keeps both). A NaN or an infinity among them: codes 0, scale NaN.
 inline float quantise_codes(const float *x, int64_t n, int64_t stride, int8_t *codes) {
     float top = 0.f;
     bool finite = true;
