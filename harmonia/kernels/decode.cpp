@@ -1183,7 +1183,8 @@ at::Tensor expand_mask(const c10::optional<at::Tensor> &mask, int64_t R, int64_t
 // thread the prompt's rows and the other guidance's, whose empty prompt is masked whole and costs
 // nothing: in cross-attention one thread did all the work. Each pair is computed alone, so the split
 // changes no bit. Measured on an AMD EPYC (Zen 3, 2 threads; 10 s int4 takes at musicgen-small's
-// size, alternated processes): 8.09-8.30 s against 8.89-9.93 s.
+// size, three rounds of alternated processes, the better of two takes each): 8.47-8.60 s against
+// 8.77-9.05 s.
 // decode_attention over an int8 cache (keys uint8 in blocks, values int8 by position: see above).
 at::Tensor decode_attention_int8(const at::Tensor &query, const at::Tensor &keys, const at::Tensor &values,
                                  int64_t end, double scale, const c10::optional<at::Tensor> &mask) {
