@@ -185,7 +185,8 @@ HARMONIA_AVX2 inline void store8x2(float *p, int64_t live, __m256 lo, __m256 hi)
 // quantise_row's and quantise_row8's common scalar steps. scale_of: the row's scale from the vector
 // part's largest |x| `m` and NaN test, the scalar tail [full, I) counted in: NaN for a row with a NaN
 // or an infinity, else largest |x| / 127, divided first as torch does (a row below about 9e-44 gets
-// 0 here, then 1). quantise_tail: the tail's codes, as the vector part rounds and bounds them.
+// 0 here, then 1). quantise_tail: the tail's codes, as the vector part rounds and bounds them and
+// adds them to `sums`.
 inline float scale_of(const float *p, int64_t full, int64_t I, float m, bool finite) {
     for (int64_t i = full; i < I; i++) {
         finite = finite && !std::isnan(p[i]);
@@ -1179,12 +1180,14 @@ at::Tensor expand_mask(const c10::optional<at::Tensor> &mask, int64_t R, int64_t
 }
 
 // ROWS_INTERLEAVED: both attention kernels hand (row, head) pairs to threads rows first (i -> row
-// i % R, head i / R), so that each thread gets every row's share of the heads. Row after row gave one
-// thread the prompt's rows and the other guidance's, whose empty prompt is masked whole and costs
-// nothing: in cross-attention one thread did all the work. Each pair is computed alone, so the split
+// i % R, head i / R), so that each thread gets a share of every row's heads (an equal share where
+// its range of pairs is a multiple of R: two threads, two rows, an even head count). Row after row
+// gave one thread the prompt's rows and the other guidance's, whose empty prompt is masked whole and
+// costs little: in cross-attention one thread did nearly all the work. Each pair is computed alone, so the split
 // changes no bit. Measured on an AMD EPYC (Zen 3, 2 threads; 10 s int4 takes at musicgen-small's
 // size, three rounds of alternated processes, the better of two takes each): 8.47-8.60 s against
 // 8.77-9.05 s.
+
 // decode_attention over an int8 cache (keys uint8 in blocks, values int8 by position: see above).
 at::Tensor decode_attention_int8(const at::Tensor &query, const at::Tensor &keys, const at::Tensor &values,
                                  int64_t end, double scale, const c10::optional<at::Tensor> &mask) {

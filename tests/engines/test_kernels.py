@@ -807,6 +807,49 @@ def test_an_int8_cache_keeps_nan_and_refuses_what_it_cannot_hold():
 
 
 @needs_float_kernels
+def test_each_row_and_head_is_its_own_task_whichever_thread_takes_it():
+    """Threads take (row, head) pairs rows first (ROWS_INTERLEAVED in decode.cpp): with a mask that
+    differs by row and by head, odd counts of both and a row masked whole (guidance's), every pair
+    reads its own query, keys, values and mask and writes its own output, over a float32,
+    bfloat16 or int8 cache, the same bits on one thread and two."""
+    rows, heads, length, dim = 3, 5, 19, 24
+    q, k, v = _attention_inputs(rows, heads, length, dim, seed=7)
+    generator = torch.Generator().manual_seed(7)
+    mask = torch.rand(rows, heads, 1, length, generator=generator) > 0.4
+    mask[:, :, :, 0] = True  # every pair attends to something...
+    mask[2] = False  # ...but the last row (guidance's empty prompt): zeros
+    mask[0, 3] = False
+    mask[0, 3, 0, 5] = True  # one pair attends to one key alone: its output is that key's value
+    for cache in (torch.float32, torch.bfloat16):
+        keys, values = k.to(cache), v.to(cache)
+        got = torch.ops.harmonia.decode_attention(q, keys, values, length, 0.2, mask)
+        want = torch.nn.functional.scaled_dot_product_attention(
+            q, keys.float(), values.float(), attn_mask=mask, scale=0.2
+        )
+        assert torch.equal(got[2], torch.zeros_like(got[2])) and torch.equal(
+            got[0, 3, 0], values[0, 3, 5].float()
+        )
+        assert (got[:2] - want[:2]).abs().max() <= 2e-6 * want.abs().max()
+        one, two = on_one_and_two_threads(
+            lambda keys=keys, values=values: torch.ops.harmonia.decode_attention(
+                q, keys, values, length, 0.2, mask
+            )
+        )
+        assert same_bits(one, got) and same_bits(two, got)
+    stored = [_int8_cache(x, kind) for x, kind in ((k, True), (v, False))]
+    one, two = on_one_and_two_threads(
+        lambda: torch.ops.harmonia.decode_attention(q, *stored, length, 0.2, mask)
+    )
+    assert same_bits(one, two) and torch.equal(one[2], torch.zeros_like(one[2]))
+    q_codes, q_scale = _rounded(q)
+    keys, values = (torch.ops.harmonia.int8_values(cache, length, dim).double() for cache in stored)
+    want = torch.nn.functional.scaled_dot_product_attention(
+        (q_codes * q_scale).double(), keys, values, attn_mask=mask, scale=0.2
+    )
+    assert (one[:2].double() - want[:2]).abs().max() <= 2e-6 * want.abs().max()
+
+
+@needs_float_kernels
 def test_the_attention_kernel_masks_like_sdpa_reads_strided_keys_and_refuses_what_it_cannot_run():
     """The prompt's mask (True: attend; a row with none, guidance's empty prompt, gives zeros as
     SDPA does), keys kept as a transposed view (the prompt's keys are), NaN carried through."""
@@ -1057,7 +1100,7 @@ def test_the_kernel_source_is_pinned_to_the_engines_code_version():
     digest = hashlib.sha256(kernels.SOURCE.read_bytes()).hexdigest()
     assert (MusicGenEngine.code_version, digest) == (
         1,
-        "969d9161925420a0591bba87630e0ae3e53d83a7853f67e3c0cbbddd5648bdb6",
+        "5a1de91eba0a2856a221372d9dc89067737f76a82c6a0ad50cbcb6b94f8946a7",
     ), (
         "harmonia/kernels/decode.cpp changed: bump MusicGenEngine.code_version if its bits did, then pin the digest"
     )
