@@ -181,7 +181,7 @@ def test_reproduce_says_identical_then_reports_drift(music_wb):
 def test_the_manifest_records_torchs_cpu_kernels_and_reproduce_names_a_change(music_wb):
     """Another vector width (AVX2 against AVX-512) rounds some of torch's own arithmetic
     differently, so a take made on one may replay on the other only to rounding: reproduce says
-    why (a manifest from before the record says nothing of it)."""
+    why (a manifest from before the record, or a GPU's take, says nothing of it)."""
     from harmonia.calibration import cpu_model
 
     done = generate(music_wb, "tiny-musicgen", MusicRequest("x", duration_s=0.4, seed=4), previews=False)
@@ -200,6 +200,11 @@ def test_the_manifest_records_torchs_cpu_kernels_and_reproduce_names_a_change(mu
         f"torch's CPU kernels SOMEWHERE -> {here} (Another CPU -> {cpu_model()}): torch's own arithmetic "
         "takes other vector paths here, which may round differently",
     )
+    data["runtime"]["device"] = "cuda"  # a GPU's take: torch's CPU kernels did not make it
+    manifest.write_text(json.dumps(data, indent=2))
+    if not torch.cuda.is_available():
+        assert reproduce(music_wb, done.artifact.id).differences == ("device cuda -> cpu (no GPU here)",)
+    data["runtime"]["device"] = "cpu"
     del data["runtime"]["torch_cpu"]
     manifest.write_text(json.dumps(data, indent=2))
     assert reproduce(music_wb, done.artifact.id).differences == ()
