@@ -202,9 +202,9 @@ def test_bench_runtimes_times_harmonia_against_onnx_runtime_and_ctranslate2(tmp_
         assert 0 < products["ONNX Runtime int4"]["off_harmonia"] < 0.05
         # ONNX Runtime's u8 x s8 int8 product without VNNI sums byte pairs with a saturating
         # vpmaddubsw (its documentation warns of it): full-range weights then lie far off (0.20 on an
-        # AMD EPYC with AVX2 only)
+        # AMD EPYC with AVX2 only): bounded there at 0.3, so that a worse drift still fails
         vnni = {"avx512_vnni", "avx_vnni"} & kernels.cpu_flags()
-        assert 0 < products["ONNX Runtime int8"]["off_harmonia"] < (0.05 if vnni else 1.0)
+        assert 0 < products["ONNX Runtime int8"]["off_harmonia"] < (0.05 if vnni else 0.3)
         assert all(r["bytes"] > 0 and r["best_ms"] > 0 and len(r["ms"]) == 1 for r in result["products"])
     else:  # without Harmonia's kernels: ONNX Runtime against their torch stand-ins (the same bits)
         assert set(products) == {"torch fp32 F.linear", "ONNX Runtime int4", "ONNX Runtime int8"}

@@ -41,10 +41,11 @@
 //   scale x `scale`. The values: sum over positions of (p_t x the value's scale) x code, as the
 //   float kernel sums p_t x v_t.
 // harmonia.store_int8: a window's keys (into a uint8 cache) or values (int8) into such a cache, per
-//   position: scale = largest |x| / 127 (1 where that is 0: a zero row, or one below about 9e-44 (64 x 2^-149)),
-//   code = nearbyint(x / scale), round half to even, within -127..127: torch's round(x / scale) to
-//   the bit, bounded as CODE_BOUND says (a row with a NaN or an infinity: codes 0, scale NaN). harmonia.int8_values reads either back as float32
-//   (code x scale), for a prefill's SDPA.
+//   position: scale = largest |x| / 127 (1 where that is 0: a zero row, or one below about 9e-44,
+//   64 x 2^-149), code = nearbyint(x / scale), round half to even, within -127..127: torch's
+//   round(x / scale) to the bit, bounded as CODE_BOUND says (a row with a NaN or an infinity: codes
+//   0, scale NaN). harmonia.int8_values reads either back as float32 (code x scale), for a
+//   prefill's SDPA.
 // Every product has a second form for x86-64 CPUs without AVX-512 (AVX2 with FMA: Intel since
 //   Haswell, AMD since Zen), with the same bits: each 16-lane vector of the AVX-512 form is two
 //   8-lane halves (lanes 0-7 and 8-15), every lane takes the same operations in the same order (a
@@ -501,6 +502,7 @@ HARMONIA_AVX2 void dots8x2(const char *wv, const char *wend, int64_t I, const fl
 // against 55.4-56.5 on one thread, 28.4-30.6 against 31.3-31.6 on two; whole 4 s bf16 takes at
 // musicgen-small's size 7.72-8.09 s against 8.55-8.71 (the better of two in each round). float32
 // weight rows ran slower that way (16.0 against 19.3 GiB/s on one thread), and stay four at a time.
+
 // G weight rows against R rows of x, in the form that runs (the same bits either way).
 template <int G, bool BF16, int R>
 inline void dots_any(const char *wv, const char *wend, int64_t I, const float *x0, const float *x1, float *out0,
@@ -1193,8 +1195,8 @@ at::Tensor expand_mask(const c10::optional<at::Tensor> &mask, int64_t R, int64_t
 // i % R, head i / R), so that each thread gets a share of every row's heads (an equal share where
 // its range of pairs is a multiple of R: two threads, two rows, an even head count). Row after row
 // gave one thread the prompt's rows and the other guidance's, whose empty prompt is masked whole and
-// costs little: in cross-attention one thread did nearly all the work. Each pair is computed alone, so the split
-// changes no bit. Measured on an AMD EPYC (Zen 3, 2 threads; 10 s int4 takes at musicgen-small's
+// costs little: in cross-attention one thread did nearly all the work. Each pair is computed alone,
+// so the split changes no bit. Measured on an AMD EPYC (Zen 3, 2 threads; 10 s int4 takes at musicgen-small's
 // size, three rounds of alternated processes, the better of two takes each): 8.47-8.60 s against
 // 8.77-9.05 s.
 
