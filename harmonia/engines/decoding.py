@@ -14,6 +14,11 @@ every run). What it changes:
 - the decoder's layers run as one TorchScript module over the model's own modules
   (:class:`DecoderStep`): the same operations without Python's cost per call; masks, the
   prompt's cross-attention keys and the guidance rows are prepared once;
+- with Harmonia's attention and its int8 or int4 products (the own-kernel paths of ``int8``
+  and ``int4``), a single-position step's layers are one call,
+  ``torch.ops.harmonia.decode_layers``: the same functions in the same order as the
+  TorchScript layers, so the same bits, without the interpreter between them
+  (:func:`fused_parameters`);
 - the logits of the last position only are taken; sampling is transformers' logits
   processors (guidance, temperature, top-k, top-p) and softmax as one TorchScript function of
   the same bits (:meth:`Sampling.probabilities`), then ``torch.multinomial``; the step's
@@ -436,7 +441,10 @@ class DecoderStep(torch.nn.Module):
     module's to the bit (tests/engines check it for every precision).
     """
 
-    def __init__(self, model, attend_dtype: torch.dtype, attention: str = "sdpa"):
+    # TorchScript compiles only the branch it takes ("fused": decode_layers, which needs the kernels)
+    __constants__ = ("fused",)
+
+    def __init__(self, model, attend_dtype: torch.dtype, attention: str = "sdpa", fused: bool = False):
         super().__init__()
         decoder = model.decoder.model.decoder
         activation = decoder.config.activation_function
@@ -488,6 +496,14 @@ class DecoderStep(torch.nn.Module):
             head._forward_hooks = OrderedDict()
             heads.append(head)
         self.heads = torch.nn.ModuleList(heads)
+        # a single-position step's layers as one call (harmonia.decode_layers), where they can be
+        gathered = fused_parameters(decoder, attention) if fused else None
+        self.fused = gathered is not None
+        self.parameters_fused = gathered[0] if gathered is not None else []
+        self.out_features = gathered[1] if gathered is not None else []
+        self.head_dim: int = decoder.layers[0].self_attn.head_dim
+        self.scaling: float = float(decoder.layers[0].self_attn.scaling)
+        self.eps: float = float(decoder.layers[0].self_attn_layer_norm.eps)
 
     def forward(
         self,
@@ -500,10 +516,15 @@ class DecoderStep(torch.nn.Module):
         cross_mask: torch.Tensor | None,
     ) -> torch.Tensor:
         """Logits ``[rows * codebooks, vocab]`` (float32) of the last of ``hidden``'s positions."""
-        for index, layer in enumerate(self.layers):
-            hidden = layer(
-                hidden, keys[index], values[index], start, cross_keys[index], cross_values[index], cross_mask
-            )
+        if self.fused and hidden.shape[1] == 1:
+            hidden = torch.ops.harmonia.decode_layers(
+                hidden, keys, values, start, cross_keys, cross_values, cross_mask,
+                self.parameters_fused, self.out_features, self.head_dim, self.scaling, self.eps,
+            )  # fmt: skip
+        else:
+            for index, layer in enumerate(self.layers):
+                prompt = (cross_keys[index], cross_values[index])
+                hidden = layer(hidden, keys[index], values[index], start, prompt[0], prompt[1], cross_mask)
         hidden = self.norm(hidden)
         logits = torch.stack(
             [head(hidden) for head in self.heads], dim=1
@@ -512,19 +533,20 @@ class DecoderStep(torch.nn.Module):
         return logits[:, -1].to(dtype=torch.float32, copy=True)
 
 
-def decoder_step(model, attention: str = "sdpa") -> torch.nn.Module:
+def decoder_step(model, attention: str = "sdpa", fused: bool = True) -> torch.nn.Module:
     """The model's :class:`DecoderStep`, compiled by TorchScript (eager where this torch cannot script it).
 
     ``attention``: "sdpa" (torch's, as transformers calls it), "own" (Harmonia's kernel for
     single-position steps, over a cache in the decoder's dtype), "own-bf16" (the kernel over
     a bfloat16 cache) or "own-int8" (over an int8 cache, a float32 decoder's only); the caller
-    checks that the kernel can run here.
+    checks that the kernel can run here. ``fused``: a single-position step's layers as one
+    call where :func:`fused_parameters` allows it (the same bits; False: layer by layer).
 
     TorchScript is deprecated in favour of ``torch.compile``, which cannot trace torch.ao's
     packed int8 weights (a graph break at every Linear) and compiles for minutes on two cores.
     Both forms compute the same bits; the eager form is only slower.
     """
-    step = DecoderStep(model, attend_dtype(model.decoder.model.decoder.layer_norm.weight), attention)
+    step = DecoderStep(model, attend_dtype(model.decoder.model.decoder.layer_norm.weight), attention, fused)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # "torch.jit.script is deprecated"
@@ -532,6 +554,55 @@ def decoder_step(model, attention: str = "sdpa") -> torch.nn.Module:
     except Exception as error:  # a torch without TorchScript: the same arithmetic, eagerly
         log.warning("decoding runs eagerly: the same results, slower (TorchScript failed: %s)", error)
         return step
+
+
+FUSED_ATTENTION = ("own", "own-bf16", "own-int8")
+
+
+def fused_parameters(decoder, attention: str) -> tuple[list[torch.Tensor], list[int]] | None:
+    """What ``torch.ops.harmonia.decode_layers`` takes to run this decoder's layers for one
+    position: each layer's three norms' weights and biases, then for each of its eight products
+    (q, k, v, out, cross q, cross out, fc1, fc2) its kernel's tensors (``kernel_tensors``:
+    packed weights, scales, column sums or empty, bias or empty), and the products'
+    out_features. None where the call cannot run these layers as TorchScript would: attention
+    other than Harmonia's (:data:`FUSED_ATTENTION`), a decoder not in float32, a product other
+    than Harmonia's int8 or int4 kernel (``exact``, ``bf16``, torch.ao's int8, the kernels'
+    torch forms), norms without weights or with different epsilons, layers without
+    cross-attention."""
+    layers = decoder.layers
+    if attention not in FUSED_ATTENTION or decoder.layer_norm.weight.dtype != torch.float32:
+        return None
+    empty = torch.empty(0)
+    params: list[torch.Tensor] = []
+    outs: list[int] = []
+    first = layers[0].self_attn
+    for layer in layers:
+        own, cross = layer.self_attn, getattr(layer, "encoder_attn", None)
+        if cross is None or own.head_dim != first.head_dim or float(own.scaling) != float(first.scaling):
+            return None
+        norms = (layer.self_attn_layer_norm, layer.encoder_attn_layer_norm, layer.final_layer_norm)
+        eps, width = layers[0].self_attn_layer_norm.eps, decoder.layer_norm.normalized_shape
+        if any(
+            n.weight is None or n.bias is None or n.eps != eps or n.normalized_shape != width for n in norms
+        ):
+            return None
+        params += [t for n in norms for t in (n.weight, n.bias)]
+        for module in (
+            own.q_proj,
+            own.k_proj,
+            own.v_proj,
+            own.out_proj,
+            cross.q_proj,
+            cross.out_proj,
+            layer.fc1,
+            layer.fc2,
+        ):
+            tensors = getattr(module, "kernel_tensors", lambda: None)()
+            if tensors is None:
+                return None
+            params += [t if t is not None else empty for t in tensors]
+            outs.append(int(module.out_features))
+    return params, outs
 
 
 def attend_dtype(weight: torch.Tensor) -> torch.dtype:

@@ -1091,6 +1091,109 @@ def test_processes_starting_together_build_the_library_once(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.is_dir()]  # the private build folders are gone
 
 
+@needs_float_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gelu_split_between_the_threads_is_torchs_gelu_to_the_bit(dtype):
+    """harmonia.gelu runs torch's GELU on pieces (multiples of 64 elements), one per thread, where
+    torch would run it on one thread (up to 16,384 elements), and torch's own GELU otherwise:
+    F.gelu's bits at every size (the vectorised loop's tails included), on one thread and two,
+    and under inference mode (torch's calls on the other thread take the caller's state)."""
+    generator = torch.Generator().manual_seed(7)
+    for n in (1, 63, 1024, 1025, 1088, 4096 + 13, 8192, 16383, 16384, 16385, 40000):
+        x = (torch.randn(n, generator=generator) * 4).to(dtype)
+        x[n // 3] = float("nan")
+        (one, one_torch), (two, two_torch) = on_one_and_two_threads(
+            lambda x=x: (torch.ops.harmonia.gelu(x), torch.nn.functional.gelu(x))
+        )
+        assert same_bits(one, one_torch) and same_bits(two, two_torch), n
+    x = torch.randn(2, 1, 4096, generator=generator)
+    with torch.inference_mode():
+        (_, got), want = (
+            on_one_and_two_threads(lambda: torch.ops.harmonia.gelu(x)),
+            torch.nn.functional.gelu(x),
+        )
+    assert got.shape == (2, 1, 4096) and same_bits(got, want)
+
+
+def _fused_layer_inputs(product: type, width: int = 32, heads: int = 4):
+    """One layer's arguments for harmonia.decode_layers (a step over an empty float32 cache of 8 positions)."""
+    torch.manual_seed(0)
+    linears = [torch.nn.Linear(width, width, bias=j % 2 == 0) for j in range(6)]
+    linears += [torch.nn.Linear(width, 2 * width), torch.nn.Linear(2 * width, width)]
+    params = [t for _ in range(3) for t in (torch.randn(width), torch.randn(width))]
+    outs = []
+    for linear in linears:
+        kernel = product(linear)
+        params += [t if t is not None else torch.empty(0) for t in kernel.kernel_tensors()]
+        outs.append(kernel.out_features)
+    cache = [torch.zeros(2, heads, 8, width // heads) for _ in range(2)]
+    prompt = [torch.randn(2, heads, 5, width // heads) for _ in range(2)]
+    return torch.randn(2, 1, width), [cache[0]], [cache[1]], [prompt[0]], [prompt[1]], params, outs
+
+
+@needs_integer_kernels
+@pytest.mark.parametrize("product", [musicgen._RowwiseInt8Linear, musicgen._Int4Linear])
+def test_decode_layers_refuses_what_it_cannot_run_in_one_line(product):
+    hidden, keys, values, cross_keys, cross_values, params, outs = _fused_layer_inputs(product)
+
+    def call(hidden=hidden, params=params, head_dim=8):
+        return torch.ops.harmonia.decode_layers(
+            hidden, keys, values, 2, cross_keys, cross_values, None, params, outs, head_dim, 0.35, 1e-5
+        )
+
+    out = call()
+    assert out.shape == (2, 1, 32) and out.isfinite().all()
+    assert (keys[0][:, :, 2] != 0).all() and (keys[0][:, :, 3:] == 0).all()  # position 2 stored, no other
+    with pytest.raises(
+        RuntimeError, match=r"harmonia\.decode_layers: hidden must be float32 \[rows, 1, width\]"
+    ):
+        call(hidden=torch.randn(2, 3, 32))
+    with pytest.raises(
+        RuntimeError, match=r"each layer needs its keys, values, prompt keys and values, 38 parameters"
+    ):
+        call(params=params[:-1])
+    with pytest.raises(
+        RuntimeError, match=r"harmonia\.decode_layers: the width must split into heads of head_dim"
+    ):
+        call(head_dim=5)
+    floats = list(params)
+    floats[6] = torch.randn(32, 32)  # q's weights as float32, not a kernel's
+    with pytest.raises(
+        RuntimeError, match=r"every product must be int8_linear's \(int8 weights\) or int4_linear's"
+    ):
+        call(params=floats)
+
+
+@needs_integer_kernels
+def test_only_harmonias_attention_with_its_integer_kernels_runs_a_steps_layers_as_one_call(wb, monkeypatch):
+    """fused_parameters hands decode_layers the layers' own tensors (no copies) where Harmonia's
+    attention and its int8 or int4 kernels run every product; SDPA, float products (exact, bf16),
+    torch.ao's int8 and the kernels' torch forms stay layer by layer."""
+    from harmonia.engines import decoding
+
+    int4 = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int4")
+    decoder = int4.model.decoder.model.decoder
+    params, outs = decoding.fused_parameters(decoder, "own-int8")
+    layer = decoder.layers[1]
+    assert len(params) == 38 * len(decoder.layers) and len(outs) == 8 * len(decoder.layers)
+    assert params[38] is layer.self_attn_layer_norm.weight and params[38 + 6] is layer.self_attn.q_proj.packed
+    assert outs[8 + 6] == layer.fc1.out_features
+    assert decoding.fused_parameters(decoder, "own") is not None
+    assert decoding.fused_parameters(decoder, "sdpa") is None
+    exact = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="exact")
+    assert decoding.fused_parameters(exact.model.decoder.model.decoder, "own") is None
+    bf16 = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="bf16")
+    assert decoding.fused_parameters(bf16.model.decoder.model.decoder, "own") is None  # a bfloat16 decoder
+    monkeypatch.setenv("HARMONIA_INT8_PRODUCTS", "fbgemm")
+    fbgemm = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int8")
+    assert decoding.fused_parameters(fbgemm.model.decoder.model.decoder, "own") is None
+    assert not fbgemm._step.fused
+    monkeypatch.setattr(kernels, "unavailable", lambda product: "testing: no kernels")
+    reference = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int4")
+    assert isinstance(reference.model.decoder.model.decoder.layers[0].fc1, musicgen._ReferenceInt4Linear)
+    assert decoding.fused_parameters(reference.model.decoder.model.decoder, "own-int8") is None
+
+
 def test_the_kernel_source_is_pinned_to_the_engines_code_version():
     """decode.cpp computes the bytes of every `rows`, `rowwise` and `int4` artifact, and an id names
     the path or precision, not the source: a change to the source that changes a product's bits
@@ -1100,7 +1203,7 @@ def test_the_kernel_source_is_pinned_to_the_engines_code_version():
     digest = hashlib.sha256(kernels.SOURCE.read_bytes()).hexdigest()
     assert (MusicGenEngine.code_version, digest) == (
         1,
-        "a925419b9bfeff42eac2b2c955292773525bd42df202eb320eb26aec96d83ada",
+        "a8cc9b7b7173d39b167ea65c5ddd6b5570122c0b32e062fa027d721949a3e7c0",
     ), (
         "harmonia/kernels/decode.cpp changed: bump MusicGenEngine.code_version if its bits did, then pin the digest"
     )

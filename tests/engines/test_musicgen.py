@@ -546,16 +546,22 @@ def _window_logits(engine, step, text, context, steps: int = 12, cache: str | No
 def test_scripted_step_computes_the_eager_steps_logits_to_the_bit(
     sharp_wb, monkeypatch, precision, attention
 ):
-    """The decoding step runs as TorchScript; its logits are the eager module's, every step (on
-    either attention path; exact has only SDPA)."""
+    """The decoding step runs as TorchScript; its logits are the eager module's, layer by layer,
+    every step (on either attention path; exact has only SDPA). With Harmonia's attention and
+    int8 or int4 kernels a step's layers are one call (harmonia.decode_layers): the same logits
+    to the bit, and the same from Python."""
     from harmonia.engines import decoding
 
     if precision != "exact":
         monkeypatch.setenv("HARMONIA_ATTENTION", attention)
     engine = MusicGenEngine.load(sharp_wb, "tiny-musicgen", threads=2, precision=precision)
     assert isinstance(engine._step, torch.jit.ScriptModule) and engine._step.attention == attention
-    eager = decoding.DecoderStep(engine.model, decoding.attend_dtype(engine._step.norm.weight), attention)
-    assert not isinstance(eager, torch.jit.ScriptModule)
+    # a step's layers as one call (harmonia.decode_layers) where Harmonia runs both attention and products
+    kernel_products = precision == "int4" or dict(engine.loaded.paths).get("int8_products") == "rowwise"
+    assert engine._step.fused == (attention != "sdpa" and kernel_products)
+    dtype = decoding.attend_dtype(engine._step.norm.weight)
+    eager = decoding.DecoderStep(engine.model, dtype, attention)  # layer by layer
+    assert not isinstance(eager, torch.jit.ScriptModule) and not eager.fused
     text = engine.tokenizer(["lofi beat", "a slow drone"], padding=True, return_tensors="pt")
     vocab = engine.model.config.decoder.vocab_size
     context = torch.randint(0, vocab, (2 * 4, 5))  # a prefill of five frames, then single steps
@@ -565,6 +571,12 @@ def test_scripted_step_computes_the_eager_steps_logits_to_the_bit(
     assert len(scripted) == len(eager_logits) == 12 and scripted[0].dtype == torch.float32
     assert all(torch.equal(a, b) for a, b in zip(scripted, eager_logits, strict=True))
     assert torch.equal(scripted_tokens, eager_tokens)
+    if engine._step.fused:  # the one call from Python too (the form where TorchScript cannot compile)
+        fused = decoding.DecoderStep(engine.model, dtype, attention, fused=True)
+        assert fused.fused and not isinstance(fused, torch.jit.ScriptModule)
+        fused_tokens, fused_logits = _window_logits(engine, fused, text, context)
+        assert all(torch.equal(a, b) for a, b in zip(fused_logits, eager_logits, strict=True))
+        assert torch.equal(fused_tokens, eager_tokens)
 
 
 @pytest.mark.skipif(not OWN, reason="this CPU runs neither form of the attention kernel")
