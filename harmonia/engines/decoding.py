@@ -49,6 +49,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -438,7 +439,10 @@ class DecoderStep(torch.nn.Module):
     transformers' MusicgenDecoder on its sdpa path, written so that TorchScript can compile
     them: run as a script the ~700 operations of a step skip Python's per-call costs (int8
     steps about 1.4x faster on two cores, measured), and the logits are identical to the eager
-    module's to the bit (tests/engines check it for every precision).
+    module's to the bit (tests/engines check it for every precision). With ``fused`` (what
+    :func:`decoder_step` asks for), a single-position step's layers are one call,
+    ``harmonia.decode_layers``, where :func:`fused_parameters` finds Harmonia's attention and
+    int8 or int4 kernels in every layer: the same functions in the same order, the same bits.
     """
 
     # TorchScript compiles only the branch it takes ("fused": decode_layers, which needs the kernels)
@@ -497,13 +501,13 @@ class DecoderStep(torch.nn.Module):
             heads.append(head)
         self.heads = torch.nn.ModuleList(heads)
         # a single-position step's layers as one call (harmonia.decode_layers), where they can be
-        gathered = fused_parameters(decoder, attention) if fused else None
+        gathered = fused_parameters(decoder, attention) if fused and attend_dtype == torch.float32 else None
         self.fused = gathered is not None
-        self.parameters_fused = gathered[0] if gathered is not None else []
-        self.out_features = gathered[1] if gathered is not None else []
-        self.head_dim: int = decoder.layers[0].self_attn.head_dim
-        self.scaling: float = float(decoder.layers[0].self_attn.scaling)
-        self.eps: float = float(decoder.layers[0].self_attn_layer_norm.eps)
+        self.parameters_fused = gathered.params if gathered is not None else []
+        self.out_features = gathered.outs if gathered is not None else []
+        self.head_dim: int = gathered.head_dim if gathered is not None else 0
+        self.scaling: float = gathered.scaling if gathered is not None else 0.0
+        self.eps: float = gathered.eps if gathered is not None else 0.0
 
     def forward(
         self,
@@ -523,8 +527,15 @@ class DecoderStep(torch.nn.Module):
             )  # fmt: skip
         else:
             for index, layer in enumerate(self.layers):
-                prompt = (cross_keys[index], cross_values[index])
-                hidden = layer(hidden, keys[index], values[index], start, prompt[0], prompt[1], cross_mask)
+                hidden = layer(
+                    hidden,
+                    keys[index],
+                    values[index],
+                    start,
+                    cross_keys[index],
+                    cross_values[index],
+                    cross_mask,
+                )
         hidden = self.norm(hidden)
         logits = torch.stack(
             [head(hidden) for head in self.heads], dim=1
@@ -559,50 +570,66 @@ def decoder_step(model, attention: str = "sdpa", fused: bool = True) -> torch.nn
 FUSED_ATTENTION = ("own", "own-bf16", "own-int8")
 
 
-def fused_parameters(decoder, attention: str) -> tuple[list[torch.Tensor], list[int]] | None:
+class Fused(NamedTuple):
+    """What ``torch.ops.harmonia.decode_layers`` takes besides a step's inputs (:func:`fused_parameters`)."""
+
+    params: list[torch.Tensor]  # each layer's 3 norms' weights and biases, then 8 x 4 product tensors
+    outs: list[int]  # each product's out_features
+    head_dim: int
+    scaling: float
+    eps: float
+
+
+def fused_parameters(decoder, attention: str) -> Fused | None:
     """What ``torch.ops.harmonia.decode_layers`` takes to run this decoder's layers for one
-    position: each layer's three norms' weights and biases, then for each of its eight products
-    (q, k, v, out, cross q, cross out, fc1, fc2) its kernel's tensors (``kernel_tensors``:
-    packed weights, scales, column sums or empty, bias or empty), and the products'
-    out_features. None where the call cannot run these layers as TorchScript would: attention
-    other than Harmonia's (:data:`FUSED_ATTENTION`), a decoder not in float32, a product other
-    than Harmonia's int8 or int4 kernel (``exact``, ``bf16``, torch.ao's int8, the kernels'
-    torch forms), norms without weights or with different epsilons, layers without
-    cross-attention."""
+    position: each layer's three norms' weights and biases (self-attention's, cross-attention's,
+    the feed-forward's), then for each of its eight products (q, k, v, out, cross q, cross out,
+    fc1, fc2) its kernel's tensors (packed weights, scales, column sums or empty, bias or
+    empty), every product's out_features, and the head width, attention's scale and the norms'
+    epsilon, which every layer shares. The layers' own tensors, not copies.
+
+    None where the call cannot run these layers as the TorchScript layer would: attention other
+    than Harmonia's (:data:`FUSED_ATTENTION`); a product other than Harmonia's int8 or int4
+    kernel (``exact``'s and ``bf16``'s float products, torch.ao's int8, the kernels' torch
+    forms); norms not float32, without weight or bias, or of another width or epsilon; layers
+    without cross-attention, or with another head width or scale.
+    """
+    from harmonia.engines.musicgen import _Int4Linear, _RowwiseInt8Linear  # (musicgen imports this module)
+
     layers = decoder.layers
-    if attention not in FUSED_ATTENTION or decoder.layer_norm.weight.dtype != torch.float32:
+    if attention not in FUSED_ATTENTION:
         return None
+    first = layers[0].self_attn
+    eps, width = layers[0].self_attn_layer_norm.eps, decoder.layer_norm.normalized_shape
     empty = torch.empty(0)
     params: list[torch.Tensor] = []
     outs: list[int] = []
-    first = layers[0].self_attn
     for layer in layers:
         own, cross = layer.self_attn, getattr(layer, "encoder_attn", None)
         if cross is None or own.head_dim != first.head_dim or float(own.scaling) != float(first.scaling):
             return None
         norms = (layer.self_attn_layer_norm, layer.encoder_attn_layer_norm, layer.final_layer_norm)
-        eps, width = layers[0].self_attn_layer_norm.eps, decoder.layer_norm.normalized_shape
         if any(
-            n.weight is None or n.bias is None or n.eps != eps or n.normalized_shape != width for n in norms
+            n.weight is None
+            or n.bias is None
+            or n.weight.dtype != torch.float32
+            or n.eps != eps
+            or n.normalized_shape != width
+            for n in norms
         ):
             return None
         params += [t for n in norms for t in (n.weight, n.bias)]
-        for module in (
-            own.q_proj,
-            own.k_proj,
-            own.v_proj,
-            own.out_proj,
-            cross.q_proj,
-            cross.out_proj,
-            layer.fc1,
-            layer.fc2,
-        ):
-            tensors = getattr(module, "kernel_tensors", lambda: None)()
-            if tensors is None:
+        products = (own.q_proj, own.k_proj, own.v_proj, own.out_proj, cross.q_proj, cross.out_proj)
+        for module in (*products, layer.fc1, layer.fc2):
+            if type(module) is _RowwiseInt8Linear:
+                tensors = [module.packed, module.scales, module.colsum, module.bias]
+            elif type(module) is _Int4Linear:
+                tensors = [module.packed, module.scales, None, module.bias]
+            else:
                 return None
             params += [t if t is not None else empty for t in tensors]
             outs.append(int(module.out_features))
-    return params, outs
+    return Fused(params, outs, int(first.head_dim), float(first.scaling), float(eps))
 
 
 def attend_dtype(weight: torch.Tensor) -> torch.dtype:

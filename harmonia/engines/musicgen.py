@@ -196,10 +196,6 @@ class _RowwiseInt8Linear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.harmonia.int8_linear(x, self.packed, self.scales, self.colsum, self.bias)
 
-    def kernel_tensors(self) -> list[torch.Tensor | None] | None:
-        """What ``harmonia.decode_layers`` takes for this product: packed weights, scales, column sums, bias."""
-        return [self.packed, self.scales, self.colsum, self.bias]
-
 
 def _codes(rows: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """The rows' int8 codes as the kernels round them: x / scale to the nearest integer, ties to
@@ -226,10 +222,6 @@ class _ReferenceInt8Linear(_RowwiseInt8Linear):
         # a row with a NaN or an infinity stays NaN (through int32 it would become a number)
         sums = (_codes(rows, scale).double() @ self.weight.double().t()).float()
         return _shaped(sums * (self.scales[None, :] * scale), self.bias, x, self.out_features)
-
-    def kernel_tensors(self) -> None:
-        """None: the torch form has no packed weights (decode_layers runs the kernel only)."""
-        return None
 
 
 INT4_GROUP = 64  # inputs of a channel that share one scale in the int4 scheme
@@ -276,10 +268,6 @@ class _Int4Linear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.harmonia.int4_linear(x, self.packed, self.scales, self.bias, self.out_features)
 
-    def kernel_tensors(self) -> list[torch.Tensor | None] | None:
-        """What ``harmonia.decode_layers`` takes for this product: packed weights, scales, (no column sums), bias."""
-        return [self.packed, self.scales, None, self.bias]
-
 
 class _ReferenceInt4Linear(_Int4Linear):
     """:class:`_Int4Linear`'s arithmetic in torch, for CPUs without the kernel: each group's
@@ -308,10 +296,6 @@ class _ReferenceInt4Linear(_Int4Linear):
         for group in range(groups):  # added in the kernel's order
             total = total + products[group]
         return _shaped((total * scale)[:, : self.out_features], self.bias, x, self.out_features)
-
-    def kernel_tensors(self) -> None:
-        """None: the torch form has no packed weights (decode_layers runs the kernel only)."""
-        return None
 
 
 def _kernel_or_reference(product: str, kernel: type, reference: type) -> type:

@@ -49,7 +49,7 @@
 // harmonia.decode_layers: a decoding step's decoder layers (one position) in one call, where
 //   Harmonia's attention and its int8 or int4 products run them all: the functions above with
 //   torch's layer_norm and GELU, in the TorchScript layer's order (the same bits), without the
-//   interpreter between them. harmonia.gelu: torch's GELU split between the threads (its bits).
+//   interpreter between them.
 // Every product has a second form for x86-64 CPUs without AVX-512 (AVX2 with FMA: Intel since
 //   Haswell, AMD since Zen), with the same bits: each 16-lane vector of the AVX-512 form is two
 //   8-lane halves (lanes 0-7 and 8-15), every lane takes the same operations in the same order (a
@@ -68,7 +68,6 @@
 // libm call per input).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/ThreadLocalState.h>
 #include <torch/library.h>
 
 #include <immintrin.h>
@@ -1360,33 +1359,6 @@ at::Tensor decode_attention(const at::Tensor &query, const at::Tensor &keys, con
 
 // ---- A decoding step's layers in one call (decode_layers) ----
 
-// GELU_SERIAL: torch runs GELU on at most this many elements in one vectorised loop on one thread
-// (GELU_MIN_ELEMENTS_FOR_MULTI_THREADING in ATen's Activation.cpp; above it, torch splits it
-// between its threads itself). GELU_PIECE: the split below, in elements (a multiple of every
-// vector width's two vectors: 2 x 8 for AVX2 float32, 2 x 32 for AVX-512 bfloat16).
-constexpr int64_t GELU_SERIAL = 16384, GELU_PIECE = 64, GELU_GRAIN = 16;
-
-// torch's GELU (approximate "none"), with x's elements split between the threads at multiples of
-// GELU_PIECE where torch would run them on one thread. ATen's loop takes two vectors at a time from
-// its start and the rest one by one (the same formula without vectors): each piece starts on a
-// multiple of two vectors and all but the last end on one, so every element takes the path it takes
-// in one loop over the whole, and gets the same bits (tests compare them with F.gelu's). Larger
-// inputs, and those below GELU_GRAIN pieces, go to torch's own GELU as they are.
-at::Tensor split_gelu(const at::Tensor &x) {
-    const int64_t n = x.numel();
-    if (n > GELU_SERIAL || n <= GELU_GRAIN * GELU_PIECE || at::get_num_threads() < 2 || at::in_parallel_region())
-        return at::gelu(x);
-    const at::Tensor in = x.contiguous().view(-1);
-    at::Tensor out = at::empty_like(in);
-    const at::ThreadLocalState state;  // the caller's (inference mode, grad mode) for torch's calls on the other threads
-    at::parallel_for(0, (n + GELU_PIECE - 1) / GELU_PIECE, GELU_GRAIN, [&](int64_t begin, int64_t end) {
-        const at::ThreadLocalStateGuard guard(state);
-        at::Tensor piece = out.slice(0, begin * GELU_PIECE, std::min(n, end * GELU_PIECE));
-        at::gelu_out(piece, in.slice(0, begin * GELU_PIECE, std::min(n, end * GELU_PIECE)));
-    });
-    return out.view(x.sizes());
-}
-
 // A layer's parameters in decode_layers' list: its three norms' weights and biases (self-attention's,
 // cross-attention's, the feed-forward's), then for each of its eight products (q, k, v, out, cross
 // q, cross out, fc1, fc2) four tensors: packed weights, scales, int8_linear's column sums (empty for
@@ -1397,8 +1369,8 @@ constexpr int64_t NORM_PARAMS = 6, PRODUCTS = 8, PRODUCT_PARAMS = 4, LAYER_PARAM
 // TorchScript layer (_Layer.forward in harmonia/engines/decoding.py, with Harmonia's attention and
 // its int8 or int4 products) runs them: the same functions on the same values in the same order
 // (layer_norm, the products, the keys and values stored, decode_attention, the residual adds,
-// GELU), so the same bits. What goes is the interpreter between them: about 2,700 boxed calls a
-// step at musicgen-small's size, most of them views, and GELU on one thread (split above).
+// GELU), so the same bits. What goes is the interpreter between them (the profiler counts about
+// 2,700 calls a step at musicgen-small's size, most of them views and the calls inside layer_norm).
 // hidden: [rows, 1, width] float32; keys, values: each layer's cache (int8, as store_int8 keeps it,
 // or float32/bfloat16, stored by copy_ as the TorchScript slice assignment does); cross_keys,
 // cross_values: the prompt's, with cross_mask; params: LAYER_PARAMS a layer; outs: each product's
@@ -1409,9 +1381,10 @@ at::Tensor decode_layers(const at::Tensor &hidden_in, at::TensorList keys, at::T
                          const c10::optional<at::Tensor> &cross_mask, at::TensorList params, at::IntArrayRef outs,
                          int64_t head_dim, double scaling, double eps) {
     const int64_t L = static_cast<int64_t>(keys.size());
+    TORCH_CHECK(L >= 1, "harmonia.decode_layers: no layers (empty lists of keys and values)");
     TORCH_CHECK(hidden_in.dim() == 3 && hidden_in.size(1) == 1 && hidden_in.scalar_type() == at::kFloat,
                 "harmonia.decode_layers: hidden must be float32 [rows, 1, width] (one position: a decoding step)");
-    TORCH_CHECK(L >= 1 && static_cast<int64_t>(values.size()) == L && static_cast<int64_t>(cross_keys.size()) == L &&
+    TORCH_CHECK(static_cast<int64_t>(values.size()) == L && static_cast<int64_t>(cross_keys.size()) == L &&
                     static_cast<int64_t>(cross_values.size()) == L &&
                     static_cast<int64_t>(params.size()) == L * LAYER_PARAMS &&
                     static_cast<int64_t>(outs.size()) == L * PRODUCTS,
@@ -1419,6 +1392,7 @@ at::Tensor decode_layers(const at::Tensor &hidden_in, at::TensorList keys, at::T
                 " parameters and ", PRODUCTS, " out_features");
     const int64_t R = hidden_in.size(0), C = hidden_in.size(2);
     TORCH_CHECK(head_dim >= 1 && C % head_dim == 0, "harmonia.decode_layers: the width must split into heads of head_dim");
+    TORCH_CHECK(start >= 0, "harmonia.decode_layers: start must be a position (>= 0)");
     const int64_t D = head_dim;
     for (int64_t l = 0; l < L; l++)
         for (int64_t j = 0; j < PRODUCTS; j++) {
@@ -1456,7 +1430,7 @@ at::Tensor decode_layers(const at::Tensor &hidden_in, at::TensorList keys, at::T
         hidden = hidden + product(merge(decode_attention(cross, cross_keys[l], cross_values[l], cross_keys[l].size(2),
                                                          scaling, cross_mask)),
                                   l, 5);
-        hidden = hidden + product(split_gelu(product(at::layer_norm(hidden, {C}, norm[4], norm[5], eps), l, 6)), l, 7);
+        hidden = hidden + product(at::gelu(product(at::layer_norm(hidden, {C}, norm[4], norm[5], eps), l, 6)), l, 7);
     }
     return hidden;
 }
@@ -1486,7 +1460,6 @@ TORCH_LIBRARY(harmonia, m) {
     m.def("decode_attention(Tensor query, Tensor keys, Tensor values, int end, float scale, Tensor? mask) -> Tensor");
     m.def("store_int8(Tensor(a!) cache, Tensor x, int start) -> ()");
     m.def("int8_values(Tensor cache, int end, int dim) -> Tensor");
-    m.def("gelu(Tensor x) -> Tensor");
     m.def(
         "decode_layers(Tensor hidden, Tensor(a!)[] keys, Tensor(b!)[] values, int start, Tensor[] cross_keys, "
         "Tensor[] cross_values, Tensor? cross_mask, Tensor[] params, int[] outs, int head_dim, float scaling, float eps) "
@@ -1499,6 +1472,5 @@ TORCH_LIBRARY_IMPL(harmonia, CPU, m) {
     m.impl("decode_attention", &decode_attention);
     m.impl("store_int8", &store_int8);
     m.impl("int8_values", &int8_values);
-    m.impl("gelu", &split_gelu);
     m.impl("decode_layers", &decode_layers);
 }

@@ -1091,103 +1091,214 @@ def test_processes_starting_together_build_the_library_once(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.is_dir()]  # the private build folders are gone
 
 
-@needs_float_kernels
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_gelu_split_between_the_threads_is_torchs_gelu_to_the_bit(dtype):
-    """harmonia.gelu runs torch's GELU on pieces (multiples of 64 elements), one per thread, where
-    torch would run it on one thread (up to 16,384 elements), and torch's own GELU otherwise:
-    F.gelu's bits at every size (the vectorised loop's tails included), on one thread and two,
-    and under inference mode (torch's calls on the other thread take the caller's state)."""
-    generator = torch.Generator().manual_seed(7)
-    for n in (1, 63, 1024, 1025, 1088, 4096 + 13, 8192, 16383, 16384, 16385, 40000):
-        x = (torch.randn(n, generator=generator) * 4).to(dtype)
-        x[n // 3] = float("nan")
-        (one, one_torch), (two, two_torch) = on_one_and_two_threads(
-            lambda x=x: (torch.ops.harmonia.gelu(x), torch.nn.functional.gelu(x))
-        )
-        assert same_bits(one, one_torch) and same_bits(two, two_torch), n
-    x = torch.randn(2, 1, 4096, generator=generator)
-    with torch.inference_mode():
-        (_, got), want = (
-            on_one_and_two_threads(lambda: torch.ops.harmonia.gelu(x)),
-            torch.nn.functional.gelu(x),
-        )
-    assert got.shape == (2, 1, 4096) and same_bits(got, want)
-
-
-def _fused_layer_inputs(product: type, width: int = 32, heads: int = 4):
-    """One layer's arguments for harmonia.decode_layers (a step over an empty float32 cache of 8 positions)."""
+def _decoder(product: type, layers: int = 2, width: int = 32, heads: int = 4, ffn: int = 48):
+    """A stand-in for a MusicGen decoder's layers (what DecoderStep's layers and fused_parameters
+    read), with random norms and ``product`` (a kernel's Linear) for every product, with biases
+    on all but fc2 (MusicGen's own have none: the path is tested here)."""
     torch.manual_seed(0)
-    linears = [torch.nn.Linear(width, width, bias=j % 2 == 0) for j in range(6)]
-    linears += [torch.nn.Linear(width, 2 * width), torch.nn.Linear(2 * width, width)]
-    params = [t for _ in range(3) for t in (torch.randn(width), torch.randn(width))]
-    outs = []
-    for linear in linears:
-        kernel = product(linear)
-        params += [t if t is not None else torch.empty(0) for t in kernel.kernel_tensors()]
-        outs.append(kernel.out_features)
-    cache = [torch.zeros(2, heads, 8, width // heads) for _ in range(2)]
-    prompt = [torch.randn(2, heads, 5, width // heads) for _ in range(2)]
-    return torch.randn(2, 1, width), [cache[0]], [cache[1]], [prompt[0]], [prompt[1]], params, outs
+
+    def norm():
+        layer_norm = torch.nn.LayerNorm(width)
+        torch.nn.init.normal_(layer_norm.weight)
+        torch.nn.init.normal_(layer_norm.bias)
+        return layer_norm
+
+    def attention():
+        module = torch.nn.Module()
+        for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            setattr(module, name, product(torch.nn.Linear(width, width)))
+        module.head_dim, module.scaling = width // heads, (width // heads) ** -0.5
+        return module
+
+    decoder = torch.nn.Module()
+    decoder.layer_norm, decoder.layers = norm(), torch.nn.ModuleList()
+    for _ in range(layers):
+        layer = torch.nn.Module()
+        layer.self_attn, layer.encoder_attn = attention(), attention()
+        layer.self_attn_layer_norm, layer.encoder_attn_layer_norm, layer.final_layer_norm = (
+            norm(),
+            norm(),
+            norm(),
+        )
+        layer.fc1 = product(torch.nn.Linear(width, ffn))
+        layer.fc2 = product(torch.nn.Linear(ffn, width, bias=False))
+        decoder.layers.append(layer)
+    return decoder
+
+
+def _fused_call(fused, hidden, keys, values, start, cross_keys, cross_values, mask, **changes):
+    arguments = dict(params=fused.params, outs=fused.outs, head_dim=fused.head_dim) | changes
+    return torch.ops.harmonia.decode_layers(
+        hidden, keys, values, start, cross_keys, cross_values, mask,
+        arguments["params"], arguments["outs"], arguments["head_dim"], fused.scaling, fused.eps,
+    )  # fmt: skip
+
+
+@needs_integer_kernels
+@pytest.mark.parametrize("product", [musicgen._RowwiseInt8Linear, musicgen._Int4Linear])
+@pytest.mark.parametrize("cache", ["float32", "bfloat16", "int8"])
+def test_decode_layers_computes_the_torchscript_layers_bits(product, cache):
+    """harmonia.decode_layers against the layers it stands for (decoding._OwnAttentionLayer, or
+    _Int8CacheLayer for an int8 cache), step after step over a growing cache: the same hidden
+    states and the same cache bytes, to the bit, on one thread and two; three rows, the prompt
+    masked per row (one row whole), biases, and every kind of cache the engine keeps."""
+    from harmonia.engines import decoding
+
+    decoder = _decoder(product)
+    fused = decoding.fused_parameters(decoder, "own-int8" if cache == "int8" else "own")
+    kind = decoding._Int8CacheLayer if cache == "int8" else decoding._OwnAttentionLayer
+    layers = [kind(layer, torch.float32) for layer in decoder.layers]
+    rows, heads, dim, length = 3, 4, 8, 6
+    generator = torch.Generator().manual_seed(1)
+    prompt_dtype = torch.float32 if cache == "float32" else torch.bfloat16
+    cross_keys, cross_values = (
+        [torch.randn(rows, heads, 5, dim, generator=generator).to(prompt_dtype) for _ in layers]
+        for _ in range(2)
+    )
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 0, 0, 0], [1, 0, 1, 1, 1]], dtype=torch.bool)[:, None, None]
+
+    def empty_caches():
+        if cache == "int8":
+            return [
+                [kernels.int8_cache(rows, heads, length, dim, keys=k).fill_(0) for _ in layers]
+                for k in (True, False)
+            ]
+        return [
+            [torch.zeros(rows, heads, length, dim, dtype=getattr(torch, cache)) for _ in layers]
+            for _ in range(2)
+        ]
+
+    def run(threads):
+        torch.set_num_threads(threads)
+        (keys, values), (fused_keys, fused_values) = empty_caches(), empty_caches()
+        for start in range(length):
+            hidden = torch.randn(rows, 1, 32, generator=torch.Generator().manual_seed(start))
+            want = hidden
+            for i, layer in enumerate(layers):
+                want = layer(want, keys[i], values[i], start, cross_keys[i], cross_values[i], mask)
+            got = _fused_call(fused, hidden, fused_keys, fused_values, start, cross_keys, cross_values, mask)
+            assert same_bits(got, want) and want.isfinite().all(), start
+        for mine, theirs in zip(fused_keys + fused_values, keys + values, strict=True):
+            assert torch.equal(mine, theirs)
+        return got
+
+    threads = torch.get_num_threads()
+    try:
+        assert same_bits(run(1), run(2))
+    finally:
+        torch.set_num_threads(threads)
 
 
 @needs_integer_kernels
 @pytest.mark.parametrize("product", [musicgen._RowwiseInt8Linear, musicgen._Int4Linear])
 def test_decode_layers_refuses_what_it_cannot_run_in_one_line(product):
-    hidden, keys, values, cross_keys, cross_values, params, outs = _fused_layer_inputs(product)
+    from harmonia.engines import decoding
 
-    def call(hidden=hidden, params=params, head_dim=8):
-        return torch.ops.harmonia.decode_layers(
-            hidden, keys, values, 2, cross_keys, cross_values, None, params, outs, head_dim, 0.35, 1e-5
-        )
+    fused = decoding.fused_parameters(_decoder(product, layers=1), "own")
+    keys, values = [torch.zeros(2, 4, 8, 8)], [torch.zeros(2, 4, 8, 8)]
+    prompt = [torch.randn(2, 4, 5, 8)], [torch.randn(2, 4, 5, 8)]
+
+    def call(hidden=None, start=2, **changes):
+        hidden = torch.randn(2, 1, 32) if hidden is None else hidden
+        return _fused_call(fused, hidden, keys, values, start, *prompt, None, **changes)
 
     out = call()
     assert out.shape == (2, 1, 32) and out.isfinite().all()
     assert (keys[0][:, :, 2] != 0).all() and (keys[0][:, :, 3:] == 0).all()  # position 2 stored, no other
-    with pytest.raises(
-        RuntimeError, match=r"harmonia\.decode_layers: hidden must be float32 \[rows, 1, width\]"
-    ):
+    message = r"harmonia\.decode_layers: hidden must be float32 \[rows, 1, width\] \(one position"
+    with pytest.raises(RuntimeError, match=message):
         call(hidden=torch.randn(2, 3, 32))
     with pytest.raises(
-        RuntimeError, match=r"each layer needs its keys, values, prompt keys and values, 38 parameters"
+        RuntimeError, match=r"each layer needs its keys, values, prompt keys and values, 38 param"
     ):
-        call(params=params[:-1])
+        call(params=fused.params[:-1])
     with pytest.raises(
         RuntimeError, match=r"harmonia\.decode_layers: the width must split into heads of head_dim"
     ):
         call(head_dim=5)
-    floats = list(params)
+    with pytest.raises(RuntimeError, match=r"harmonia\.decode_layers: start must be a position \(>= 0\)"):
+        call(start=-2)
+    with pytest.raises(
+        RuntimeError, match=r"harmonia\.decode_layers: no layers \(empty lists of keys and values\)"
+    ):
+        torch.ops.harmonia.decode_layers(
+            torch.randn(2, 1, 32), [], [], 0, [], [], None, [], [], 8, 0.35, 1e-5
+        )
+    floats = list(fused.params)
     floats[6] = torch.randn(32, 32)  # q's weights as float32, not a kernel's
     with pytest.raises(
         RuntimeError, match=r"every product must be int8_linear's \(int8 weights\) or int4_linear's"
     ):
         call(params=floats)
+    assert (keys[0][:, :, 3:] == 0).all()  # nothing stored by a refused call
+
+
+def test_fused_parameters_are_the_layers_own_and_refuse_what_the_call_cannot_run():
+    from harmonia.engines import decoding
+
+    decoder = _decoder(musicgen._Int4Linear)
+    fused = decoding.fused_parameters(decoder, "own-bf16")
+    layer = decoder.layers[1]
+    assert (fused.head_dim, fused.eps) == (8, 1e-5) and fused.scaling == 8**-0.5
+    assert len(fused.params) == 2 * 38 and fused.outs[8:] == [32] * 6 + [48, 32]
+    assert (
+        fused.params[38] is layer.self_attn_layer_norm.weight
+        and fused.params[38 + 6] is layer.self_attn.q_proj.packed
+    )
+    assert fused.params[38 + 6 + 4 * 7 + 3].numel() == 0  # fc2 has no bias: an empty tensor stands for none
+    assert decoding.fused_parameters(decoder, "sdpa") is None
+    layer.final_layer_norm.eps = 1e-6
+    assert decoding.fused_parameters(decoder, "own") is None  # the norms must share one epsilon
+    layer.final_layer_norm.eps = 1e-5
+    layer.final_layer_norm.to(torch.bfloat16)
+    assert decoding.fused_parameters(decoder, "own") is None
+    layer.final_layer_norm.float()
+    assert decoding.fused_parameters(decoder, "own") is not None
+    layer.self_attn.scaling = 0.5  # (the TorchScript layer scales both attentions by self-attention's)
+    assert decoding.fused_parameters(decoder, "own") is None
+    layer.self_attn.scaling = 8**-0.5
+    layer.fc1 = torch.nn.Linear(32, 48)
+    assert decoding.fused_parameters(decoder, "own") is None
+    mixed = _decoder(musicgen._RowwiseInt8Linear)
+    mixed.layers[0].fc2 = musicgen._Int4Linear(torch.nn.Linear(48, 32))  # either kernel, product by product
+    assert decoding.fused_parameters(mixed, "own-int8") is not None
+    del mixed.layers[1].encoder_attn
+    assert decoding.fused_parameters(mixed, "own-int8") is None
 
 
 @needs_integer_kernels
 def test_only_harmonias_attention_with_its_integer_kernels_runs_a_steps_layers_as_one_call(wb, monkeypatch):
-    """fused_parameters hands decode_layers the layers' own tensors (no copies) where Harmonia's
-    attention and its int8 or int4 kernels run every product; SDPA, float products (exact, bf16),
-    torch.ao's int8 and the kernels' torch forms stay layer by layer."""
+    """An engine's step runs its layers as one call where Harmonia's attention and its int8 or
+    int4 kernels run every product; SDPA, float products (exact, bf16), torch.ao's int8 and the
+    kernels' torch forms stay layer by layer."""
     from harmonia.engines import decoding
 
     int4 = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int4")
     decoder = int4.model.decoder.model.decoder
-    params, outs = decoding.fused_parameters(decoder, "own-int8")
-    layer = decoder.layers[1]
-    assert len(params) == 38 * len(decoder.layers) and len(outs) == 8 * len(decoder.layers)
-    assert params[38] is layer.self_attn_layer_norm.weight and params[38 + 6] is layer.self_attn.q_proj.packed
-    assert outs[8 + 6] == layer.fc1.out_features
-    assert decoding.fused_parameters(decoder, "own") is not None
+    assert int4._step.fused == (int4._step.attention != "sdpa")
+    fused = decoding.fused_parameters(decoder, "own-int8")
+    assert (
+        len(fused.params) == 38 * len(decoder.layers)
+        and fused.params[6] is decoder.layers[0].self_attn.q_proj.packed
+    )
     assert decoding.fused_parameters(decoder, "sdpa") is None
-    exact = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="exact")
-    assert decoding.fused_parameters(exact.model.decoder.model.decoder, "own") is None
-    bf16 = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="bf16")
-    assert decoding.fused_parameters(bf16.model.decoder.model.decoder, "own") is None  # a bfloat16 decoder
+    for precision in ("exact", "bf16"):
+        engine = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision=precision)
+        assert (
+            decoding.fused_parameters(engine.model.decoder.model.decoder, "own") is None
+            and not engine._step.fused
+        )
     monkeypatch.setenv("HARMONIA_INT8_PRODUCTS", "fbgemm")
     fbgemm = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int8")
-    assert decoding.fused_parameters(fbgemm.model.decoder.model.decoder, "own") is None
-    assert not fbgemm._step.fused
+    assert (
+        decoding.fused_parameters(fbgemm.model.decoder.model.decoder, "own") is None
+        and not fbgemm._step.fused
+    )
+    monkeypatch.setenv("HARMONIA_INT8_PRODUCTS", "rowwise")
+    monkeypatch.setenv("HARMONIA_ATTENTION", "own-int8")
+    rowwise = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int8")
+    assert rowwise._step.fused
+    monkeypatch.delenv("HARMONIA_ATTENTION")
     monkeypatch.setattr(kernels, "unavailable", lambda product: "testing: no kernels")
     reference = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int4")
     assert isinstance(reference.model.decoder.model.decoder.layers[0].fc1, musicgen._ReferenceInt4Linear)
@@ -1203,7 +1314,7 @@ def test_the_kernel_source_is_pinned_to_the_engines_code_version():
     digest = hashlib.sha256(kernels.SOURCE.read_bytes()).hexdigest()
     assert (MusicGenEngine.code_version, digest) == (
         1,
-        "a8cc9b7b7173d39b167ea65c5ddd6b5570122c0b32e062fa027d721949a3e7c0",
+        "343e038a89b725fba66dba0a578796146e851089f7fa25027801e340eaa8b3ae",
     ), (
         "harmonia/kernels/decode.cpp changed: bump MusicGenEngine.code_version if its bits did, then pin the digest"
     )

@@ -554,11 +554,13 @@ def test_scripted_step_computes_the_eager_steps_logits_to_the_bit(
 
     if precision != "exact":
         monkeypatch.setenv("HARMONIA_ATTENTION", attention)
+    monkeypatch.setenv(
+        "HARMONIA_INT8_PRODUCTS", "rowwise"
+    )  # Harmonia's int8 kernel, whatever this CPU measures
     engine = MusicGenEngine.load(sharp_wb, "tiny-musicgen", threads=2, precision=precision)
     assert isinstance(engine._step, torch.jit.ScriptModule) and engine._step.attention == attention
     # a step's layers as one call (harmonia.decode_layers) where Harmonia runs both attention and products
-    kernel_products = precision == "int4" or dict(engine.loaded.paths).get("int8_products") == "rowwise"
-    assert engine._step.fused == (attention != "sdpa" and kernel_products)
+    assert engine._step.fused == (attention != "sdpa" and precision in ("int8", "int4"))
     dtype = decoding.attend_dtype(engine._step.norm.weight)
     eager = decoding.DecoderStep(engine.model, dtype, attention)  # layer by layer
     assert not isinstance(eager, torch.jit.ScriptModule) and not eager.fused
