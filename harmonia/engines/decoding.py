@@ -500,14 +500,14 @@ class DecoderStep(torch.nn.Module):
             head._forward_hooks = OrderedDict()
             heads.append(head)
         self.heads = torch.nn.ModuleList(heads)
-        # a single-position step's layers as one call (harmonia.decode_layers), where they can be
-        gathered = fused_parameters(decoder, attention) if fused and attend_dtype == torch.float32 else None
+        # a single-position step's layers as one call (harmonia.decode_layers) where Harmonia's
+        # attention runs in float32 and fused_parameters finds its integer kernels in every layer
+        own = issubclass(kind, _OwnAttentionLayer) and attend_dtype == torch.float32
+        gathered = fused_parameters(decoder) if fused and own else None
         self.fused = gathered is not None
-        self.parameters_fused = gathered.params if gathered is not None else []
-        self.out_features = gathered.outs if gathered is not None else []
-        self.head_dim: int = gathered.head_dim if gathered is not None else 0
-        self.scaling: float = gathered.scaling if gathered is not None else 0.0
-        self.eps: float = gathered.eps if gathered is not None else 0.0
+        if gathered is not None:  # (read only by the branch TorchScript compiles where fused)
+            self.parameters_fused, self.out_features = gathered.params, gathered.outs
+            self.head_dim, self.scaling, self.eps = gathered.head_dim, gathered.scaling, gathered.eps
 
     def forward(
         self,
@@ -567,9 +567,6 @@ def decoder_step(model, attention: str = "sdpa", fused: bool = True) -> torch.nn
         return step
 
 
-FUSED_ATTENTION = ("own", "own-bf16", "own-int8")
-
-
 class Fused(NamedTuple):
     """What ``torch.ops.harmonia.decode_layers`` takes besides a step's inputs (:func:`fused_parameters`)."""
 
@@ -580,7 +577,7 @@ class Fused(NamedTuple):
     eps: float
 
 
-def fused_parameters(decoder, attention: str) -> Fused | None:
+def fused_parameters(decoder) -> Fused | None:
     """What ``torch.ops.harmonia.decode_layers`` takes to run this decoder's layers for one
     position: each layer's three norms' weights and biases (self-attention's, cross-attention's,
     the feed-forward's), then for each of its eight products (q, k, v, out, cross q, cross out,
@@ -588,17 +585,15 @@ def fused_parameters(decoder, attention: str) -> Fused | None:
     empty), every product's out_features, and the head width, attention's scale and the norms'
     epsilon, which every layer shares. The layers' own tensors, not copies.
 
-    None where the call cannot run these layers as the TorchScript layer would: attention other
-    than Harmonia's (:data:`FUSED_ATTENTION`); a product other than Harmonia's int8 or int4
-    kernel (``exact``'s and ``bf16``'s float products, torch.ao's int8, the kernels' torch
+    None where the call cannot run these layers as the TorchScript layer with Harmonia's
+    attention would (:class:`DecoderStep` asks only where that attention runs): a product other
+    than Harmonia's int8 or int4 kernel (``exact``'s and ``bf16``'s float products, torch.ao's int8, the kernels' torch
     forms); norms not float32, without weight or bias, or of another width or epsilon; layers
     without cross-attention, or with another head width or scale.
     """
     from harmonia.engines.musicgen import _Int4Linear, _RowwiseInt8Linear  # (musicgen imports this module)
 
     layers = decoder.layers
-    if attention not in FUSED_ATTENTION:
-        return None
     first = layers[0].self_attn
     eps, width = layers[0].self_attn_layer_norm.eps, decoder.layer_norm.normalized_shape
     empty = torch.empty(0)

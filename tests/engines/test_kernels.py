@@ -1115,11 +1115,9 @@ def _decoder(product: type, layers: int = 2, width: int = 32, heads: int = 4, ff
     for _ in range(layers):
         layer = torch.nn.Module()
         layer.self_attn, layer.encoder_attn = attention(), attention()
-        layer.self_attn_layer_norm, layer.encoder_attn_layer_norm, layer.final_layer_norm = (
-            norm(),
-            norm(),
-            norm(),
-        )
+        layer.self_attn_layer_norm = norm()
+        layer.encoder_attn_layer_norm = norm()
+        layer.final_layer_norm = norm()
         layer.fc1 = product(torch.nn.Linear(width, ffn))
         layer.fc2 = product(torch.nn.Linear(ffn, width, bias=False))
         decoder.layers.append(layer)
@@ -1145,7 +1143,7 @@ def test_decode_layers_computes_the_torchscript_layers_bits(product, cache):
     from harmonia.engines import decoding
 
     decoder = _decoder(product)
-    fused = decoding.fused_parameters(decoder, "own-int8" if cache == "int8" else "own")
+    fused = decoding.fused_parameters(decoder)
     kind = decoding._Int8CacheLayer if cache == "int8" else decoding._OwnAttentionLayer
     layers = [kind(layer, torch.float32) for layer in decoder.layers]
     rows, heads, dim, length = 3, 4, 8, 6
@@ -1194,7 +1192,7 @@ def test_decode_layers_computes_the_torchscript_layers_bits(product, cache):
 def test_decode_layers_refuses_what_it_cannot_run_in_one_line(product):
     from harmonia.engines import decoding
 
-    fused = decoding.fused_parameters(_decoder(product, layers=1), "own")
+    fused = decoding.fused_parameters(_decoder(product, layers=1))
     keys, values = [torch.zeros(2, 4, 8, 8)], [torch.zeros(2, 4, 8, 8)]
     prompt = [torch.randn(2, 4, 5, 8)], [torch.randn(2, 4, 5, 8)]
 
@@ -1237,7 +1235,7 @@ def test_fused_parameters_are_the_layers_own_and_refuse_what_the_call_cannot_run
     from harmonia.engines import decoding
 
     decoder = _decoder(musicgen._Int4Linear)
-    fused = decoding.fused_parameters(decoder, "own-bf16")
+    fused = decoding.fused_parameters(decoder)
     layer = decoder.layers[1]
     assert (fused.head_dim, fused.eps) == (8, 1e-5) and fused.scaling == 8**-0.5
     assert len(fused.params) == 2 * 38 and fused.outs[8:] == [32] * 6 + [48, 32]
@@ -1246,24 +1244,23 @@ def test_fused_parameters_are_the_layers_own_and_refuse_what_the_call_cannot_run
         and fused.params[38 + 6] is layer.self_attn.q_proj.packed
     )
     assert fused.params[38 + 6 + 4 * 7 + 3].numel() == 0  # fc2 has no bias: an empty tensor stands for none
-    assert decoding.fused_parameters(decoder, "sdpa") is None
     layer.final_layer_norm.eps = 1e-6
-    assert decoding.fused_parameters(decoder, "own") is None  # the norms must share one epsilon
+    assert decoding.fused_parameters(decoder) is None  # the norms must share one epsilon
     layer.final_layer_norm.eps = 1e-5
     layer.final_layer_norm.to(torch.bfloat16)
-    assert decoding.fused_parameters(decoder, "own") is None
+    assert decoding.fused_parameters(decoder) is None
     layer.final_layer_norm.float()
-    assert decoding.fused_parameters(decoder, "own") is not None
+    assert decoding.fused_parameters(decoder) is not None
     layer.self_attn.scaling = 0.5  # (the TorchScript layer scales both attentions by self-attention's)
-    assert decoding.fused_parameters(decoder, "own") is None
+    assert decoding.fused_parameters(decoder) is None
     layer.self_attn.scaling = 8**-0.5
     layer.fc1 = torch.nn.Linear(32, 48)
-    assert decoding.fused_parameters(decoder, "own") is None
+    assert decoding.fused_parameters(decoder) is None
     mixed = _decoder(musicgen._RowwiseInt8Linear)
     mixed.layers[0].fc2 = musicgen._Int4Linear(torch.nn.Linear(48, 32))  # either kernel, product by product
-    assert decoding.fused_parameters(mixed, "own-int8") is not None
+    assert decoding.fused_parameters(mixed) is not None
     del mixed.layers[1].encoder_attn
-    assert decoding.fused_parameters(mixed, "own-int8") is None
+    assert decoding.fused_parameters(mixed) is None
 
 
 @needs_integer_kernels
@@ -1276,24 +1273,21 @@ def test_only_harmonias_attention_with_its_integer_kernels_runs_a_steps_layers_a
     int4 = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int4")
     decoder = int4.model.decoder.model.decoder
     assert int4._step.fused == (int4._step.attention != "sdpa")
-    fused = decoding.fused_parameters(decoder, "own-int8")
+    fused = decoding.fused_parameters(decoder)
     assert (
         len(fused.params) == 38 * len(decoder.layers)
         and fused.params[6] is decoder.layers[0].self_attn.q_proj.packed
     )
-    assert decoding.fused_parameters(decoder, "sdpa") is None
+    sdpa = decoding.DecoderStep(int4.model, torch.float32, "sdpa", fused=True)
+    assert not sdpa.fused and not hasattr(sdpa, "parameters_fused")  # Harmonia's attention only
     for precision in ("exact", "bf16"):
         engine = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision=precision)
         assert (
-            decoding.fused_parameters(engine.model.decoder.model.decoder, "own") is None
-            and not engine._step.fused
+            decoding.fused_parameters(engine.model.decoder.model.decoder) is None and not engine._step.fused
         )
     monkeypatch.setenv("HARMONIA_INT8_PRODUCTS", "fbgemm")
     fbgemm = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int8")
-    assert (
-        decoding.fused_parameters(fbgemm.model.decoder.model.decoder, "own") is None
-        and not fbgemm._step.fused
-    )
+    assert decoding.fused_parameters(fbgemm.model.decoder.model.decoder) is None and not fbgemm._step.fused
     monkeypatch.setenv("HARMONIA_INT8_PRODUCTS", "rowwise")
     monkeypatch.setenv("HARMONIA_ATTENTION", "own-int8")
     rowwise = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int8")
@@ -1302,7 +1296,7 @@ def test_only_harmonias_attention_with_its_integer_kernels_runs_a_steps_layers_a
     monkeypatch.setattr(kernels, "unavailable", lambda product: "testing: no kernels")
     reference = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int4")
     assert isinstance(reference.model.decoder.model.decoder.layers[0].fc1, musicgen._ReferenceInt4Linear)
-    assert decoding.fused_parameters(reference.model.decoder.model.decoder, "own-int8") is None
+    assert decoding.fused_parameters(reference.model.decoder.model.decoder) is None
 
 
 def test_the_kernel_source_is_pinned_to_the_engines_code_version():

@@ -554,9 +554,8 @@ def test_scripted_step_computes_the_eager_steps_logits_to_the_bit(
 
     if precision != "exact":
         monkeypatch.setenv("HARMONIA_ATTENTION", attention)
-    monkeypatch.setenv(
-        "HARMONIA_INT8_PRODUCTS", "rowwise"
-    )  # Harmonia's int8 kernel, whatever this CPU measures
+    # Harmonia's int8 kernel, whatever this CPU measures
+    monkeypatch.setenv("HARMONIA_INT8_PRODUCTS", "rowwise")
     engine = MusicGenEngine.load(sharp_wb, "tiny-musicgen", threads=2, precision=precision)
     assert isinstance(engine._step, torch.jit.ScriptModule) and engine._step.attention == attention
     # a step's layers as one call (harmonia.decode_layers) where Harmonia runs both attention and products
