@@ -37,9 +37,9 @@
 //   16 scales; values (int8) by position, [rows, heads, length, pad4(dim) + 4]: the codes, then the
 //   scale. The query is rounded to int8 codes the same way (per row and head), so each score is an
 //   exact integer dot product (AVX-512 VNNI vpdpbusd over a block's 16 positions at once; the AVX2
-//   form sums the same integers with vpmaddwd), then, in float32, x the key's scale x the query's
-//   scale x `scale`. The values: sum over positions of (p_t x the value's scale) x code, as the
-//   float kernel sums p_t x v_t.
+//   form sums the same integers with vpmaddubsw and vpmaddwd), then, in float32, x the key's scale
+//   x the query's scale x `scale`. The values: sum over positions of (p_t x the value's scale) x
+//   code, as the float kernel sums p_t x v_t.
 // harmonia.store_int8: a window's keys (into a uint8 cache) or values (int8) into such a cache, per
 //   position: scale = largest |x| / 127 (1 where that is 0: a zero row, or one below about 9e-44,
 //   64 x 2^-149), code = nearbyint(x / scale), round half to even, within -127..127: torch's
@@ -910,17 +910,29 @@ HARMONIA_AVX2 float softmax8x2(float *scores, int64_t T, float top) {
     return lanes8x2(total[0], total[1]);
 }
 
+// FIXED_CHUNKS: the AVX2 attention kernels for a head of D values in 16-lane chunks, their count
+// fixed at compile time where D is 16, 32, 48 or 64 (MusicGen's heads are 64 wide), counted at
+// run time (0) otherwise. Fixed, the loops over chunks unroll and the sums over values stay in
+// registers; counted at run time, the compiler keeps them in memory and each multiply-add of a
+// position waits for the store of the one before. The same operations in the same order either
+// way: the same bits.
+#define FIXED_CHUNKS(kernel, D, ...)                                                                          \
+    ((D) == 16 ? kernel<1, ##__VA_ARGS__> : (D) == 32 ? kernel<2, ##__VA_ARGS__>                               \
+     : (D) == 48 ? kernel<3, ##__VA_ARGS__> : (D) == 64 ? kernel<4, ##__VA_ARGS__> : kernel<0, ##__VA_ARGS__>)
+
 // attend_one's AVX2 form: the same operations on every lane, in the same order (see above).
-template <bool BF16>
+// CHUNKS: see FIXED_CHUNKS.
+template <int64_t CHUNKS, bool BF16>
 HARMONIA_AVX2 void attend_one8x2(const float *q, const char *k, const char *v, int64_t T, int64_t D, int64_t kstride,
                         int64_t vstride, const bool *mask, int64_t mstride, float scale, float *scores,
                         float *out) {
     constexpr int64_t bytes = BF16 ? 2 : 4;
     __m256 qv[16][2];
-    const int64_t chunks = (D + 15) / 16;
+    const int64_t chunks = CHUNKS ? CHUNKS : (D + 15) / 16;
     int64_t live[16];
+#pragma GCC unroll 16
     for (int64_t c = 0; c < chunks; c++) {
-        live[c] = std::min<int64_t>(16, D - 16 * c);
+        live[c] = CHUNKS ? 16 : std::min<int64_t>(16, D - 16 * c);
         load8x2<false>(q + 16 * c, live[c], qv[c][0], qv[c][1]);
     }
     const int64_t row = D * bytes;
@@ -939,6 +951,7 @@ HARMONIA_AVX2 void attend_one8x2(const float *q, const char *k, const char *v, i
         __m256 acc[2], kv[2];
         load8x2<BF16>(kt, live[0], kv[0], kv[1]);
         for (int h = 0; h < 2; h++) acc[h] = _mm256_mul_ps(qv[0][h], kv[h]);
+#pragma GCC unroll 16
         for (int64_t c = 1; c < chunks; c++) {
             load8x2<BF16>(kt + 16 * c * bytes, live[c], kv[0], kv[1]);
             for (int h = 0; h < 2; h++) acc[h] = _mm256_fmadd_ps(qv[c][h], kv[h], acc[h]);
@@ -953,18 +966,21 @@ HARMONIA_AVX2 void attend_one8x2(const float *q, const char *k, const char *v, i
     }
     const __m256 sum = _mm256_set1_ps(softmax8x2(scores, T, top));
     __m256 acc[16][2];
+#pragma GCC unroll 16
     for (int64_t c = 0; c < chunks; c++) acc[c][0] = acc[c][1] = _mm256_setzero_ps();
     for (int64_t t = 0; t < T; t++) {
         if (t + ATTEND_AHEAD < T) ask_row(v + (t + ATTEND_AHEAD) * vstride * bytes, row);
         if (mask && !mask[t * mstride]) continue;
         const __m256 p = _mm256_set1_ps(scores[t]);
         const char *vt = v + t * vstride * bytes;
+#pragma GCC unroll 16
         for (int64_t c = 0; c < chunks; c++) {
             __m256 vv[2];
             load8x2<BF16>(vt + 16 * c * bytes, live[c], vv[0], vv[1]);
             for (int h = 0; h < 2; h++) acc[c][h] = _mm256_fmadd_ps(p, vv[h], acc[c][h]);
         }
     }
+#pragma GCC unroll 16
     for (int64_t c = 0; c < chunks; c++)
         store8x2(out + 16 * c, live[c], _mm256_div_ps(acc[c][0], sum), _mm256_div_ps(acc[c][1], sum));
 }
@@ -1061,38 +1077,34 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) float int8_score
     return nan ? std::numeric_limits<float>::quiet_NaN() : _mm512_reduce_max_ps(most);
 }
 
-// int8_scores' AVX2 form: the same integers (vpmaddwd on codes widened to int16, summed in another
-// order: integer sums are exact), then the same float operations on every lane.
+// int8_scores' AVX2 form: the same integers, then the same float operations on every lane. Without
+// VNNI: each key code k (stored k + 128: the XOR of 0x80 gives it back) against the query's code
+// q by vpmaddubsw of |k| (vpabsb) and q carrying k's sign (vpsignb): pairs within 2 x 127 x 127 <
+// 2^15 (no saturation), then vpmaddwd by ones into each position's sum over its four inputs: sum
+// of k x q, exactly the VNNI form's sum of (k + 128) x q less 128 x the query codes' sum.
 HARMONIA_AVX2 float int8_scores8x2(const Query &query, const uint8_t *k, int64_t T, int64_t D, int64_t kstride,
                                    const bool *mask, int64_t mstride, float scale, float *scores) {
     const int64_t groups = padded(D) / 4, block = key_block_bytes(D), blocks = (T + KEY_BLOCK - 1) / KEY_BLOCK;
-    const __m256i bias = _mm256_set1_epi32(128 * query.sum);
     const __m256 qs = _mm256_set1_ps(query.scale), sc = _mm256_set1_ps(scale);
+    const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80)), ones = _mm256_set1_epi16(1);
     __m256 most[2] = {_mm256_set1_ps(-std::numeric_limits<float>::infinity()),
                       _mm256_set1_ps(-std::numeric_limits<float>::infinity())};
     __m256 nan = _mm256_setzero_ps();
-    int64_t q16[64];  // each group's four codes as int16, for vpmaddwd
-    for (int64_t j = 0; j < groups; j++) {
-        int16_t wide[4];
-        for (int i = 0; i < 4; i++) wide[i] = static_cast<int8_t>(query.four[j] >> (8 * i));
-        std::memcpy(q16 + j, wide, 8);
-    }
     for (int64_t b = 0; b < std::min(KEYS_AHEAD, blocks); b++) ask_row(reinterpret_cast<const char *>(k + b * kstride), block);
     for (int64_t b = 0; b < blocks; b++) {
         const uint8_t *kb = k + b * kstride;
         if (b + KEYS_AHEAD < blocks) ask_row(reinterpret_cast<const char *>(kb + KEYS_AHEAD * kstride), block);
         __m256 s[2];
         for (int h = 0; h < 2; h++) {  // positions 8h .. 8h + 7: bytes 32h .. 32h + 31 of each group
-            __m256i pairs[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};  // positions 0-3, 4-7 of the half
+            __m256i dot = _mm256_setzero_si256();
             for (int64_t j = 0; j < groups; j++) {
-                const __m256i wide = _mm256_set1_epi64x(q16[j]);
-                const __m256i codes = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(kb + 64 * j + 32 * h));
-                pairs[0] = _mm256_add_epi32(pairs[0], _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm256_castsi256_si128(codes)), wide));
-                pairs[1] = _mm256_add_epi32(pairs[1], _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm256_extracti128_si256(codes, 1)), wide));
+                const __m256i codes = _mm256_xor_si256(
+                    _mm256_loadu_si256(reinterpret_cast<const __m256i *>(kb + 64 * j + 32 * h)), flip);
+                const __m256i pairs = _mm256_maddubs_epi16(
+                    _mm256_abs_epi8(codes), _mm256_sign_epi8(_mm256_set1_epi32(query.four[j]), codes));
+                dot = _mm256_add_epi32(dot, _mm256_madd_epi16(pairs, ones));
             }
-            // each position's two pair sums: hadd gives positions 0, 1, 4, 5 | 2, 3, 6, 7; put them in order
-            const __m256i dot = _mm256_permute4x64_epi64(_mm256_hadd_epi32(pairs[0], pairs[1]), 0xD8);
-            const __m256 f = _mm256_cvtepi32_ps(_mm256_sub_epi32(dot, bias));
+            const __m256 f = _mm256_cvtepi32_ps(dot);
             const __m256 keys = _mm256_loadu_ps(reinterpret_cast<const float *>(kb + KEY_BLOCK * padded(D)) + 8 * h);
             s[h] = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(f, keys), qs), sc);
         }
@@ -1146,7 +1158,9 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void attend_int8
     for (int64_t c = 0; c < chunks; c++) _mm512_mask_storeu_ps(out + 16 * c, live[c], _mm512_div_ps(acc[c], sum));
 }
 
-// attend_int8's AVX2 form (and the form of AVX-512 CPUs without VNNI): the same bits.
+// attend_int8's AVX2 form (and the form of AVX-512 CPUs without VNNI): the same bits. CHUNKS: see
+// FIXED_CHUNKS.
+template <int64_t CHUNKS>
 HARMONIA_AVX2 void attend_int8_8x2(const float *q, const uint8_t *k, const int8_t *v, int64_t T, int64_t D,
                                    int64_t kstride, int64_t vstride, const bool *mask, int64_t mstride, float scale,
                                    float *scores, float *out) {
@@ -1156,9 +1170,10 @@ HARMONIA_AVX2 void attend_int8_8x2(const float *q, const uint8_t *k, const int8_
         std::memset(out, 0, sizeof(float) * D);
         return;
     }
-    const int64_t chunks = (D + 15) / 16, row = padded(D) + 4;
+    const int64_t chunks = CHUNKS ? CHUNKS : (D + 15) / 16, row = padded(D) + 4;
     const __m256 sum = _mm256_set1_ps(softmax8x2(scores, T, top));
     __m256 acc[16][2];
+#pragma GCC unroll 16
     for (int64_t c = 0; c < chunks; c++) acc[c][0] = acc[c][1] = _mm256_setzero_ps();
     for (int64_t t = 0; t < std::min(VALUES_AHEAD, T); t++) ask_row(reinterpret_cast<const char *>(v + t * vstride), row);
     for (int64_t t = 0; t < T; t++) {
@@ -1166,13 +1181,14 @@ HARMONIA_AVX2 void attend_int8_8x2(const float *q, const uint8_t *k, const int8_
         if (mask && !mask[t * mstride]) continue;
         const int8_t *vt = v + t * vstride;
         const __m256 p = _mm256_set1_ps(scores[t] * row_scale(vt, D));
+#pragma GCC unroll 16
         for (int64_t c = 0; c < chunks; c++) {
             __m256 codes[2];
-            const int64_t live = std::min<int64_t>(16, D - 16 * c);
+            const int64_t live = CHUNKS ? 16 : std::min<int64_t>(16, D - 16 * c);
             if (live == 16) {
-                const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i *>(vt + 16 * c));
-                codes[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
-                codes[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(bytes, 8)));
+                for (int h = 0; h < 2; h++)  // (vpmovsxbd from memory: no shift of the register)
+                    codes[h] = _mm256_cvtepi32_ps(
+                        _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(vt + 16 * c + 8 * h))));
             } else {
                 float values[16] = {};
                 for (int64_t i = 0; i < live; i++) values[i] = static_cast<float>(vt[16 * c + i]);
@@ -1182,8 +1198,9 @@ HARMONIA_AVX2 void attend_int8_8x2(const float *q, const uint8_t *k, const int8_
             for (int h = 0; h < 2; h++) acc[c][h] = _mm256_fmadd_ps(p, codes[h], acc[c][h]);
         }
     }
+#pragma GCC unroll 16
     for (int64_t c = 0; c < chunks; c++)
-        store8x2(out + 16 * c, std::min<int64_t>(16, D - 16 * c), _mm256_div_ps(acc[c][0], sum),
+        store8x2(out + 16 * c, CHUNKS ? 16 : std::min<int64_t>(16, D - 16 * c), _mm256_div_ps(acc[c][0], sum),
                  _mm256_div_ps(acc[c][1], sum));
 }
 
@@ -1237,7 +1254,7 @@ at::Tensor decode_attention_int8(const at::Tensor &query, const at::Tensor &keys
             const int8_t *v = vp + r * values.stride(0) + h * values.stride(1);
             const bool *mr = mp ? mp + r * m.stride(0) + h * m.stride(1) : nullptr;
             const int64_t ms = mp ? m.stride(3) : 0;
-            (avx2 ? attend_int8_8x2 : attend_int8)(qp + slot * D, k, v, end, D, keys.stride(2), values.stride(2), mr, ms, s,
+            (avx2 ? FIXED_CHUNKS(attend_int8_8x2, D) : attend_int8)(qp + slot * D, k, v, end, D, keys.stride(2), values.stride(2), mr, ms, s,
                                                    scores.data(), op + slot * D);
         }
     });
@@ -1349,7 +1366,7 @@ at::Tensor decode_attention(const at::Tensor &query, const at::Tensor &keys, con
             const bool *mr = mp ? mp + r * m.stride(0) + h * m.stride(1) : nullptr;
             const int64_t ms = mp ? m.stride(3) : 0;
             const auto one = narrow.load(std::memory_order_relaxed)
-                                 ? (bf16 ? attend_one8x2<true> : attend_one8x2<false>)
+                                 ? (bf16 ? FIXED_CHUNKS(attend_one8x2, D, true) : FIXED_CHUNKS(attend_one8x2, D, false))
                                  : (bf16 ? attend_one<true> : attend_one<false>);
             one(qp + slot * D, k, v, end, D, keys.stride(2), values.stride(2), mr, ms, s, scores.data(), op + slot * D);
         }
@@ -1449,6 +1466,7 @@ std::string use_form(const std::string &form) {
 
 }  // namespace
 
+#undef FIXED_CHUNKS
 #undef HARMONIA_AVX2
 
 TORCH_LIBRARY(harmonia, m) {

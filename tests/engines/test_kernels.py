@@ -881,6 +881,40 @@ def test_the_attention_kernel_masks_like_sdpa_reads_strided_keys_and_refuses_wha
         torch.ops.harmonia.decode_attention(q[..., :24], k, v, 12, 0.2, None)
 
 
+@pytest.mark.parametrize("cache", ["float32", "bfloat16", "int8"])
+@pytest.mark.parametrize("dim", [16, 32, 48, 64])
+def test_the_attention_kernels_unrolled_for_a_head_of_64_compute_what_their_counted_loop_does(cache, dim):
+    """The AVX2 attention kernels fix their count of 16-value chunks at compile time for heads of
+    16, 32, 48 and 64 (MusicGen's are 64: the loops unroll, the sums stay in registers) and count
+    them at run time for any other width. Zeros added to a head change no sum (a product of zeros,
+    an integer code 0, the same largest |x| for the rounding), so the head padded with 8 zeros,
+    which the counted loop runs, must give the same bits in its first ``dim`` values: over float32,
+    bfloat16 and int8 caches, with a mask, a NaN key and the prompt's strided layout."""
+    if kernels.form("decode_attention") is None or (cache == "int8" and not INTEGER_KERNELS):
+        pytest.skip("this CPU runs neither form of the attention kernels")
+    q, k, v = _attention_inputs(2, 3, 40, dim, seed=dim)
+    k[1, 2, 5, 0] = float("nan")
+    mask = (torch.rand(2, 1, 1, 37, generator=torch.Generator().manual_seed(dim)) > 0.3).expand(2, 3, 1, 37)
+
+    def attend(width: int, mask: torch.Tensor | None) -> torch.Tensor:
+        pad = (0, width - dim)
+        query, keys, values = (torch.nn.functional.pad(t, pad) for t in (q, k, v))
+        if cache == "int8":
+            keys, values = kernels.int8_stored(keys, keys=True), kernels.int8_stored(values, keys=False)
+        else:  # kept as the prompt's are: [rows, positions, heads, width] seen as [rows, heads, positions, width]
+            keys, values = (
+                t.transpose(1, 2).contiguous().transpose(1, 2).to(getattr(torch, cache))
+                for t in (keys, values)
+            )
+        return torch.ops.harmonia.decode_attention(query, keys, values, 37, 0.125, mask)
+
+    with kernels.forced_form("avx2"):
+        for m in (None, mask):
+            unrolled, counted = attend(dim, m), attend(dim + 8, m)
+            assert counted[1, 2].isnan().all() == (m is None or bool(m[1, 2, 0, 5]))  # the NaN key reached it
+            assert same_bits(unrolled, counted[..., :dim]) and (counted[..., dim:].nan_to_num() == 0).all()
+
+
 @needs_float_kernels
 def test_the_attention_path_is_measured_recorded_forced_and_replayed(wb, monkeypatch):
     """bf16, int8 and int4 choose between torch's SDPA and Harmonia's kernel for a step's attention
@@ -1308,7 +1342,7 @@ def test_the_kernel_source_is_pinned_to_the_engines_code_version():
     digest = hashlib.sha256(kernels.SOURCE.read_bytes()).hexdigest()
     assert (MusicGenEngine.code_version, digest) == (
         1,
-        "343e038a89b725fba66dba0a578796146e851089f7fa25027801e340eaa8b3ae",
+        "af0d5967e4d84b21ed1f846f7d424a75ae5c460502a96faa5813b9656c04418b",
     ), (
         "harmonia/kernels/decode.cpp changed: bump MusicGenEngine.code_version if its bits did, then pin the digest"
     )
