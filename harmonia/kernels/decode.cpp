@@ -926,6 +926,7 @@ template <int64_t CHUNKS, bool BF16>
 HARMONIA_AVX2 void attend_one8x2(const float *q, const char *k, const char *v, int64_t T, int64_t D, int64_t kstride,
                         int64_t vstride, const bool *mask, int64_t mstride, float scale, float *scores,
                         float *out) {
+    if constexpr (CHUNKS > 0) TORCH_INTERNAL_ASSERT(D == 16 * CHUNKS, "attend_one8x2: a head of ", D, " for ", 16 * CHUNKS);
     constexpr int64_t bytes = BF16 ? 2 : 4;
     __m256 qv[16][2];
     const int64_t chunks = CHUNKS ? CHUNKS : (D + 15) / 16;
@@ -1079,9 +1080,12 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) float int8_score
 
 // int8_scores' AVX2 form: the same integers, then the same float operations on every lane. Without
 // VNNI: each key code k (stored k + 128: the XOR of 0x80 gives it back) against the query's code
-// q by vpmaddubsw of |k| (vpabsb) and q carrying k's sign (vpsignb): pairs within 2 x 127 x 127 <
-// 2^15 (no saturation), then vpmaddwd by ones into each position's sum over its four inputs: sum
-// of k x q, exactly the VNNI form's sum of (k + 128) x q less 128 x the query codes' sum.
+// q by vpmaddubsw of |k| (vpabsb) and q carrying k's sign (vpsignb), then vpmaddwd by ones into
+// each position's sum over its four inputs: sum of k x q, exactly the VNNI form's sum of (k + 128)
+// x q less 128 x the query codes' sum. Exact for any byte of the cache (one never written, k =
+// -128, gives pairs within 2 x 128 x 127 < 2^15: no saturation, and its lane is not kept), given
+// query codes within -127..127 (vpsignb cannot negate -128; quantise_codes bounds them). Each
+// group's query broadcast serves both halves of the block.
 HARMONIA_AVX2 float int8_scores8x2(const Query &query, const uint8_t *k, int64_t T, int64_t D, int64_t kstride,
                                    const bool *mask, int64_t mstride, float scale, float *scores) {
     const int64_t groups = padded(D) / 4, block = key_block_bytes(D), blocks = (T + KEY_BLOCK - 1) / KEY_BLOCK;
@@ -1095,16 +1099,18 @@ HARMONIA_AVX2 float int8_scores8x2(const Query &query, const uint8_t *k, int64_t
         const uint8_t *kb = k + b * kstride;
         if (b + KEYS_AHEAD < blocks) ask_row(reinterpret_cast<const char *>(kb + KEYS_AHEAD * kstride), block);
         __m256 s[2];
-        for (int h = 0; h < 2; h++) {  // positions 8h .. 8h + 7: bytes 32h .. 32h + 31 of each group
-            __m256i dot = _mm256_setzero_si256();
-            for (int64_t j = 0; j < groups; j++) {
+        __m256i dot[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+        for (int64_t j = 0; j < groups; j++) {
+            const __m256i four = _mm256_set1_epi32(query.four[j]);
+            for (int h = 0; h < 2; h++) {  // positions 8h .. 8h + 7: bytes 32h .. 32h + 31 of each group
                 const __m256i codes = _mm256_xor_si256(
                     _mm256_loadu_si256(reinterpret_cast<const __m256i *>(kb + 64 * j + 32 * h)), flip);
-                const __m256i pairs = _mm256_maddubs_epi16(
-                    _mm256_abs_epi8(codes), _mm256_sign_epi8(_mm256_set1_epi32(query.four[j]), codes));
-                dot = _mm256_add_epi32(dot, _mm256_madd_epi16(pairs, ones));
+                const __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(codes), _mm256_sign_epi8(four, codes));
+                dot[h] = _mm256_add_epi32(dot[h], _mm256_madd_epi16(pairs, ones));
             }
-            const __m256 f = _mm256_cvtepi32_ps(dot);
+        }
+        for (int h = 0; h < 2; h++) {
+            const __m256 f = _mm256_cvtepi32_ps(dot[h]);
             const __m256 keys = _mm256_loadu_ps(reinterpret_cast<const float *>(kb + KEY_BLOCK * padded(D)) + 8 * h);
             s[h] = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(f, keys), qs), sc);
         }
@@ -1164,6 +1170,7 @@ template <int64_t CHUNKS>
 HARMONIA_AVX2 void attend_int8_8x2(const float *q, const uint8_t *k, const int8_t *v, int64_t T, int64_t D,
                                    int64_t kstride, int64_t vstride, const bool *mask, int64_t mstride, float scale,
                                    float *scores, float *out) {
+    if constexpr (CHUNKS > 0) TORCH_INTERNAL_ASSERT(D == 16 * CHUNKS, "attend_int8_8x2: a head of ", D, " for ", 16 * CHUNKS);
     const Query query(q, D);
     const float top = int8_scores8x2(query, k, T, D, kstride, mask, mstride, scale, scores);
     if (top == -std::numeric_limits<float>::infinity()) {
