@@ -503,7 +503,7 @@ class DecoderStep(torch.nn.Module):
         # a single-position step's layers as one call (harmonia.decode_layers) where Harmonia's
         # attention runs in float32 and fused_parameters finds its integer kernels in every layer
         own = issubclass(kind, _OwnAttentionLayer) and attend_dtype == torch.float32
-        gathered = fused_parameters(decoder) if fused and own else None
+        gathered = fused_parameters(self.layers) if fused and own else None
         self.fused = gathered is not None
         if gathered is not None:  # (read only by the branch TorchScript compiles where fused)
             self.parameters_fused, self.out_features = gathered.params, gathered.outs
@@ -577,33 +577,32 @@ class Fused(NamedTuple):
     eps: float
 
 
-def fused_parameters(decoder) -> Fused | None:
-    """What ``torch.ops.harmonia.decode_layers`` takes to run this decoder's layers for one
-    position: each layer's three norms' weights and biases (self-attention's, cross-attention's,
-    the feed-forward's), then for each of its eight products (q, k, v, out, cross q, cross out,
-    fc1, fc2) its kernel's tensors (packed weights, scales, column sums or empty, bias or
-    empty), every product's out_features, and the head width, attention's scale and the norms'
-    epsilon, which every layer shares. The layers' own tensors, not copies.
+def fused_parameters(layers) -> Fused | None:
+    """What ``torch.ops.harmonia.decode_layers`` takes to run these layers (each a :class:`_Layer`, as
+    :class:`DecoderStep` builds them: the modules the TorchScript layer runs) for one position:
+    each layer's three norms' weights and biases (self-attention's, cross-attention's, the
+    feed-forward's), then for each of its eight products (q, k, v, out, cross q, cross out, fc1,
+    fc2) its kernel's tensors (packed weights, scales, column sums or empty, bias or empty), every
+    product's out_features, and the head width, attention's scale and the norms' epsilon, which
+    every layer shares. The layers' own tensors, not copies.
 
     None where the call cannot run these layers as the TorchScript layer with Harmonia's
     attention would (:class:`DecoderStep` asks only where that attention runs): a product other
-    than Harmonia's int8 or int4 kernel (``exact``'s and ``bf16``'s float products, torch.ao's int8, the kernels' torch
-    forms); norms not float32, without weight or bias, or of another width or epsilon; layers
-    without cross-attention, or with another head width or scale.
+    than Harmonia's int8 or int4 kernel (``exact``'s and ``bf16``'s float products, torch.ao's
+    int8, the kernels' torch forms); norms not float32, without weight or bias, or of another
+    width or epsilon; another head width or scale.
     """
     from harmonia.engines.musicgen import _Int4Linear, _RowwiseInt8Linear  # (musicgen imports this module)
 
-    layers = decoder.layers
-    first = layers[0].self_attn
-    eps, width = layers[0].self_attn_layer_norm.eps, decoder.layer_norm.normalized_shape
+    first = layers[0]
+    eps, width = first.norm_self.eps, first.norm_self.normalized_shape
     empty = torch.empty(0)
     params: list[torch.Tensor] = []
     outs: list[int] = []
     for layer in layers:
-        own, cross = layer.self_attn, getattr(layer, "encoder_attn", None)
-        if cross is None or own.head_dim != first.head_dim or float(own.scaling) != float(first.scaling):
+        if layer.head_dim != first.head_dim or layer.scaling != first.scaling:
             return None
-        norms = (layer.self_attn_layer_norm, layer.encoder_attn_layer_norm, layer.final_layer_norm)
+        norms = (layer.norm_self, layer.norm_cross, layer.norm_ff)
         if any(
             n.weight is None
             or n.bias is None
@@ -614,8 +613,16 @@ def fused_parameters(decoder) -> Fused | None:
         ):
             return None
         params += [t for n in norms for t in (n.weight, n.bias)]
-        products = (own.q_proj, own.k_proj, own.v_proj, own.out_proj, cross.q_proj, cross.out_proj)
-        for module in (*products, layer.fc1, layer.fc2):
+        for module in (
+            layer.q,
+            layer.k,
+            layer.v,
+            layer.out,
+            layer.cross_q,
+            layer.cross_out,
+            layer.fc1,
+            layer.fc2,
+        ):
             if type(module) is _RowwiseInt8Linear:
                 tensors = [module.packed, module.scales, module.colsum, module.bias]
             elif type(module) is _Int4Linear:

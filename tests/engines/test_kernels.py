@@ -1126,8 +1126,7 @@ def test_processes_starting_together_build_the_library_once(tmp_path):
 
 
 def _decoder(product: type, layers: int = 2, width: int = 32, heads: int = 4, ffn: int = 48):
-    """A stand-in for a MusicGen decoder's layers (what DecoderStep's layers and fused_parameters
-    read), with random norms and ``product`` (a kernel's Linear) for every product, with biases
+    """A stand-in for a MusicGen decoder's layers (what DecoderStep's layers read), with random norms and ``product`` (a kernel's Linear) for every product, with biases
     on all but fc2 (MusicGen's own have none: the path is tested here)."""
     torch.manual_seed(0)
 
@@ -1158,6 +1157,14 @@ def _decoder(product: type, layers: int = 2, width: int = 32, heads: int = 4, ff
     return decoder
 
 
+def _layers(decoder, int8_cache: bool = False) -> list:
+    """``decoder``'s layers as DecoderStep builds them on Harmonia's attention (what fused_parameters reads)."""
+    from harmonia.engines import decoding
+
+    kind = decoding._Int8CacheLayer if int8_cache else decoding._OwnAttentionLayer
+    return [kind(layer, torch.float32) for layer in decoder.layers]
+
+
 def _fused_call(fused, hidden, keys, values, start, cross_keys, cross_values, mask, **changes):
     arguments = dict(params=fused.params, outs=fused.outs, head_dim=fused.head_dim) | changes
     return torch.ops.harmonia.decode_layers(
@@ -1176,10 +1183,8 @@ def test_decode_layers_computes_the_torchscript_layers_bits(product, cache):
     masked per row (one row whole), biases, and every kind of cache the engine keeps."""
     from harmonia.engines import decoding
 
-    decoder = _decoder(product)
-    fused = decoding.fused_parameters(decoder)
-    kind = decoding._Int8CacheLayer if cache == "int8" else decoding._OwnAttentionLayer
-    layers = [kind(layer, torch.float32) for layer in decoder.layers]
+    layers = _layers(_decoder(product), int8_cache=cache == "int8")
+    fused = decoding.fused_parameters(layers)
     rows, heads, dim, length = 3, 4, 8, 6
     generator = torch.Generator().manual_seed(1)
     prompt_dtype = torch.float32 if cache == "float32" else torch.bfloat16
@@ -1226,7 +1231,7 @@ def test_decode_layers_computes_the_torchscript_layers_bits(product, cache):
 def test_decode_layers_refuses_what_it_cannot_run_in_one_line(product):
     from harmonia.engines import decoding
 
-    fused = decoding.fused_parameters(_decoder(product, layers=1))
+    fused = decoding.fused_parameters(_layers(_decoder(product, layers=1)))
     keys, values = [torch.zeros(2, 4, 8, 8)], [torch.zeros(2, 4, 8, 8)]
     prompt = [torch.randn(2, 4, 5, 8)], [torch.randn(2, 4, 5, 8)]
 
@@ -1269,32 +1274,31 @@ def test_fused_parameters_are_the_layers_own_and_refuse_what_the_call_cannot_run
     from harmonia.engines import decoding
 
     decoder = _decoder(musicgen._Int4Linear)
-    fused = decoding.fused_parameters(decoder)
-    layer = decoder.layers[1]
+    layers = _layers(decoder)
+    fused = decoding.fused_parameters(layers)
+    layer = layers[1]
     assert (fused.head_dim, fused.eps) == (8, 1e-5) and fused.scaling == 8**-0.5
     assert len(fused.params) == 2 * 38 and fused.outs[8:] == [32] * 6 + [48, 32]
-    assert (
-        fused.params[38] is layer.self_attn_layer_norm.weight
-        and fused.params[38 + 6] is layer.self_attn.q_proj.packed
+    assert (  # the modules the TorchScript layer runs, which are the decoder's own
+        fused.params[38] is decoder.layers[1].self_attn_layer_norm.weight
+        and fused.params[38 + 6] is decoder.layers[1].self_attn.q_proj.packed
     )
     assert fused.params[38 + 6 + 4 * 7 + 3].numel() == 0  # fc2 has no bias: an empty tensor stands for none
-    layer.final_layer_norm.eps = 1e-6
-    assert decoding.fused_parameters(decoder) is None  # the norms must share one epsilon
-    layer.final_layer_norm.eps = 1e-5
-    layer.final_layer_norm.to(torch.bfloat16)
-    assert decoding.fused_parameters(decoder) is None
-    layer.final_layer_norm.float()
-    assert decoding.fused_parameters(decoder) is not None
-    layer.self_attn.scaling = 0.5  # (the TorchScript layer scales both attentions by self-attention's)
-    assert decoding.fused_parameters(decoder) is None
-    layer.self_attn.scaling = 8**-0.5
+    layer.norm_ff.eps = 1e-6
+    assert decoding.fused_parameters(layers) is None  # the norms must share one epsilon
+    layer.norm_ff.eps = 1e-5
+    layer.norm_ff.to(torch.bfloat16)
+    assert decoding.fused_parameters(layers) is None
+    layer.norm_ff.float()
+    assert decoding.fused_parameters(layers) is not None
+    layer.scaling = 0.5  # (decode_layers scales every layer's attention alike)
+    assert decoding.fused_parameters(layers) is None
+    layer.scaling = 8**-0.5
     layer.fc1 = torch.nn.Linear(32, 48)
-    assert decoding.fused_parameters(decoder) is None
+    assert decoding.fused_parameters(layers) is None
     mixed = _decoder(musicgen._RowwiseInt8Linear)
     mixed.layers[0].fc2 = musicgen._Int4Linear(torch.nn.Linear(48, 32))  # either kernel, product by product
-    assert decoding.fused_parameters(mixed) is not None
-    del mixed.layers[1].encoder_attn
-    assert decoding.fused_parameters(mixed) is None
+    assert decoding.fused_parameters(_layers(mixed)) is not None
 
 
 @needs_integer_kernels
@@ -1307,21 +1311,22 @@ def test_only_harmonias_attention_with_its_integer_kernels_runs_a_steps_layers_a
     int4 = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int4")
     decoder = int4.model.decoder.model.decoder
     assert int4._step.fused == (int4._step.attention != "sdpa")
-    fused = decoding.fused_parameters(decoder)
+    step = decoding.DecoderStep(int4.model, torch.float32, "own-int8", fused=True)  # its eager form
     assert (
-        len(fused.params) == 38 * len(decoder.layers)
-        and fused.params[6] is decoder.layers[0].self_attn.q_proj.packed
+        step.fused
+        and len(step.parameters_fused) == 38 * len(decoder.layers)
+        and step.parameters_fused[6] is decoder.layers[0].self_attn.q_proj.packed
     )
     sdpa = decoding.DecoderStep(int4.model, torch.float32, "sdpa", fused=True)
     assert not sdpa.fused and not hasattr(sdpa, "parameters_fused")  # Harmonia's attention only
     for precision in ("exact", "bf16"):
         engine = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision=precision)
-        assert (
-            decoding.fused_parameters(engine.model.decoder.model.decoder) is None and not engine._step.fused
-        )
+        asked = decoding.DecoderStep(engine.model, torch.float32, "own", fused=True)
+        assert not asked.fused and not engine._step.fused
     monkeypatch.setenv("HARMONIA_INT8_PRODUCTS", "fbgemm")
     fbgemm = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int8")
-    assert decoding.fused_parameters(fbgemm.model.decoder.model.decoder) is None and not fbgemm._step.fused
+    asked = decoding.DecoderStep(fbgemm.model, torch.float32, "own-int8", fused=True)
+    assert not asked.fused and not fbgemm._step.fused
     monkeypatch.setenv("HARMONIA_INT8_PRODUCTS", "rowwise")
     monkeypatch.setenv("HARMONIA_ATTENTION", "own-int8")
     rowwise = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int8")
@@ -1330,7 +1335,7 @@ def test_only_harmonias_attention_with_its_integer_kernels_runs_a_steps_layers_a
     monkeypatch.setattr(kernels, "unavailable", lambda product: "testing: no kernels")
     reference = MusicGenEngine.load(wb, "tiny-musicgen", threads=2, precision="int4")
     assert isinstance(reference.model.decoder.model.decoder.layers[0].fc1, musicgen._ReferenceInt4Linear)
-    assert decoding.fused_parameters(reference.model.decoder.model.decoder) is None
+    assert not decoding.DecoderStep(reference.model, torch.float32, "own-int8", fused=True).fused
 
 
 def test_the_kernel_source_is_pinned_to_the_engines_code_version():
